@@ -1,0 +1,445 @@
+//! The event catalog and its envelope. Events are the source of truth: read models are folds of
+//! them and auditors replay them.
+//!
+//! On the wire an event is `{id, type, version, occurred_at, correlation_id, causation_id, actor,
+//! data}`. Decoding reads the envelope first and the data by `(type, version)`, so an unknown
+//! type is reported as [`Decoded::Unknown`] instead of failing the reader.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{
+    ids::{CustomerId, DeviceId, FcmToken, NotificationId},
+    notification::{Audience, Content, Platform},
+    priority::Priority,
+    subject,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// A customer acting through the mobile app.
+    Customer,
+    /// A back-office or internal system with a client token.
+    Client,
+    /// Xibaar itself (dispatcher, sender, sources).
+    System,
+}
+
+/// Who caused a fact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+}
+
+impl Actor {
+    pub fn system(role: &str) -> Self {
+        Self {
+            kind: ActorKind::System,
+            id: role.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationAccepted {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub audience: Audience,
+    pub content: Content,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub accepted_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationFannedOut {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    /// Delivery jobs created: one per active device in the audience.
+    pub targeted: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliverySucceeded {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// FCM's `name` for the message, `projects/<p>/messages/<id>`.
+    pub fcm_message_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryFailure {
+    /// FCM no longer knows the token (UNREGISTERED, SENDER_ID_MISMATCH, invalid token).
+    InvalidToken,
+    /// FCM refused the message itself (INVALID_ARGUMENT on the payload).
+    Rejected,
+    /// Retryable errors outlasted every attempt.
+    RetriesExhausted,
+    /// FCM could not reach APNs or web push with the project's credentials.
+    ThirdPartyAuth,
+}
+
+impl DeliveryFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryFailure::InvalidToken => "invalid_token",
+            DeliveryFailure::Rejected => "rejected",
+            DeliveryFailure::RetriesExhausted => "retries_exhausted",
+            DeliveryFailure::ThirdPartyAuth => "third_party_auth",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryFailed {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+    pub attempt: u32,
+    pub reason: DeliveryFailure,
+    /// FCM's `errorCode` or HTTP status, when FCM answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceRegistered {
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+    pub token: FcmToken,
+    pub platform: Platform,
+    pub app_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceTokenInvalidated {
+    pub device_id: DeviceId,
+    /// The token FCM refused; a device that has since registered a new token stays active.
+    pub token: FcmToken,
+    pub error_code: String,
+}
+
+/// Every fact Xibaar records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    NotificationAccepted(NotificationAccepted),
+    NotificationFannedOut(NotificationFannedOut),
+    DeliverySucceeded(DeliverySucceeded),
+    DeliveryFailed(DeliveryFailed),
+    DeviceRegistered(DeviceRegistered),
+    DeviceTokenInvalidated(DeviceTokenInvalidated),
+}
+
+/// `(type, current version)` of every event in the catalog.
+pub const CATALOG: [(&str, u32); 6] = [
+    ("notification.accepted", 1),
+    ("notification.fanned_out", 1),
+    ("delivery.succeeded", 1),
+    ("delivery.failed", 1),
+    ("device.registered", 1),
+    ("device.token_invalidated", 1),
+];
+
+/// Namespace of deterministic event ids (UUIDv5).
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x0b5e_7c0d_91a4_4f3b_8d2e_3a6f_c4e1_7d22);
+
+impl Event {
+    pub fn event_type(&self) -> &'static str {
+        CATALOG[self.catalog_index()].0
+    }
+
+    pub fn version(&self) -> u32 {
+        CATALOG[self.catalog_index()].1
+    }
+
+    fn catalog_index(&self) -> usize {
+        match self {
+            Event::NotificationAccepted(_) => 0,
+            Event::NotificationFannedOut(_) => 1,
+            Event::DeliverySucceeded(_) => 2,
+            Event::DeliveryFailed(_) => 3,
+            Event::DeviceRegistered(_) => 4,
+            Event::DeviceTokenInvalidated(_) => 5,
+        }
+    }
+
+    /// The id of the aggregate the event belongs to, the fourth token of its subject. Delivery
+    /// events belong to their notification, so one subject filter yields a notification's
+    /// whole timeline.
+    pub fn aggregate_id(&self) -> String {
+        match self {
+            Event::NotificationAccepted(e) => e.notification_id.to_string(),
+            Event::NotificationFannedOut(e) => e.notification_id.to_string(),
+            Event::DeliverySucceeded(e) => e.notification_id.to_string(),
+            Event::DeliveryFailed(e) => e.notification_id.to_string(),
+            Event::DeviceRegistered(e) => e.device_id.to_string(),
+            Event::DeviceTokenInvalidated(e) => e.device_id.to_string(),
+        }
+    }
+
+    pub fn subject(&self) -> String {
+        subject::event(self.event_type(), &self.aggregate_id())
+    }
+
+    /// Facts that can happen only once have a natural key; their event id is derived from it so
+    /// that a publish repeated after a crash is dropped by JetStream's duplicate window.
+    fn natural_key(&self) -> Option<String> {
+        match self {
+            Event::NotificationAccepted(e) => Some(e.notification_id.to_string()),
+            Event::NotificationFannedOut(e) => Some(e.notification_id.to_string()),
+            Event::DeliverySucceeded(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
+            Event::DeliveryFailed(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
+            Event::DeviceTokenInvalidated(e) => {
+                Some(format!("{}/{}", e.device_id, e.token.as_str()))
+            }
+            Event::DeviceRegistered(_) => None,
+        }
+    }
+
+    fn data_json(&self) -> serde_json::Result<Box<RawValue>> {
+        match self {
+            Event::NotificationAccepted(d) => serde_json::value::to_raw_value(d),
+            Event::NotificationFannedOut(d) => serde_json::value::to_raw_value(d),
+            Event::DeliverySucceeded(d) => serde_json::value::to_raw_value(d),
+            Event::DeliveryFailed(d) => serde_json::value::to_raw_value(d),
+            Event::DeviceRegistered(d) => serde_json::value::to_raw_value(d),
+            Event::DeviceTokenInvalidated(d) => serde_json::value::to_raw_value(d),
+        }
+    }
+}
+
+/// Envelope fields other than the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventMeta {
+    pub id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    /// The notification or request the event is part of; shared by every event it causes.
+    pub correlation_id: String,
+    /// The message (command, job or event id) that directly caused this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    pub actor: Actor,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventEnvelope {
+    pub meta: EventMeta,
+    pub event: Event,
+}
+
+/// The envelope as it is written and read; `data` is decoded according to `type` and `version`.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "EventEnvelope")]
+pub struct WireEnvelope<D> {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub correlation_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    pub actor: Actor,
+    pub data: D,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event is not a valid envelope: {0}")]
+    Envelope(serde_json::Error),
+    #[error("event {event_type} v{version} has invalid data: {source}")]
+    Data {
+        event_type: String,
+        version: u32,
+        source: serde_json::Error,
+    },
+    #[error("event {event_type} has version {version}, newer than this build understands ({known})")]
+    FutureVersion {
+        event_type: String,
+        version: u32,
+        known: u32,
+    },
+}
+
+/// What a reader gets back: an event it understands, or the name of one it does not.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Known(Box<EventEnvelope>),
+    Unknown { event_type: String, version: u32 },
+}
+
+impl EventEnvelope {
+    /// Wraps `event` with a fresh envelope. The id is derived from the event's natural key when
+    /// it has one, otherwise it is a new UUIDv7.
+    pub fn new(
+        event: Event,
+        correlation_id: impl Into<String>,
+        causation_id: Option<String>,
+        actor: Actor,
+    ) -> Self {
+        let id = match event.natural_key() {
+            Some(key) => {
+                let name = format!("{}/{}", event.event_type(), key);
+                Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
+            }
+            None => Uuid::now_v7(),
+        };
+        Self {
+            meta: EventMeta {
+                id,
+                occurred_at: Utc::now(),
+                correlation_id: correlation_id.into(),
+                causation_id,
+                actor,
+            },
+            event,
+        }
+    }
+
+    pub fn subject(&self) -> String {
+        self.event.subject()
+    }
+
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let wire = WireEnvelope {
+            id: self.meta.id,
+            event_type: self.event.event_type().to_owned(),
+            version: self.event.version(),
+            occurred_at: self.meta.occurred_at,
+            correlation_id: self.meta.correlation_id.clone(),
+            causation_id: self.meta.causation_id.clone(),
+            actor: self.meta.actor.clone(),
+            data: self.event.data_json()?,
+        };
+        serde_json::to_vec(&wire)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let wire: WireEnvelope<&RawValue> =
+            serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+        let Some(&(event_type, known)) = CATALOG.iter().find(|(t, _)| *t == wire.event_type)
+        else {
+            return Ok(Decoded::Unknown {
+                event_type: wire.event_type,
+                version: wire.version,
+            });
+        };
+        if wire.version > known {
+            return Err(DecodeError::FutureVersion {
+                event_type: wire.event_type,
+                version: wire.version,
+                known,
+            });
+        }
+        let data = wire.data.get();
+        let parse_err = |source| DecodeError::Data {
+            event_type: event_type.to_owned(),
+            version: wire.version,
+            source,
+        };
+        let event = match event_type {
+            "notification.accepted" => {
+                Event::NotificationAccepted(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "notification.fanned_out" => {
+                Event::NotificationFannedOut(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "delivery.succeeded" => {
+                Event::DeliverySucceeded(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "delivery.failed" => {
+                Event::DeliveryFailed(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "device.registered" => {
+                Event::DeviceRegistered(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            _ => Event::DeviceTokenInvalidated(serde_json::from_str(data).map_err(parse_err)?),
+        };
+        Ok(Decoded::Known(Box::new(EventEnvelope {
+            meta: EventMeta {
+                id: wire.id,
+                occurred_at: wire.occurred_at,
+                correlation_id: wire.correlation_id,
+                causation_id: wire.causation_id,
+                actor: wire.actor,
+            },
+            event,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered() -> Event {
+        Event::DeviceRegistered(DeviceRegistered {
+            device_id: DeviceId::parse("d1").unwrap(),
+            customer_id: CustomerId::parse("c1").unwrap(),
+            token: FcmToken::parse("tok").unwrap(),
+            platform: Platform::Android,
+            app_id: "app".into(),
+        })
+    }
+
+    #[test]
+    fn events_round_trip_through_the_envelope() {
+        let env = EventEnvelope::new(registered(), "corr", None, Actor::system("test"));
+        let bytes = env.to_json().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["type"], "device.registered");
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["data"]["device_id"], "d1");
+        assert_eq!(
+            EventEnvelope::decode(&bytes).unwrap(),
+            Decoded::Known(Box::new(env))
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_reported_not_failed() {
+        let bytes = br#"{"id":"0190a0e0-0000-7000-8000-000000000000","type":"meter.read","version":3,
+            "occurred_at":"2026-01-01T00:00:00Z","correlation_id":"c","actor":{"kind":"system","id":"x"},"data":{}}"#;
+        assert_eq!(
+            EventEnvelope::decode(bytes).unwrap(),
+            Decoded::Unknown {
+                event_type: "meter.read".into(),
+                version: 3
+            }
+        );
+    }
+
+    #[test]
+    fn facts_with_a_natural_key_get_the_same_id_every_time() {
+        let nid = NotificationId::generate();
+        let fanned = || {
+            Event::NotificationFannedOut(NotificationFannedOut {
+                notification_id: nid,
+                priority: Priority::Low,
+                targeted: 3,
+            })
+        };
+        let a = EventEnvelope::new(fanned(), "c", None, Actor::system("d"));
+        let b = EventEnvelope::new(fanned(), "c", None, Actor::system("d"));
+        assert_eq!(a.meta.id, b.meta.id);
+        assert_eq!(
+            a.subject(),
+            format!("xibaar.evt.notification.{nid}.fanned_out")
+        );
+        let r1 = EventEnvelope::new(registered(), "c", None, Actor::system("d"));
+        let r2 = EventEnvelope::new(registered(), "c", None, Actor::system("d"));
+        assert_ne!(r1.meta.id, r2.meta.id);
+    }
+}

@@ -1,0 +1,39 @@
+//! Delivery jobs: one per device, on `XIBAAR_DELIVERIES`, consumed by the sender.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ids::{CustomerId, DeviceId, FcmToken, NotificationId},
+    notification::{Content, Platform},
+    priority::Priority,
+    subject,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryJob {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+    pub token: FcmToken,
+    pub platform: Platform,
+    /// The Firebase app the device's token belongs to; selects the FCM project.
+    pub app_id: String,
+    pub content: Content,
+    /// Carried into every event about this delivery.
+    pub correlation_id: String,
+    pub accepted_at: DateTime<Utc>,
+}
+
+impl DeliveryJob {
+    pub fn subject(&self) -> String {
+        subject::delivery(self.priority, self.notification_id, &self.device_id)
+    }
+
+    /// Deterministic, so a fan-out resumed after a crash publishes each job once.
+    pub fn msg_id(&self) -> String {
+        format!("{}:{}", self.notification_id, self.device_id)
+    }
+}

@@ -1,0 +1,20 @@
+//! The Xibaar domain: priorities, identifiers, commands, delivery jobs and the event catalog.
+//!
+//! Everything that crosses a process boundary (HTTP, NATS, SQL) is parsed into these types at the
+//! edge; code inside the pipeline trusts them.
+
+pub mod command;
+pub mod event;
+pub mod ids;
+pub mod job;
+pub mod notification;
+pub mod priority;
+pub mod schema;
+pub mod subject;
+
+pub use command::{Command, SendNotification};
+pub use event::{Actor, ActorKind, Decoded, Event, EventEnvelope, EventMeta};
+pub use ids::{CustomerId, DeviceId, FcmToken, InvalidId, NotificationId};
+pub use job::DeliveryJob;
+pub use notification::{Audience, Content, ContentError, Platform};
+pub use priority::{Priority, UnknownPriority};

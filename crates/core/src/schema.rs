@@ -1,0 +1,60 @@
+//! JSON Schemas of everything Xibaar writes to NATS, generated from the Rust types. The files
+//! under `schemas/` are this output; a test fails when they drift.
+
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, json_schema};
+
+use crate::{
+    command::Command,
+    event::{
+        DeliveryFailed, DeliverySucceeded, DeviceRegistered, DeviceTokenInvalidated,
+        NotificationAccepted, NotificationFannedOut, WireEnvelope,
+    },
+    job::DeliveryJob,
+};
+
+/// Stand-in for the event's data in the envelope schema.
+struct AnyData;
+
+impl JsonSchema for AnyData {
+    fn schema_name() -> Cow<'static, str> {
+        "EventData".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "description": "the event's data; its schema is events/<type>.v<version>.json"
+        })
+    }
+}
+
+fn schema<T: JsonSchema>() -> Schema {
+    SchemaGenerator::new(SchemaSettings::draft2020_12()).into_root_schema_for::<T>()
+}
+
+/// `(path under schemas/, schema)` for every message type.
+pub fn catalog() -> Vec<(String, Schema)> {
+    let mut out = vec![
+        ("events/envelope.json".to_owned(), schema::<WireEnvelope<AnyData>>()),
+        ("commands/command.json".to_owned(), schema::<Command>()),
+        ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
+    ];
+    let events: [(&str, Schema); 6] = [
+        ("notification.accepted", schema::<NotificationAccepted>()),
+        ("notification.fanned_out", schema::<NotificationFannedOut>()),
+        ("delivery.succeeded", schema::<DeliverySucceeded>()),
+        ("delivery.failed", schema::<DeliveryFailed>()),
+        ("device.registered", schema::<DeviceRegistered>()),
+        ("device.token_invalidated", schema::<DeviceTokenInvalidated>()),
+    ];
+    for (event_type, schema) in events {
+        let version = crate::event::CATALOG
+            .iter()
+            .find(|(t, _)| *t == event_type)
+            .map_or(1, |(_, v)| *v);
+        out.push((format!("events/{event_type}.v{version}.json"), schema));
+    }
+    out
+}
+
