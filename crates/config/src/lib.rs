@@ -1,0 +1,370 @@
+//! Xibaar's configuration: one TOML file, overridden by `XIBAAR_<SECTION>__<KEY>` environment
+//! variables (e.g. `XIBAAR_API__LISTEN=0.0.0.0:8080`). Unknown keys and invalid values fail at
+//! start with the key named. Secrets are read from the file, the environment or a `*_file`
+//! path, and never printed.
+
+mod secret;
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+pub use secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("configuration key `{key}`: cannot read {path}: {source}")]
+    SecretFile {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub ops: OpsConfig,
+    #[serde(default)]
+    pub fcm: FcmConfig,
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+    #[serde(default)]
+    pub projector: ProjectorConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    /// A `.creds` file (JWT + nkey seed) for NATS accounts.
+    pub credentials_file: Option<PathBuf>,
+    /// Replicas of every stream: 1 for a single server, 3 for a cluster.
+    pub stream_replicas: usize,
+    /// Create or update the streams when a role starts.
+    pub apply_streams_on_start: bool,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials_file: None,
+            stream_replicas: 1,
+            apply_streams_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// May hold a password, so it is a secret; or give `url_file`.
+    pub url: Option<Secret>,
+    pub url_file: Option<PathBuf>,
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: Some(Secret::new("postgres://postgres@127.0.0.1:5432/xibaar")),
+            url_file: None,
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// HS256 shared secret; or give `hs256_secret_file`.
+    pub hs256_secret: Option<Secret>,
+    pub hs256_secret_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "xibaar".into(),
+            audience: "xibaar-api".into(),
+            hs256_secret: None,
+            hs256_secret_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Health probes and `/metrics`, apart from the public API.
+    pub listen: SocketAddr,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".parse().expect("valid address"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FcmConfig {
+    /// `https://fcm.googleapis.com` in production; the stand-in's address locally.
+    pub endpoint: String,
+    /// Requests in flight at once over the shared HTTP/2 client.
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Extra PEM certificates trusted besides the system roots (a corporate proxy's CA).
+    pub ca_bundle: Option<PathBuf>,
+    /// One entry per Firebase app; a device's `app_id` selects its entry.
+    pub apps: Vec<FcmApp>,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://fcm.googleapis.com".into(),
+            concurrency: 256,
+            request_timeout: Duration::from_secs(10),
+            ca_bundle: None,
+            apps: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmApp {
+    pub app_id: String,
+    pub project_id: String,
+    pub service_account_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// Devices read from the registry per query during fan-out.
+    pub fanout_page_size: u32,
+    /// Delivery attempts before a job is dead-lettered.
+    pub max_attempts: NonZeroU32,
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            fanout_page_size: 1000,
+            max_attempts: NonZeroU32::new(8).expect("non-zero"),
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectorConfig {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// Longest a partial batch waits for more events.
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            batch_wait: Duration::from_millis(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info,xibaar_dispatcher=debug`; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given) and the `XIBAAR_<SECTION>__<KEY>` environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(env_overrides()))
+    }
+
+    /// Parses a TOML document (plus the environment); used by tests and examples.
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)).merge(env_overrides()))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if !(self.nats.url.starts_with("nats://")
+            || self.nats.url.starts_with("tls://")
+            || self.nats.url.starts_with("ws"))
+        {
+            return invalid("nats.url", "must start with nats://, tls:// or ws(s)://");
+        }
+        if !matches!(self.nats.stream_replicas, 1..=5) {
+            return invalid("nats.stream_replicas", "must be between 1 and 5");
+        }
+        if self.postgres.url.is_some() == self.postgres.url_file.is_some() {
+            return invalid("postgres.url", "give exactly one of url and url_file");
+        }
+        if self.postgres.max_connections == 0 {
+            return invalid("postgres.max_connections", "must be at least 1");
+        }
+        if self.auth.hs256_secret.is_some() && self.auth.hs256_secret_file.is_some() {
+            return invalid(
+                "auth.hs256_secret",
+                "give one of hs256_secret and hs256_secret_file",
+            );
+        }
+        if let Some(secret) = &self.auth.hs256_secret
+            && secret.expose().len() < 32
+        {
+            return invalid("auth.hs256_secret", "must be at least 32 bytes");
+        }
+        if let Err(e) = url::Url::parse(&self.fcm.endpoint) {
+            return invalid("fcm.endpoint", &format!("not a URL: {e}"));
+        }
+        if self.fcm.concurrency == 0 {
+            return invalid("fcm.concurrency", "must be at least 1");
+        }
+        let mut app_ids: Vec<&str> = self.fcm.apps.iter().map(|a| a.app_id.as_str()).collect();
+        app_ids.sort_unstable();
+        if app_ids.windows(2).any(|w| w[0] == w[1]) {
+            return invalid("fcm.apps", "app_id must be unique");
+        }
+        if self.dispatcher.fanout_page_size == 0 {
+            return invalid("dispatcher.fanout_page_size", "must be at least 1");
+        }
+        if self.dispatcher.retry_base_delay > self.dispatcher.retry_max_delay {
+            return invalid(
+                "dispatcher.retry_base_delay",
+                "must not exceed retry_max_delay",
+            );
+        }
+        if self.projector.batch_size == 0 {
+            return invalid("projector.batch_size", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The Postgres URL, read from `postgres.url_file` when configured that way.
+    pub fn postgres_url(&self) -> Result<Secret, ConfigError> {
+        secret::resolve(
+            "postgres.url",
+            self.postgres.url.as_ref(),
+            self.postgres.url_file.as_deref(),
+        )?
+        .ok_or(ConfigError::Invalid {
+            key: "postgres.url",
+            message: "is required".into(),
+        })
+    }
+
+    /// The HS256 secret for API tokens, if one is configured.
+    pub fn jwt_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        secret::resolve(
+            "auth.hs256_secret",
+            self.auth.hs256_secret.as_ref(),
+            self.auth.hs256_secret_file.as_deref(),
+        )
+    }
+}
+
+/// Only variables with a section separator are configuration; other `XIBAAR_*` variables (such
+/// as `XIBAAR_CONFIG`) belong to the command line.
+fn env_overrides() -> Env {
+    Env::prefixed("XIBAAR_")
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,31 @@
+//! JetStream plumbing shared by every role: the stream and consumer definitions of `streams/`,
+//! applying them, connecting, and pipelined publishing.
+
+mod apply;
+mod connect;
+mod definitions;
+mod publish;
+
+pub use apply::{ApplyError, Change, apply};
+pub use connect::{ConnectError, connect};
+pub use definitions::{ConsumerDef, DefinitionError, Definitions, StreamDef};
+pub use publish::{Pipeline, PipelineSummary, headers};
+
+/// Durable consumer names, as declared in `streams/consumers/`.
+pub mod consumers {
+    use xibaar_core::Priority;
+
+    pub const DISPATCHER: &str = "dispatcher";
+    pub const PROJECTOR: &str = "projector";
+
+    pub fn sender(priority: Priority) -> String {
+        format!("sender-{priority}")
+    }
+}
+
+/// Stream names, as declared in `streams/`.
+pub mod names {
+    pub const DELIVERIES: &str = "XIBAAR_DELIVERIES";
+    pub const EVENTS: &str = "XIBAAR_EVENTS";
+    pub const DLQ: &str = "XIBAAR_DLQ";
+}

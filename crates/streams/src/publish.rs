@@ -1,0 +1,96 @@
+//! Pipelined publishing: many JetStream publishes in flight, their acks awaited together. A
+//! round trip per message caps a file-backed stream near 8k msgs/s on a small machine; a window
+//! of acks reaches ~130k/s.
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self,
+        context::{PublishAckFuture, PublishError},
+        message::PublishMessage,
+    },
+};
+use std::future::IntoFuture;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::FuturesUnordered};
+
+/// Headers every Xibaar message carries.
+pub fn headers(msg_id: &str, kind: &str, traceparent: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    headers.insert("Xibaar-Type", kind);
+    if let Some(tp) = traceparent {
+        headers.insert("traceparent", tp);
+    }
+    headers
+}
+
+/// Counts of a flushed pipeline.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineSummary {
+    pub stored: u64,
+    /// Publishes JetStream recognised as repeats of an earlier `Nats-Msg-Id`.
+    pub duplicates: u64,
+    /// Highest stream sequence acknowledged.
+    pub last_sequence: u64,
+}
+
+/// Up to `window` publishes in flight. Nothing is durable until [`Pipeline::flush`] returns
+/// without error; callers must not ack their input before then.
+pub struct Pipeline {
+    js: jetstream::Context,
+    window: usize,
+    in_flight: FuturesUnordered<<PublishAckFuture as IntoFuture>::IntoFuture>,
+    summary: PipelineSummary,
+}
+
+impl Pipeline {
+    pub fn new(js: jetstream::Context, window: usize) -> Self {
+        Self {
+            js,
+            window: window.max(1),
+            in_flight: FuturesUnordered::new(),
+            summary: PipelineSummary::default(),
+        }
+    }
+
+    pub async fn publish(
+        &mut self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        while self.in_flight.len() >= self.window {
+            self.settle_one().await?;
+        }
+        let ack: PublishAckFuture = self
+            .js
+            .send_publish(subject, PublishMessage::build().payload(payload).headers(headers))
+            .await?;
+        self.in_flight.push(ack.into_future());
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<(), PublishError> {
+        let Some(ack) = self.in_flight.next().await else {
+            return Ok(());
+        };
+        let ack = ack?;
+        if ack.duplicate {
+            self.summary.duplicates += 1;
+        } else {
+            self.summary.stored += 1;
+        }
+        self.summary.last_sequence = self.summary.last_sequence.max(ack.sequence);
+        Ok(())
+    }
+
+    /// Waits for every outstanding ack.
+    pub async fn flush(&mut self) -> Result<PipelineSummary, PublishError> {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(std::mem::take(&mut self.summary))
+    }
+}
