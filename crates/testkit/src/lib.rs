@@ -1,0 +1,31 @@
+//! Real servers for tests, benchmarks and the local pipeline: nats-server with JetStream and
+//! PostgreSQL, each on its own ephemeral port with a throwaway data directory, so tests run in
+//! parallel. Children are killed when their handle drops (also on panic) and, through
+//! `PR_SET_PDEATHSIG`, when the test process itself dies.
+
+mod nats;
+mod postgres;
+mod process;
+mod tools;
+
+pub use nats::NatsServer;
+pub use postgres::Postgres;
+pub use tools::{Tools, workspace_root};
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
