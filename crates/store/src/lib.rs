@@ -1,0 +1,168 @@
+//! The Postgres side of Xibaar: the pool, the embedded migrations and the read-model queries
+//! that roles other than the projector need (the device registry for fan-out, notification
+//! status for the api).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use xibaar_core::{Audience, CustomerId, DeviceId, FcmToken, NotificationId, Platform};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migrating the read models failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} failed: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the read model holds an invalid {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+fn query_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// A lazily connecting pool: roles start (and the api accepts work) while Postgres is down.
+pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(url)
+        .map_err(StoreError::Connect)
+}
+
+/// Applies the migrations compiled into the binary.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// A device that can receive pushes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipient {
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+    pub token: FcmToken,
+    pub platform: Platform,
+    pub app_id: String,
+}
+
+type RecipientRow = (String, String, String, String, String);
+
+fn parse_platform(s: &str) -> Result<Platform, StoreError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        StoreError::Corrupt {
+            what: "platform",
+            detail: s.to_owned(),
+        }
+    })
+}
+
+fn recipient((device_id, customer_id, token, platform, app_id): RecipientRow) -> Result<Recipient, StoreError> {
+    let corrupt = |what| move |e: xibaar_core::InvalidId| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    };
+    Ok(Recipient {
+        device_id: DeviceId::parse(device_id).map_err(corrupt("device id"))?,
+        customer_id: CustomerId::parse(customer_id).map_err(corrupt("customer id"))?,
+        token: FcmToken::parse(token).map_err(corrupt("token"))?,
+        platform: parse_platform(&platform)?,
+        app_id,
+    })
+}
+
+/// One page of an audience's active devices, in device id order, after `after`.
+#[tracing::instrument(skip_all, fields(limit))]
+pub async fn audience_page(
+    pool: &PgPool,
+    audience: &Audience,
+    after: Option<&DeviceId>,
+    limit: u32,
+) -> Result<Vec<Recipient>, StoreError> {
+    let after = after.map_or("", DeviceId::as_str);
+    let rows: Vec<RecipientRow> = match audience {
+        Audience::Customers { customer_ids } => {
+            let ids: Vec<&str> = customer_ids.iter().map(CustomerId::as_str).collect();
+            sqlx::query_as(include_str!("../sql/audience_customers.sql"))
+                .bind(ids)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        }
+        Audience::Device { device_id } if after.is_empty() => {
+            sqlx::query_as(include_str!("../sql/audience_device.sql"))
+                .bind(device_id.as_str())
+                .fetch_all(pool)
+                .await
+        }
+        Audience::Device { .. } => Ok(Vec::new()),
+        Audience::Everyone => {
+            sqlx::query_as(include_str!("../sql/audience_everyone.sql"))
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .map_err(query_err("reading the audience"))?;
+    rows.into_iter().map(recipient).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub customer_id: String,
+    pub platform: String,
+    pub app_id: String,
+    pub status: String,
+    pub registered_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn devices_of_customer(
+    pool: &PgPool,
+    customer: &CustomerId,
+) -> Result<Vec<DeviceView>, StoreError> {
+    sqlx::query_as(include_str!("../sql/devices_of_customer.sql"))
+        .bind(customer.as_str())
+        .fetch_all(pool)
+        .await
+        .map_err(query_err("listing devices"))
+}
+
+/// What the api shows for `GET /v1/notifications/{id}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct NotificationStatus {
+    pub notification_id: uuid::Uuid,
+    pub priority: String,
+    pub title: String,
+    pub requested_by: String,
+    /// accepted, fanned_out, or completed once every targeted device has an outcome.
+    pub status: String,
+    pub targeted: Option<i64>,
+    pub sent: i64,
+    pub failed: i64,
+    pub invalid: i64,
+    pub accepted_at: DateTime<Utc>,
+    pub fanned_out_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn notification_status(
+    pool: &PgPool,
+    id: NotificationId,
+) -> Result<Option<NotificationStatus>, StoreError> {
+    sqlx::query_as(include_str!("../sql/notification_status.sql"))
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await
+        .map_err(query_err("reading notification status"))
+}
