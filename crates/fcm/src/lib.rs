@@ -1,0 +1,16 @@
+//! The FCM HTTP v1 client: one long-lived HTTP/2 client shared by every Firebase app of the
+//! deployment, OAuth2 access tokens from service-account keys (signed by gcp_auth, exchanged
+//! through the same HTTP client so `HTTPS_PROXY` and the extra CA bundle apply), bounded
+//! concurrency, and FCM's errors classified the way FCM documents them.
+//!
+//! TLS verification is never disabled; there is no setting for it.
+
+mod auth;
+mod client;
+mod error;
+mod message;
+
+pub use auth::{ServiceAccountKey, TokenError};
+pub use client::{FcmClient, FcmClientError, SentMessage};
+pub use error::{FcmError, FcmErrorCode};
+pub use message::Message;

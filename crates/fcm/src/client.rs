@@ -1,0 +1,166 @@
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use reqwest::{StatusCode, header};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use xibaar_config::FcmConfig;
+
+use crate::{
+    auth::{ServiceAccountKey, TokenError, TokenSource},
+    error::{FcmError, FcmErrorCode},
+    message::Message,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FcmClientError {
+    #[error("no Firebase app `{0}` is configured (fcm.apps)")]
+    UnknownApp(String),
+    #[error(transparent)]
+    Fcm(#[from] FcmError),
+    #[error("access token: {0}")]
+    Token(#[from] TokenError),
+    #[error("request to FCM failed: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("cannot build the FCM client: {0}")]
+    Setup(String),
+}
+
+impl FcmClientError {
+    /// Failures that say nothing about the message and may pass: retry later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FcmClientError::Fcm(e) => e.is_retryable(),
+            FcmClientError::Transport(_) => true,
+            FcmClientError::Token(TokenError::Transport { .. }) => true,
+            FcmClientError::Token(TokenError::Refused { status, .. }) => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// FCM's answer to a successful send.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SentMessage {
+    /// `projects/<project>/messages/<id>`.
+    pub name: String,
+}
+
+struct App {
+    project_id: String,
+    tokens: TokenSource,
+}
+
+pub struct FcmClient {
+    http: reqwest::Client,
+    endpoint: String,
+    apps: HashMap<String, Arc<App>>,
+    in_flight: Semaphore,
+}
+
+impl std::fmt::Debug for FcmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FcmClient")
+            .field("endpoint", &self.endpoint)
+            .field("apps", &self.apps.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FcmClient {
+    pub fn new(config: &FcmConfig) -> Result<Self, FcmClientError> {
+        let setup = |e: &dyn std::fmt::Display| FcmClientError::Setup(e.to_string());
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_while_idle(true)
+            .user_agent(concat!("xibaar/", env!("CARGO_PKG_VERSION")));
+        if config.endpoint.starts_with("http://") {
+            // Plain-text endpoints (the stand-in) speak HTTP/2 without TLS negotiation.
+            builder = builder.http2_prior_knowledge();
+        }
+        if let Some(path) = &config.ca_bundle {
+            let pem = std::fs::read(path)
+                .map_err(|e| setup(&format!("fcm.ca_bundle {}: {e}", path.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(&format!("fcm.ca_bundle {}: {e}", path.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| setup(&e))?;
+        let mut apps = HashMap::new();
+        for app in &config.apps {
+            let key = ServiceAccountKey::from_file(&app.service_account_file)?;
+            apps.insert(
+                app.app_id.clone(),
+                Arc::new(App {
+                    project_id: app.project_id.clone(),
+                    tokens: TokenSource::new(key),
+                }),
+            );
+        }
+        Ok(Self {
+            http,
+            endpoint: config.endpoint.trim_end_matches('/').to_owned(),
+            apps,
+            in_flight: Semaphore::new(config.concurrency),
+        })
+    }
+
+    pub fn knows_app(&self, app_id: &str) -> bool {
+        self.apps.contains_key(app_id)
+    }
+
+    /// Sends one message to the project of `app_id`. A 401 refreshes the access token and
+    /// tries once more; every other answer is returned as it is.
+    #[tracing::instrument(skip_all, fields(app_id))]
+    pub async fn send(&self, app_id: &str, message: &Message) -> Result<SentMessage, FcmClientError> {
+        let app = self
+            .apps
+            .get(app_id)
+            .ok_or_else(|| FcmClientError::UnknownApp(app_id.to_owned()))?;
+        let _permit = self.in_flight.acquire().await.map_err(|e| FcmClientError::Setup(e.to_string()))?;
+        let url = format!("{}/v1/projects/{}/messages:send", self.endpoint, app.project_id);
+        let body = serde_json::to_vec(&serde_json::json!({ "message": message }))
+            .map_err(|e| FcmClientError::Setup(e.to_string()))?;
+        let mut refreshed = false;
+        loop {
+            let token = app.tokens.token(&self.http).await?;
+            let started = std::time::Instant::now();
+            let response = self
+                .http
+                .post(&url)
+                .bearer_auth(&*token)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(FcmClientError::Transport)?;
+            let status = response.status();
+            metrics::histogram!("xibaar_fcm_request_seconds").record(started.elapsed().as_secs_f64());
+            if status.is_success() {
+                let sent: SentMessage = response.json().await.map_err(FcmClientError::Transport)?;
+                return Ok(sent);
+            }
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let bytes = response.bytes().await.map_err(FcmClientError::Transport)?;
+            let error = FcmError::from_response(status.as_u16(), retry_after, &bytes);
+            if status == StatusCode::UNAUTHORIZED
+                && error.code == FcmErrorCode::Unauthenticated
+                && !refreshed
+            {
+                app.tokens.invalidate(&token).await;
+                refreshed = true;
+                continue;
+            }
+            return Err(error.into());
+        }
+    }
+}

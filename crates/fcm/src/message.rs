@@ -1,0 +1,63 @@
+//! The `message` object of `messages:send`.
+
+use serde::Serialize;
+use xibaar_core::{DeliveryJob, Priority};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub token: String,
+    pub notification: Notification,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data: std::collections::BTreeMap<String, String>,
+    pub android: AndroidConfig,
+    pub apns: ApnsConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Notification {
+    pub title: String,
+    pub body: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AndroidConfig {
+    /// `HIGH` wakes the device; FCM may deprioritise apps that overuse it, so only urgent and
+    /// high notifications ask for it.
+    pub priority: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApnsConfig {
+    pub headers: ApnsHeaders,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApnsHeaders {
+    #[serde(rename = "apns-priority")]
+    pub priority: &'static str,
+}
+
+impl Message {
+    pub fn for_job(job: &DeliveryJob) -> Self {
+        let high = matches!(job.priority, Priority::Urgent | Priority::High);
+        Self {
+            token: job.token.as_str().to_owned(),
+            notification: Notification {
+                title: job.content.title.clone(),
+                body: job.content.body.clone(),
+                image: job.content.image_url.clone(),
+            },
+            data: job.content.data.clone(),
+            android: AndroidConfig {
+                priority: if high { "HIGH" } else { "NORMAL" },
+            },
+            apns: ApnsConfig {
+                headers: ApnsHeaders {
+                    priority: if high { "10" } else { "5" },
+                },
+            },
+        }
+    }
+}
