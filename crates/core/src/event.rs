@@ -265,7 +265,9 @@ pub enum DecodeError {
         version: u32,
         source: serde_json::Error,
     },
-    #[error("event {event_type} has version {version}, newer than this build understands ({known})")]
+    #[error(
+        "event {event_type} has version {version}, newer than this build understands ({known})"
+    )]
     FutureVersion {
         event_type: String,
         version: u32,
@@ -329,8 +331,7 @@ impl EventEnvelope {
     pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let wire: WireEnvelope<&RawValue> =
             serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
-        let Some(&(event_type, known)) = CATALOG.iter().find(|(t, _)| *t == wire.event_type)
-        else {
+        let Some(&(event_type, known)) = CATALOG.iter().find(|(t, _)| *t == wire.event_type) else {
             return Ok(Decoded::Unknown {
                 event_type: wire.event_type,
                 version: wire.version,

@@ -83,8 +83,10 @@ pub enum ContentError {
 
 /// Keys FCM reserves in `data` (it rejects messages that use them).
 fn reserved_data_key(key: &str) -> bool {
-    matches!(key, "from" | "notification" | "message_type" | "collapse_key")
-        || key.starts_with("google.")
+    matches!(
+        key,
+        "from" | "notification" | "message_type" | "collapse_key"
+    ) || key.starts_with("google.")
         || key.starts_with("gcm.")
 }
 
@@ -147,9 +149,12 @@ impl Content {
 impl Audience {
     pub fn validate(&self) -> Result<(), Vec<FieldViolation>> {
         match self {
-            Audience::Customers { customer_ids } if customer_ids.is_empty() => Err(vec![
-                FieldViolation::new("audience.customer_ids", "must name at least one customer"),
-            ]),
+            Audience::Customers { customer_ids } if customer_ids.is_empty() => {
+                Err(vec![FieldViolation::new(
+                    "audience.customer_ids",
+                    "must name at least one customer",
+                )])
+            }
             Audience::Customers { customer_ids } if customer_ids.len() > MAX_AUDIENCE_CUSTOMERS => {
                 Err(vec![FieldViolation::new(
                     "audience.customer_ids",

@@ -36,7 +36,10 @@ fn schema<T: JsonSchema>() -> Schema {
 /// `(path under schemas/, schema)` for every message type.
 pub fn catalog() -> Vec<(String, Schema)> {
     let mut out = vec![
-        ("events/envelope.json".to_owned(), schema::<WireEnvelope<AnyData>>()),
+        (
+            "events/envelope.json".to_owned(),
+            schema::<WireEnvelope<AnyData>>(),
+        ),
         ("commands/command.json".to_owned(), schema::<Command>()),
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
     ];
@@ -46,7 +49,10 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
         ("delivery.failed", schema::<DeliveryFailed>()),
         ("device.registered", schema::<DeviceRegistered>()),
-        ("device.token_invalidated", schema::<DeviceTokenInvalidated>()),
+        (
+            "device.token_invalidated",
+            schema::<DeviceTokenInvalidated>(),
+        ),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG
@@ -57,4 +63,3 @@ pub fn catalog() -> Vec<(String, Schema)> {
     }
     out
 }
-

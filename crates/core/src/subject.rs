@@ -45,9 +45,6 @@ mod tests {
             event("delivery.succeeded", "n1"),
             "xibaar.evt.delivery.n1.succeeded"
         );
-        assert_eq!(
-            dead_letter("xibaar.dlv.low.n.d"),
-            "xibaar.dlq.dlv.low.n.d"
-        );
+        assert_eq!(dead_letter("xibaar.dlv.low.n.d"), "xibaar.dlq.dlv.low.n.d");
     }
 }

@@ -1,0 +1,216 @@
+//! The FCM stand-in: the endpoints Xibaar uses at Google, served locally with the same request
+//! and response shapes, so the production client is the code under test.
+//!
+//! - `POST /token`: the OAuth2 JWT-bearer exchange. The assertion's RS256 signature is checked
+//!   against the configured service accounts' public keys, and `iss`, `aud`, `scope`, `iat`
+//!   and `exp` are checked as Google does.
+//! - `POST /v1/projects/{project}/messages:send`: bearer token, project access, exactly one of
+//!   token/topic/condition, string data values, the 4096-byte payload limit (2048 for topics),
+//!   the per-project per-minute quota (errors count too), then the scripted answer.
+//! - `/__standin/...`: what was received, and scripting (latency, quota, error rules).
+
+mod errors;
+mod oauth;
+mod send;
+mod state;
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    routing::{get, post},
+};
+pub use errors::ScriptedError;
+use serde::Deserialize;
+use state::Shared;
+pub use state::{ErrorRule, Received};
+
+/// The key pair shipped for local use and tests (see testdata/README.md).
+pub const TEST_SERVICE_ACCOUNT: &str = include_str!("../testdata/service-account.json");
+pub const TEST_PUBLIC_KEY: &str = include_str!("../testdata/service-account.pub.pem");
+
+/// A service account the stand-in accepts assertions from.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub client_email: String,
+    pub public_key_pem: String,
+    /// The Firebase project its tokens may send to.
+    pub project_id: String,
+}
+
+impl Account {
+    /// The shipped test account (project `xibaar-local`).
+    pub fn test_account() -> Self {
+        let json: serde_json::Value =
+            serde_json::from_str(TEST_SERVICE_ACCOUNT).expect("the shipped key is JSON");
+        Self {
+            client_email: json["client_email"].as_str().unwrap_or_default().to_owned(),
+            public_key_pem: TEST_PUBLIC_KEY.to_owned(),
+            project_id: json["project_id"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StandInConfig {
+    pub accounts: Vec<Account>,
+    /// FCM's default is 600,000 per project per minute.
+    pub quota_per_minute: u64,
+    pub latency: Duration,
+    pub token_lifetime: Duration,
+    /// Keep every received message (tests); off for million-message benchmarks, which only
+    /// need the counts.
+    pub record_messages: bool,
+}
+
+impl Default for StandInConfig {
+    fn default() -> Self {
+        Self {
+            accounts: vec![Account::test_account()],
+            quota_per_minute: 600_000,
+            latency: Duration::ZERO,
+            token_lifetime: Duration::from_secs(3600),
+            record_messages: true,
+        }
+    }
+}
+
+/// Writes a copy of the test key whose `token_uri` is this stand-in's.
+pub fn write_service_account(path: &Path, token_uri: &str) -> std::io::Result<()> {
+    let mut json: serde_json::Value =
+        serde_json::from_str(TEST_SERVICE_ACCOUNT).expect("the shipped key is JSON");
+    json["token_uri"] = token_uri.into();
+    std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+}
+
+/// A running stand-in. Dropping it stops the server.
+pub struct StandIn {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandIn {
+    /// Serves on an ephemeral loopback port.
+    pub async fn start(config: StandInConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener, config)
+    }
+
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        config: StandInConfig,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config, format!("http://{addr}/token")));
+        let app = router(shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "FCM stand-in stopped");
+            }
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token_uri(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Every accepted message, in arrival order (when recording is on).
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received()
+    }
+
+    /// Messages accepted (sent successfully) so far.
+    pub fn accepted_count(&self) -> u64 {
+        self.shared.accepted_count()
+    }
+
+    /// Requests answered with an error so far.
+    pub fn error_count(&self) -> u64 {
+        self.shared.error_count()
+    }
+
+    /// Access tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.shared.tokens_issued()
+    }
+
+    pub fn add_rule(&self, rule: ErrorRule) {
+        self.shared.add_rule(rule);
+    }
+
+    pub fn clear_rules(&self) {
+        self.shared.clear_rules();
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.set_latency(latency);
+    }
+
+    pub fn set_quota_per_minute(&self, quota: u64) {
+        self.shared.set_quota(quota);
+    }
+
+    /// Forgets every access token issued, as if they had been revoked: the next send gets 401.
+    pub fn revoke_tokens(&self) {
+        self.shared.revoke_tokens();
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/token", post(oauth::token))
+        .route("/v1/projects/{project}/messages:send", post(send::send))
+        .route("/__standin/messages", get(messages))
+        .route("/__standin/rules", post(add_rule).delete(clear_rules))
+        .route("/__standin/settings", post(settings))
+        .with_state(shared)
+}
+
+async fn messages(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let received = shared.received();
+    let last: Vec<_> = received.iter().rev().take(100).collect();
+    Json(serde_json::json!({
+        "accepted": shared.accepted_count(),
+        "errors": shared.error_count(),
+        "last": last,
+    }))
+}
+
+async fn add_rule(State(shared): State<Arc<Shared>>, Json(rule): Json<ErrorRule>) -> Json<()> {
+    shared.add_rule(rule);
+    Json(())
+}
+
+async fn clear_rules(State(shared): State<Arc<Shared>>) -> Json<()> {
+    shared.clear_rules();
+    Json(())
+}
+
+#[derive(Deserialize)]
+struct Settings {
+    latency_ms: Option<u64>,
+    quota_per_minute: Option<u64>,
+}
+
+async fn settings(State(shared): State<Arc<Shared>>, Json(s): Json<Settings>) -> Json<()> {
+    if let Some(ms) = s.latency_ms {
+        shared.set_latency(Duration::from_millis(ms));
+    }
+    if let Some(q) = s.quota_per_minute {
+        shared.set_quota(q);
+    }
+    Json(())
+}

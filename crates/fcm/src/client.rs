@@ -116,13 +116,24 @@ impl FcmClient {
     /// Sends one message to the project of `app_id`. A 401 refreshes the access token and
     /// tries once more; every other answer is returned as it is.
     #[tracing::instrument(skip_all, fields(app_id))]
-    pub async fn send(&self, app_id: &str, message: &Message) -> Result<SentMessage, FcmClientError> {
+    pub async fn send(
+        &self,
+        app_id: &str,
+        message: &Message,
+    ) -> Result<SentMessage, FcmClientError> {
         let app = self
             .apps
             .get(app_id)
             .ok_or_else(|| FcmClientError::UnknownApp(app_id.to_owned()))?;
-        let _permit = self.in_flight.acquire().await.map_err(|e| FcmClientError::Setup(e.to_string()))?;
-        let url = format!("{}/v1/projects/{}/messages:send", self.endpoint, app.project_id);
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|e| FcmClientError::Setup(e.to_string()))?;
+        let url = format!(
+            "{}/v1/projects/{}/messages:send",
+            self.endpoint, app.project_id
+        );
         let body = serde_json::to_vec(&serde_json::json!({ "message": message }))
             .map_err(|e| FcmClientError::Setup(e.to_string()))?;
         let mut refreshed = false;
@@ -139,7 +150,8 @@ impl FcmClient {
                 .await
                 .map_err(FcmClientError::Transport)?;
             let status = response.status();
-            metrics::histogram!("xibaar_fcm_request_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("xibaar_fcm_request_seconds")
+                .record(started.elapsed().as_secs_f64());
             if status.is_success() {
                 let sent: SentMessage = response.json().await.map_err(FcmClientError::Transport)?;
                 return Ok(sent);

@@ -103,7 +103,9 @@ impl FcmError {
                         .get("fieldViolations")
                         .and_then(|v| v.as_array())
                         .is_some_and(|v| {
-                            v.iter().any(|f| f.get("field").and_then(|f| f.as_str()) == Some("message.token"))
+                            v.iter().any(|f| {
+                                f.get("field").and_then(|f| f.as_str()) == Some("message.token")
+                            })
                         });
                 }
             }
@@ -120,7 +122,8 @@ impl FcmError {
             500..=599 => FcmErrorCode::Internal,
             _ => FcmErrorCode::Unspecified,
         });
-        let message = message.unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+        let message =
+            message.unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
         if code == FcmErrorCode::InvalidArgument && message.contains("registration token") {
             token_field_invalid = true;
         }
@@ -136,8 +139,10 @@ impl FcmError {
     /// The token is dead: drop it and never retry (UNREGISTERED, SENDER_ID_MISMATCH, or an
     /// INVALID_ARGUMENT about the token).
     pub fn token_is_invalid(&self) -> bool {
-        matches!(self.code, FcmErrorCode::Unregistered | FcmErrorCode::SenderIdMismatch)
-            || (self.code == FcmErrorCode::InvalidArgument && self.token_field_invalid)
+        matches!(
+            self.code,
+            FcmErrorCode::Unregistered | FcmErrorCode::SenderIdMismatch
+        ) || (self.code == FcmErrorCode::InvalidArgument && self.token_field_invalid)
     }
 
     /// Worth trying again later with backoff (429, 500, 503).

@@ -64,10 +64,14 @@ fn parse_platform(s: &str) -> Result<Platform, StoreError> {
     })
 }
 
-fn recipient((device_id, customer_id, token, platform, app_id): RecipientRow) -> Result<Recipient, StoreError> {
-    let corrupt = |what| move |e: xibaar_core::InvalidId| StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
+fn recipient(
+    (device_id, customer_id, token, platform, app_id): RecipientRow,
+) -> Result<Recipient, StoreError> {
+    let corrupt = |what| {
+        move |e: xibaar_core::InvalidId| StoreError::Corrupt {
+            what,
+            detail: e.to_string(),
+        }
     };
     Ok(Recipient {
         device_id: DeviceId::parse(device_id).map_err(corrupt("device id"))?,

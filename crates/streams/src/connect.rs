@@ -28,13 +28,14 @@ pub async fn connect(
         .retry_on_initial_connect()
         .max_reconnects(None);
     if let Some(path) = credentials {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|source| ConnectError::Credentials {
-                path: path.display().to_string(),
-                source,
-            })?;
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?;
     }
     options
         .connect(url)

@@ -51,25 +51,73 @@ pub enum DefinitionError {
 
 /// `(file name, contents)` of the definitions shipped with this build.
 const BUILTIN_STREAMS: [(&str, &str); 7] = [
-    ("XIBAAR_CMD_URGENT.json", include_str!("../../../streams/XIBAAR_CMD_URGENT.json")),
-    ("XIBAAR_CMD_HIGH.json", include_str!("../../../streams/XIBAAR_CMD_HIGH.json")),
-    ("XIBAAR_CMD_NORMAL.json", include_str!("../../../streams/XIBAAR_CMD_NORMAL.json")),
-    ("XIBAAR_CMD_LOW.json", include_str!("../../../streams/XIBAAR_CMD_LOW.json")),
-    ("XIBAAR_DELIVERIES.json", include_str!("../../../streams/XIBAAR_DELIVERIES.json")),
-    ("XIBAAR_EVENTS.json", include_str!("../../../streams/XIBAAR_EVENTS.json")),
-    ("XIBAAR_DLQ.json", include_str!("../../../streams/XIBAAR_DLQ.json")),
+    (
+        "XIBAAR_CMD_URGENT.json",
+        include_str!("../../../streams/XIBAAR_CMD_URGENT.json"),
+    ),
+    (
+        "XIBAAR_CMD_HIGH.json",
+        include_str!("../../../streams/XIBAAR_CMD_HIGH.json"),
+    ),
+    (
+        "XIBAAR_CMD_NORMAL.json",
+        include_str!("../../../streams/XIBAAR_CMD_NORMAL.json"),
+    ),
+    (
+        "XIBAAR_CMD_LOW.json",
+        include_str!("../../../streams/XIBAAR_CMD_LOW.json"),
+    ),
+    (
+        "XIBAAR_DELIVERIES.json",
+        include_str!("../../../streams/XIBAAR_DELIVERIES.json"),
+    ),
+    (
+        "XIBAAR_EVENTS.json",
+        include_str!("../../../streams/XIBAAR_EVENTS.json"),
+    ),
+    (
+        "XIBAAR_DLQ.json",
+        include_str!("../../../streams/XIBAAR_DLQ.json"),
+    ),
 ];
 
 const BUILTIN_CONSUMERS: [(&str, &str); 9] = [
-    ("XIBAAR_CMD_URGENT.dispatcher.json", include_str!("../../../streams/consumers/XIBAAR_CMD_URGENT.dispatcher.json")),
-    ("XIBAAR_CMD_HIGH.dispatcher.json", include_str!("../../../streams/consumers/XIBAAR_CMD_HIGH.dispatcher.json")),
-    ("XIBAAR_CMD_NORMAL.dispatcher.json", include_str!("../../../streams/consumers/XIBAAR_CMD_NORMAL.dispatcher.json")),
-    ("XIBAAR_CMD_LOW.dispatcher.json", include_str!("../../../streams/consumers/XIBAAR_CMD_LOW.dispatcher.json")),
-    ("XIBAAR_DELIVERIES.sender-urgent.json", include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-urgent.json")),
-    ("XIBAAR_DELIVERIES.sender-high.json", include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-high.json")),
-    ("XIBAAR_DELIVERIES.sender-normal.json", include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-normal.json")),
-    ("XIBAAR_DELIVERIES.sender-low.json", include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-low.json")),
-    ("XIBAAR_EVENTS.projector.json", include_str!("../../../streams/consumers/XIBAAR_EVENTS.projector.json")),
+    (
+        "XIBAAR_CMD_URGENT.dispatcher.json",
+        include_str!("../../../streams/consumers/XIBAAR_CMD_URGENT.dispatcher.json"),
+    ),
+    (
+        "XIBAAR_CMD_HIGH.dispatcher.json",
+        include_str!("../../../streams/consumers/XIBAAR_CMD_HIGH.dispatcher.json"),
+    ),
+    (
+        "XIBAAR_CMD_NORMAL.dispatcher.json",
+        include_str!("../../../streams/consumers/XIBAAR_CMD_NORMAL.dispatcher.json"),
+    ),
+    (
+        "XIBAAR_CMD_LOW.dispatcher.json",
+        include_str!("../../../streams/consumers/XIBAAR_CMD_LOW.dispatcher.json"),
+    ),
+    (
+        "XIBAAR_DELIVERIES.sender-urgent.json",
+        include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-urgent.json"),
+    ),
+    (
+        "XIBAAR_DELIVERIES.sender-high.json",
+        include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-high.json"),
+    ),
+    (
+        "XIBAAR_DELIVERIES.sender-normal.json",
+        include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-normal.json"),
+    ),
+    (
+        "XIBAAR_DELIVERIES.sender-low.json",
+        include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-low.json"),
+    ),
+    (
+        "XIBAAR_EVENTS.projector.json",
+        include_str!("../../../streams/consumers/XIBAAR_EVENTS.projector.json"),
+    ),
 ];
 
 fn parse_object(file: &str, text: &str) -> Result<serde_json::Map<String, Value>, DefinitionError> {
@@ -119,12 +167,11 @@ impl Definitions {
                     })?
                     .path();
                 if path.extension().is_some_and(|e| e == "json") {
-                    let text = std::fs::read_to_string(&path).map_err(|source| {
-                        DefinitionError::Read {
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|source| DefinitionError::Read {
                             path: path.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                     let name = path.file_name().unwrap_or_default().to_string_lossy();
                     files.push((name.into_owned(), text));
                 }
@@ -142,8 +189,15 @@ impl Definitions {
         Self::from_owned(streams, consumers)
     }
 
-    fn from_files(streams: &[(&str, &str)], consumers: &[(&str, &str)]) -> Result<Self, DefinitionError> {
-        let own = |v: &[(&str, &str)]| v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+    fn from_files(
+        streams: &[(&str, &str)],
+        consumers: &[(&str, &str)],
+    ) -> Result<Self, DefinitionError> {
+        let own = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect()
+        };
         Self::from_owned(own(streams), own(consumers))
     }
 
@@ -158,7 +212,10 @@ impl Definitions {
             if file.strip_suffix(".json") != Some(config.name.as_str()) {
                 return Err(DefinitionError::Invalid {
                     file: file.clone(),
-                    message: format!("declares stream `{}`; the file must be named after it", config.name),
+                    message: format!(
+                        "declares stream `{}`; the file must be named after it",
+                        config.name
+                    ),
                 });
             }
             defs.push(StreamDef {
@@ -193,7 +250,8 @@ impl Definitions {
     pub fn with_replicas(mut self, replicas: usize) -> Self {
         for def in &mut self.streams {
             def.config.num_replicas = replicas;
-            def.declared.insert("num_replicas".into(), Value::from(replicas));
+            def.declared
+                .insert("num_replicas".into(), Value::from(replicas));
         }
         self
     }
@@ -217,14 +275,21 @@ mod tests {
                 .streams
                 .iter()
                 .flat_map(|s| {
-                    std::iter::once(s.config.name.clone())
-                        .chain(s.consumers.iter().map(|c| format!("{}.{}", s.config.name, c.name())))
+                    std::iter::once(s.config.name.clone()).chain(
+                        s.consumers
+                            .iter()
+                            .map(|c| format!("{}.{}", s.config.name, c.name())),
+                    )
                 })
                 .collect();
             v.sort();
             v
         };
-        assert_eq!(names(&builtin), names(&loaded), "a file in streams/ is not compiled in");
+        assert_eq!(
+            names(&builtin),
+            names(&loaded),
+            "a file in streams/ is not compiled in"
+        );
         assert_eq!(builtin.streams.len(), 7);
         let events = builtin.stream("XIBAAR_EVENTS").unwrap();
         assert_eq!(events.consumers[0].name(), "projector");
@@ -232,7 +297,8 @@ mod tests {
 
     #[test]
     fn a_consumer_for_an_undeclared_stream_is_refused() {
-        let err = Definitions::from_files(&[], &[("NOPE.x.json", r#"{"durable_name":"x"}"#)]).unwrap_err();
+        let err = Definitions::from_files(&[], &[("NOPE.x.json", r#"{"durable_name":"x"}"#)])
+            .unwrap_err();
         assert!(err.to_string().contains("no stream `NOPE`"), "{err}");
     }
 }

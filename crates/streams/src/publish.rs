@@ -66,7 +66,10 @@ impl Pipeline {
         }
         let ack: PublishAckFuture = self
             .js
-            .send_publish(subject, PublishMessage::build().payload(payload).headers(headers))
+            .send_publish(
+                subject,
+                PublishMessage::build().payload(payload).headers(headers),
+            )
             .await?;
         self.in_flight.push(ack.into_future());
         Ok(())

@@ -45,7 +45,17 @@ impl NatsServer {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(&tools.nats_server);
         command
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-m", "-1", "-js", "-n", "xibaar-test"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port_arg,
+                "-m",
+                "-1",
+                "-js",
+                "-n",
+                "xibaar-test",
+            ])
             .arg("-sd")
             .arg(dir.join("jetstream"))
             .arg("--ports_file_dir")
@@ -121,7 +131,10 @@ async fn wait_for_ports(ports_dir: &Path, child: &mut Child) -> anyhow::Result<(
         }
         if let Some(ports) = read_ports(ports_dir) {
             // The file is written once listeners are bound; connecting confirms it.
-            if tokio::net::TcpStream::connect(("127.0.0.1", ports.0)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", ports.0))
+                .await
+                .is_ok()
+            {
                 return Ok(ports);
             }
         }
@@ -133,9 +146,10 @@ async fn wait_for_ports(ports_dir: &Path, child: &mut Child) -> anyhow::Result<(
 }
 
 fn read_ports(dir: &Path) -> Option<(u16, u16)> {
-    let entry = std::fs::read_dir(dir).ok()?.flatten().find(|e| {
-        e.path().extension().is_some_and(|x| x == "ports")
-    })?;
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "ports"))?;
     let json: Value = serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok()?;
     let port_of = |key: &str| -> Option<u16> {
         let url = json.get(key)?.get(0)?.as_str()?;

@@ -47,7 +47,9 @@ fn hand_over(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn template_dir(tools: &Tools) -> anyhow::Result<PathBuf> {
@@ -69,7 +71,9 @@ fn template_dir(tools: &Tools) -> anyhow::Result<PathBuf> {
     if template.join("PG_VERSION").exists() {
         return Ok(template);
     }
-    let staging = tempfile::Builder::new().prefix("pg-init-").tempdir_in(&root)?;
+    let staging = tempfile::Builder::new()
+        .prefix("pg-init-")
+        .tempdir_in(&root)?;
     std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
     let data = staging.path().join("data");
     initdb(tools, &data)?;
@@ -88,7 +92,15 @@ fn initdb(tools: &Tools, data: &Path) -> anyhow::Result<()> {
     let out = command(&tools.pg_bin_dir.join("initdb"))
         .arg("-D")
         .arg(data)
-        .args(["--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args([
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
         .output()
         .context("running initdb")?;
     if !out.status.success() {
@@ -205,10 +217,11 @@ impl Postgres {
     /// Creates `name` (if absent) and returns its URL.
     pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
         let mut conn = PgConnection::connect(&self.url("postgres")).await?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-            .bind(name)
-            .fetch_optional(&mut conn)
-            .await?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                .bind(name)
+                .fetch_optional(&mut conn)
+                .await?;
         if exists.is_none() {
             let statement = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
             // The name is stripped of quotes above, so it cannot break out of the identifier.

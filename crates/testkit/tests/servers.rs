@@ -25,7 +25,10 @@ async fn postgres_starts_with_a_fresh_database_per_caller() {
     let pg = Postgres::start().await.unwrap();
     let url = pg.create_database("one").await.unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let n: i32 = sqlx::query_scalar("SELECT 41 + 1").fetch_one(&pool).await.unwrap();
+    let n: i32 = sqlx::query_scalar("SELECT 41 + 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(n, 42);
     let other = Postgres::start().await.unwrap();
     assert_ne!(pg.port(), other.port());

@@ -1,0 +1,218 @@
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Account, StandInConfig, errors::ScriptedError};
+
+/// "Answer requests for `token` (or any token) with `error`, `times` times (or always)."
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorRule {
+    #[serde(default)]
+    pub token: Option<String>,
+    pub error: ScriptedError,
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// Sent as `Retry-After` on 429/500/503 answers.
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ErrorRule {
+    pub fn always(error: ScriptedError) -> Self {
+        Self {
+            token: None,
+            error,
+            times: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn for_token(token: &str, error: ScriptedError) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            ..Self::always(error)
+        }
+    }
+
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = Some(n);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+}
+
+/// A message the stand-in accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    pub project: String,
+    pub token: Option<String>,
+    pub message: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
+struct IssuedToken {
+    project_id: String,
+    expires: Instant,
+}
+
+pub(crate) struct Shared {
+    pub(crate) accounts: Vec<Account>,
+    pub(crate) token_uri: String,
+    token_lifetime: Duration,
+    record: bool,
+    latency: Mutex<Duration>,
+    quota: AtomicU64,
+    /// Per project: (minute since the epoch, requests counted in it). FCM's quota is per
+    /// minute per project and counts errors too; a fixed window reproduces that.
+    windows: Mutex<HashMap<String, (u64, u64)>>,
+    tokens: Mutex<HashMap<String, IssuedToken>>,
+    rules: Mutex<Vec<ErrorRule>>,
+    received: Mutex<Vec<Received>>,
+    accepted: AtomicU64,
+    errors: AtomicU64,
+    issued: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(config: StandInConfig, token_uri: String) -> Self {
+        Self {
+            accounts: config.accounts,
+            token_uri,
+            token_lifetime: config.token_lifetime,
+            record: config.record_messages,
+            latency: Mutex::new(config.latency),
+            quota: AtomicU64::new(config.quota_per_minute),
+            windows: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            rules: Mutex::new(Vec::new()),
+            received: Mutex::new(Vec::new()),
+            accepted: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn issue_token(&self, project_id: &str) -> (String, u64) {
+        let token = format!("ya29.standin-{:032x}", rand::random::<u128>());
+        lock(&self.tokens).insert(
+            token.clone(),
+            IssuedToken {
+                project_id: project_id.to_owned(),
+                expires: Instant::now() + self.token_lifetime,
+            },
+        );
+        self.issued.fetch_add(1, Ordering::Relaxed);
+        (token, self.token_lifetime.as_secs())
+    }
+
+    /// The project a live access token may send to.
+    pub(crate) fn token_project(&self, token: &str) -> Option<String> {
+        let tokens = lock(&self.tokens);
+        let t = tokens.get(token)?;
+        (t.expires > Instant::now()).then(|| t.project_id.clone())
+    }
+
+    pub(crate) fn revoke_tokens(&self) {
+        lock(&self.tokens).clear();
+    }
+
+    /// Counts one request against the project's quota; `Err(seconds until the next window)`
+    /// when it is over.
+    pub(crate) fn charge_quota(&self, project: &str) -> Result<(), u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let minute = now / 60;
+        let mut windows = lock(&self.windows);
+        let window = windows.entry(project.to_owned()).or_insert((minute, 0));
+        if window.0 != minute {
+            *window = (minute, 0);
+        }
+        window.1 += 1;
+        if window.1 > self.quota.load(Ordering::Relaxed) {
+            Err(60 - now % 60)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn take_rule(&self, token: Option<&str>) -> Option<(ScriptedError, Option<u64>)> {
+        let mut rules = lock(&self.rules);
+        let index = rules
+            .iter()
+            .position(|r| r.token.is_none() || r.token.as_deref() == token)?;
+        let rule = &mut rules[index];
+        let answer = (rule.error, rule.retry_after_secs);
+        if let Some(n) = rule.times.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                rules.remove(index);
+            }
+        }
+        Some(answer)
+    }
+
+    pub(crate) fn record(&self, received: Received) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        if self.record {
+            lock(&self.received).push(received);
+        }
+    }
+
+    pub(crate) fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        *lock(&self.latency)
+    }
+
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        *lock(&self.latency) = latency;
+    }
+
+    pub(crate) fn set_quota(&self, quota: u64) {
+        self.quota.store(quota, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_rule(&self, rule: ErrorRule) {
+        lock(&self.rules).push(rule);
+    }
+
+    pub(crate) fn clear_rules(&self) {
+        lock(&self.rules).clear();
+    }
+
+    pub(crate) fn received(&self) -> Vec<Received> {
+        lock(&self.received).clone()
+    }
+
+    pub(crate) fn accepted_count(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn tokens_issued(&self) -> u64 {
+        self.issued.load(Ordering::Relaxed)
+    }
+}

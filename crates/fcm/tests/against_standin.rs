@@ -1,0 +1,233 @@
+//! The production FCM client against the stand-in, over real HTTP/2.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use chrono::Utc;
+use xibaar_config::{FcmApp, FcmConfig};
+use xibaar_core::{
+    Content, CustomerId, DeliveryJob, DeviceId, FcmToken, NotificationId, Platform, Priority,
+};
+use xibaar_fcm::{FcmClient, FcmClientError, FcmErrorCode, Message};
+use xibaar_fcm_standin::{ErrorRule, ScriptedError, StandIn, StandInConfig};
+
+const APP: &str = "1:42:android:test";
+
+fn client(standin: &StandIn, dir: &Path) -> FcmClient {
+    let key = dir.join("sa.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    FcmClient::new(&FcmConfig {
+        endpoint: standin.url(),
+        apps: vec![FcmApp {
+            app_id: APP.into(),
+            project_id: "xibaar-local".into(),
+            service_account_file: key,
+        }],
+        ..FcmConfig::default()
+    })
+    .unwrap()
+}
+
+fn message(token: &str, priority: Priority) -> Message {
+    Message::for_job(&DeliveryJob {
+        notification_id: NotificationId::generate(),
+        priority,
+        device_id: DeviceId::parse("d1").unwrap(),
+        customer_id: CustomerId::parse("c1").unwrap(),
+        token: FcmToken::parse(token).unwrap(),
+        platform: Platform::Android,
+        app_id: APP.into(),
+        content: Content {
+            title: "Power cut".into(),
+            body: "Your area is without power until 14:00".into(),
+            data: BTreeMap::from([("kind".into(), "outage".into())]),
+            image_url: None,
+        },
+        correlation_id: "c".into(),
+        accepted_at: Utc::now(),
+    })
+}
+
+async fn fcm_error(client: &FcmClient, token: &str) -> xibaar_fcm::FcmError {
+    match client.send(APP, &message(token, Priority::Normal)).await {
+        Err(FcmClientError::Fcm(e)) => e,
+        other => panic!("expected an FCM error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_reaches_fcm_with_one_token_exchange() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&standin, dir.path());
+    for _ in 0..3 {
+        let sent = client
+            .send(APP, &message("tok-1", Priority::Urgent))
+            .await
+            .unwrap();
+        assert!(
+            sent.name.starts_with("projects/xibaar-local/messages/"),
+            "{}",
+            sent.name
+        );
+    }
+    assert_eq!(standin.tokens_issued(), 1, "the access token is cached");
+    let received = standin.received();
+    assert_eq!(received.len(), 3);
+    let m = &received[0].message;
+    assert_eq!(m["token"], "tok-1");
+    assert_eq!(m["notification"]["title"], "Power cut");
+    assert_eq!(m["data"]["kind"], "outage");
+    assert_eq!(m["android"]["priority"], "HIGH");
+    assert_eq!(m["apns"]["headers"]["apns-priority"], "10");
+}
+
+#[tokio::test]
+async fn every_error_class_is_classified_as_fcm_documents_it() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&standin, dir.path());
+    let cases = [
+        (
+            ScriptedError::Unregistered,
+            FcmErrorCode::Unregistered,
+            "invalid",
+        ),
+        (
+            ScriptedError::SenderIdMismatch,
+            FcmErrorCode::SenderIdMismatch,
+            "invalid",
+        ),
+        (
+            ScriptedError::InvalidToken,
+            FcmErrorCode::InvalidArgument,
+            "invalid",
+        ),
+        (
+            ScriptedError::InvalidArgument,
+            FcmErrorCode::InvalidArgument,
+            "rejected",
+        ),
+        (
+            ScriptedError::QuotaExceeded,
+            FcmErrorCode::QuotaExceeded,
+            "retry",
+        ),
+        (
+            ScriptedError::Unavailable,
+            FcmErrorCode::Unavailable,
+            "retry",
+        ),
+        (ScriptedError::Internal, FcmErrorCode::Internal, "retry"),
+        (
+            ScriptedError::ThirdPartyAuthError,
+            FcmErrorCode::ThirdPartyAuthError,
+            "credentials",
+        ),
+    ];
+    for (i, (scripted, code, class)) in cases.into_iter().enumerate() {
+        let token = format!("tok-{i}");
+        standin.add_rule(
+            ErrorRule::for_token(&token, scripted)
+                .times(1)
+                .retry_after(9),
+        );
+        let e = fcm_error(&client, &token).await;
+        assert_eq!(e.code, code, "{scripted:?}");
+        let got = if e.token_is_invalid() {
+            "invalid"
+        } else if e.is_retryable() {
+            "retry"
+        } else if e.is_credential_failure() {
+            "credentials"
+        } else {
+            "rejected"
+        };
+        assert_eq!(got, class, "{scripted:?}");
+        if class == "retry" {
+            assert_eq!(e.retry_after, Some(Duration::from_secs(9)), "{scripted:?}");
+        }
+        // The rule was used up: the same token now goes through.
+        client
+            .send(APP, &message(&token, Priority::Low))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_access_token_is_refreshed_once() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&standin, dir.path());
+    client
+        .send(APP, &message("t", Priority::High))
+        .await
+        .unwrap();
+    standin.revoke_tokens();
+    client
+        .send(APP, &message("t", Priority::High))
+        .await
+        .unwrap();
+    assert_eq!(standin.tokens_issued(), 2);
+    // A 401 that persists after the refresh is returned, not retried for ever.
+    standin.add_rule(ErrorRule::always(ScriptedError::Unauthenticated));
+    assert_eq!(
+        fcm_error(&client, "t").await.code,
+        FcmErrorCode::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn the_quota_is_enforced_per_minute_with_retry_after() {
+    let standin = StandIn::start(StandInConfig {
+        quota_per_minute: 2,
+        ..StandInConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&standin, dir.path());
+    client
+        .send(APP, &message("a", Priority::Low))
+        .await
+        .unwrap();
+    client
+        .send(APP, &message("b", Priority::Low))
+        .await
+        .unwrap();
+    let e = fcm_error(&client, "c").await;
+    assert_eq!(e.code, FcmErrorCode::QuotaExceeded);
+    let wait = e.retry_after.expect("Retry-After on 429");
+    assert!(wait <= Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn a_key_the_token_endpoint_does_not_know_is_refused() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
+    json["client_email"] = "someone-else@elsewhere.iam.gserviceaccount.com".into();
+    std::fs::write(&key, json.to_string()).unwrap();
+    let client = FcmClient::new(&FcmConfig {
+        endpoint: standin.url(),
+        apps: vec![FcmApp {
+            app_id: APP.into(),
+            project_id: "xibaar-local".into(),
+            service_account_file: key,
+        }],
+        ..FcmConfig::default()
+    })
+    .unwrap();
+    match client.send(APP, &message("t", Priority::Low)).await {
+        Err(FcmClientError::Token(xibaar_fcm::TokenError::Refused {
+            status: 400, body, ..
+        })) => {
+            assert!(body.contains("invalid_grant"), "{body}");
+        }
+        other => panic!("expected the token request to be refused, got {other:?}"),
+    }
+    assert_eq!(standin.accepted_count(), 0);
+}
