@@ -29,6 +29,16 @@ pub enum ActorKind {
     System,
 }
 
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Customer => "customer",
+            ActorKind::Client => "client",
+            ActorKind::System => "system",
+        }
+    }
+}
+
 /// Who caused a fact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Actor {

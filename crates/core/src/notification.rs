@@ -11,6 +11,9 @@ use crate::ids::{CustomerId, DeviceId};
 pub const FCM_PAYLOAD_LIMIT: usize = 4096;
 /// Most customer ids one notification may name; larger groups are sent by category or to everyone.
 pub const MAX_AUDIENCE_CUSTOMERS: usize = 10_000;
+/// Data key under which every push carries its notification id, so the app can match a push to
+/// its inbox item. Reserved: requests may not set it.
+pub const NOTIFICATION_ID_DATA_KEY: &str = "xibaar_notification_id";
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_BODY_CHARS: usize = 2000;
 
@@ -91,11 +94,14 @@ fn reserved_data_key(key: &str) -> bool {
 }
 
 impl Content {
-    /// Bytes of the payload as FCM counts it: the notification and data objects.
+    /// Bytes of the payload as FCM counts it: the notification and data objects, including the
+    /// notification id Xibaar adds to the data.
     pub fn fcm_payload_bytes(&self) -> usize {
+        let mut data = self.data.clone();
+        data.insert(NOTIFICATION_ID_DATA_KEY.to_owned(), uuid::Uuid::nil().to_string());
         let payload = serde_json::json!({
             "notification": { "title": self.title, "body": self.body, "image": self.image_url },
-            "data": self.data,
+            "data": data,
         });
         serde_json::to_vec(&payload).map_or(usize::MAX, |v| v.len())
     }

@@ -1,1 +1,235 @@
+//! The dispatcher: turns commands into delivery jobs (fan-out) and delivery jobs into FCM
+//! pushes (sender).
+//!
+//! - Fan-out runs one worker per priority level, so a million-device low-priority broadcast
+//!   being expanded never delays an urgent command.
+//! - The sender pulls the four delivery lanes through a [`PriorityMux`]: urgent first, with a
+//!   bounded share for lower levels, all sharing the FCM client's concurrency.
 
+mod fanout;
+mod mux;
+mod sender;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use xibaar_core::Priority;
+use xibaar_fcm::FcmClient;
+use xibaar_streams::{consumers, names};
+
+pub use fanout::{FanOut, FanOutError};
+pub use mux::PriorityMux;
+pub use sender::{Outcome, RetryPolicy, Sender};
+
+/// Commands fanned out at once per priority level.
+const FANOUT_WORKERS_PER_LEVEL: usize = 2;
+/// One lower-level pick in this many when urgent work is waiting.
+const FAIR_EVERY: u64 = 16;
+
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub fanout_page_size: u32,
+    pub send_concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+impl DispatcherSettings {
+    pub fn from_config(config: &xibaar_config::Config) -> Self {
+        Self {
+            fanout_page_size: config.dispatcher.fanout_page_size,
+            send_concurrency: config.fcm.concurrency,
+            retry: RetryPolicy {
+                max_attempts: config.dispatcher.max_attempts.get(),
+                base_delay: config.dispatcher.retry_base_delay,
+                max_delay: config.dispatcher.retry_max_delay,
+            },
+        }
+    }
+}
+
+pub struct Dispatcher {
+    js: jetstream::Context,
+    pool: PgPool,
+    fcm: Arc<FcmClient>,
+    settings: DispatcherSettings,
+}
+
+impl Dispatcher {
+    pub fn new(js: jetstream::Context, pool: PgPool, fcm: Arc<FcmClient>, settings: DispatcherSettings) -> Self {
+        Self { js, pool, fcm, settings }
+    }
+
+    /// Runs fan-out and sending until `shutdown`; then stops pulling and lets in-flight work
+    /// finish (or hands it back to JetStream) before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let fanout = Arc::new(FanOut {
+            js: self.js.clone(),
+            pool: self.pool.clone(),
+            page_size: self.settings.fanout_page_size,
+        });
+        let mut tasks = JoinSet::new();
+        for priority in Priority::ALL {
+            let consumer: PullConsumer = self
+                .js
+                .get_stream(priority.command_stream())
+                .await
+                .with_context(|| format!("opening {}", priority.command_stream()))?
+                .get_consumer(consumers::DISPATCHER)
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the dispatcher consumer on {}: {e}", priority.command_stream()))?;
+            tasks.spawn(fanout_lane(priority, consumer, fanout.clone(), shutdown.clone()));
+        }
+        let sender = Arc::new(Sender {
+            js: self.js.clone(),
+            fcm: self.fcm.clone(),
+            retry: self.settings.retry.clone(),
+        });
+        tasks.spawn(send_loop(self.js.clone(), sender, self.settings.send_concurrency, shutdown.clone()));
+        tracing::info!("dispatcher running");
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = format!("{e:#}"), "dispatcher task failed");
+                    shutdown.cancel();
+                    result = Err(e);
+                }
+                Err(e) => {
+                    shutdown.cancel();
+                    result = Err(anyhow::anyhow!("dispatcher task panicked: {e}"));
+                }
+            }
+        }
+        tracing::info!("dispatcher stopped");
+        result
+    }
+}
+
+async fn fanout_lane(
+    priority: Priority,
+    consumer: PullConsumer,
+    fanout: Arc<FanOut>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(FANOUT_WORKERS_PER_LEVEL)
+        .messages()
+        .await
+        .with_context(|| format!("pulling {priority} commands"))?;
+    let slots = Arc::new(Semaphore::new(FANOUT_WORKERS_PER_LEVEL));
+    let mut running = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p?,
+        };
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = messages.next() => m,
+        };
+        let message = match message {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, %priority, "pulling commands failed; retrying");
+                continue;
+            }
+            None => break,
+        };
+        let fanout = fanout.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            let started = std::time::Instant::now();
+            match fanout.handle(&message).await {
+                Ok(targeted) => {
+                    tracing::info!(%priority, targeted, elapsed = ?started.elapsed(), "fanned out");
+                    if let Err(e) = message.ack().await {
+                        tracing::warn!(error = %e, "acking a command failed; it will be fanned out again (deduplicated)");
+                    }
+                }
+                Err(FanOutError::Poison(reason)) => {
+                    tracing::error!(%reason, "command cannot be processed; parked in XIBAAR_DLQ");
+                    match xibaar_streams::dlq::dead_letter(&fanout.js, &message, &reason).await {
+                        Ok(()) => {
+                            let _ = message.ack_with(AckKind::Term).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "parking a command in XIBAAR_DLQ failed; it will be redelivered"),
+                    }
+                }
+                Err(FanOutError::Transient(reason)) => {
+                    tracing::warn!(%reason, "fan-out failed; the command will be retried");
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                }
+            }
+        });
+        while running.try_join_next().is_some() {}
+    }
+    // In-flight fan-outs finish: they are idempotent, and finishing beats redoing.
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn send_loop(
+    js: jetstream::Context,
+    sender: Arc<Sender>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = js.get_stream(names::DELIVERIES).await.context("opening XIBAAR_DELIVERIES")?;
+    let mut lanes = Vec::new();
+    for priority in Priority::ALL {
+        let consumer: PullConsumer = stream
+            .get_consumer(&consumers::sender(priority))
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the {priority} sender consumer: {e}"))?;
+        // Small prefetch per lane: buffered jobs wait while more urgent ones go first, and a
+        // job must not outwait its ack deadline in the buffer.
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(concurrency.clamp(1, 256))
+            .messages()
+            .await
+            .with_context(|| format!("pulling {priority} delivery jobs"))?;
+        lanes.push(messages);
+    }
+    let lanes: [_; 4] = lanes.try_into().map_err(|_| anyhow::anyhow!("four lanes"))?;
+    let mut mux = PriorityMux::new(lanes, FAIR_EVERY);
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p?,
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = mux.next() => n,
+        };
+        let Some((priority, message)) = next else { break };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, %priority, "pulling delivery jobs failed; retrying");
+                continue;
+            }
+        };
+        let sender = sender.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            match sender.handle(&message).await {
+                Ok(outcome) => sender::count(outcome, priority),
+                Err(e) => tracing::error!(error = format!("{e:#}"), "delivery job not recorded; it will be redelivered"),
+            }
+        });
+        while running.try_join_next().is_some() {}
+    }
+    // Jobs already at FCM finish and record their outcome; unpulled ones stay in the stream.
+    while running.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,13 +1,12 @@
 //! The `message` object of `messages:send`.
 
 use serde::Serialize;
-use xibaar_core::{DeliveryJob, Priority};
+use xibaar_core::{DeliveryJob, Priority, notification::NOTIFICATION_ID_DATA_KEY};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
     pub token: String,
     pub notification: Notification,
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub data: std::collections::BTreeMap<String, String>,
     pub android: AndroidConfig,
     pub apns: ApnsConfig,
@@ -42,6 +41,8 @@ pub struct ApnsHeaders {
 impl Message {
     pub fn for_job(job: &DeliveryJob) -> Self {
         let high = matches!(job.priority, Priority::Urgent | Priority::High);
+        let mut data = job.content.data.clone();
+        data.insert(NOTIFICATION_ID_DATA_KEY.to_owned(), job.notification_id.to_string());
         Self {
             token: job.token.as_str().to_owned(),
             notification: Notification {
@@ -49,7 +50,7 @@ impl Message {
                 body: job.content.body.clone(),
                 image: job.content.image_url.clone(),
             },
-            data: job.content.data.clone(),
+            data,
             android: AndroidConfig {
                 priority: if high { "HIGH" } else { "NORMAL" },
             },

@@ -4,12 +4,13 @@
 mod apply;
 mod connect;
 mod definitions;
+pub mod dlq;
 mod publish;
 
 pub use apply::{ApplyError, Change, apply};
 pub use connect::{ConnectError, connect};
 pub use definitions::{ConsumerDef, DefinitionError, Definitions, StreamDef};
-pub use publish::{Pipeline, PipelineSummary, headers};
+pub use publish::{Pipeline, PipelineSummary, event_headers, headers, publish_event};
 
 /// Durable consumer names, as declared in `streams/consumers/`.
 pub mod consumers {

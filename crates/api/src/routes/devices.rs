@@ -1,0 +1,61 @@
+//! `POST /v1/devices` (register or refresh my device's token) and `GET /v1/devices` (mine).
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use xibaar_core::{DeviceId, Event, EventEnvelope, FcmToken, Platform, event::DeviceRegistered};
+
+use crate::{AppState, auth::Caller, extract::ApiJson, problem::ApiError, routes::read_failed};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDevice {
+    pub device_id: DeviceId,
+    pub token: FcmToken,
+    pub platform: Platform,
+    pub app_id: String,
+}
+
+#[tracing::instrument(skip_all, fields(caller = %caller.subject))]
+pub async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<RegisterDevice>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let customer_id = caller.customer()?;
+    if request.app_id.is_empty() || request.app_id.len() > 200 {
+        return Err(ApiError::validation("app_id", "must be 1 to 200 characters"));
+    }
+    let device_id = request.device_id.clone();
+    let envelope = EventEnvelope::new(
+        Event::DeviceRegistered(DeviceRegistered {
+            device_id: request.device_id,
+            customer_id,
+            token: request.token,
+            platform: request.platform,
+            app_id: request.app_id,
+        }),
+        device_id.to_string(),
+        None,
+        caller.actor(),
+    );
+    tokio::time::timeout(state.publish_timeout, xibaar_streams::publish_event(&state.js, &envelope))
+        .await
+        .map_err(|_| ApiError::Unavailable("timed out storing the registration; retry".into()))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "storing a device registration failed");
+            ApiError::Unavailable("the registration could not be stored; retry".into())
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "device_id": device_id, "status": "registered" }))))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let customer_id = caller.customer()?;
+    let devices = xibaar_store::devices_of_customer(&state.pool, &customer_id)
+        .await
+        .map_err(read_failed)?;
+    Ok(Json(json!({ "devices": devices })))
+}

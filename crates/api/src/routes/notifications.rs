@@ -1,0 +1,127 @@
+//! `POST /v1/notifications` and `GET /v1/notifications/{id}`.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use xibaar_core::{
+    Audience, Command, Content, ContentError, NotificationId, Priority, SendNotification,
+};
+
+use crate::{AppState, auth::{Caller, scopes}, extract::ApiJson, problem::ApiError, routes::read_failed};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub priority: Priority,
+    pub audience: Audience,
+    pub content: Content,
+}
+
+/// Client-chosen key: a retry with the same key names the same notification.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters".into())
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+#[tracing::instrument(skip_all, fields(caller = %caller.subject))]
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<SendRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(scopes::SEND)?;
+    let key = idempotency_key(&headers)?;
+    let mut violations = request.audience.validate().err().unwrap_or_default();
+    match request.content.validate() {
+        Ok(()) => {}
+        Err(ContentError::Invalid(v)) => violations.extend(v),
+        Err(e @ ContentError::TooLarge { .. }) => return Err(ApiError::PayloadTooLarge(e.to_string())),
+    }
+    if !violations.is_empty() {
+        return Err(ApiError::Validation(violations));
+    }
+    let notification_id = match &key {
+        Some(k) => NotificationId::from_idempotency_key(&caller.subject, k),
+        None => NotificationId::generate(),
+    };
+    let command = Command::SendNotification(SendNotification {
+        notification_id,
+        priority: request.priority,
+        audience: request.audience,
+        content: request.content,
+        idempotency_key: key,
+        requested_by: caller.actor(),
+        accepted_at: chrono::Utc::now(),
+    });
+    let payload = serde_json::to_vec(&command).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let msg_headers = xibaar_streams::headers(&command.msg_id(), "send_notification", None);
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "storing a command failed");
+        ApiError::Unavailable(
+            "the notification could not be stored and was not accepted; retry with the same Idempotency-Key".into(),
+        )
+    };
+    let publish = async {
+        state
+            .js
+            .publish_with_headers(command.subject(), msg_headers, Bytes::from(payload))
+            .await
+            .map_err(|e| unavailable(&e))?
+            .await
+            .map_err(|e| unavailable(&e))
+    };
+    let ack = tokio::time::timeout(state.publish_timeout, publish)
+        .await
+        .map_err(|_| unavailable(&"timed out waiting for JetStream"))??;
+    metrics::counter!("xibaar_api_notifications_accepted_total", "priority" => request.priority.as_str(),
+        "replayed" => if ack.duplicate { "true" } else { "false" })
+    .increment(1);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "notification_id": notification_id, "status": "accepted" })),
+    )
+        .into_response();
+    let location = format!("/v1/notifications/{notification_id}");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    if ack.duplicate {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<xibaar_store::NotificationStatus>, ApiError> {
+    if caller.require(scopes::READ).is_err() {
+        caller.require(scopes::SEND)?;
+    }
+    let not_found = || ApiError::NotFound(format!("no notification {id}"));
+    let uuid = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    xibaar_store::notification_status(&state.pool, NotificationId(uuid))
+        .await
+        .map_err(read_failed)?
+        .map(Json)
+        .ok_or_else(not_found)
+}

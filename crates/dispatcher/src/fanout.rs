@@ -1,0 +1,144 @@
+//! Fan-out: one command in, one delivery job per active device of its audience out.
+//!
+//! Order of effects, so that a crash at any point loses nothing and repeats nothing that
+//! JetStream's duplicate window does not absorb: `notification.accepted` event, delivery jobs
+//! (deterministic `Nats-Msg-Id` per notification and device, pipelined), `notification.fanned_out`
+//! event, then the command's ack. A redelivered command repeats the same publishes with the same
+//! ids, which JetStream drops.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use sqlx::PgPool;
+use xibaar_core::{
+    Actor, Command, DeliveryJob, Event, EventEnvelope, SendNotification,
+    event::{NotificationAccepted, NotificationFannedOut},
+};
+use xibaar_streams::Pipeline;
+
+use xibaar_streams::publish_event;
+
+/// How many publishes are in flight at once during a fan-out.
+const PUBLISH_WINDOW: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanOutError {
+    /// The command can never be processed: dead-letter it.
+    #[error("undecodable command: {0}")]
+    Poison(String),
+    /// NATS or Postgres failed: try again later.
+    #[error("{0}")]
+    Transient(String),
+}
+
+pub struct FanOut {
+    pub js: jetstream::Context,
+    pub pool: PgPool,
+    pub page_size: u32,
+}
+
+impl FanOut {
+    #[tracing::instrument(skip_all, fields(subject = %message.subject))]
+    pub async fn handle(&self, message: &jetstream::Message) -> Result<u64, FanOutError> {
+        let command: Command = serde_json::from_slice(&message.payload)
+            .map_err(|e| FanOutError::Poison(e.to_string()))?;
+        let Command::SendNotification(send) = command;
+        let causation = Some(format!("send:{}", send.notification_id));
+        let correlation = send.notification_id.to_string();
+        let transient = |what: &str| {
+            let what = what.to_owned();
+            move |e: &dyn std::fmt::Display| FanOutError::Transient(format!("{what}: {e}"))
+        };
+        let accepted = EventEnvelope::new(
+            Event::NotificationAccepted(NotificationAccepted {
+                notification_id: send.notification_id,
+                priority: send.priority,
+                audience: send.audience.clone(),
+                content: send.content.clone(),
+                idempotency_key: send.idempotency_key.clone(),
+                accepted_at: send.accepted_at,
+            }),
+            correlation.clone(),
+            causation.clone(),
+            send.requested_by.clone(),
+        );
+        publish_event(&self.js, &accepted)
+            .await
+            .map_err(|e| transient("publishing notification.accepted")(&e))?;
+
+        let targeted = self.publish_jobs(&send, message, &correlation).await?;
+
+        let fanned_out = EventEnvelope::new(
+            Event::NotificationFannedOut(NotificationFannedOut {
+                notification_id: send.notification_id,
+                priority: send.priority,
+                targeted,
+            }),
+            correlation,
+            causation,
+            Actor::system("dispatcher"),
+        );
+        publish_event(&self.js, &fanned_out)
+            .await
+            .map_err(|e| transient("publishing notification.fanned_out")(&e))?;
+        metrics::counter!("xibaar_dispatcher_jobs_created_total", "priority" => send.priority.as_str())
+            .increment(targeted);
+        Ok(targeted)
+    }
+
+    async fn publish_jobs(
+        &self,
+        send: &SendNotification,
+        command: &jetstream::Message,
+        correlation: &str,
+    ) -> Result<u64, FanOutError> {
+        let mut pipeline = Pipeline::new(self.js.clone(), PUBLISH_WINDOW);
+        let mut after = None;
+        let mut targeted = 0u64;
+        let mut last_progress = tokio::time::Instant::now();
+        loop {
+            let page = xibaar_store::audience_page(&self.pool, &send.audience, after.as_ref(), self.page_size)
+                .await
+                .map_err(|e| FanOutError::Transient(format!("reading the audience: {e}")))?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.device_id.clone());
+            let full_page = page.len() == self.page_size as usize;
+            for recipient in page {
+                let job = DeliveryJob {
+                    notification_id: send.notification_id,
+                    priority: send.priority,
+                    device_id: recipient.device_id,
+                    customer_id: recipient.customer_id,
+                    token: recipient.token,
+                    platform: recipient.platform,
+                    app_id: recipient.app_id,
+                    content: send.content.clone(),
+                    correlation_id: correlation.to_owned(),
+                    accepted_at: send.accepted_at,
+                };
+                let payload = serde_json::to_vec(&job)
+                    .map_err(|e| FanOutError::Poison(format!("encoding a delivery job: {e}")))?;
+                let headers = xibaar_streams::headers(&job.msg_id(), "delivery_job", None);
+                pipeline
+                    .publish(job.subject(), headers, Bytes::from(payload))
+                    .await
+                    .map_err(|e| FanOutError::Transient(format!("publishing a delivery job: {e}")))?;
+                targeted += 1;
+            }
+            // A large audience takes longer than the ack wait: tell JetStream we are alive.
+            if last_progress.elapsed() > Duration::from_secs(10) {
+                let _ = command.ack_with(AckKind::Progress).await;
+                last_progress = tokio::time::Instant::now();
+            }
+            if !full_page {
+                break;
+            }
+        }
+        pipeline
+            .flush()
+            .await
+            .map_err(|e| FanOutError::Transient(format!("storing delivery jobs: {e}")))?;
+        Ok(targeted)
+    }
+}

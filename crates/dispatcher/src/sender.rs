@@ -1,0 +1,219 @@
+//! The sender: one delivery job in, one FCM request, one outcome event, then the ack.
+//!
+//! - success → `delivery.succeeded`;
+//! - dead token (UNREGISTERED, SENDER_ID_MISMATCH, INVALID_ARGUMENT on the token) →
+//!   `device.token_invalidated` + `delivery.failed(invalid_token)`, no retry;
+//! - FCM refused the message itself, or the app is not configured → `delivery.failed(rejected)`
+//!   and the job to the DLQ;
+//! - 429/500/503, transport errors and credential failures → NAK with a delay (exponential
+//!   backoff with jitter, at least FCM's `Retry-After`), so the retry survives a restart;
+//! - the last attempt failing → `delivery.failed(retries_exhausted)` and the job to the DLQ.
+//!
+//! The ack comes only after the outcome event is stored.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind};
+use rand::Rng;
+use xibaar_core::{
+    Actor, DeliveryJob, Event, EventEnvelope,
+    event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceTokenInvalidated},
+};
+use xibaar_fcm::{FcmClient, FcmClientError, Message};
+
+use xibaar_streams::publish_event;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// Full-jitter exponential backoff, never shorter than the server's `Retry-After`.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_delay);
+        let jittered = exp.mul_f64(rand::rng().random_range(0.5..=1.0));
+        jittered.max(retry_after.unwrap_or_default())
+    }
+}
+
+pub struct Sender {
+    pub js: jetstream::Context,
+    pub fcm: Arc<FcmClient>,
+    pub retry: RetryPolicy,
+}
+
+/// What happened to one job, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    Invalid,
+    Failed,
+    Retrying,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Invalid => "invalid_token",
+            Outcome::Failed => "failed",
+            Outcome::Retrying => "retrying",
+        }
+    }
+}
+
+impl Sender {
+    /// Handles one job to the end (ack, NAK with delay, or dead letter). Errors are returned
+    /// only when nothing could be recorded; the job is then redelivered after the ack wait.
+    #[tracing::instrument(skip_all, fields(subject = %message.subject))]
+    pub async fn handle(&self, message: &jetstream::Message) -> anyhow::Result<Outcome> {
+        let attempt = message
+            .info()
+            .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let job: DeliveryJob = match serde_json::from_slice(&message.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable delivery job; parked in XIBAAR_DLQ");
+                xibaar_streams::dlq::dead_letter(&self.js, message, &format!("undecodable delivery job: {e}")).await?;
+                ack(message, AckKind::Term).await;
+                return Ok(Outcome::Failed);
+            }
+        };
+        let outcome = match self.fcm.send(&job.app_id, &Message::for_job(&job)).await {
+            Ok(sent) => {
+                self.record(&job, message, Event::DeliverySucceeded(DeliverySucceeded {
+                    notification_id: job.notification_id,
+                    priority: job.priority,
+                    device_id: job.device_id.clone(),
+                    customer_id: job.customer_id.clone(),
+                    attempt,
+                    fcm_message_id: sent.name,
+                }))
+                .await?;
+                Outcome::Sent
+            }
+            Err(FcmClientError::Fcm(e)) if e.token_is_invalid() => {
+                self.record(&job, message, Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
+                    device_id: job.device_id.clone(),
+                    token: job.token.clone(),
+                    error_code: e.code.as_str().to_owned(),
+                }))
+                .await?;
+                self.fail(&job, message, attempt, DeliveryFailure::InvalidToken, Some(e.code.as_str()), &e.to_string(), false)
+                    .await?;
+                Outcome::Invalid
+            }
+            Err(e) if e.is_transient() || matches!(&e, FcmClientError::Fcm(f) if f.is_credential_failure()) => {
+                let reason = match &e {
+                    FcmClientError::Fcm(f) if f.is_credential_failure() => DeliveryFailure::ThirdPartyAuth,
+                    _ => DeliveryFailure::RetriesExhausted,
+                };
+                if attempt >= self.retry.max_attempts {
+                    let code = fcm_code(&e);
+                    self.fail(&job, message, attempt, reason, code.as_deref(), &e.to_string(), true).await?;
+                    Outcome::Failed
+                } else {
+                    let retry_after = match &e {
+                        FcmClientError::Fcm(f) => f.retry_after,
+                        _ => None,
+                    };
+                    let delay = self.retry.delay(attempt, retry_after);
+                    tracing::info!(error = %e, attempt, ?delay, "FCM send failed; will retry");
+                    ack(message, AckKind::Nak(Some(delay))).await;
+                    return Ok(Outcome::Retrying);
+                }
+            }
+            Err(e) => {
+                let code = fcm_code(&e);
+                self.fail(&job, message, attempt, DeliveryFailure::Rejected, code.as_deref(), &e.to_string(), true).await?;
+                Outcome::Failed
+            }
+        };
+        ack(message, AckKind::Ack).await;
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        job: &DeliveryJob,
+        message: &jetstream::Message,
+        attempt: u32,
+        reason: DeliveryFailure,
+        error_code: Option<&str>,
+        detail: &str,
+        dead_letter: bool,
+    ) -> anyhow::Result<()> {
+        if dead_letter {
+            xibaar_streams::dlq::dead_letter(&self.js, message, &format!("{}: {detail}", reason.as_str())).await?;
+        }
+        self.record(job, message, Event::DeliveryFailed(DeliveryFailed {
+            notification_id: job.notification_id,
+            priority: job.priority,
+            device_id: job.device_id.clone(),
+            customer_id: job.customer_id.clone(),
+            attempt,
+            reason,
+            error_code: error_code.map(str::to_owned),
+            detail: detail.to_owned(),
+        }))
+        .await
+    }
+
+    async fn record(&self, job: &DeliveryJob, message: &jetstream::Message, event: Event) -> anyhow::Result<()> {
+        let causation = message.info().ok().map(|i| format!("{}:{}", i.stream, i.stream_sequence));
+        let actor = Actor::system("sender");
+        let envelope = EventEnvelope::new(event, job.correlation_id.clone(), causation, actor);
+        publish_event(&self.js, &envelope).await?;
+        Ok(())
+    }
+}
+
+fn fcm_code(e: &FcmClientError) -> Option<String> {
+    match e {
+        FcmClientError::Fcm(f) => Some(f.code.as_str().to_owned()),
+        FcmClientError::UnknownApp(_) => Some("UNKNOWN_APP".into()),
+        _ => None,
+    }
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // The outcome is recorded; a lost ack means a redelivery, bounded by the ack wait.
+        tracing::warn!(error = %e, "acknowledging a delivery job failed");
+    }
+}
+
+pub(crate) fn count(outcome: Outcome, priority: xibaar_core::Priority) {
+    metrics::counter!("xibaar_sender_jobs_total", "priority" => priority.as_str(), "outcome" => outcome.as_str())
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let p = RetryPolicy {
+            max_attempts: 8,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+        };
+        for _ in 0..50 {
+            let d1 = p.delay(1, None);
+            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1));
+            let d4 = p.delay(4, None);
+            assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8));
+            assert!(p.delay(30, None) <= Duration::from_secs(60));
+            assert!(p.delay(1, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+        }
+    }
+}

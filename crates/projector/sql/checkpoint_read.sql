@@ -1,0 +1,1 @@
+SELECT last_sequence FROM projection_checkpoints WHERE projection = $1

@@ -1,0 +1,104 @@
+//! One event, folded into the read models inside the batch's transaction.
+
+use sqlx::PgConnection;
+use xibaar_core::{
+    Event, EventEnvelope,
+    event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded},
+};
+
+/// Applies `envelope` to the read models through `tx`.
+pub(crate) async fn apply(tx: &mut PgConnection, envelope: &EventEnvelope) -> Result<(), sqlx::Error> {
+    let at = envelope.meta.occurred_at;
+    match &envelope.event {
+        Event::DeviceRegistered(e) => {
+            sqlx::query(include_str!("../sql/device_registered.sql"))
+                .bind(e.device_id.as_str())
+                .bind(e.customer_id.as_str())
+                .bind(e.token.as_str())
+                .bind(e.platform.as_str())
+                .bind(&e.app_id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Event::DeviceTokenInvalidated(e) => {
+            sqlx::query(include_str!("../sql/device_token_invalidated.sql"))
+                .bind(e.device_id.as_str())
+                .bind(e.token.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Event::NotificationAccepted(e) => {
+            let audience = serde_json::to_value(&e.audience).unwrap_or_default();
+            let requested_by = format!("{}:{}", envelope.meta.actor.kind.as_str(), envelope.meta.actor.id);
+            sqlx::query(include_str!("../sql/notification_accepted.sql"))
+                .bind(e.notification_id.0)
+                .bind(e.priority.as_str())
+                .bind(&e.content.title)
+                .bind(audience)
+                .bind(requested_by)
+                .bind(e.accepted_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Event::NotificationFannedOut(e) => {
+            sqlx::query(include_str!("../sql/notification_fanned_out.sql"))
+                .bind(e.notification_id.0)
+                .bind(i64::try_from(e.targeted).unwrap_or(i64::MAX))
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Event::DeliverySucceeded(DeliverySucceeded {
+            notification_id,
+            device_id,
+            customer_id,
+            attempt,
+            fcm_message_id,
+            ..
+        }) => {
+            outcome(tx, notification_id.0, device_id.as_str(), customer_id.as_str(), "succeeded", None, None, *attempt, Some(fcm_message_id), at).await?;
+        }
+        Event::DeliveryFailed(DeliveryFailed {
+            notification_id,
+            device_id,
+            customer_id,
+            attempt,
+            reason,
+            error_code,
+            ..
+        }) => {
+            outcome(tx, notification_id.0, device_id.as_str(), customer_id.as_str(), "failed", Some(*reason), error_code.as_deref(), *attempt, None, at).await?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn outcome(
+    tx: &mut PgConnection,
+    notification_id: uuid::Uuid,
+    device_id: &str,
+    customer_id: &str,
+    outcome: &str,
+    reason: Option<DeliveryFailure>,
+    error_code: Option<&str>,
+    attempt: u32,
+    fcm_message_id: Option<&str>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(include_str!("../sql/delivery_outcome.sql"))
+        .bind(notification_id)
+        .bind(device_id)
+        .bind(customer_id)
+        .bind(outcome)
+        .bind(reason.map(DeliveryFailure::as_str))
+        .bind(error_code)
+        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+        .bind(fcm_message_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! Dead letters: a message that cannot be processed is copied to `XIBAAR_DLQ` under
+//! `xibaar.dlq.<original subject>` with the reason, then acknowledged at its source.
+
+use async_nats::jetstream::{self, context::PublishError};
+use xibaar_core::subject;
+
+/// Header names on a dead letter.
+pub const REASON: &str = "Xibaar-Dlq-Reason";
+pub const ORIGINAL_SUBJECT: &str = "Xibaar-Original-Subject";
+pub const ORIGINAL_SEQUENCE: &str = "Xibaar-Original-Sequence";
+pub const ORIGINAL_STREAM: &str = "Xibaar-Original-Stream";
+
+/// Stores `message` in the DLQ and waits until JetStream has it. Deduplicated per source
+/// stream and sequence, so a retried call parks one copy.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    message: &jetstream::Message,
+    reason: &str,
+) -> Result<(), PublishError> {
+    let (stream, sequence) = message
+        .info()
+        .map(|i| (i.stream.to_owned(), i.stream_sequence))
+        .unwrap_or_default();
+    let mut headers = crate::headers(&format!("dlq:{stream}:{sequence}"), "dead_letter", None);
+    headers.insert(REASON, reason);
+    headers.insert(ORIGINAL_SUBJECT, message.subject.as_str());
+    headers.insert(ORIGINAL_STREAM, stream.as_str());
+    headers.insert(ORIGINAL_SEQUENCE, sequence.to_string().as_str());
+    metrics::counter!("xibaar_dlq_messages_total", "stream" => stream).increment(1);
+    js.publish_with_headers(subject::dead_letter(&message.subject), headers, message.payload.clone())
+        .await?
+        .await?;
+    Ok(())
+}

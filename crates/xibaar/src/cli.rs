@@ -1,0 +1,93 @@
+//! The command line: one binary, one role or tool per subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use xibaar_config::Config;
+
+use crate::{Roles, commands, startup};
+
+#[derive(Parser)]
+#[command(name = "xibaar", version, about = "Event-sourced push notifications on NATS JetStream")]
+pub struct Cli {
+    /// Configuration file (TOML); `XIBAAR_<SECTION>__<KEY>` variables override it.
+    #[arg(long, short, global = true, env = "XIBAAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Every role in one process: api, dispatcher, projector.
+    Up,
+    /// The HTTP API.
+    Api,
+    /// Fan-out and FCM delivery.
+    Dispatcher,
+    /// Read-model projections.
+    Projector,
+    /// Stream and consumer definitions.
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
+    },
+    /// Apply the read-model migrations to Postgres.
+    Migrate,
+    /// Send a notification through the API.
+    Send(commands::send::SendArgs),
+    /// Print a bearer token signed with the configured secret (for scripts and local use).
+    Token(TokenArgs),
+}
+
+#[derive(Subcommand)]
+pub enum StreamsCommand {
+    /// Create or update every stream and consumer; refuse changes JetStream cannot make.
+    Apply {
+        /// Load definitions from this directory instead of the ones built in.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The customer id, or a back-office client's name.
+    #[arg(long)]
+    pub sub: String,
+    /// Scopes such as notifications:send (repeatable).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+}
+
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    let roles = match cli.command {
+        Command::Up => Some(Roles::ALL),
+        Command::Api => Some(Roles { api: true, dispatcher: false, projector: false }),
+        Command::Dispatcher => Some(Roles { api: false, dispatcher: true, projector: false }),
+        Command::Projector => Some(Roles { api: false, dispatcher: false, projector: true }),
+        _ => None,
+    };
+    if let Some(roles) = roles {
+        xibaar_telemetry::init_tracing(config.log.format, &config.log.filter);
+        let shutdown = CancellationToken::new();
+        startup::cancel_on_signal(shutdown.clone());
+        return startup::run(config, roles, shutdown).await;
+    }
+    xibaar_telemetry::init_tracing(xibaar_config::LogFormat::Text, "warn");
+    match cli.command {
+        Command::Streams { command: StreamsCommand::Apply { dir } } => commands::streams_apply(&config, dir).await,
+        Command::Migrate => commands::migrate(&config).await,
+        Command::Send(args) => commands::send::run(&config, args).await,
+        Command::Token(args) => {
+            let scopes: Vec<&str> = args.scopes.iter().map(String::as_str).collect();
+            println!("{}", commands::mint_token(&config, &args.sub, &scopes, args.ttl)?);
+            Ok(())
+        }
+        Command::Up | Command::Api | Command::Dispatcher | Command::Projector => Ok(()),
+    }
+}

@@ -1,0 +1,236 @@
+//! Starting roles: connect, apply streams, migrate, serve health and metrics, run until told
+//! to stop.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use xibaar_config::Config;
+use xibaar_streams::Definitions;
+use xibaar_telemetry::{Check, Health};
+
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub dispatcher: bool,
+    pub projector: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        dispatcher: true,
+        projector: true,
+    };
+
+    fn name(&self) -> &'static str {
+        match (self.api, self.dispatcher, self.projector) {
+            (true, true, true) => "xibaar-up",
+            (true, false, false) => "xibaar-api",
+            (false, true, false) => "xibaar-dispatcher",
+            (false, false, true) => "xibaar-projector",
+            _ => "xibaar",
+        }
+    }
+}
+
+/// A JetStream context that pipelines publishes: up to 4096 acks in flight, waiting (not
+/// failing) when the window is full.
+pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .max_ack_inflight(4096)
+        .backpressure_on_inflight(true)
+        .build(client)
+}
+
+pub async fn connect_nats(config: &Config, name: &str) -> anyhow::Result<async_nats::Client> {
+    Ok(xibaar_streams::connect(&config.nats.url, config.nats.credentials_file.as_deref(), name).await?)
+}
+
+pub fn postgres(config: &Config) -> anyhow::Result<PgPool> {
+    let url = config.postgres_url()?;
+    Ok(xibaar_store::pool(url.expose(), config.postgres.max_connections)?)
+}
+
+/// Applies the stream definitions compiled into this build.
+pub async fn apply_streams(js: &jetstream::Context, config: &Config) -> anyhow::Result<Vec<xibaar_streams::Change>> {
+    let defs = Definitions::builtin().with_replicas(config.nats.stream_replicas);
+    Ok(xibaar_streams::apply(js, &defs).await?)
+}
+
+/// Migrates, retrying while Postgres is unreachable (it may start after us).
+async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match xibaar_store::migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "migrating the read models failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped before Postgres was reachable"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn health(client: &async_nats::Client, js: &jetstream::Context, pool: &PgPool, roles: Roles) -> Health {
+    let nats: Check = {
+        let client = client.clone();
+        Arc::new(move || {
+            let state = client.connection_state();
+            Box::pin(async move {
+                match state {
+                    async_nats::connection::State::Connected => Ok(()),
+                    other => Err(format!("NATS connection is {other}")),
+                }
+            })
+        })
+    };
+    let streams: Check = {
+        let js = js.clone();
+        Arc::new(move || {
+            let js = js.clone();
+            Box::pin(async move {
+                for def in Definitions::builtin().streams {
+                    js.get_stream(&def.config.name)
+                        .await
+                        .map_err(|e| format!("stream {}: {e}", def.config.name))?;
+                }
+                Ok(())
+            })
+        })
+    };
+    let postgres: Check = {
+        let pool = pool.clone();
+        Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("Postgres: {e}"))
+            })
+        })
+    };
+    // The api accepts work without Postgres, so for an api-only process it is not required.
+    let postgres_required = roles.dispatcher || roles.projector;
+    Health::new()
+        .check("nats", true, nats)
+        .check("streams", true, streams)
+        .check("postgres", postgres_required, postgres)
+}
+
+/// Runs `roles` until `shutdown` is cancelled, then shuts them down gracefully.
+pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = connect_nats(&config, roles.name()).await?;
+    let js = jetstream(client.clone());
+    let pool = postgres(&config)?;
+    let health = health(&client, &js, &pool, roles);
+
+    let ops_listener = tokio::net::TcpListener::bind(config.ops.listen)
+        .await
+        .with_context(|| format!("binding ops.listen {}", config.ops.listen))?;
+    tracing::info!(addr = %ops_listener.local_addr()?, "health and metrics listening");
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let shutdown = shutdown.clone();
+        let router = xibaar_telemetry::ops_router(health.clone());
+        tasks.spawn(async move {
+            xibaar_telemetry::serve(ops_listener, router, async move { shutdown.cancelled().await })
+                .await
+                .context("ops server")
+        });
+    }
+
+    if config.nats.apply_streams_on_start {
+        for change in apply_streams(&js, &config).await.context("applying streams")? {
+            tracing::debug!(%change, "stream definitions");
+        }
+    }
+    if roles.projector {
+        migrate_when_reachable(&pool, &shutdown).await?;
+    }
+
+    if roles.api {
+        let secret = config
+            .jwt_secret()?
+            .context("the api needs auth.hs256_secret (or auth.hs256_secret_file)")?;
+        let state = xibaar_api::AppState {
+            js: js.clone(),
+            pool: pool.clone(),
+            auth: Arc::new(xibaar_api::Authenticator::hs256(
+                secret.expose().as_bytes(),
+                &config.auth.issuer,
+                &config.auth.audience,
+            )),
+            publish_timeout: Duration::from_secs(5),
+        };
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "api listening");
+        let router = xibaar_api::app(state, config.api.max_body_bytes);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            xibaar_telemetry::serve(listener, router, async move { shutdown.cancelled().await })
+                .await
+                .context("api server")
+        });
+    }
+    if roles.dispatcher {
+        let fcm = Arc::new(xibaar_fcm::FcmClient::new(&config.fcm)?);
+        let dispatcher = xibaar_dispatcher::Dispatcher::new(
+            js.clone(),
+            pool.clone(),
+            fcm,
+            xibaar_dispatcher::DispatcherSettings::from_config(&config),
+        );
+        tasks.spawn(dispatcher.run(shutdown.clone()));
+    }
+    if roles.projector {
+        let projector = xibaar_projector::Projector::new(js.clone(), pool.clone(), (&config.projector).into());
+        tasks.spawn(projector.run(shutdown.clone()));
+    }
+    health.mark_started();
+    tracing::info!(roles = roles.name(), "started");
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            tracing::error!(error = format!("{e:#}"), "a role failed; shutting down");
+            shutdown.cancel();
+            result = Err(e);
+        }
+    }
+    // Outcome events and acks still buffered in the client go out before we exit.
+    let _ = client.flush().await;
+    result
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
