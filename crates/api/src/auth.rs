@@ -54,7 +54,12 @@ impl Authenticator {
             .map_err(|e| ApiError::Unauthorized(format!("the bearer token is not valid: {e}")))?;
         Ok(Caller {
             subject: data.claims.sub,
-            scopes: data.claims.scope.split_whitespace().map(str::to_owned).collect(),
+            scopes: data
+                .claims
+                .scope
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }
@@ -78,7 +83,11 @@ pub fn mint(
         exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
         nbf: None,
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
 }
 
 /// The authenticated caller of a request.
@@ -93,7 +102,9 @@ impl Caller {
         if self.scopes.contains(scope) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("this requires the `{scope}` scope")))
+            Err(ApiError::Forbidden(format!(
+                "this requires the `{scope}` scope"
+            )))
         }
     }
 
@@ -105,7 +116,11 @@ impl Caller {
 
     /// Back-office callers hold a scope; customers hold none.
     pub fn actor(&self) -> Actor {
-        let kind = if self.scopes.is_empty() { ActorKind::Customer } else { ActorKind::Client };
+        let kind = if self.scopes.is_empty() {
+            ActorKind::Customer
+        } else {
+            ActorKind::Client
+        };
         Actor {
             kind,
             id: self.subject.clone(),
@@ -116,16 +131,23 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("send a bearer token in the Authorization header".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("send a bearer token in the Authorization header".into())
+            })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+            })?;
         state.auth.verify(token.trim())
     }
 }

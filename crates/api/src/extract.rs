@@ -27,7 +27,8 @@ where
             .and_then(|v| v.split(';').next())
             .is_some_and(|mime| {
                 let mime = mime.trim();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         if !is_json {
             return Err(ApiError::UnsupportedMediaType(

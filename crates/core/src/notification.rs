@@ -98,7 +98,10 @@ impl Content {
     /// notification id Xibaar adds to the data.
     pub fn fcm_payload_bytes(&self) -> usize {
         let mut data = self.data.clone();
-        data.insert(NOTIFICATION_ID_DATA_KEY.to_owned(), uuid::Uuid::nil().to_string());
+        data.insert(
+            NOTIFICATION_ID_DATA_KEY.to_owned(),
+            uuid::Uuid::nil().to_string(),
+        );
         let payload = serde_json::json!({
             "notification": { "title": self.title, "body": self.body, "image": self.image_url },
             "data": data,

@@ -98,9 +98,14 @@ impl FanOut {
         let mut targeted = 0u64;
         let mut last_progress = tokio::time::Instant::now();
         loop {
-            let page = xibaar_store::audience_page(&self.pool, &send.audience, after.as_ref(), self.page_size)
-                .await
-                .map_err(|e| FanOutError::Transient(format!("reading the audience: {e}")))?;
+            let page = xibaar_store::audience_page(
+                &self.pool,
+                &send.audience,
+                after.as_ref(),
+                self.page_size,
+            )
+            .await
+            .map_err(|e| FanOutError::Transient(format!("reading the audience: {e}")))?;
             let Some(last) = page.last() else { break };
             after = Some(last.device_id.clone());
             let full_page = page.len() == self.page_size as usize;
@@ -123,7 +128,9 @@ impl FanOut {
                 pipeline
                     .publish(job.subject(), headers, Bytes::from(payload))
                     .await
-                    .map_err(|e| FanOutError::Transient(format!("publishing a delivery job: {e}")))?;
+                    .map_err(|e| {
+                        FanOutError::Transient(format!("publishing a delivery job: {e}"))
+                    })?;
                 targeted += 1;
             }
             // A large audience takes longer than the ack wait: tell JetStream we are alive.

@@ -60,8 +60,18 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(js: jetstream::Context, pool: PgPool, fcm: Arc<FcmClient>, settings: DispatcherSettings) -> Self {
-        Self { js, pool, fcm, settings }
+    pub fn new(
+        js: jetstream::Context,
+        pool: PgPool,
+        fcm: Arc<FcmClient>,
+        settings: DispatcherSettings,
+    ) -> Self {
+        Self {
+            js,
+            pool,
+            fcm,
+            settings,
+        }
     }
 
     /// Runs fan-out and sending until `shutdown`; then stops pulling and lets in-flight work
@@ -81,15 +91,30 @@ impl Dispatcher {
                 .with_context(|| format!("opening {}", priority.command_stream()))?
                 .get_consumer(consumers::DISPATCHER)
                 .await
-                .map_err(|e| anyhow::anyhow!("opening the dispatcher consumer on {}: {e}", priority.command_stream()))?;
-            tasks.spawn(fanout_lane(priority, consumer, fanout.clone(), shutdown.clone()));
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "opening the dispatcher consumer on {}: {e}",
+                        priority.command_stream()
+                    )
+                })?;
+            tasks.spawn(fanout_lane(
+                priority,
+                consumer,
+                fanout.clone(),
+                shutdown.clone(),
+            ));
         }
         let sender = Arc::new(Sender {
             js: self.js.clone(),
             fcm: self.fcm.clone(),
             retry: self.settings.retry.clone(),
         });
-        tasks.spawn(send_loop(self.js.clone(), sender, self.settings.send_concurrency, shutdown.clone()));
+        tasks.spawn(send_loop(
+            self.js.clone(),
+            sender,
+            self.settings.send_concurrency,
+            shutdown.clone(),
+        ));
         tracing::info!("dispatcher running");
         let mut result = Ok(());
         while let Some(joined) = tasks.join_next().await {
@@ -181,7 +206,10 @@ async fn send_loop(
     concurrency: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = js.get_stream(names::DELIVERIES).await.context("opening XIBAAR_DELIVERIES")?;
+    let stream = js
+        .get_stream(names::DELIVERIES)
+        .await
+        .context("opening XIBAAR_DELIVERIES")?;
     let mut lanes = Vec::new();
     for priority in Priority::ALL {
         let consumer: PullConsumer = stream
@@ -198,7 +226,9 @@ async fn send_loop(
             .with_context(|| format!("pulling {priority} delivery jobs"))?;
         lanes.push(messages);
     }
-    let lanes: [_; 4] = lanes.try_into().map_err(|_| anyhow::anyhow!("four lanes"))?;
+    let lanes: [_; 4] = lanes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("four lanes"))?;
     let mut mux = PriorityMux::new(lanes, FAIR_EVERY);
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running = JoinSet::new();
@@ -211,7 +241,9 @@ async fn send_loop(
             _ = shutdown.cancelled() => break,
             n = mux.next() => n,
         };
-        let Some((priority, message)) = next else { break };
+        let Some((priority, message)) = next else {
+            break;
+        };
         let message = match message {
             Ok(m) => m,
             Err(e) => {
@@ -224,7 +256,10 @@ async fn send_loop(
             let _permit = permit;
             match sender.handle(&message).await {
                 Ok(outcome) => sender::count(outcome, priority),
-                Err(e) => tracing::error!(error = format!("{e:#}"), "delivery job not recorded; it will be redelivered"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "delivery job not recorded; it will be redelivered"
+                ),
             }
         });
         while running.try_join_next().is_some() {}

@@ -53,7 +53,11 @@ impl<S: Stream + Unpin> PriorityMux<S> {
                     Poll::Pending => open = true,
                 }
             }
-            if open { Poll::Pending } else { Poll::Ready(None) }
+            if open {
+                Poll::Pending
+            } else {
+                Poll::Ready(None)
+            }
         })
         .await
     }

@@ -81,43 +81,78 @@ impl Sender {
             Ok(job) => job,
             Err(e) => {
                 tracing::error!(error = %e, "undecodable delivery job; parked in XIBAAR_DLQ");
-                xibaar_streams::dlq::dead_letter(&self.js, message, &format!("undecodable delivery job: {e}")).await?;
+                xibaar_streams::dlq::dead_letter(
+                    &self.js,
+                    message,
+                    &format!("undecodable delivery job: {e}"),
+                )
+                .await?;
                 ack(message, AckKind::Term).await;
                 return Ok(Outcome::Failed);
             }
         };
         let outcome = match self.fcm.send(&job.app_id, &Message::for_job(&job)).await {
             Ok(sent) => {
-                self.record(&job, message, Event::DeliverySucceeded(DeliverySucceeded {
-                    notification_id: job.notification_id,
-                    priority: job.priority,
-                    device_id: job.device_id.clone(),
-                    customer_id: job.customer_id.clone(),
-                    attempt,
-                    fcm_message_id: sent.name,
-                }))
+                self.record(
+                    &job,
+                    message,
+                    Event::DeliverySucceeded(DeliverySucceeded {
+                        notification_id: job.notification_id,
+                        priority: job.priority,
+                        device_id: job.device_id.clone(),
+                        customer_id: job.customer_id.clone(),
+                        attempt,
+                        fcm_message_id: sent.name,
+                    }),
+                )
                 .await?;
                 Outcome::Sent
             }
             Err(FcmClientError::Fcm(e)) if e.token_is_invalid() => {
-                self.record(&job, message, Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
-                    device_id: job.device_id.clone(),
-                    token: job.token.clone(),
-                    error_code: e.code.as_str().to_owned(),
-                }))
+                self.record(
+                    &job,
+                    message,
+                    Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
+                        device_id: job.device_id.clone(),
+                        token: job.token.clone(),
+                        error_code: e.code.as_str().to_owned(),
+                    }),
+                )
                 .await?;
-                self.fail(&job, message, attempt, DeliveryFailure::InvalidToken, Some(e.code.as_str()), &e.to_string(), false)
-                    .await?;
+                self.fail(
+                    &job,
+                    message,
+                    attempt,
+                    DeliveryFailure::InvalidToken,
+                    Some(e.code.as_str()),
+                    &e.to_string(),
+                    false,
+                )
+                .await?;
                 Outcome::Invalid
             }
-            Err(e) if e.is_transient() || matches!(&e, FcmClientError::Fcm(f) if f.is_credential_failure()) => {
+            Err(e)
+                if e.is_transient()
+                    || matches!(&e, FcmClientError::Fcm(f) if f.is_credential_failure()) =>
+            {
                 let reason = match &e {
-                    FcmClientError::Fcm(f) if f.is_credential_failure() => DeliveryFailure::ThirdPartyAuth,
+                    FcmClientError::Fcm(f) if f.is_credential_failure() => {
+                        DeliveryFailure::ThirdPartyAuth
+                    }
                     _ => DeliveryFailure::RetriesExhausted,
                 };
                 if attempt >= self.retry.max_attempts {
                     let code = fcm_code(&e);
-                    self.fail(&job, message, attempt, reason, code.as_deref(), &e.to_string(), true).await?;
+                    self.fail(
+                        &job,
+                        message,
+                        attempt,
+                        reason,
+                        code.as_deref(),
+                        &e.to_string(),
+                        true,
+                    )
+                    .await?;
                     Outcome::Failed
                 } else {
                     let retry_after = match &e {
@@ -132,7 +167,16 @@ impl Sender {
             }
             Err(e) => {
                 let code = fcm_code(&e);
-                self.fail(&job, message, attempt, DeliveryFailure::Rejected, code.as_deref(), &e.to_string(), true).await?;
+                self.fail(
+                    &job,
+                    message,
+                    attempt,
+                    DeliveryFailure::Rejected,
+                    code.as_deref(),
+                    &e.to_string(),
+                    true,
+                )
+                .await?;
                 Outcome::Failed
             }
         };
@@ -152,23 +196,40 @@ impl Sender {
         dead_letter: bool,
     ) -> anyhow::Result<()> {
         if dead_letter {
-            xibaar_streams::dlq::dead_letter(&self.js, message, &format!("{}: {detail}", reason.as_str())).await?;
+            xibaar_streams::dlq::dead_letter(
+                &self.js,
+                message,
+                &format!("{}: {detail}", reason.as_str()),
+            )
+            .await?;
         }
-        self.record(job, message, Event::DeliveryFailed(DeliveryFailed {
-            notification_id: job.notification_id,
-            priority: job.priority,
-            device_id: job.device_id.clone(),
-            customer_id: job.customer_id.clone(),
-            attempt,
-            reason,
-            error_code: error_code.map(str::to_owned),
-            detail: detail.to_owned(),
-        }))
+        self.record(
+            job,
+            message,
+            Event::DeliveryFailed(DeliveryFailed {
+                notification_id: job.notification_id,
+                priority: job.priority,
+                device_id: job.device_id.clone(),
+                customer_id: job.customer_id.clone(),
+                attempt,
+                reason,
+                error_code: error_code.map(str::to_owned),
+                detail: detail.to_owned(),
+            }),
+        )
         .await
     }
 
-    async fn record(&self, job: &DeliveryJob, message: &jetstream::Message, event: Event) -> anyhow::Result<()> {
-        let causation = message.info().ok().map(|i| format!("{}:{}", i.stream, i.stream_sequence));
+    async fn record(
+        &self,
+        job: &DeliveryJob,
+        message: &jetstream::Message,
+        event: Event,
+    ) -> anyhow::Result<()> {
+        let causation = message
+            .info()
+            .ok()
+            .map(|i| format!("{}:{}", i.stream, i.stream_sequence));
         let actor = Actor::system("sender");
         let envelope = EventEnvelope::new(event, job.correlation_id.clone(), causation, actor);
         publish_event(&self.js, &envelope).await?;

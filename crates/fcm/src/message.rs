@@ -42,7 +42,10 @@ impl Message {
     pub fn for_job(job: &DeliveryJob) -> Self {
         let high = matches!(job.priority, Priority::Urgent | Priority::High);
         let mut data = job.content.data.clone();
-        data.insert(NOTIFICATION_ID_DATA_KEY.to_owned(), job.notification_id.to_string());
+        data.insert(
+            NOTIFICATION_ID_DATA_KEY.to_owned(),
+            job.notification_id.to_string(),
+        );
         Self {
             token: job.token.as_str().to_owned(),
             notification: Notification {

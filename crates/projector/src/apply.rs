@@ -7,7 +7,10 @@ use xibaar_core::{
 };
 
 /// Applies `envelope` to the read models through `tx`.
-pub(crate) async fn apply(tx: &mut PgConnection, envelope: &EventEnvelope) -> Result<(), sqlx::Error> {
+pub(crate) async fn apply(
+    tx: &mut PgConnection,
+    envelope: &EventEnvelope,
+) -> Result<(), sqlx::Error> {
     let at = envelope.meta.occurred_at;
     match &envelope.event {
         Event::DeviceRegistered(e) => {
@@ -31,7 +34,11 @@ pub(crate) async fn apply(tx: &mut PgConnection, envelope: &EventEnvelope) -> Re
         }
         Event::NotificationAccepted(e) => {
             let audience = serde_json::to_value(&e.audience).unwrap_or_default();
-            let requested_by = format!("{}:{}", envelope.meta.actor.kind.as_str(), envelope.meta.actor.id);
+            let requested_by = format!(
+                "{}:{}",
+                envelope.meta.actor.kind.as_str(),
+                envelope.meta.actor.id
+            );
             sqlx::query(include_str!("../sql/notification_accepted.sql"))
                 .bind(e.notification_id.0)
                 .bind(e.priority.as_str())
@@ -58,7 +65,19 @@ pub(crate) async fn apply(tx: &mut PgConnection, envelope: &EventEnvelope) -> Re
             fcm_message_id,
             ..
         }) => {
-            outcome(tx, notification_id.0, device_id.as_str(), customer_id.as_str(), "succeeded", None, None, *attempt, Some(fcm_message_id), at).await?;
+            outcome(
+                tx,
+                notification_id.0,
+                device_id.as_str(),
+                customer_id.as_str(),
+                "succeeded",
+                None,
+                None,
+                *attempt,
+                Some(fcm_message_id),
+                at,
+            )
+            .await?;
         }
         Event::DeliveryFailed(DeliveryFailed {
             notification_id,
@@ -69,7 +88,19 @@ pub(crate) async fn apply(tx: &mut PgConnection, envelope: &EventEnvelope) -> Re
             error_code,
             ..
         }) => {
-            outcome(tx, notification_id.0, device_id.as_str(), customer_id.as_str(), "failed", Some(*reason), error_code.as_deref(), *attempt, None, at).await?;
+            outcome(
+                tx,
+                notification_id.0,
+                device_id.as_str(),
+                customer_id.as_str(),
+                "failed",
+                Some(*reason),
+                error_code.as_deref(),
+                *attempt,
+                None,
+                at,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -3,10 +3,13 @@
 //! Contract (each point is tested):
 //! - events are applied in stream order, in batches bounded by size and time, each batch in one
 //!   transaction together with the checkpoint (the last stream sequence applied);
+//! - the checkpoint in Postgres is the position: the runner reads the stream with an ordered
+//!   consumer starting after it. (A durable consumer redelivers a crashed runner's unacked
+//!   events only after their ack wait, behind newer ones, and acking the newer ones would skip
+//!   them; see docs/decisions.md.)
 //! - the checkpoint advances by compare-and-set, so a second runner's batch is rolled back
 //!   instead of applied twice;
-//! - messages are acked only after the commit (ack-all on the batch's last message);
-//! - a redelivered event whose sequence is at or below the checkpoint is skipped;
+//! - an event whose sequence is at or below the checkpoint is skipped;
 //! - an event of an unknown type is skipped and counted; one that cannot be decoded is parked
 //!   in `XIBAAR_DLQ` with the reason and skipped, never a stuck projection.
 
@@ -15,12 +18,15 @@ mod apply;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+};
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use xibaar_core::{Decoded, EventEnvelope};
-use xibaar_streams::{consumers, names};
+use xibaar_streams::names;
 
 /// The read models this runner maintains, as named in `projection_checkpoints`.
 pub const READ_MODELS: &str = "read_models";
@@ -50,7 +56,7 @@ pub struct Projector {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct BatchOutcome {
     applied: u64,
-    redelivered: u64,
+    already_applied: u64,
     unknown: u64,
     dead_lettered: u64,
 }
@@ -62,21 +68,37 @@ impl Projector {
 
     /// Runs until `shutdown` is cancelled; the batch in progress is finished first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let consumer: PullConsumer = self
+        let checkpoint = loop {
+            match self.checkpoint().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "reading the checkpoint failed; retrying"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let start_sequence = u64::try_from(checkpoint).unwrap_or(0) + 1;
+        let mut messages = self
             .js
             .get_stream(names::EVENTS)
             .await
             .context("opening XIBAAR_EVENTS")?
-            .get_consumer(consumers::PROJECTOR)
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
+                ..Default::default()
+            })
             .await
-            .map_err(|e| anyhow::anyhow!("opening the projector consumer: {e}"))?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(self.settings.batch_size.max(1))
+            .map_err(|e| anyhow::anyhow!("creating the projection's ordered consumer: {e}"))?
             .messages()
             .await
-            .context("pulling from XIBAAR_EVENTS")?;
-        tracing::info!("projector running");
+            .context("reading XIBAAR_EVENTS")?;
+        tracing::info!(start_sequence, "projector running");
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -94,7 +116,9 @@ impl Projector {
             while batch.len() < self.settings.batch_size {
                 match tokio::time::timeout_at(deadline, messages.next()).await {
                     Ok(Some(Ok(m))) => batch.push(m),
-                    Ok(Some(Err(e))) => tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed"),
+                    Ok(Some(Err(e))) => {
+                        tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed")
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -104,8 +128,15 @@ impl Projector {
         Ok(())
     }
 
-    /// Applies the batch, retrying until it commits (Postgres may be away for a while), then
-    /// acks it. While retrying, the messages' ack deadline is extended.
+    async fn checkpoint(&self) -> anyhow::Result<i64> {
+        let checkpoint = sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
+            .bind(READ_MODELS)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(checkpoint.unwrap_or(0))
+    }
+
+    /// Applies the batch, retrying until it commits (Postgres may be away for a while).
     async fn commit_batch(&self, batch: &[jetstream::Message]) {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
@@ -115,27 +146,20 @@ impl Projector {
                 Err(e) => {
                     metrics::counter!("xibaar_projector_batch_failures_total").increment(1);
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "projecting a batch failed");
-                    if let Some(last) = batch.last() {
-                        let _ = last.ack_with(AckKind::Progress).await;
-                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         };
-        if let Some(last) = batch.last()
-            && let Err(e) = last.ack().await
-        {
-            // Harmless: the batch is committed, so its redelivery is skipped by sequence.
-            tracing::warn!(error = %e, "acking a projected batch failed");
-        }
         metrics::counter!("xibaar_projector_events_applied_total").increment(outcome.applied);
-        metrics::counter!("xibaar_projector_events_skipped_total", "reason" => "redelivered")
-            .increment(outcome.redelivered);
+        metrics::counter!("xibaar_projector_events_skipped_total", "reason" => "already_applied")
+            .increment(outcome.already_applied);
         metrics::counter!("xibaar_projector_events_skipped_total", "reason" => "unknown_type")
             .increment(outcome.unknown);
-        metrics::counter!("xibaar_projector_events_dead_lettered_total").increment(outcome.dead_lettered);
-        metrics::histogram!("xibaar_projector_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("xibaar_projector_events_dead_lettered_total")
+            .increment(outcome.dead_lettered);
+        metrics::histogram!("xibaar_projector_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
 
     async fn apply_batch(&self, batch: &[jetstream::Message]) -> anyhow::Result<BatchOutcome> {
@@ -155,17 +179,23 @@ impl Projector {
                 .stream_sequence;
             let sequence = i64::try_from(sequence).context("sequence out of range")?;
             if sequence <= last {
-                outcome.redelivered += 1;
+                outcome.already_applied += 1;
                 continue;
             }
             match EventEnvelope::decode(&message.payload) {
                 Ok(Decoded::Known(envelope)) => {
-                    apply::apply(&mut tx, &envelope)
-                        .await
-                        .with_context(|| format!("applying {} at sequence {sequence}", envelope.event.event_type()))?;
+                    apply::apply(&mut tx, &envelope).await.with_context(|| {
+                        format!(
+                            "applying {} at sequence {sequence}",
+                            envelope.event.event_type()
+                        )
+                    })?;
                     outcome.applied += 1;
                 }
-                Ok(Decoded::Unknown { event_type, version }) => {
+                Ok(Decoded::Unknown {
+                    event_type,
+                    version,
+                }) => {
                     tracing::debug!(%event_type, version, sequence, "skipping an event type this build does not know");
                     outcome.unknown += 1;
                 }

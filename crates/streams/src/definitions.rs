@@ -81,7 +81,7 @@ const BUILTIN_STREAMS: [(&str, &str); 7] = [
     ),
 ];
 
-const BUILTIN_CONSUMERS: [(&str, &str); 9] = [
+const BUILTIN_CONSUMERS: [(&str, &str); 8] = [
     (
         "XIBAAR_CMD_URGENT.dispatcher.json",
         include_str!("../../../streams/consumers/XIBAAR_CMD_URGENT.dispatcher.json"),
@@ -113,10 +113,6 @@ const BUILTIN_CONSUMERS: [(&str, &str); 9] = [
     (
         "XIBAAR_DELIVERIES.sender-low.json",
         include_str!("../../../streams/consumers/XIBAAR_DELIVERIES.sender-low.json"),
-    ),
-    (
-        "XIBAAR_EVENTS.projector.json",
-        include_str!("../../../streams/consumers/XIBAAR_EVENTS.projector.json"),
     ),
 ];
 
@@ -291,8 +287,8 @@ mod tests {
             "a file in streams/ is not compiled in"
         );
         assert_eq!(builtin.streams.len(), 7);
-        let events = builtin.stream("XIBAAR_EVENTS").unwrap();
-        assert_eq!(events.consumers[0].name(), "projector");
+        let deliveries = builtin.stream("XIBAAR_DELIVERIES").unwrap();
+        assert_eq!(deliveries.consumers.len(), 4);
     }
 
     #[test]

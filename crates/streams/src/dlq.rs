@@ -27,8 +27,12 @@ pub async fn dead_letter(
     headers.insert(ORIGINAL_STREAM, stream.as_str());
     headers.insert(ORIGINAL_SEQUENCE, sequence.to_string().as_str());
     metrics::counter!("xibaar_dlq_messages_total", "stream" => stream).increment(1);
-    js.publish_with_headers(subject::dead_letter(&message.subject), headers, message.payload.clone())
-        .await?
-        .await?;
+    js.publish_with_headers(
+        subject::dead_letter(&message.subject),
+        headers,
+        message.payload.clone(),
+    )
+    .await?
+    .await?;
     Ok(())
 }

@@ -17,7 +17,6 @@ pub mod consumers {
     use xibaar_core::Priority;
 
     pub const DISPATCHER: &str = "dispatcher";
-    pub const PROJECTOR: &str = "projector";
 
     pub fn sender(priority: Priority) -> String {
         format!("sender-{priority}")

@@ -104,9 +104,9 @@ pub async fn publish_event(
     js: &jetstream::Context,
     envelope: &xibaar_core::EventEnvelope,
 ) -> Result<jetstream::publish::PublishAck, PublishError> {
-    let payload = envelope.to_json().map_err(|e| {
-        PublishError::with_source(jetstream::context::PublishErrorKind::Other, e)
-    })?;
+    let payload = envelope
+        .to_json()
+        .map_err(|e| PublishError::with_source(jetstream::context::PublishErrorKind::Other, e))?;
     let headers = event_headers(envelope);
     js.publish_with_headers(envelope.subject(), headers, Bytes::from(payload))
         .await?
@@ -116,7 +116,14 @@ pub async fn publish_event(
 /// `Nats-Msg-Id` plus the type and version repeated from the envelope, so consumers can filter
 /// without parsing the body.
 pub fn event_headers(envelope: &xibaar_core::EventEnvelope) -> HeaderMap {
-    let mut headers = headers(&envelope.meta.id.to_string(), envelope.event.event_type(), None);
-    headers.insert("Xibaar-Version", envelope.event.version().to_string().as_str());
+    let mut headers = headers(
+        &envelope.meta.id.to_string(),
+        envelope.event.event_type(),
+        None,
+    );
+    headers.insert(
+        "Xibaar-Version",
+        envelope.event.version().to_string().as_str(),
+    );
     headers
 }

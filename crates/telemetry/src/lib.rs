@@ -101,7 +101,10 @@ impl Health {
 pub fn ops_router(health: Health) -> Router {
     let handle = metrics_handle();
     Router::new()
-        .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({ "status": "live" })) }),
+        )
         .route("/health/startup", get(startup))
         .route("/health/ready", get(ready))
         .with_state(health)
@@ -123,7 +126,10 @@ async fn startup(State(health): State<Health>) -> impl IntoResponse {
     if health.is_started() {
         (StatusCode::OK, Json(json!({ "status": "started" })))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting" })),
+        )
     }
 }
 

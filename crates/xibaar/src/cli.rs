@@ -9,7 +9,11 @@ use xibaar_config::Config;
 use crate::{Roles, commands, startup};
 
 #[derive(Parser)]
-#[command(name = "xibaar", version, about = "Event-sourced push notifications on NATS JetStream")]
+#[command(
+    name = "xibaar",
+    version,
+    about = "Event-sourced push notifications on NATS JetStream"
+)]
 pub struct Cli {
     /// Configuration file (TOML); `XIBAAR_<SECTION>__<KEY>` variables override it.
     #[arg(long, short, global = true, env = "XIBAAR_CONFIG")]
@@ -67,9 +71,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let roles = match cli.command {
         Command::Up => Some(Roles::ALL),
-        Command::Api => Some(Roles { api: true, dispatcher: false, projector: false }),
-        Command::Dispatcher => Some(Roles { api: false, dispatcher: true, projector: false }),
-        Command::Projector => Some(Roles { api: false, dispatcher: false, projector: true }),
+        Command::Api => Some(Roles {
+            api: true,
+            dispatcher: false,
+            projector: false,
+        }),
+        Command::Dispatcher => Some(Roles {
+            api: false,
+            dispatcher: true,
+            projector: false,
+        }),
+        Command::Projector => Some(Roles {
+            api: false,
+            dispatcher: false,
+            projector: true,
+        }),
         _ => None,
     };
     if let Some(roles) = roles {
@@ -80,12 +96,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
     xibaar_telemetry::init_tracing(xibaar_config::LogFormat::Text, "warn");
     match cli.command {
-        Command::Streams { command: StreamsCommand::Apply { dir } } => commands::streams_apply(&config, dir).await,
+        Command::Streams {
+            command: StreamsCommand::Apply { dir },
+        } => commands::streams_apply(&config, dir).await,
         Command::Migrate => commands::migrate(&config).await,
         Command::Send(args) => commands::send::run(&config, args).await,
         Command::Token(args) => {
             let scopes: Vec<&str> = args.scopes.iter().map(String::as_str).collect();
-            println!("{}", commands::mint_token(&config, &args.sub, &scopes, args.ttl)?);
+            println!(
+                "{}",
+                commands::mint_token(&config, &args.sub, &scopes, args.ttl)?
+            );
             Ok(())
         }
         Command::Up | Command::Api | Command::Dispatcher | Command::Projector => Ok(()),

@@ -48,16 +48,27 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
 }
 
 pub async fn connect_nats(config: &Config, name: &str) -> anyhow::Result<async_nats::Client> {
-    Ok(xibaar_streams::connect(&config.nats.url, config.nats.credentials_file.as_deref(), name).await?)
+    Ok(xibaar_streams::connect(
+        &config.nats.url,
+        config.nats.credentials_file.as_deref(),
+        name,
+    )
+    .await?)
 }
 
 pub fn postgres(config: &Config) -> anyhow::Result<PgPool> {
     let url = config.postgres_url()?;
-    Ok(xibaar_store::pool(url.expose(), config.postgres.max_connections)?)
+    Ok(xibaar_store::pool(
+        url.expose(),
+        config.postgres.max_connections,
+    )?)
 }
 
 /// Applies the stream definitions compiled into this build.
-pub async fn apply_streams(js: &jetstream::Context, config: &Config) -> anyhow::Result<Vec<xibaar_streams::Change>> {
+pub async fn apply_streams(
+    js: &jetstream::Context,
+    config: &Config,
+) -> anyhow::Result<Vec<xibaar_streams::Change>> {
     let defs = Definitions::builtin().with_replicas(config.nats.stream_replicas);
     Ok(xibaar_streams::apply(js, &defs).await?)
 }
@@ -80,7 +91,12 @@ async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> 
     }
 }
 
-fn health(client: &async_nats::Client, js: &jetstream::Context, pool: &PgPool, roles: Roles) -> Health {
+fn health(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    pool: &PgPool,
+    roles: Roles,
+) -> Health {
     let nats: Check = {
         let client = client.clone();
         Arc::new(move || {
@@ -144,14 +160,21 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         let shutdown = shutdown.clone();
         let router = xibaar_telemetry::ops_router(health.clone());
         tasks.spawn(async move {
-            xibaar_telemetry::serve(ops_listener, router, async move { shutdown.cancelled().await })
-                .await
-                .context("ops server")
+            xibaar_telemetry::serve(
+                ops_listener,
+                router,
+                async move { shutdown.cancelled().await },
+            )
+            .await
+            .context("ops server")
         });
     }
 
     if config.nats.apply_streams_on_start {
-        for change in apply_streams(&js, &config).await.context("applying streams")? {
+        for change in apply_streams(&js, &config)
+            .await
+            .context("applying streams")?
+        {
             tracing::debug!(%change, "stream definitions");
         }
     }
@@ -196,7 +219,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         tasks.spawn(dispatcher.run(shutdown.clone()));
     }
     if roles.projector {
-        let projector = xibaar_projector::Projector::new(js.clone(), pool.clone(), (&config.projector).into());
+        let projector =
+            xibaar_projector::Projector::new(js.clone(), pool.clone(), (&config.projector).into());
         tasks.spawn(projector.run(shutdown.clone()));
     }
     health.mark_started();
@@ -219,13 +243,14 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 /// Cancels `token` on Ctrl-C or SIGTERM.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

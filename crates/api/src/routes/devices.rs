@@ -24,7 +24,10 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let customer_id = caller.customer()?;
     if request.app_id.is_empty() || request.app_id.len() > 200 {
-        return Err(ApiError::validation("app_id", "must be 1 to 200 characters"));
+        return Err(ApiError::validation(
+            "app_id",
+            "must be 1 to 200 characters",
+        ));
     }
     let device_id = request.device_id.clone();
     let envelope = EventEnvelope::new(
@@ -39,14 +42,20 @@ pub async fn register(
         None,
         caller.actor(),
     );
-    tokio::time::timeout(state.publish_timeout, xibaar_streams::publish_event(&state.js, &envelope))
-        .await
-        .map_err(|_| ApiError::Unavailable("timed out storing the registration; retry".into()))?
-        .map_err(|e| {
-            tracing::warn!(error = %e, "storing a device registration failed");
-            ApiError::Unavailable("the registration could not be stored; retry".into())
-        })?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "device_id": device_id, "status": "registered" }))))
+    tokio::time::timeout(
+        state.publish_timeout,
+        xibaar_streams::publish_event(&state.js, &envelope),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable("timed out storing the registration; retry".into()))?
+    .map_err(|e| {
+        tracing::warn!(error = %e, "storing a device registration failed");
+        ApiError::Unavailable("the registration could not be stored; retry".into())
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "device_id": device_id, "status": "registered" })),
+    ))
 }
 
 pub async fn list(

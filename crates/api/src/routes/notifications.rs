@@ -13,7 +13,13 @@ use xibaar_core::{
     Audience, Command, Content, ContentError, NotificationId, Priority, SendNotification,
 };
 
-use crate::{AppState, auth::{Caller, scopes}, extract::ApiJson, problem::ApiError, routes::read_failed};
+use crate::{
+    AppState,
+    auth::{Caller, scopes},
+    extract::ApiJson,
+    problem::ApiError,
+    routes::read_failed,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +39,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| {
-            ApiError::BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters".into())
+            ApiError::BadRequest(
+                "Idempotency-Key must be 1 to 255 printable ASCII characters".into(),
+            )
         })?;
     Ok(Some(key.to_owned()))
 }
@@ -51,7 +59,9 @@ pub async fn send(
     match request.content.validate() {
         Ok(()) => {}
         Err(ContentError::Invalid(v)) => violations.extend(v),
-        Err(e @ ContentError::TooLarge { .. }) => return Err(ApiError::PayloadTooLarge(e.to_string())),
+        Err(e @ ContentError::TooLarge { .. }) => {
+            return Err(ApiError::PayloadTooLarge(e.to_string()));
+        }
     }
     if !violations.is_empty() {
         return Err(ApiError::Validation(violations));

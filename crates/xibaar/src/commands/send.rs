@@ -57,26 +57,49 @@ pub async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
     } else {
         bail!("say who to notify: --customer ID (repeatable), --device ID or --everyone");
     };
-    let data: serde_json::Map<String, Value> = args.data.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    let data: serde_json::Map<String, Value> = args
+        .data
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     let body = json!({
         "priority": args.priority,
         "audience": audience,
         "content": { "title": args.title, "body": args.body, "data": data },
     });
-    let token = mint_token(config, "xibaar-cli", &["notifications:send", "notifications:read"], Duration::from_secs(600))?;
-    let base = args.api_url.unwrap_or_else(|| format!("http://{}", config.api.listen));
+    let token = mint_token(
+        config,
+        "xibaar-cli",
+        &["notifications:send", "notifications:read"],
+        Duration::from_secs(600),
+    )?;
+    let base = args
+        .api_url
+        .unwrap_or_else(|| format!("http://{}", config.api.listen));
     let http = reqwest::Client::new();
-    let mut request = http.post(format!("{base}/v1/notifications")).bearer_auth(&token).json(&body);
+    let mut request = http
+        .post(format!("{base}/v1/notifications"))
+        .bearer_auth(&token)
+        .json(&body);
     if let Some(key) = &args.idempotency_key {
         request = request.header("Idempotency-Key", key);
     }
-    let response = request.send().await.with_context(|| format!("calling {base}"))?;
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("calling {base}"))?;
     let status = response.status();
     let answer: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!("the API answered {status}: {}", serde_json::to_string_pretty(&answer)?);
+        bail!(
+            "the API answered {status}: {}",
+            serde_json::to_string_pretty(&answer)?
+        );
     }
-    let id = answer["notification_id"].as_str().context("no notification_id in the answer")?.to_owned();
+    let id = answer["notification_id"]
+        .as_str()
+        .context("no notification_id in the answer")?
+        .to_owned();
     println!("accepted notification {id}");
     if !args.wait {
         return Ok(());
@@ -103,7 +126,10 @@ pub async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
             }
         }
         if started.elapsed() > args.timeout {
-            bail!("notification {id} was not completed within {:?}", args.timeout);
+            bail!(
+                "notification {id} was not completed within {:?}",
+                args.timeout
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

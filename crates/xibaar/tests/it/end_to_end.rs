@@ -1,0 +1,135 @@
+use std::{collections::HashMap, time::Duration};
+
+use futures::StreamExt;
+use xibaar_testkit::eventually;
+
+use crate::support::{Pipeline, notification};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_notifications_over_four_priorities_reach_fcm_exactly_once() {
+    let p = Pipeline::start().await;
+    let customers: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    for (i, c) in customers.iter().enumerate() {
+        p.register_device(c, &format!("phone-{i}"), &format!("fcm-token-{i}"))
+            .await;
+    }
+    p.wait_for_devices(10).await;
+
+    let priorities = ["urgent", "high", "normal", "low"];
+    let ids: Vec<String> = futures::stream::iter(0..1000)
+        .map(|i| {
+            let body = notification(priorities[i % 4], &[&customers[i % 10]], &format!("n{i}"));
+            let p = &p;
+            async move {
+                let r = p.send(&body, None).await;
+                assert_eq!(r.status(), 202);
+                let v: serde_json::Value = r.json().await.unwrap();
+                v["notification_id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffered(100)
+        .collect()
+        .await;
+    assert_eq!(ids.len(), 1000);
+
+    let pool = p.pool.clone();
+    let completed = eventually(Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'completed'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (n == 1000).then_some(())
+        }
+    })
+    .await;
+    assert!(completed.is_some(), "not every notification completed");
+
+    // Exactly once at FCM: one message per notification, to the right token.
+    let received = p.standin.received();
+    assert_eq!(received.len(), 1000);
+    let mut per_notification: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &received {
+        let id = r.message["data"]["xibaar_notification_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        per_notification
+            .entry(id)
+            .or_default()
+            .push(r.token.clone().unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            per_notification.get(id).map(Vec::len),
+            Some(1),
+            "notification {id}"
+        );
+        assert_eq!(per_notification[id][0], format!("fcm-token-{}", i % 10));
+    }
+    // The read model agrees, with correct counts.
+    let (targeted, sent, failed, invalid): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT sum(targeted)::bigint, sum(sent)::bigint, sum(failed)::bigint, sum(invalid)::bigint FROM notifications",
+    )
+    .fetch_one(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!((targeted, sent, failed, invalid), (1000, 1000, 0, 0));
+    let by_priority: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT priority, count(*) FROM notifications GROUP BY priority ORDER BY priority",
+    )
+    .fetch_all(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        by_priority,
+        vec![
+            ("high".into(), 250),
+            ("low".into(), 250),
+            ("normal".into(), 250),
+            ("urgent".into(), 250)
+        ]
+    );
+    let status = p.status(&ids[0]).await.unwrap();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["sent"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_token_is_invalidated_and_counted_not_retried() {
+    let p = Pipeline::start().await;
+    p.register_device("c1", "old-phone", "dead-token").await;
+    p.register_device("c1", "new-phone", "live-token").await;
+    p.wait_for_devices(2).await;
+    p.standin.add_rule(xibaar_fcm_standin::ErrorRule::for_token(
+        "dead-token",
+        xibaar_fcm_standin::ScriptedError::Unregistered,
+    ));
+    let r = p.send(&notification("high", &["c1"], "bill"), None).await;
+    let id = r.json::<serde_json::Value>().await.unwrap()["notification_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = eventually(Duration::from_secs(30), || async {
+        p.status(&id).await.filter(|s| s["status"] == "completed")
+    })
+    .await
+    .expect("completed");
+    assert_eq!(
+        (
+            status["targeted"].as_i64(),
+            status["sent"].as_i64(),
+            status["invalid"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    let device_status: String =
+        sqlx::query_scalar("SELECT status FROM devices WHERE device_id = 'old-phone'")
+            .fetch_one(&p.pool)
+            .await
+            .unwrap();
+    assert_eq!(device_status, "invalidated");
+    assert_eq!(p.standin.error_count(), 1, "a dead token is tried once");
+}

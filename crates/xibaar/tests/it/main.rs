@@ -1,0 +1,10 @@
+//! Integration tests: the real binary's roles against real nats-server, PostgreSQL and the FCM
+//! stand-in. One test binary, so the workspace links once.
+
+mod bad_input;
+mod end_to_end;
+mod idempotency;
+mod ops;
+mod projector_crash;
+mod streams;
+mod support;

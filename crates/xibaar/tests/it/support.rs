@@ -1,0 +1,250 @@
+//! A whole pipeline per test: its own nats-server, Postgres and FCM stand-in on ephemeral
+//! ports, and the roles running in this process (or as child processes where a test kills
+//! them).
+
+use std::{path::PathBuf, time::Duration};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use xibaar::Roles;
+use xibaar_config::Config;
+use xibaar_fcm_standin::{StandIn, StandInConfig};
+use xibaar_testkit::{NatsServer, Postgres, eventually};
+
+pub const APP_ID: &str = "1:1234567890:android:xibaar";
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub struct Pipeline {
+    pub nats: NatsServer,
+    pub pg: Postgres,
+    pub standin: StandIn,
+    /// Holds the config and key files for the pipeline's lifetime.
+    _dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub api: String,
+    pub ops: String,
+    pub pool: sqlx::PgPool,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    roles: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Pipeline {
+    /// Every role in this process.
+    pub async fn start() -> Self {
+        Self::start_roles(Roles::ALL).await
+    }
+
+    pub async fn start_roles(roles: Roles) -> Self {
+        let (nats, pg, standin) = tokio::join!(
+            NatsServer::start(),
+            Postgres::start(),
+            StandIn::start(StandInConfig::default())
+        );
+        let (nats, pg, standin) = (nats.unwrap(), pg.unwrap(), standin.unwrap());
+        let database = pg.create_database("xibaar").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("service-account.json");
+        xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+        let api_port = free_port();
+        let ops_port = free_port();
+        let toml = format!(
+            r#"
+[nats]
+url = "{nats}"
+[postgres]
+url = "{database}"
+[api]
+listen = "127.0.0.1:{api_port}"
+[ops]
+listen = "127.0.0.1:{ops_port}"
+[auth]
+hs256_secret = "{SECRET}"
+[fcm]
+endpoint = "{fcm}"
+[[fcm.apps]]
+app_id = "{APP_ID}"
+project_id = "xibaar-local"
+service_account_file = "{key}"
+[dispatcher]
+retry_base_delay = "100ms"
+retry_max_delay = "1s"
+max_attempts = 3
+[log]
+format = "text"
+filter = "warn"
+"#,
+            nats = nats.url(),
+            fcm = standin.url(),
+            key = key.display(),
+        );
+        let config_path = dir.path().join("xibaar.toml");
+        std::fs::write(&config_path, &toml).unwrap();
+        let config = Config::from_toml(&toml).unwrap();
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        let mut pipeline = Self {
+            nats,
+            pg,
+            standin,
+            _dir: dir,
+            config_path,
+            config,
+            api: format!("http://127.0.0.1:{api_port}"),
+            ops: format!("http://127.0.0.1:{ops_port}"),
+            pool,
+            http: reqwest::Client::new(),
+            shutdown: CancellationToken::new(),
+            roles: None,
+        };
+        pipeline.start_in_process(roles).await;
+        pipeline
+    }
+
+    async fn start_in_process(&mut self, roles: Roles) {
+        self.shutdown = CancellationToken::new();
+        let task = tokio::spawn(xibaar::run(
+            self.config.clone(),
+            roles,
+            self.shutdown.clone(),
+        ));
+        self.roles = Some(task);
+        let ops = self.ops.clone();
+        let http = self.http.clone();
+        let started = eventually(Duration::from_secs(30), || {
+            let (http, ops) = (http.clone(), ops.clone());
+            async move {
+                let r = http
+                    .get(format!("{ops}/health/startup"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        assert!(started.is_some(), "the pipeline did not start");
+        if roles.projector {
+            // Migrations are done once the checkpoint table answers.
+            let pool = self.pool.clone();
+            eventually(Duration::from_secs(30), || {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query("SELECT 1 FROM projection_checkpoints LIMIT 1")
+                        .execute(&pool)
+                        .await
+                        .ok()
+                        .map(|_| ())
+                }
+            })
+            .await
+            .expect("migrations ran");
+        }
+    }
+
+    /// Stops the in-process roles gracefully and waits for them.
+    pub async fn stop_roles(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.roles.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn token(&self, subject: &str, scopes: &[&str]) -> String {
+        xibaar_api::mint(
+            SECRET.as_bytes(),
+            "xibaar",
+            "xibaar-api",
+            subject,
+            scopes,
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    pub fn back_office(&self) -> String {
+        self.token("billing", &["notifications:send", "notifications:read"])
+    }
+
+    pub async fn register_device(&self, customer: &str, device: &str, token: &str) {
+        let response = self
+            .http
+            .post(format!("{}/v1/devices", self.api))
+            .bearer_auth(self.token(customer, &[]))
+            .json(&json!({ "device_id": device, "token": token, "platform": "android", "app_id": APP_ID }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    }
+
+    /// Waits until the registry holds `n` active devices.
+    pub async fn wait_for_devices(&self, n: i64) {
+        let pool = self.pool.clone();
+        let seen = eventually(Duration::from_secs(30), || {
+            let pool = pool.clone();
+            async move {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM devices WHERE status = 'active'")
+                        .fetch_one(&pool)
+                        .await
+                        .ok()?;
+                (count == n).then_some(())
+            }
+        })
+        .await;
+        assert!(seen.is_some(), "the registry never held {n} devices");
+    }
+
+    pub async fn send(&self, body: &Value, idempotency_key: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/notifications", self.api))
+            .bearer_auth(self.back_office())
+            .json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn status(&self, id: &str) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/v1/notifications/{id}", self.api))
+            .bearer_auth(self.back_office())
+            .send()
+            .await
+            .unwrap();
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
+    }
+
+    /// Messages currently stored in `stream`.
+    pub async fn stream_messages(&self, stream: &str) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(stream).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+}
+
+pub fn notification(priority: &str, customers: &[&str], title: &str) -> Value {
+    json!({
+        "priority": priority,
+        "audience": { "kind": "customers", "customer_ids": customers },
+        "content": { "title": title, "body": "Planned maintenance tonight", "data": { "kind": "outage" } },
+    })
+}
