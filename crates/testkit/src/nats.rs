@@ -159,9 +159,12 @@ fn read_ports(dir: &Path) -> Option<(u16, u16)> {
 }
 
 impl Drop for NatsServer {
+    /// A throwaway server is killed; one with a caller-owned store is stopped cleanly.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            process::kill_now(&mut child);
+        if self._temp.is_some() {
+            self.kill();
+        } else {
+            self.stop();
         }
     }
 }

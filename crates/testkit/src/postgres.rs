@@ -273,9 +273,12 @@ async fn wait_ready(port: u16, child: &mut Child) -> anyhow::Result<()> {
 }
 
 impl Drop for Postgres {
+    /// A throwaway server is killed; a durable one gets a fast shutdown so its data is clean.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            process::kill_now(&mut child);
+        if self.durable {
+            self.stop();
+        } else {
+            self.kill();
         }
     }
 }

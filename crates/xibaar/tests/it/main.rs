@@ -2,6 +2,7 @@
 //! stand-in. One test binary, so the workspace links once.
 
 mod bad_input;
+mod cli;
 mod end_to_end;
 mod idempotency;
 mod ops;
