@@ -1,3 +1,6 @@
+// `Jail::expect_with` takes closures returning figment's (large) error type.
+#![allow(clippy::result_large_err)]
+
 use figment::Jail;
 
 use super::*;

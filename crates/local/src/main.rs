@@ -38,14 +38,14 @@ struct Args {
 /// The FCM section: real credentials when given, else the stand-in's test account.
 fn fcm_section(home: &Path, standin: Option<&StandIn>) -> anyhow::Result<String> {
     if let Ok(key) = std::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
-        let json: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&key).with_context(|| format!("reading {key}"))?,
-        )
-        .with_context(|| format!("{key} is not a service-account key"))?;
-        let project = json["project_id"].as_str().context("the key has no project_id")?;
-        let app_id = std::env::var("XIBAAR_FCM_APP_ID").context(
-            "set XIBAAR_FCM_APP_ID to the Firebase app id your devices register with",
-        )?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&key).with_context(|| format!("reading {key}"))?)
+                .with_context(|| format!("{key} is not a service-account key"))?;
+        let project = json["project_id"]
+            .as_str()
+            .context("the key has no project_id")?;
+        let app_id = std::env::var("XIBAAR_FCM_APP_ID")
+            .context("set XIBAAR_FCM_APP_ID to the Firebase app id your devices register with")?;
         return Ok(format!(
             "[fcm]\nendpoint = \"https://fcm.googleapis.com\"\n[[fcm.apps]]\napp_id = {app_id:?}\nproject_id = {project:?}\nservice_account_file = {key:?}\n"
         ));
@@ -66,7 +66,11 @@ fn secret(home: &Path) -> anyhow::Result<String> {
     if let Ok(s) = std::fs::read_to_string(&path) {
         return Ok(s.trim().to_owned());
     }
-    let secret = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    let secret = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
     std::fs::write(&path, &secret)?;
     Ok(secret)
 }
@@ -116,7 +120,13 @@ async fn main() -> anyhow::Result<()> {
         args.ops,
         nats.url(),
         pg.url("xibaar"),
-        standin.as_ref().map_or("https://fcm.googleapis.com".into(), |s| format!("stand-in at {} (messages: {}/__standin/messages)", s.url(), s.url())),
+        standin
+            .as_ref()
+            .map_or("https://fcm.googleapis.com".into(), |s| format!(
+                "stand-in at {} (messages: {}/__standin/messages)",
+                s.url(),
+                s.url()
+            )),
         config_path.display(),
     );
     let shutdown = CancellationToken::new();

@@ -11,7 +11,11 @@ fn xibaar(p: &Pipeline, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -36,10 +40,28 @@ async fn the_walk_through_sends_a_notification_that_shows_as_delivered() {
 
     let (ok, out) = xibaar(
         &p,
-        &["send", "--customer", "customer-42", "--priority", "urgent", "--title", "Power cut", "--body", "Back by 14:00", "--data", "kind=outage", "--wait", "--timeout", "10s"],
+        &[
+            "send",
+            "--customer",
+            "customer-42",
+            "--priority",
+            "urgent",
+            "--title",
+            "Power cut",
+            "--body",
+            "Back by 14:00",
+            "--data",
+            "kind=outage",
+            "--wait",
+            "--timeout",
+            "10s",
+        ],
     );
     assert!(ok, "{out}");
-    assert!(out.contains("completed in") && out.contains("targeted 1, sent 1, failed 0"), "{out}");
+    assert!(
+        out.contains("completed in") && out.contains("targeted 1, sent 1, failed 0"),
+        "{out}"
+    );
     let received = p.standin.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].message["notification"]["title"], "Power cut");
