@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_consumer_for_an_undeclared_stream_is_refused() {
-        let err = Definitions::from_files(&[], &[("NOPE.x.json", r#"{"durable_name":"x"}"#)])
+        let err = Definitions::from_files(&[], &[("NOPE.x.json", r#"{"durable_name":"x","ack_policy":"explicit","deliver_policy":"all","replay_policy":"instant"}"#)])
             .unwrap_err();
         assert!(err.to_string().contains("no stream `NOPE`"), "{err}");
     }

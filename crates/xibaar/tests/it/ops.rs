@@ -39,6 +39,10 @@ async fn health_probes_and_metrics_answer() {
     assert_ne!(body["checks"]["postgres"], "ok");
     p.pg.restart().await.unwrap();
 
+    let accepted = p
+        .send(&crate::support::notification("low", &["nobody"], "t"), None)
+        .await;
+    assert_eq!(accepted.status(), 202);
     let metrics = p
         .http
         .get(format!("{}/metrics", p.ops))
@@ -48,6 +52,11 @@ async fn health_probes_and_metrics_answer() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("xibaar_"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "xibaar_api_notifications_accepted_total{priority=\"low\",replayed=\"false\"} 1"
+        ),
+        "{metrics}"
+    );
     p.stop_roles().await;
 }
