@@ -46,6 +46,13 @@ pub struct Actor {
     pub id: String,
 }
 
+/// `kind:id`, e.g. `client:billing`.
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
 impl Actor {
     pub fn system(role: &str) -> Self {
         Self {

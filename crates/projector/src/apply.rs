@@ -34,11 +34,7 @@ pub(crate) async fn apply(
         }
         Event::NotificationAccepted(e) => {
             let audience = serde_json::to_value(&e.audience).unwrap_or_default();
-            let requested_by = format!(
-                "{}:{}",
-                envelope.meta.actor.kind.as_str(),
-                envelope.meta.actor.id
-            );
+            let requested_by = envelope.meta.actor.to_string();
             sqlx::query(include_str!("../sql/notification_accepted.sql"))
                 .bind(e.notification_id.0)
                 .bind(e.priority.as_str())

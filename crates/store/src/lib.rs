@@ -149,7 +149,8 @@ pub struct NotificationStatus {
     pub priority: String,
     pub title: String,
     pub requested_by: String,
-    /// accepted, fanned_out, or completed once every targeted device has an outcome.
+    /// queued (stored, not yet projected), accepted, fanned_out, or completed once every
+    /// targeted device has an outcome.
     pub status: String,
     pub targeted: Option<i64>,
     pub sent: i64,

@@ -1,5 +1,6 @@
 //! `POST /v1/notifications` and `GET /v1/notifications/{id}`.
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use axum::{
     Json,
     extract::{Path, State},
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{
-    Audience, Command, Content, ContentError, NotificationId, Priority, SendNotification,
+    Audience, Command, Content, ContentError, NotificationId, Priority, SendNotification, subject,
 };
 
 use crate::{
@@ -99,6 +100,23 @@ pub async fn send(
     let ack = tokio::time::timeout(state.publish_timeout, publish)
         .await
         .map_err(|_| unavailable(&"timed out waiting for JetStream"))??;
+    if ack.duplicate {
+        let Command::SendNotification(sent) = &command;
+        match stored_command(&state, sent.priority, notification_id).await {
+            Ok(Some(stored))
+                if stored.audience != sent.audience || stored.content != sent.content =>
+            {
+                return Err(ApiError::validation(
+                    "Idempotency-Key",
+                    "was already used for a different notification; use a new key",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot compare a replayed request with the stored one")
+            }
+        }
+    }
     metrics::counter!("xibaar_api_notifications_accepted_total", "priority" => request.priority.as_str(),
         "replayed" => if ack.duplicate { "true" } else { "false" })
     .increment(1);
@@ -119,6 +137,28 @@ pub async fn send(
     Ok(response)
 }
 
+/// The command as JetStream stored it, read back by its subject.
+async fn stored_command(
+    state: &AppState,
+    priority: Priority,
+    id: NotificationId,
+) -> anyhow::Result<Option<SendNotification>> {
+    let stream = state
+        .js
+        .get_stream_no_info(priority.command_stream())
+        .await?;
+    match stream
+        .direct_get_last_for_subject(subject::command(priority, id))
+        .await
+    {
+        Ok(message) => match serde_json::from_slice(&message.payload)? {
+            Command::SendNotification(s) => Ok(Some(s)),
+        },
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,10 +168,37 @@ pub async fn status(
         caller.require(scopes::SEND)?;
     }
     let not_found = || ApiError::NotFound(format!("no notification {id}"));
-    let uuid = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
-    xibaar_store::notification_status(&state.pool, NotificationId(uuid))
+    let id = NotificationId(uuid::Uuid::parse_str(&id).map_err(|_| not_found())?);
+    if let Some(status) = xibaar_store::notification_status(&state.pool, id)
         .await
         .map_err(read_failed)?
-        .map(Json)
-        .ok_or_else(not_found)
+    {
+        return Ok(Json(status));
+    }
+    // Accepted but not yet projected: the command stream knows it.
+    for priority in Priority::ALL {
+        match stored_command(&state, priority, id).await {
+            Ok(Some(command)) => return Ok(Json(queued(&command))),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, %priority, "reading a command stream failed"),
+        }
+    }
+    Err(not_found())
+}
+
+fn queued(command: &SendNotification) -> xibaar_store::NotificationStatus {
+    xibaar_store::NotificationStatus {
+        notification_id: command.notification_id.0,
+        priority: command.priority.as_str().to_owned(),
+        title: command.content.title.clone(),
+        requested_by: command.requested_by.to_string(),
+        status: "queued".to_owned(),
+        targeted: None,
+        sent: 0,
+        failed: 0,
+        invalid: 0,
+        accepted_at: command.accepted_at,
+        fanned_out_at: None,
+        completed_at: None,
+    }
 }
