@@ -15,6 +15,10 @@ const APP: &str = "1:42:android:test";
 fn client(standin: &StandIn, dir: &Path) -> FcmClient {
     let key = dir.join("sa.json");
     xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    client_with_key(standin, key)
+}
+
+fn client_with_key(standin: &StandIn, key: std::path::PathBuf) -> FcmClient {
     FcmClient::new(&FcmConfig {
         endpoint: standin.url(),
         apps: vec![FcmApp {
@@ -211,16 +215,7 @@ async fn a_key_the_token_endpoint_does_not_know_is_refused() {
         serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
     json["client_email"] = "someone-else@elsewhere.iam.gserviceaccount.com".into();
     std::fs::write(&key, json.to_string()).unwrap();
-    let client = FcmClient::new(&FcmConfig {
-        endpoint: standin.url(),
-        apps: vec![FcmApp {
-            app_id: APP.into(),
-            project_id: "xibaar-local".into(),
-            service_account_file: key,
-        }],
-        ..FcmConfig::default()
-    })
-    .unwrap();
+    let client = client_with_key(&standin, key);
     match client.send(APP, &message("t", Priority::Low)).await {
         Err(FcmClientError::Token(xibaar_fcm::TokenError::Refused {
             status: 400, body, ..

@@ -63,24 +63,34 @@ fn server_err<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// Declared keys whose value differs on the server, and the first one that may not change.
-fn diff(
+/// The declared keys whose value differs on the server, or the refusal when one of them is
+/// a setting JetStream cannot change in place.
+fn changed_fields<T: serde::Serialize>(
+    kind: &'static str,
+    name: &str,
     declared: &serde_json::Map<String, Value>,
-    current: &Value,
+    current: &T,
     immutable: &[&'static str],
-) -> (Vec<String>, Option<(&'static str, Value, Value)>) {
+) -> Result<Vec<String>, ApplyError> {
+    let current = serde_json::to_value(current).unwrap_or(Value::Null);
     let mut changed = Vec::new();
-    let mut refused = None;
     for (key, wanted) in declared {
         let now = current.get(key).cloned().unwrap_or(Value::Null);
-        if now != *wanted {
-            if let Some(field) = immutable.iter().find(|f| **f == key) {
-                refused.get_or_insert((*field, now.clone(), wanted.clone()));
-            }
-            changed.push(key.clone());
+        if now == *wanted {
+            continue;
         }
+        if let Some(field) = immutable.iter().find(|f| **f == key) {
+            return Err(ApplyError::Incompatible {
+                kind,
+                name: name.to_owned(),
+                field,
+                current: now,
+                wanted: wanted.clone(),
+            });
+        }
+        changed.push(key.clone());
     }
-    (changed, refused)
+    Ok(changed)
 }
 
 /// Applies every stream, then its consumers, in file order.
@@ -105,26 +115,22 @@ pub async fn apply(js: &jetstream::Context, defs: &Definitions) -> Result<Vec<Ch
                 }
                 Err(e) => return Err(server_err(&name, "reading the consumer")(e)),
                 Ok(info) => {
-                    let current = serde_json::to_value(&info.config).unwrap_or(Value::Null);
                     let immutable = ["ack_policy", "deliver_policy", "durable_name"];
-                    match diff(&consumer.declared, &current, &immutable) {
-                        (_, Some((field, current, wanted))) => {
-                            return Err(ApplyError::Incompatible {
-                                kind: "consumer",
-                                name,
-                                field,
-                                current,
-                                wanted,
-                            });
-                        }
-                        (fields, None) if fields.is_empty() => Change::Unchanged { name },
-                        (fields, None) => {
-                            stream
-                                .update_consumer(consumer.config.clone())
-                                .await
-                                .map_err(server_err(&name, "updating the consumer"))?;
-                            Change::Updated { name, fields }
-                        }
+                    let fields = changed_fields(
+                        "consumer",
+                        &name,
+                        &consumer.declared,
+                        &info.config,
+                        &immutable,
+                    )?;
+                    if fields.is_empty() {
+                        Change::Unchanged { name }
+                    } else {
+                        stream
+                            .update_consumer(consumer.config.clone())
+                            .await
+                            .map_err(server_err(&name, "updating the consumer"))?;
+                        Change::Updated { name, fields }
                     }
                 }
             };
@@ -149,24 +155,21 @@ async fn apply_stream(js: &jetstream::Context, def: &StreamDef) -> Result<Change
         }
         Err(e) => return Err(server_err(&name, "reading the stream")(e)),
         Ok(stream) => {
-            let current = serde_json::to_value(&stream.cached_info().config).unwrap_or(Value::Null);
-            match diff(&def.declared, &current, &["retention", "storage", "name"]) {
-                (_, Some((field, current, wanted))) => {
-                    return Err(ApplyError::Incompatible {
-                        kind: "stream",
-                        name,
-                        field,
-                        current,
-                        wanted,
-                    });
-                }
-                (fields, None) if fields.is_empty() => Change::Unchanged { name },
-                (fields, None) => {
-                    js.update_stream(def.config.clone())
-                        .await
-                        .map_err(server_err(&name, "updating the stream"))?;
-                    Change::Updated { name, fields }
-                }
+            let immutable = ["retention", "storage", "name"];
+            let fields = changed_fields(
+                "stream",
+                &name,
+                &def.declared,
+                &stream.cached_info().config,
+                &immutable,
+            )?;
+            if fields.is_empty() {
+                Change::Unchanged { name }
+            } else {
+                js.update_stream(def.config.clone())
+                    .await
+                    .map_err(server_err(&name, "updating the stream"))?;
+                Change::Updated { name, fields }
             }
         }
     };
