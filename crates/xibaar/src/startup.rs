@@ -146,6 +146,11 @@ fn health(
 
 /// Runs `roles` until `shutdown` is cancelled, then shuts them down gracefully.
 pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if roles.dispatcher && config.fcm.apps.is_empty() {
+        anyhow::bail!(
+            "configuration key `fcm.apps`: the dispatcher needs at least one Firebase app"
+        );
+    }
     let client = connect_nats(&config, roles.name()).await?;
     let js = jetstream(client.clone());
     let pool = postgres(&config)?;

@@ -88,4 +88,19 @@ fn an_invalid_config_fails_at_start_naming_the_key() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dispatcher.max_attempts"), "{stderr}");
+
+    std::fs::write(
+        &path,
+        "[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xibaar"))
+        .arg("--config")
+        .arg(&path)
+        .arg("dispatcher")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fcm.apps"), "{stderr}");
 }
