@@ -104,10 +104,18 @@ impl Dispatcher {
                 shutdown.clone(),
             ));
         }
+        let sent = self
+            .js
+            .get_key_value(names::SENT_BUCKET)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("opening the sent-marker bucket {}: {e}", names::SENT_BUCKET)
+            })?;
         let sender = Arc::new(Sender {
             js: self.js.clone(),
             fcm: self.fcm.clone(),
             retry: self.settings.retry.clone(),
+            sent,
         });
         tasks.spawn(send_loop(
             self.js.clone(),

@@ -10,10 +10,16 @@
 //! - the last attempt failing → `delivery.failed(retries_exhausted)` and the job to the DLQ.
 //!
 //! The ack comes only after the outcome event is stored.
+//!
+//! Effectively once: right after FCM accepts a push, a sent-marker
+//! (`XIBAAR_SENT/<notification>.<device>` → FCM's message name) is stored. A redelivered job
+//! (the sender died before its ack) whose marker exists is not pushed again; its outcome is
+//! recorded from the marker. Duplicates after a hard crash are thus limited to pushes FCM
+//! accepted in the instant before their marker was stored.
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, kv};
 use rand::Rng;
 use xibaar_core::{
     Actor, DeliveryJob, Event, EventEnvelope,
@@ -46,12 +52,16 @@ pub struct Sender {
     pub js: jetstream::Context,
     pub fcm: Arc<FcmClient>,
     pub retry: RetryPolicy,
+    /// The sent-marker bucket.
+    pub sent: kv::Store,
 }
 
 /// What happened to one job, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Sent,
+    /// A redelivered job whose push had already gone out.
+    AlreadySent,
     Invalid,
     Failed,
     Retrying,
@@ -61,6 +71,7 @@ impl Outcome {
     fn as_str(self) -> &'static str {
         match self {
             Outcome::Sent => "sent",
+            Outcome::AlreadySent => "already_sent",
             Outcome::Invalid => "invalid_token",
             Outcome::Failed => "failed",
             Outcome::Retrying => "retrying",

@@ -50,7 +50,7 @@ pub enum DefinitionError {
 }
 
 /// `(file name, contents)` of the definitions shipped with this build.
-const BUILTIN_STREAMS: [(&str, &str); 7] = [
+const BUILTIN_STREAMS: [(&str, &str); 8] = [
     (
         "XIBAAR_CMD_URGENT.json",
         include_str!("../../../streams/XIBAAR_CMD_URGENT.json"),
@@ -74,6 +74,10 @@ const BUILTIN_STREAMS: [(&str, &str); 7] = [
     (
         "XIBAAR_EVENTS.json",
         include_str!("../../../streams/XIBAAR_EVENTS.json"),
+    ),
+    (
+        "KV_XIBAAR_SENT.json",
+        include_str!("../../../streams/KV_XIBAAR_SENT.json"),
     ),
     (
         "XIBAAR_DLQ.json",
@@ -286,7 +290,7 @@ mod tests {
             names(&loaded),
             "a file in streams/ is not compiled in"
         );
-        assert_eq!(builtin.streams.len(), 7);
+        assert_eq!(builtin.streams.len(), 8);
         let deliveries = builtin.stream("XIBAAR_DELIVERIES").unwrap();
         assert_eq!(deliveries.consumers.len(), 4);
     }

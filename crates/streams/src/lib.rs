@@ -28,4 +28,6 @@ pub mod names {
     pub const DELIVERIES: &str = "XIBAAR_DELIVERIES";
     pub const EVENTS: &str = "XIBAAR_EVENTS";
     pub const DLQ: &str = "XIBAAR_DLQ";
+    /// The sent-marker key-value bucket (stream `KV_XIBAAR_SENT`).
+    pub const SENT_BUCKET: &str = "XIBAAR_SENT";
 }

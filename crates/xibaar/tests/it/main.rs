@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod dispatcher_crash;
 mod end_to_end;
 mod idempotency;
 mod ops;

@@ -1,0 +1,123 @@
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use async_nats::jetstream::consumer::pull;
+use futures::StreamExt;
+use xibaar_testkit::eventually;
+
+use crate::support::Pipeline;
+
+const DEVICES: usize = 2000;
+const CONCURRENCY: usize = 16;
+
+fn spawn_dispatcher(p: &Pipeline) -> Child {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Command::new(env!("CARGO_BIN_EXE_xibaar"))
+        .arg("--config")
+        .arg(&p.config_path)
+        .arg("dispatcher")
+        .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("XIBAAR_FCM__CONCURRENCY", CONCURRENCY.to_string())
+        // The test shortened the sender's ack wait; do not restore the shipped one.
+        .env("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_in_flight_window() {
+    let p = Pipeline::start_roles(xibaar::Roles {
+        api: true,
+        dispatcher: false,
+        projector: true,
+    })
+    .await;
+    // Jobs held by the killed process come back after the ack wait; keep the test short.
+    let js = p.jetstream().await;
+    let stream = js.get_stream("XIBAAR_DELIVERIES").await.unwrap();
+    let defs = xibaar_streams::Definitions::builtin();
+    for consumer in &defs.stream("XIBAAR_DELIVERIES").unwrap().consumers {
+        let mut config: pull::Config = consumer.config.clone();
+        config.ack_wait = Duration::from_secs(2);
+        stream.update_consumer(config).await.unwrap();
+    }
+    let registered: Vec<()> = futures::stream::iter(0..DEVICES)
+        .map(|i| {
+            let p = &p;
+            async move {
+                p.register_device(
+                    &format!("c{i}"),
+                    &format!("d{i:05}"),
+                    &format!("tok-{i:05}"),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(registered.len(), DEVICES);
+    p.wait_for_devices(DEVICES as i64).await;
+
+    p.standin.set_latency(Duration::from_millis(10));
+    let mut dispatcher = spawn_dispatcher(&p);
+    let body = serde_json::json!({
+        "priority": "normal",
+        "audience": { "kind": "everyone" },
+        "content": { "title": "Tariff change", "body": "New tariffs from 1 January" },
+    });
+    let response = p.send(&body, None).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["notification_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let standin = &p.standin;
+    eventually(Duration::from_secs(30), || async {
+        (standin.accepted_count() > 300).then_some(())
+    })
+    .await
+    .expect("pushes started");
+    dispatcher.kill().unwrap();
+    dispatcher.wait().unwrap();
+    let at_kill = standin.accepted_count();
+    assert!(
+        at_kill < DEVICES as u64,
+        "killed mid-broadcast ({at_kill} pushed)"
+    );
+
+    let mut dispatcher = spawn_dispatcher(&p);
+    let status = eventually(Duration::from_secs(60), || async {
+        p.status(&id).await.filter(|s| s["status"] == "completed")
+    })
+    .await
+    .expect("the broadcast completed after the restart");
+    dispatcher.kill().unwrap();
+    dispatcher.wait().unwrap();
+    assert_eq!(status["targeted"], DEVICES);
+    assert_eq!(status["sent"], DEVICES);
+
+    let mut per_token: HashMap<String, u32> = HashMap::new();
+    for r in standin.received() {
+        *per_token.entry(r.token.unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_token.len(), DEVICES, "every device got the push");
+    let duplicates: u32 = per_token.values().map(|n| n - 1).sum();
+    println!(
+        "dispatcher killed after {at_kill} pushes: {duplicates} duplicate pushes (in-flight window {CONCURRENCY})"
+    );
+    assert!(
+        duplicates as usize <= CONCURRENCY,
+        "{duplicates} duplicates exceed the in-flight window"
+    );
+}
