@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, time::Instant};
 
 use bytes::Bytes;
 use xibaar_core::{
-    Content, CustomerId, DeliveryJob, DeviceId, FcmToken, NotificationId, Platform, Priority,
+    Content, CustomerId, DeliveryJob, DeliveryOptions, DeviceId, FcmToken, NotificationId,
+    Platform, Priority,
 };
 use xibaar_streams::{Definitions, Pipeline};
 use xibaar_testkit::NatsServer;
@@ -30,6 +31,7 @@ fn jobs(notification: NotificationId) -> Vec<(String, String, Bytes)> {
                     data: BTreeMap::from([("kind".into(), "bill".into())]),
                     image_url: None,
                 },
+                delivery: DeliveryOptions::default(),
                 correlation_id: notification.to_string(),
                 accepted_at: chrono::Utc::now(),
             };

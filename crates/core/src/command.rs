@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     event::Actor,
     ids::NotificationId,
+    notification::DeliveryOptions,
     notification::{Audience, Content},
     priority::Priority,
     subject,
@@ -28,6 +29,8 @@ pub struct SendNotification {
     pub content: Content,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(flatten)]
+    pub delivery: DeliveryOptions,
     pub requested_by: Actor,
     pub accepted_at: DateTime<Utc>,
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     ids::{CustomerId, DeviceId, FcmToken, NotificationId},
-    notification::{Audience, Content, Platform},
+    notification::{Audience, Content, DeliveryOptions, Platform},
     priority::Priority,
     subject,
 };
@@ -70,6 +70,8 @@ pub struct NotificationAccepted {
     pub content: Content,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(flatten)]
+    pub delivery: DeliveryOptions,
     pub accepted_at: DateTime<Utc>,
 }
 
@@ -131,6 +133,17 @@ pub struct DeliveryFailed {
     pub detail: String,
 }
 
+/// The push was not sent before the notification's `expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryExpired {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+    pub attempt: u32,
+    pub expired_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeviceRegistered {
     pub device_id: DeviceId,
@@ -157,16 +170,18 @@ pub enum Event {
     DeliveryFailed(DeliveryFailed),
     DeviceRegistered(DeviceRegistered),
     DeviceTokenInvalidated(DeviceTokenInvalidated),
+    DeliveryExpired(DeliveryExpired),
 }
 
 /// `(type, current version)` of every event in the catalog.
-pub const CATALOG: [(&str, u32); 6] = [
+pub const CATALOG: [(&str, u32); 7] = [
     ("notification.accepted", 1),
     ("notification.fanned_out", 1),
     ("delivery.succeeded", 1),
     ("delivery.failed", 1),
     ("device.registered", 1),
     ("device.token_invalidated", 1),
+    ("delivery.expired", 1),
 ];
 
 /// Namespace of deterministic event ids (UUIDv5).
@@ -189,6 +204,7 @@ impl Event {
             Event::DeliveryFailed(_) => 3,
             Event::DeviceRegistered(_) => 4,
             Event::DeviceTokenInvalidated(_) => 5,
+            Event::DeliveryExpired(_) => 6,
         }
     }
 
@@ -203,6 +219,7 @@ impl Event {
             Event::DeliveryFailed(e) => e.notification_id.to_string(),
             Event::DeviceRegistered(e) => e.device_id.to_string(),
             Event::DeviceTokenInvalidated(e) => e.device_id.to_string(),
+            Event::DeliveryExpired(e) => e.notification_id.to_string(),
         }
     }
 
@@ -218,6 +235,7 @@ impl Event {
             Event::NotificationFannedOut(e) => Some(e.notification_id.to_string()),
             Event::DeliverySucceeded(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
             Event::DeliveryFailed(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
+            Event::DeliveryExpired(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
             Event::DeviceTokenInvalidated(e) => {
                 Some(format!("{}/{}", e.device_id, e.token.as_str()))
             }
@@ -233,6 +251,7 @@ impl Event {
             Event::DeliveryFailed(d) => serde_json::value::to_raw_value(d),
             Event::DeviceRegistered(d) => serde_json::value::to_raw_value(d),
             Event::DeviceTokenInvalidated(d) => serde_json::value::to_raw_value(d),
+            Event::DeliveryExpired(d) => serde_json::value::to_raw_value(d),
         }
     }
 }
@@ -383,7 +402,10 @@ impl EventEnvelope {
             "device.registered" => {
                 Event::DeviceRegistered(serde_json::from_str(data).map_err(parse_err)?)
             }
-            _ => Event::DeviceTokenInvalidated(serde_json::from_str(data).map_err(parse_err)?),
+            "device.token_invalidated" => {
+                Event::DeviceTokenInvalidated(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            _ => Event::DeliveryExpired(serde_json::from_str(data).map_err(parse_err)?),
         };
         Ok(Decoded::Known(Box::new(EventEnvelope {
             meta: EventMeta {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ids::{CustomerId, DeviceId, FcmToken, NotificationId},
-    notification::{Content, Platform},
+    notification::{Content, DeliveryOptions, Platform},
     priority::Priority,
     subject,
 };
@@ -22,6 +22,8 @@ pub struct DeliveryJob {
     /// The Firebase app the device's token belongs to; selects the FCM project.
     pub app_id: String,
     pub content: Content,
+    #[serde(flatten)]
+    pub delivery: DeliveryOptions,
     /// Carried into every event about this delivery.
     pub correlation_id: String,
     pub accepted_at: DateTime<Utc>,

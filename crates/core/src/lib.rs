@@ -16,5 +16,5 @@ pub use command::{Command, SendNotification};
 pub use event::{Actor, ActorKind, Decoded, Event, EventEnvelope, EventMeta};
 pub use ids::{CustomerId, DeviceId, FcmToken, InvalidId, NotificationId};
 pub use job::DeliveryJob;
-pub use notification::{Audience, Content, ContentError, Platform};
+pub use notification::{Audience, Content, ContentError, DeliveryOptions, Platform};
 pub use priority::{Priority, UnknownPriority};

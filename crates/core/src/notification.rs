@@ -42,6 +42,24 @@ pub struct Content {
     pub image_url: Option<String>,
 }
 
+/// How a push may be delayed or replaced on its way to the phone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryOptions {
+    /// After this instant an unsent push is dropped (`delivery.expired`) instead of arriving
+    /// stale; also handed to FCM (Android `ttl`, APNs `apns-expiration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Pushes with the same key replace each other on the device (Android `collapse_key`,
+    /// APNs `apns-collapse-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+}
+
+/// FCM keeps a message at most 28 days.
+pub const MAX_TTL_SECONDS: u32 = 28 * 24 * 3600;
+/// APNs accepts collapse ids of at most 64 bytes.
+pub const MAX_COLLAPSE_KEY_BYTES: usize = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {

@@ -8,8 +8,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, js
 use crate::{
     command::Command,
     event::{
-        DeliveryFailed, DeliverySucceeded, DeviceRegistered, DeviceTokenInvalidated,
-        NotificationAccepted, NotificationFannedOut, WireEnvelope,
+        DeliveryExpired, DeliveryFailed, DeliverySucceeded, DeviceRegistered,
+        DeviceTokenInvalidated, NotificationAccepted, NotificationFannedOut, WireEnvelope,
     },
     job::DeliveryJob,
 };
@@ -43,7 +43,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("commands/command.json".to_owned(), schema::<Command>()),
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
     ];
-    let events: [(&str, Schema); 6] = [
+    let events: [(&str, Schema); 7] = [
         ("notification.accepted", schema::<NotificationAccepted>()),
         ("notification.fanned_out", schema::<NotificationFannedOut>()),
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
@@ -53,6 +53,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
             "device.token_invalidated",
             schema::<DeviceTokenInvalidated>(),
         ),
+        ("delivery.expired", schema::<DeliveryExpired>()),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG

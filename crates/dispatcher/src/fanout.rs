@@ -57,6 +57,7 @@ impl FanOut {
                 audience: send.audience.clone(),
                 content: send.content.clone(),
                 idempotency_key: send.idempotency_key.clone(),
+                delivery: send.delivery.clone(),
                 accepted_at: send.accepted_at,
             }),
             correlation.clone(),
@@ -119,6 +120,7 @@ impl FanOut {
                     platform: recipient.platform,
                     app_id: recipient.app_id,
                     content: send.content.clone(),
+                    delivery: send.delivery.clone(),
                     correlation_id: correlation.to_owned(),
                     accepted_at: send.accepted_at,
                 };

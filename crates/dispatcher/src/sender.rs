@@ -7,7 +7,9 @@
 //!   and the job to the DLQ;
 //! - 429/500/503, transport errors and credential failures → NAK with a delay (exponential
 //!   backoff with jitter, at least FCM's `Retry-After`), so the retry survives a restart;
-//! - the last attempt failing → `delivery.failed(retries_exhausted)` and the job to the DLQ.
+//! - the last attempt failing → `delivery.failed(retries_exhausted)` and the job to the DLQ;
+//! - a job past its notification's `expires_at`, or whose next retry would be, →
+//!   `delivery.expired` instead of a stale push.
 //!
 //! The ack comes only after the outcome event is stored.
 //!
@@ -20,10 +22,13 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, kv};
+use chrono::Utc;
 use rand::Rng;
 use xibaar_core::{
     Actor, DeliveryJob, Event, EventEnvelope,
-    event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceTokenInvalidated},
+    event::{
+        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceTokenInvalidated,
+    },
 };
 use xibaar_fcm::{FcmClient, FcmClientError, Message};
 
@@ -65,6 +70,7 @@ pub enum Outcome {
     Invalid,
     Failed,
     Retrying,
+    Expired,
 }
 
 impl Outcome {
@@ -75,6 +81,7 @@ impl Outcome {
             Outcome::Invalid => "invalid_token",
             Outcome::Failed => "failed",
             Outcome::Retrying => "retrying",
+            Outcome::Expired => "expired",
         }
     }
 }
@@ -102,8 +109,41 @@ impl Sender {
                 return Ok(Outcome::Failed);
             }
         };
+        if job.delivery.expires_at.is_some_and(|at| at <= Utc::now()) {
+            self.expire(&job, message, attempt).await?;
+            return Ok(Outcome::Expired);
+        }
+        let marker = format!("{}.{}", job.notification_id, job.device_id);
+        if attempt > 1
+            && let Some(name) = self.sent.get(marker.as_str()).await?
+        {
+            let fcm_message_id = String::from_utf8_lossy(&name).into_owned();
+            self.record(
+                &job,
+                message,
+                Event::DeliverySucceeded(DeliverySucceeded {
+                    notification_id: job.notification_id,
+                    priority: job.priority,
+                    device_id: job.device_id.clone(),
+                    customer_id: job.customer_id.clone(),
+                    attempt,
+                    fcm_message_id,
+                }),
+            )
+            .await?;
+            ack(message, AckKind::Ack).await;
+            return Ok(Outcome::AlreadySent);
+        }
         let outcome = match self.fcm.send(&job.app_id, &Message::for_job(&job)).await {
             Ok(sent) => {
+                if let Err(e) = self
+                    .sent
+                    .put(marker.as_str(), sent.name.clone().into())
+                    .await
+                {
+                    // The push is out; without its marker a crash before the ack could repeat it.
+                    tracing::warn!(error = %e, "storing a sent-marker failed");
+                }
                 self.record(
                     &job,
                     message,
@@ -171,6 +211,12 @@ impl Sender {
                         _ => None,
                     };
                     let delay = self.retry.delay(attempt, retry_after);
+                    let retry_at =
+                        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    if job.delivery.expires_at.is_some_and(|at| at <= retry_at) {
+                        self.expire(&job, message, attempt).await?;
+                        return Ok(Outcome::Expired);
+                    }
                     tracing::info!(error = %e, attempt, ?delay, "FCM send failed; will retry");
                     ack(message, AckKind::Nak(Some(delay))).await;
                     return Ok(Outcome::Retrying);
@@ -193,6 +239,30 @@ impl Sender {
         };
         ack(message, AckKind::Ack).await;
         Ok(outcome)
+    }
+
+    /// Records `delivery.expired` and acks: the push would arrive stale.
+    async fn expire(
+        &self,
+        job: &DeliveryJob,
+        message: &jetstream::Message,
+        attempt: u32,
+    ) -> anyhow::Result<()> {
+        self.record(
+            job,
+            message,
+            Event::DeliveryExpired(DeliveryExpired {
+                notification_id: job.notification_id,
+                priority: job.priority,
+                device_id: job.device_id.clone(),
+                customer_id: job.customer_id.clone(),
+                attempt,
+                expired_at: Utc::now(),
+            }),
+        )
+        .await?;
+        ack(message, AckKind::Ack).await;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -25,6 +25,11 @@ pub struct AndroidConfig {
     /// `HIGH` wakes the device; FCM may deprioritise apps that overuse it, so only urgent and
     /// high notifications ask for it.
     pub priority: &'static str,
+    /// Seconds FCM may hold the message, as `"<n>s"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +41,11 @@ pub struct ApnsConfig {
 pub struct ApnsHeaders {
     #[serde(rename = "apns-priority")]
     pub priority: &'static str,
+    /// Unix time after which APNs drops the message.
+    #[serde(rename = "apns-expiration", skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
+    #[serde(rename = "apns-collapse-id", skip_serializing_if = "Option::is_none")]
+    pub collapse_id: Option<String>,
 }
 
 impl Message {
@@ -56,10 +66,17 @@ impl Message {
             data,
             android: AndroidConfig {
                 priority: if high { "HIGH" } else { "NORMAL" },
+                ttl: job.delivery.expires_at.map(|at| {
+                    let left = (at - chrono::Utc::now()).num_seconds().max(0);
+                    format!("{left}s")
+                }),
+                collapse_key: job.delivery.collapse_key.clone(),
             },
             apns: ApnsConfig {
                 headers: ApnsHeaders {
                     priority: if high { "10" } else { "5" },
+                    expiration: job.delivery.expires_at.map(|at| at.timestamp().to_string()),
+                    collapse_id: job.delivery.collapse_key.clone(),
                 },
             },
         }

@@ -46,6 +46,7 @@ fn message(token: &str, priority: Priority) -> Message {
             data: BTreeMap::from([("kind".into(), "outage".into())]),
             image_url: None,
         },
+        delivery: xibaar_core::DeliveryOptions::default(),
         correlation_id: "c".into(),
         accepted_at: Utc::now(),
     })

@@ -7,20 +7,24 @@ WITH inserted AS (
     ON CONFLICT (notification_id, device_id) DO NOTHING
     RETURNING outcome, reason
 ), counted AS (
-    SELECT count(*) FILTER (WHERE outcome = 'succeeded')                                  AS sent,
+    SELECT count(*) FILTER (WHERE outcome = 'succeeded')                                      AS sent,
            count(*) FILTER (WHERE outcome = 'failed' AND reason IS DISTINCT FROM 'invalid_token') AS failed,
-           count(*) FILTER (WHERE reason = 'invalid_token')                               AS invalid
+           count(*) FILTER (WHERE outcome = 'failed' AND reason = 'invalid_token')             AS invalid,
+           count(*) FILTER (WHERE outcome = 'expired')                                        AS expired
     FROM inserted
 )
 UPDATE notifications n
 SET sent    = n.sent + c.sent,
     failed  = n.failed + c.failed,
     invalid = n.invalid + c.invalid,
+    expired = n.expired + c.expired,
     status  = CASE WHEN n.targeted IS NOT NULL
-                    AND n.sent + n.failed + n.invalid + c.sent + c.failed + c.invalid >= n.targeted
+                    AND n.sent + n.failed + n.invalid + n.expired
+                        + c.sent + c.failed + c.invalid + c.expired >= n.targeted
                    THEN 'completed' ELSE n.status END,
     completed_at = CASE WHEN n.targeted IS NOT NULL
-                         AND n.sent + n.failed + n.invalid + c.sent + c.failed + c.invalid >= n.targeted
+                         AND n.sent + n.failed + n.invalid + n.expired
+                             + c.sent + c.failed + c.invalid + c.expired >= n.targeted
                         THEN coalesce(n.completed_at, $9) ELSE n.completed_at END
 FROM counted c
-WHERE n.notification_id = $1 AND c.sent + c.failed + c.invalid > 0
+WHERE n.notification_id = $1 AND c.sent + c.failed + c.invalid + c.expired > 0

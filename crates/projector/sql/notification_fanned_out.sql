@@ -2,6 +2,6 @@
 UPDATE notifications
 SET targeted      = $2,
     fanned_out_at = $3,
-    status        = CASE WHEN sent + failed + invalid >= $2 THEN 'completed' ELSE 'fanned_out' END,
-    completed_at  = CASE WHEN sent + failed + invalid >= $2 THEN $3 ELSE NULL END
+    status        = CASE WHEN sent + failed + invalid + expired >= $2 THEN 'completed' ELSE 'fanned_out' END,
+    completed_at  = CASE WHEN sent + failed + invalid + expired >= $2 THEN $3 ELSE NULL END
 WHERE notification_id = $1 AND targeted IS NULL

@@ -75,6 +75,21 @@ pub(crate) async fn apply(
             )
             .await?;
         }
+        Event::DeliveryExpired(e) => {
+            outcome(
+                tx,
+                e.notification_id.0,
+                e.device_id.as_str(),
+                e.customer_id.as_str(),
+                "expired",
+                None,
+                None,
+                e.attempt,
+                None,
+                at,
+            )
+            .await?;
+        }
         Event::DeliveryFailed(DeliveryFailed {
             notification_id,
             device_id,

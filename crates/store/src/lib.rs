@@ -156,6 +156,8 @@ pub struct NotificationStatus {
     pub sent: i64,
     pub failed: i64,
     pub invalid: i64,
+    /// Devices whose push was dropped because the notification's TTL passed first.
+    pub expired: i64,
     pub accepted_at: DateTime<Utc>,
     pub fanned_out_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,

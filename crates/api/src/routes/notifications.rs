@@ -11,7 +11,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{
-    Audience, Command, Content, ContentError, NotificationId, Priority, SendNotification, subject,
+    Audience, Command, Content, ContentError, DeliveryOptions, NotificationId, Priority,
+    SendNotification,
+    notification::{FieldViolation, MAX_COLLAPSE_KEY_BYTES, MAX_TTL_SECONDS},
+    subject,
 };
 
 use crate::{
@@ -28,6 +31,12 @@ pub struct SendRequest {
     pub priority: Priority,
     pub audience: Audience,
     pub content: Content,
+    /// Drop the push if it cannot be delivered within this many seconds (at most 28 days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+    /// Pushes with the same key replace each other on the device.
+    #[serde(default)]
+    pub collapse_key: Option<String>,
 }
 
 /// Client-chosen key: a retry with the same key names the same notification.
@@ -64,9 +73,28 @@ pub async fn send(
             return Err(ApiError::PayloadTooLarge(e.to_string()));
         }
     }
+    if let Some(ttl) = request.ttl_seconds
+        && !(1..=MAX_TTL_SECONDS).contains(&ttl)
+    {
+        violations.push(FieldViolation::new(
+            "ttl_seconds",
+            format!("must be between 1 and {MAX_TTL_SECONDS}"),
+        ));
+    }
+    if let Some(key) = &request.collapse_key
+        && (key.is_empty()
+            || key.len() > MAX_COLLAPSE_KEY_BYTES
+            || !key.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        violations.push(FieldViolation::new(
+            "collapse_key",
+            format!("must be 1 to {MAX_COLLAPSE_KEY_BYTES} printable ASCII characters"),
+        ));
+    }
     if !violations.is_empty() {
         return Err(ApiError::Validation(violations));
     }
+    let accepted_at = chrono::Utc::now();
     let notification_id = match &key {
         Some(k) => NotificationId::from_idempotency_key(&caller.subject, k),
         None => NotificationId::generate(),
@@ -77,8 +105,14 @@ pub async fn send(
         audience: request.audience,
         content: request.content,
         idempotency_key: key,
+        delivery: DeliveryOptions {
+            expires_at: request
+                .ttl_seconds
+                .map(|ttl| accepted_at + chrono::Duration::seconds(i64::from(ttl))),
+            collapse_key: request.collapse_key,
+        },
         requested_by: caller.actor(),
-        accepted_at: chrono::Utc::now(),
+        accepted_at,
     });
     let payload = serde_json::to_vec(&command).map_err(|e| ApiError::Unexpected(e.into()))?;
     let msg_headers = xibaar_streams::headers(&command.msg_id(), "send_notification", None);
@@ -104,7 +138,9 @@ pub async fn send(
         let Command::SendNotification(sent) = &command;
         match stored_command(&state, sent.priority, notification_id).await {
             Ok(Some(stored))
-                if stored.audience != sent.audience || stored.content != sent.content =>
+                if stored.audience != sent.audience
+                    || stored.content != sent.content
+                    || stored.delivery.collapse_key != sent.delivery.collapse_key =>
             {
                 return Err(ApiError::validation(
                     "Idempotency-Key",
@@ -197,6 +233,7 @@ fn queued(command: &SendNotification) -> xibaar_store::NotificationStatus {
         sent: 0,
         failed: 0,
         invalid: 0,
+        expired: 0,
         accepted_at: command.accepted_at,
         fanned_out_at: None,
         completed_at: None,

@@ -73,6 +73,23 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
     )
     .await;
 
+    // A TTL out of FCM's range and a collapse key APNs would refuse: 422, both named.
+    let mut timed = notification("low", &["c1"], "t");
+    timed["ttl_seconds"] = 0.into();
+    timed["collapse_key"] = "k".repeat(65).into();
+    let v = problem(
+        post(serde_json::to_vec(&timed).unwrap()).await.unwrap(),
+        422,
+    )
+    .await;
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["ttl_seconds", "collapse_key"]);
+
     // A payload FCM would refuse: 413 before anything is accepted.
     let mut big = notification("low", &["c1"], "t");
     big["content"]["body"] = "x".repeat(1500).into();

@@ -133,3 +133,59 @@ async fn a_dead_token_is_invalidated_and_counted_not_retried() {
     assert_eq!(device_status, "invalidated");
     assert_eq!(p.standin.error_count(), 1, "a dead token is tried once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_past_its_ttl_is_dropped_and_collapse_keys_reach_fcm() {
+    let p = Pipeline::start().await;
+    p.register_device("c1", "phone", "tok-1").await;
+    p.wait_for_devices(1).await;
+
+    // Passed through: the TTL and collapse key as FCM and APNs expect them.
+    let mut body = notification("normal", &["c1"], "Credit low");
+    body["ttl_seconds"] = 3600.into();
+    body["collapse_key"] = "credit-c1".into();
+    let r = p.send(&body, None).await;
+    assert_eq!(r.status(), 202);
+    eventually(Duration::from_secs(30), || async {
+        (p.standin.accepted_count() == 1).then_some(())
+    })
+    .await
+    .expect("pushed");
+    let m = &p.standin.received()[0].message;
+    assert_eq!(m["android"]["collapse_key"], "credit-c1");
+    assert_eq!(m["apns"]["headers"]["apns-collapse-id"], "credit-c1");
+    let ttl = m["android"]["ttl"].as_str().unwrap();
+    let secs: i64 = ttl.trim_end_matches('s').parse().unwrap();
+    assert!((3500..=3600).contains(&secs), "{ttl}");
+    assert!(m["apns"]["headers"]["apns-expiration"].as_str().is_some());
+
+    // FCM unavailable for longer than the TTL: dropped as expired, never pushed stale.
+    p.standin.add_rule(
+        xibaar_fcm_standin::ErrorRule::always(xibaar_fcm_standin::ScriptedError::Unavailable)
+            .retry_after(1),
+    );
+    let mut body = notification("normal", &["c1"], "Outage ended");
+    body["ttl_seconds"] = 2.into();
+    let r = p.send(&body, None).await;
+    let id = r.json::<serde_json::Value>().await.unwrap()["notification_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = eventually(Duration::from_secs(30), || async {
+        p.status(&id).await.filter(|s| s["status"] == "completed")
+    })
+    .await
+    .expect("completed");
+    assert_eq!(
+        (status["sent"].as_i64(), status["expired"].as_i64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(p.standin.accepted_count(), 1, "nothing stale was pushed");
+    let outcome: String =
+        sqlx::query_scalar("SELECT outcome FROM deliveries WHERE notification_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&p.pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "expired");
+}
