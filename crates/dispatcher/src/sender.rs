@@ -118,19 +118,8 @@ impl Sender {
             && let Some(name) = self.sent.get(marker.as_str()).await?
         {
             let fcm_message_id = String::from_utf8_lossy(&name).into_owned();
-            self.record(
-                &job,
-                message,
-                Event::DeliverySucceeded(DeliverySucceeded {
-                    notification_id: job.notification_id,
-                    priority: job.priority,
-                    device_id: job.device_id.clone(),
-                    customer_id: job.customer_id.clone(),
-                    attempt,
-                    fcm_message_id,
-                }),
-            )
-            .await?;
+            self.record(&job, message, succeeded(&job, attempt, fcm_message_id))
+                .await?;
             ack(message, AckKind::Ack).await;
             return Ok(Outcome::AlreadySent);
         }
@@ -144,19 +133,8 @@ impl Sender {
                     // The push is out; without its marker a crash before the ack could repeat it.
                     tracing::warn!(error = %e, "storing a sent-marker failed");
                 }
-                self.record(
-                    &job,
-                    message,
-                    Event::DeliverySucceeded(DeliverySucceeded {
-                        notification_id: job.notification_id,
-                        priority: job.priority,
-                        device_id: job.device_id.clone(),
-                        customer_id: job.customer_id.clone(),
-                        attempt,
-                        fcm_message_id: sent.name,
-                    }),
-                )
-                .await?;
+                self.record(&job, message, succeeded(&job, attempt, sent.name))
+                    .await?;
                 Outcome::Sent
             }
             Err(FcmClientError::Fcm(e)) if e.token_is_invalid() => {
@@ -316,6 +294,17 @@ impl Sender {
         publish_event(&self.js, &envelope).await?;
         Ok(())
     }
+}
+
+fn succeeded(job: &DeliveryJob, attempt: u32, fcm_message_id: String) -> Event {
+    Event::DeliverySucceeded(DeliverySucceeded {
+        notification_id: job.notification_id,
+        priority: job.priority,
+        device_id: job.device_id.clone(),
+        customer_id: job.customer_id.clone(),
+        attempt,
+        fcm_message_id,
+    })
 }
 
 fn fcm_code(e: &FcmClientError) -> Option<String> {

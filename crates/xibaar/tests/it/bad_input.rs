@@ -2,6 +2,16 @@ use serde_json::{Value, json};
 
 use crate::support::{Pipeline, notification};
 
+/// The fields a 422 problem names, in order.
+fn fields(problem: &Value) -> Vec<&str> {
+    problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect()
+}
+
 async fn problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
     assert_eq!(
@@ -58,13 +68,8 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
     body["content"]["title"] = "".into();
     body["content"]["data"] = json!({ "google.sent_time": "1" });
     let v = problem(post(serde_json::to_vec(&body).unwrap()).await.unwrap(), 422).await;
-    let fields: Vec<&str> = v["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["content.title", "content.data.google.sent_time"]);
+    let named = fields(&v);
+    assert_eq!(named, ["content.title", "content.data.google.sent_time"]);
     let mut extra = notification("high", &["c1"], "t");
     extra["colour"] = "red".into();
     problem(
@@ -82,13 +87,8 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
         422,
     )
     .await;
-    let fields: Vec<&str> = v["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["ttl_seconds", "collapse_key"]);
+    let named = fields(&v);
+    assert_eq!(named, ["ttl_seconds", "collapse_key"]);
 
     // A payload FCM would refuse: 413 before anything is accepted.
     let mut big = notification("low", &["c1"], "t");

@@ -97,11 +97,7 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
     );
 
     let mut dispatcher = spawn_dispatcher(&p);
-    let status = eventually(Duration::from_secs(60), || async {
-        p.status(&id).await.filter(|s| s["status"] == "completed")
-    })
-    .await
-    .expect("the broadcast completed after the restart");
+    let status = p.wait_completed(&id, Duration::from_secs(60)).await;
     dispatcher.kill().unwrap();
     dispatcher.wait().unwrap();
     assert_eq!(status["targeted"], DEVICES);

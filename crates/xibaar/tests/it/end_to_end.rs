@@ -112,11 +112,7 @@ async fn a_dead_token_is_invalidated_and_counted_not_retried() {
         .as_str()
         .unwrap()
         .to_owned();
-    let status = eventually(Duration::from_secs(30), || async {
-        p.status(&id).await.filter(|s| s["status"] == "completed")
-    })
-    .await
-    .expect("completed");
+    let status = p.wait_completed(&id, Duration::from_secs(30)).await;
     assert_eq!(
         (
             status["targeted"].as_i64(),
@@ -171,11 +167,7 @@ async fn a_push_past_its_ttl_is_dropped_and_collapse_keys_reach_fcm() {
         .as_str()
         .unwrap()
         .to_owned();
-    let status = eventually(Duration::from_secs(30), || async {
-        p.status(&id).await.filter(|s| s["status"] == "completed")
-    })
-    .await
-    .expect("completed");
+    let status = p.wait_completed(&id, Duration::from_secs(30)).await;
     assert_eq!(
         (status["sent"].as_i64(), status["expired"].as_i64()),
         (Some(0), Some(1))

@@ -1,7 +1,5 @@
 use std::time::Duration;
 
-use xibaar_testkit::eventually;
-
 use crate::support::{Pipeline, notification};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,11 +26,7 @@ async fn the_same_idempotency_key_yields_one_command_and_the_same_notification()
         "one command stored"
     );
     let id = first["notification_id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(30), || async {
-        p.status(&id).await.filter(|s| s["status"] == "completed")
-    })
-    .await
-    .expect("completed");
+    p.wait_completed(&id, Duration::from_secs(30)).await;
     assert_eq!(p.standin.accepted_count(), 1, "one push");
 
     // Another key is another notification.

@@ -229,6 +229,15 @@ filter = "warn"
         response.json().await.ok()
     }
 
+    /// Waits until every targeted device of notification `id` has an outcome; its status.
+    pub async fn wait_completed(&self, id: &str, timeout: Duration) -> Value {
+        eventually(timeout, || async {
+            self.status(id).await.filter(|s| s["status"] == "completed")
+        })
+        .await
+        .unwrap_or_else(|| panic!("notification {id} did not complete within {timeout:?}"))
+    }
+
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
     }
