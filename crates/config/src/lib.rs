@@ -165,6 +165,17 @@ pub struct FcmConfig {
     pub ca_bundle: Option<PathBuf>,
     /// One entry per Firebase app; a device's `app_id` selects its entry.
     pub apps: Vec<FcmApp>,
+    /// Messages per minute per Firebase project (FCM's quota is 600,000; errors count too).
+    pub rate_limit_per_minute: NonZeroU32,
+    /// Consecutive failures (429/5xx/transport) that open a project's circuit. Credential
+    /// failures (THIRD_PARTY_AUTH_ERROR, 401 after a token refresh) open it at once.
+    pub circuit_failure_threshold: NonZeroU32,
+    /// How long an open circuit pauses sending before one probe request is let through; doubled
+    /// after each failed probe, up to `circuit_max_open_for`.
+    #[serde(with = "humantime_serde")]
+    pub circuit_open_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub circuit_max_open_for: Duration,
 }
 
 impl Default for FcmConfig {
@@ -175,6 +186,10 @@ impl Default for FcmConfig {
             request_timeout: Duration::from_secs(10),
             ca_bundle: None,
             apps: Vec::new(),
+            rate_limit_per_minute: NonZeroU32::new(600_000).expect("non-zero"),
+            circuit_failure_threshold: NonZeroU32::new(10).expect("non-zero"),
+            circuit_open_for: Duration::from_secs(30),
+            circuit_max_open_for: Duration::from_secs(300),
         }
     }
 }
@@ -314,6 +329,14 @@ impl Config {
         }
         if self.fcm.concurrency == 0 {
             return invalid("fcm.concurrency", "must be at least 1");
+        }
+        if self.fcm.circuit_open_for.is_zero()
+            || self.fcm.circuit_max_open_for < self.fcm.circuit_open_for
+        {
+            return invalid(
+                "fcm.circuit_open_for",
+                "must be above zero and at most fcm.circuit_max_open_for",
+            );
         }
         let mut app_ids: Vec<&str> = self.fcm.apps.iter().map(|a| a.app_id.as_str()).collect();
         app_ids.sort_unstable();

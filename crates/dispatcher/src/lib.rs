@@ -240,7 +240,16 @@ async fn send_loop(
     let mut mux = PriorityMux::new(lanes, FAIR_EVERY);
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running = JoinSet::new();
+    let fcm = sender.fcm.clone();
     loop {
+        // Every project's circuit is open: take no work until one may send again (jobs left in
+        // the stream keep their place and their retries).
+        if let Some(pause) = fcm.paused_for() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause.min(Duration::from_secs(1))) => continue,
+            }
+        }
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p?,

@@ -18,6 +18,10 @@
 //! (the sender died before its ack) whose marker exists is not pushed again; its outcome is
 //! recorded from the marker. Duplicates after a hard crash are thus limited to pushes FCM
 //! accepted in the instant before their marker was stored.
+//!
+//! Attempts are FCM's answers, not JetStream deliveries: the same key holds the number of failed
+//! attempts so far, written before each retry's NAK. A job handed back because its project's
+//! circuit is open, or redelivered after a crash, keeps its retries.
 
 use std::{sync::Arc, time::Duration};
 
@@ -62,6 +66,33 @@ pub struct Sender {
 }
 
 /// What happened to one job, for metrics.
+/// The value under `XIBAAR_SENT/<notification>.<device>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Marker {
+    /// FCM accepted the push at this attempt; its message name.
+    Sent { fcm_message_id: String, attempt: u32 },
+    /// This many attempts failed and a retry is scheduled.
+    Failed { attempts: u32 },
+}
+
+impl Marker {
+    fn decode(bytes: &[u8]) -> Self {
+        serde_json::from_slice(bytes)
+            // Markers written before attempts were recorded hold the bare message name.
+            .unwrap_or_else(|_| Marker::Sent {
+                fcm_message_id: String::from_utf8_lossy(bytes).into_owned(),
+                attempt: 1,
+            })
+    }
+
+    fn encode(&self) -> bytes::Bytes {
+        serde_json::to_vec(self)
+            .expect("a marker always serializes")
+            .into()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Sent,
@@ -70,6 +101,8 @@ pub enum Outcome {
     Invalid,
     Failed,
     Retrying,
+    /// Handed back untried: the project's circuit is open.
+    Paused,
     Expired,
 }
 
@@ -81,6 +114,7 @@ impl Outcome {
             Outcome::Invalid => "invalid_token",
             Outcome::Failed => "failed",
             Outcome::Retrying => "retrying",
+            Outcome::Paused => "paused",
             Outcome::Expired => "expired",
         }
     }
@@ -91,10 +125,7 @@ impl Sender {
     /// only when nothing could be recorded; the job is then redelivered after the ack wait.
     #[tracing::instrument(skip_all, fields(subject = %message.subject))]
     pub async fn handle(&self, message: &jetstream::Message) -> anyhow::Result<Outcome> {
-        let attempt = message
-            .info()
-            .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
-            .unwrap_or(1);
+        let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
         let job: DeliveryJob = match serde_json::from_slice(&message.payload) {
             Ok(job) => job,
             Err(e) => {
@@ -109,25 +140,36 @@ impl Sender {
                 return Ok(Outcome::Failed);
             }
         };
-        if job.delivery.expires_at.is_some_and(|at| at <= Utc::now()) {
-            self.expire(&job, message, attempt).await?;
-            return Ok(Outcome::Expired);
-        }
         let marker = format!("{}.{}", job.notification_id, job.device_id);
-        if attempt > 1
-            && let Some(name) = self.sent.get(marker.as_str()).await?
-        {
-            let fcm_message_id = String::from_utf8_lossy(&name).into_owned();
-            self.record(&job, message, succeeded(&job, attempt, fcm_message_id))
-                .await?;
-            ack(message, AckKind::Ack).await;
-            return Ok(Outcome::AlreadySent);
+        let mut failed_before = 0;
+        if redelivered && let Some(value) = self.sent.get(marker.as_str()).await? {
+            match Marker::decode(&value) {
+                Marker::Sent {
+                    fcm_message_id,
+                    attempt,
+                } => {
+                    self.record(&job, message, succeeded(&job, attempt, fcm_message_id))
+                        .await?;
+                    ack(message, AckKind::Ack).await;
+                    return Ok(Outcome::AlreadySent);
+                }
+                Marker::Failed { attempts } => failed_before = attempts,
+            }
+        }
+        let attempt = failed_before + 1;
+        if job.delivery.expires_at.is_some_and(|at| at <= Utc::now()) {
+            self.expire(&job, message, failed_before).await?;
+            return Ok(Outcome::Expired);
         }
         let outcome = match self.fcm.send(&job.app_id, &Message::for_job(&job)).await {
             Ok(sent) => {
                 if let Err(e) = self
                     .sent
-                    .put(marker.as_str(), sent.name.clone().into())
+                    .put(marker.as_str(), Marker::Sent {
+                            fcm_message_id: sent.name.clone(),
+                            attempt,
+                        }
+                        .encode())
                     .await
                 {
                     // The push is out; without its marker a crash before the ack could repeat it.
@@ -164,6 +206,11 @@ impl Sender {
                 if e.is_transient()
                     || matches!(&e, FcmClientError::Fcm(f) if f.is_credential_failure()) =>
             {
+                // A failure that opened the project's circuit (or a failed probe) is the
+                // project's fault, not this job's: it waits with the others, attempts intact.
+                if let Some(retry_in) = self.fcm.paused_for_app(&job.app_id) {
+                    return self.pause(&job, message, failed_before, retry_in).await;
+                }
                 let reason = match &e {
                     FcmClientError::Fcm(f) if f.is_credential_failure() => {
                         DeliveryFailure::ThirdPartyAuth
@@ -195,10 +242,21 @@ impl Sender {
                         self.expire(&job, message, attempt).await?;
                         return Ok(Outcome::Expired);
                     }
+                    if let Err(e) = self
+                        .sent
+                        .put(marker.as_str(), Marker::Failed { attempts: attempt }.encode())
+                        .await
+                    {
+                        // The retry still happens; it may get one attempt more than configured.
+                        tracing::warn!(error = %e, "recording a failed attempt failed");
+                    }
                     tracing::info!(error = %e, attempt, ?delay, "FCM send failed; will retry");
                     ack(message, AckKind::Nak(Some(delay))).await;
                     return Ok(Outcome::Retrying);
                 }
+            }
+            Err(FcmClientError::CircuitOpen { retry_in, .. }) => {
+                return self.pause(&job, message, failed_before, retry_in).await;
             }
             Err(e) => {
                 let code = fcm_code(&e);
@@ -217,6 +275,25 @@ impl Sender {
         };
         ack(message, AckKind::Ack).await;
         Ok(outcome)
+    }
+
+    /// Not an attempt: hands the job back for when the circuit lets a probe through. The jitter
+    /// spreads the returning jobs so they do not all meet the probe at once.
+    async fn pause(
+        &self,
+        job: &DeliveryJob,
+        message: &jetstream::Message,
+        failed_before: u32,
+        retry_in: Duration,
+    ) -> anyhow::Result<Outcome> {
+        let delay = retry_in + retry_in.mul_f64(rand::rng().random_range(0.0..0.5));
+        let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        if job.delivery.expires_at.is_some_and(|at| at <= retry_at) {
+            self.expire(job, message, failed_before).await?;
+            return Ok(Outcome::Expired);
+        }
+        ack(message, AckKind::Nak(Some(delay))).await;
+        Ok(Outcome::Paused)
     }
 
     /// Records `delivery.expired` and acks: the push would arrive stale.

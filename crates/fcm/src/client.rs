@@ -1,4 +1,6 @@
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Duration};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use reqwest::{StatusCode, header};
 use serde::Deserialize;
@@ -6,6 +8,7 @@ use tokio::sync::Semaphore;
 use xibaar_config::FcmConfig;
 
 use crate::{
+    breaker::{BreakerSettings, CircuitBreaker, CircuitState, Verdict},
     auth::{ServiceAccountKey, TokenError, TokenSource},
     error::{FcmError, FcmErrorCode},
     message::Message,
@@ -23,6 +26,9 @@ pub enum FcmClientError {
     Transport(#[source] reqwest::Error),
     #[error("cannot build the FCM client: {0}")]
     Setup(String),
+    /// The project's circuit is open: nothing was sent, and this is not a delivery attempt.
+    #[error("sending to Firebase project `{project}` is paused for {retry_in:?} (circuit open)")]
+    CircuitOpen { project: String, retry_in: Duration },
 }
 
 impl FcmClientError {
@@ -48,6 +54,24 @@ pub struct SentMessage {
 struct App {
     project_id: String,
     tokens: TokenSource,
+    /// Shared by every app of the same project: FCM's quota and health are per project.
+    project: Arc<Project>,
+}
+
+struct Project {
+    breaker: Arc<CircuitBreaker>,
+    limiter: DefaultDirectRateLimiter,
+}
+
+/// FCM's quota is per minute, but a bucket holding a whole minute would allow twice the quota in
+/// a minute that starts with a full bucket. The bucket holds a tenth of a second instead, so any
+/// minute sees at most the quota plus 0.17 %.
+fn project_quota(per_minute: NonZeroU32) -> Quota {
+    let period = Duration::from_secs(60) / per_minute.get();
+    let burst = NonZeroU32::new((per_minute.get() / 600).max(1)).expect("at least one");
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .expect("a non-zero period")
+        .allow_burst(burst)
 }
 
 pub struct FcmClient {
@@ -90,14 +114,30 @@ impl FcmClient {
             }
         }
         let http = builder.build().map_err(|e| setup(&e))?;
+        let breaker = BreakerSettings {
+            failure_threshold: config.circuit_failure_threshold.get(),
+            open_for: config.circuit_open_for,
+            max_open_for: config.circuit_max_open_for,
+        };
+        let mut projects: HashMap<String, Arc<Project>> = HashMap::new();
         let mut apps = HashMap::new();
         for app in &config.apps {
             let key = ServiceAccountKey::from_file(&app.service_account_file)?;
+            let project = projects
+                .entry(app.project_id.clone())
+                .or_insert_with(|| {
+                    Arc::new(Project {
+                        breaker: CircuitBreaker::new(&app.project_id, breaker),
+                        limiter: RateLimiter::direct(project_quota(config.rate_limit_per_minute)),
+                    })
+                })
+                .clone();
             apps.insert(
                 app.app_id.clone(),
                 Arc::new(App {
                     project_id: app.project_id.clone(),
                     tokens: TokenSource::new(key),
+                    project,
                 }),
             );
         }
@@ -113,6 +153,28 @@ impl FcmClient {
         self.apps.contains_key(app_id)
     }
 
+    /// The circuit state of the project behind `app_id`.
+    pub fn circuit_state(&self, app_id: &str) -> Option<CircuitState> {
+        self.apps.get(app_id).map(|a| a.project.breaker.state())
+    }
+
+    /// Time left while the circuit of the project behind `app_id` is open.
+    pub fn paused_for_app(&self, app_id: &str) -> Option<Duration> {
+        self.apps
+            .get(app_id)
+            .and_then(|a| a.project.breaker.open_remaining())
+    }
+
+    /// When every project's circuit is open, the time until the first may send again: callers
+    /// stop taking work for that long instead of pulling jobs only to hand them back.
+    pub fn paused_for(&self) -> Option<Duration> {
+        self.apps
+            .values()
+            .map(|a| a.project.breaker.open_remaining())
+            .try_fold(Duration::MAX, |min, left| left.map(|l| min.min(l)))
+            .filter(|_| !self.apps.is_empty())
+    }
+
     /// Sends one message to the project of `app_id`. A 401 refreshes the access token and
     /// tries once more; every other answer is returned as it is.
     #[tracing::instrument(skip_all, fields(app_id))]
@@ -125,6 +187,30 @@ impl FcmClient {
             .apps
             .get(app_id)
             .ok_or_else(|| FcmClientError::UnknownApp(app_id.to_owned()))?;
+        let permit = app.project.breaker.admit().map_err(|retry_in| {
+            FcmClientError::CircuitOpen {
+                project: app.project_id.clone(),
+                retry_in,
+            }
+        })?;
+        let result = self.send_admitted(app, message).await;
+        permit.record(match &result {
+            Ok(_) => Verdict::Healthy,
+            Err(FcmClientError::Fcm(e)) if e.is_credential_failure() => Verdict::CredentialFailure,
+            Err(FcmClientError::Token(TokenError::Refused { status, .. })) if *status < 500 => {
+                Verdict::CredentialFailure
+            }
+            Err(e) if e.is_transient() => Verdict::Failed,
+            Err(_) => Verdict::Healthy,
+        });
+        result
+    }
+
+    async fn send_admitted(
+        &self,
+        app: &App,
+        message: &Message,
+    ) -> Result<SentMessage, FcmClientError> {
         let _permit = self
             .in_flight
             .acquire()
@@ -139,6 +225,12 @@ impl FcmClient {
         let mut refreshed = false;
         loop {
             let token = app.tokens.token(&self.http).await?;
+            if app.project.limiter.check().is_err() {
+                let waiting = std::time::Instant::now();
+                app.project.limiter.until_ready().await;
+                metrics::counter!("xibaar_fcm_rate_limit_wait_seconds_total")
+                    .increment(waiting.elapsed().as_micros() as u64);
+            }
             let started = std::time::Instant::now();
             let response = self
                 .http

@@ -6,11 +6,13 @@
 //! TLS verification is never disabled; there is no setting for it.
 
 mod auth;
+mod breaker;
 mod client;
 mod error;
 mod message;
 
 pub use auth::{ServiceAccountKey, TokenError};
+pub use breaker::{BreakerSettings, CircuitBreaker, CircuitState, Verdict};
 pub use client::{FcmClient, FcmClientError, SentMessage};
 pub use error::{FcmError, FcmErrorCode};
 pub use message::Message;

@@ -70,6 +70,8 @@ listen = "127.0.0.1:{ops_port}"
 hs256_secret = "{SECRET}"
 [fcm]
 endpoint = "{fcm}"
+circuit_open_for = "1s"
+circuit_max_open_for = "2s"
 [[fcm.apps]]
 app_id = "{APP_ID}"
 project_id = "xibaar-local"
