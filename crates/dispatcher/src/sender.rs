@@ -71,7 +71,10 @@ pub struct Sender {
 #[serde(rename_all = "snake_case")]
 pub enum Marker {
     /// FCM accepted the push at this attempt; its message name.
-    Sent { fcm_message_id: String, attempt: u32 },
+    Sent {
+        fcm_message_id: String,
+        attempt: u32,
+    },
     /// This many attempts failed and a retry is scheduled.
     Failed { attempts: u32 },
 }
@@ -165,11 +168,14 @@ impl Sender {
             Ok(sent) => {
                 if let Err(e) = self
                     .sent
-                    .put(marker.as_str(), Marker::Sent {
+                    .put(
+                        marker.as_str(),
+                        Marker::Sent {
                             fcm_message_id: sent.name.clone(),
                             attempt,
                         }
-                        .encode())
+                        .encode(),
+                    )
                     .await
                 {
                     // The push is out; without its marker a crash before the ack could repeat it.
@@ -244,7 +250,10 @@ impl Sender {
                     }
                     if let Err(e) = self
                         .sent
-                        .put(marker.as_str(), Marker::Failed { attempts: attempt }.encode())
+                        .put(
+                            marker.as_str(),
+                            Marker::Failed { attempts: attempt }.encode(),
+                        )
                         .await
                     {
                         // The retry still happens; it may get one attempt more than configured.

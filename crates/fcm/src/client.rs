@@ -8,8 +8,8 @@ use tokio::sync::Semaphore;
 use xibaar_config::FcmConfig;
 
 use crate::{
-    breaker::{BreakerSettings, CircuitBreaker, CircuitState, Verdict},
     auth::{ServiceAccountKey, TokenError, TokenSource},
+    breaker::{BreakerSettings, CircuitBreaker, CircuitState, Verdict},
     error::{FcmError, FcmErrorCode},
     message::Message,
 };
@@ -187,12 +187,14 @@ impl FcmClient {
             .apps
             .get(app_id)
             .ok_or_else(|| FcmClientError::UnknownApp(app_id.to_owned()))?;
-        let permit = app.project.breaker.admit().map_err(|retry_in| {
-            FcmClientError::CircuitOpen {
-                project: app.project_id.clone(),
-                retry_in,
-            }
-        })?;
+        let permit =
+            app.project
+                .breaker
+                .admit()
+                .map_err(|retry_in| FcmClientError::CircuitOpen {
+                    project: app.project_id.clone(),
+                    retry_in,
+                })?;
         let result = self.send_admitted(app, message).await;
         permit.record(match &result {
             Ok(_) => Verdict::Healthy,

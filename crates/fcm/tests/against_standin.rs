@@ -151,6 +151,14 @@ async fn every_error_class_is_classified_as_fcm_documents_it() {
         if class == "retry" {
             assert_eq!(e.retry_after, Some(Duration::from_secs(9)), "{scripted:?}");
         }
+        if class == "credentials" {
+            // The project's credentials are refused: its circuit opens (see the circuit test).
+            assert_eq!(
+                client.circuit_state(APP),
+                Some(xibaar_fcm::CircuitState::Open)
+            );
+            continue;
+        }
         // The rule was used up: the same token now goes through.
         client
             .send(APP, &message(&token, Priority::Low))
@@ -226,4 +234,98 @@ async fn a_key_the_token_endpoint_does_not_know_is_refused() {
         other => panic!("expected the token request to be refused, got {other:?}"),
     }
     assert_eq!(standin.accepted_count(), 0);
+}
+
+#[tokio::test]
+async fn the_project_rate_limit_spaces_requests_so_the_quota_is_never_hit() {
+    // 1,200/min = 20/s with a bucket of 2: 42 messages cannot all go out in under 2 s, and the
+    // stand-in, enforcing the same quota, answers none of them with 429.
+    let standin = StandIn::start(StandInConfig {
+        quota_per_minute: 1_200,
+        ..StandInConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    let client = std::sync::Arc::new(
+        FcmClient::new(&FcmConfig {
+            endpoint: standin.url(),
+            rate_limit_per_minute: std::num::NonZeroU32::new(1_200).unwrap(),
+            apps: vec![FcmApp {
+                app_id: APP.into(),
+                project_id: "xibaar-local".into(),
+                service_account_file: key,
+            }],
+            ..FcmConfig::default()
+        })
+        .unwrap(),
+    );
+    let started = std::time::Instant::now();
+    let sends = (0..42).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .send(APP, &message(&format!("t{i}"), Priority::Low))
+                .await
+        }
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("sent within the quota");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((standin.accepted_count(), standin.error_count()), (42, 0));
+}
+
+#[tokio::test]
+async fn an_open_circuit_refuses_without_calling_fcm_and_a_probe_closes_it() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    let client = FcmClient::new(&FcmConfig {
+        endpoint: standin.url(),
+        circuit_open_for: Duration::from_millis(300),
+        circuit_max_open_for: Duration::from_secs(1),
+        apps: vec![FcmApp {
+            app_id: APP.into(),
+            project_id: "xibaar-local".into(),
+            service_account_file: key,
+        }],
+        ..FcmConfig::default()
+    })
+    .unwrap();
+    standin.add_rule(ErrorRule::always(ScriptedError::ThirdPartyAuthError));
+    assert_eq!(
+        fcm_error(&client, "a").await.code,
+        FcmErrorCode::ThirdPartyAuthError
+    );
+    assert_eq!(
+        client.circuit_state(APP),
+        Some(xibaar_fcm::CircuitState::Open)
+    );
+    assert!(client.paused_for().is_some());
+    match client.send(APP, &message("b", Priority::Urgent)).await {
+        Err(FcmClientError::CircuitOpen { retry_in, .. }) => {
+            assert!(retry_in <= Duration::from_millis(300));
+        }
+        other => panic!("expected the open circuit to refuse, got {other:?}"),
+    }
+    assert_eq!(standin.error_count(), 1, "nothing reached FCM while open");
+    standin.clear_rules();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    client
+        .send(APP, &message("c", Priority::Urgent))
+        .await
+        .expect("the probe goes through");
+    assert_eq!(
+        client.circuit_state(APP),
+        Some(xibaar_fcm::CircuitState::Closed)
+    );
+    assert!(client.paused_for().is_none());
 }

@@ -34,8 +34,11 @@ async fn quota_exceeded_is_retried_no_sooner_than_retry_after() {
     let p = Pipeline::start().await;
     p.register_device("c1", "phone", "tok-1").await;
     p.wait_for_devices(1).await;
-    p.standin
-        .add_rule(ErrorRule::always(ScriptedError::QuotaExceeded).times(1).retry_after(2));
+    p.standin.add_rule(
+        ErrorRule::always(ScriptedError::QuotaExceeded)
+            .times(1)
+            .retry_after(2),
+    );
     let started = Instant::now();
     let id = send(&p, &["c1"]).await;
     let status = p.wait_completed(&id, Duration::from_secs(30)).await;
@@ -59,11 +62,16 @@ async fn exhausted_retries_and_refused_payloads_are_dead_lettered_with_their_rea
     p.wait_for_devices(2).await;
     p.standin
         .add_rule(ErrorRule::for_token("tok-flaky", ScriptedError::Internal));
-    p.standin
-        .add_rule(ErrorRule::for_token("tok-odd", ScriptedError::InvalidArgument));
+    p.standin.add_rule(ErrorRule::for_token(
+        "tok-odd",
+        ScriptedError::InvalidArgument,
+    ));
     let id = send(&p, &["c1", "c2"]).await;
     let status = p.wait_completed(&id, Duration::from_secs(30)).await;
-    assert_eq!((status["sent"].as_i64(), status["failed"].as_i64()), (Some(0), Some(2)));
+    assert_eq!(
+        (status["sent"].as_i64(), status["failed"].as_i64()),
+        (Some(0), Some(2))
+    );
     // max_attempts = 3 in the test configuration; a refused payload is tried once.
     assert_eq!(attempts(&p, &id, "flaky-phone").await, ("failed".into(), 3));
     assert_eq!(attempts(&p, &id, "odd-phone").await, ("failed".into(), 1));
@@ -95,7 +103,10 @@ async fn exhausted_retries_and_refused_payloads_are_dead_lettered_with_their_rea
     parked.sort();
     let (device, reason, original, subject) = &parked[0];
     assert_eq!(device, "flaky-phone");
-    assert!(reason.starts_with("retries_exhausted: FCM answered 500 INTERNAL"), "{reason}");
+    assert!(
+        reason.starts_with("retries_exhausted: FCM answered 500 INTERNAL"),
+        "{reason}"
+    );
     assert!(original.starts_with("xibaar.dlv.high."), "{original}");
     assert_eq!(
         subject,
@@ -103,7 +114,10 @@ async fn exhausted_retries_and_refused_payloads_are_dead_lettered_with_their_rea
     );
     let (device, reason, ..) = &parked[1];
     assert_eq!(device, "odd-phone");
-    assert!(reason.starts_with("rejected: FCM answered 400 INVALID_ARGUMENT"), "{reason}");
+    assert!(
+        reason.starts_with("rejected: FCM answered 400 INVALID_ARGUMENT"),
+        "{reason}"
+    );
     assert_eq!(p.stream_messages("XIBAAR_DLQ").await, 2);
 }
 
@@ -112,7 +126,8 @@ async fn a_credential_failure_opens_the_circuit_which_closes_by_itself_without_b
     let p = Pipeline::start().await;
     let customers: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
     for c in &customers {
-        p.register_device(c, &format!("{c}-phone"), &format!("tok-{c}")).await;
+        p.register_device(c, &format!("{c}-phone"), &format!("tok-{c}"))
+            .await;
     }
     p.wait_for_devices(5).await;
     p.standin
@@ -144,7 +159,10 @@ async fn a_credential_failure_opens_the_circuit_which_closes_by_itself_without_b
     // FCM recovers: a probe closes the circuit and every job goes out, within its retries.
     p.standin.clear_rules();
     let status = p.wait_completed(&id, Duration::from_secs(30)).await;
-    assert_eq!((status["sent"].as_i64(), status["failed"].as_i64()), (Some(5), Some(0)));
+    assert_eq!(
+        (status["sent"].as_i64(), status["failed"].as_i64()),
+        (Some(5), Some(0))
+    );
     for c in &customers {
         let (outcome, attempts) = attempts(&p, &id, &format!("{c}-phone")).await;
         assert_eq!(outcome, "succeeded");
