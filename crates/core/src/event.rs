@@ -75,6 +75,22 @@ pub struct NotificationAccepted {
     pub accepted_at: DateTime<Utc>,
 }
 
+/// A send accepted for later: it waits in JetStream's message scheduler until `send_at`, then
+/// goes through fan-out like any other (`notification.accepted` follows then).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationScheduled {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub audience: Audience,
+    pub content: Content,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(flatten)]
+    pub delivery: DeliveryOptions,
+    pub send_at: DateTime<Utc>,
+    pub accepted_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NotificationFannedOut {
     pub notification_id: NotificationId,
@@ -171,10 +187,11 @@ pub enum Event {
     DeviceRegistered(DeviceRegistered),
     DeviceTokenInvalidated(DeviceTokenInvalidated),
     DeliveryExpired(DeliveryExpired),
+    NotificationScheduled(NotificationScheduled),
 }
 
 /// `(type, current version)` of every event in the catalog.
-pub const CATALOG: [(&str, u32); 7] = [
+pub const CATALOG: [(&str, u32); 8] = [
     ("notification.accepted", 1),
     ("notification.fanned_out", 1),
     ("delivery.succeeded", 1),
@@ -182,6 +199,7 @@ pub const CATALOG: [(&str, u32); 7] = [
     ("device.registered", 1),
     ("device.token_invalidated", 1),
     ("delivery.expired", 1),
+    ("notification.scheduled", 1),
 ];
 
 /// Namespace of deterministic event ids (UUIDv5).
@@ -205,6 +223,7 @@ impl Event {
             Event::DeviceRegistered(_) => 4,
             Event::DeviceTokenInvalidated(_) => 5,
             Event::DeliveryExpired(_) => 6,
+            Event::NotificationScheduled(_) => 7,
         }
     }
 
@@ -220,6 +239,7 @@ impl Event {
             Event::DeviceRegistered(e) => e.device_id.to_string(),
             Event::DeviceTokenInvalidated(e) => e.device_id.to_string(),
             Event::DeliveryExpired(e) => e.notification_id.to_string(),
+            Event::NotificationScheduled(e) => e.notification_id.to_string(),
         }
     }
 
@@ -232,6 +252,7 @@ impl Event {
     fn natural_key(&self) -> Option<String> {
         match self {
             Event::NotificationAccepted(e) => Some(e.notification_id.to_string()),
+            Event::NotificationScheduled(e) => Some(e.notification_id.to_string()),
             Event::NotificationFannedOut(e) => Some(e.notification_id.to_string()),
             Event::DeliverySucceeded(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
             Event::DeliveryFailed(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
@@ -252,6 +273,7 @@ impl Event {
             Event::DeviceRegistered(d) => serde_json::value::to_raw_value(d),
             Event::DeviceTokenInvalidated(d) => serde_json::value::to_raw_value(d),
             Event::DeliveryExpired(d) => serde_json::value::to_raw_value(d),
+            Event::NotificationScheduled(d) => serde_json::value::to_raw_value(d),
         }
     }
 }
@@ -405,7 +427,10 @@ impl EventEnvelope {
             "device.token_invalidated" => {
                 Event::DeviceTokenInvalidated(serde_json::from_str(data).map_err(parse_err)?)
             }
-            _ => Event::DeliveryExpired(serde_json::from_str(data).map_err(parse_err)?),
+            "delivery.expired" => {
+                Event::DeliveryExpired(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            _ => Event::NotificationScheduled(serde_json::from_str(data).map_err(parse_err)?),
         };
         Ok(Decoded::Known(Box::new(EventEnvelope {
             meta: EventMeta {

@@ -53,8 +53,14 @@ pub struct DeliveryOptions {
     /// APNs `apns-collapse-id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collapse_key: Option<String>,
+    /// A scheduled send: fanned out at this instant, not before. The TTL counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// How far ahead a send may be scheduled. The command streams keep messages 35 days, so a
+/// schedule always fires before its stream could age it out.
+pub const MAX_SCHEDULE_AHEAD_DAYS: i64 = 30;
 /// FCM keeps a message at most 28 days.
 pub const MAX_TTL_SECONDS: u32 = 28 * 24 * 3600;
 /// APNs accepts collapse ids of at most 64 bytes.

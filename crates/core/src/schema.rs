@@ -9,7 +9,8 @@ use crate::{
     command::Command,
     event::{
         DeliveryExpired, DeliveryFailed, DeliverySucceeded, DeviceRegistered,
-        DeviceTokenInvalidated, NotificationAccepted, NotificationFannedOut, WireEnvelope,
+        DeviceTokenInvalidated, NotificationAccepted, NotificationFannedOut, NotificationScheduled,
+        WireEnvelope,
     },
     job::DeliveryJob,
 };
@@ -43,7 +44,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("commands/command.json".to_owned(), schema::<Command>()),
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
     ];
-    let events: [(&str, Schema); 7] = [
+    let events: [(&str, Schema); 8] = [
         ("notification.accepted", schema::<NotificationAccepted>()),
         ("notification.fanned_out", schema::<NotificationFannedOut>()),
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
@@ -54,6 +55,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
             schema::<DeviceTokenInvalidated>(),
         ),
         ("delivery.expired", schema::<DeliveryExpired>()),
+        ("notification.scheduled", schema::<NotificationScheduled>()),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG

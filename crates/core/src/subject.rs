@@ -11,6 +11,12 @@ pub fn command(priority: Priority, id: NotificationId) -> String {
     format!("xibaar.cmd.{priority}.{id}")
 }
 
+/// Where a scheduled command waits, in its priority's command stream, until JetStream's message
+/// scheduler publishes it to [`command`] at its time.
+pub fn schedule(priority: Priority, id: NotificationId) -> String {
+    format!("xibaar.sched.{priority}.{id}")
+}
+
 pub fn command_filter(priority: Priority) -> String {
     format!("xibaar.cmd.{priority}.>")
 }

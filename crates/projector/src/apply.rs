@@ -42,6 +42,21 @@ pub(crate) async fn apply(
                 .bind(audience)
                 .bind(requested_by)
                 .bind(e.accepted_at)
+                .bind(e.delivery.send_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Event::NotificationScheduled(e) => {
+            let audience = serde_json::to_value(&e.audience).unwrap_or_default();
+            let requested_by = envelope.meta.actor.to_string();
+            sqlx::query(include_str!("../sql/notification_scheduled.sql"))
+                .bind(e.notification_id.0)
+                .bind(e.priority.as_str())
+                .bind(&e.content.title)
+                .bind(audience)
+                .bind(requested_by)
+                .bind(e.accepted_at)
+                .bind(e.send_at)
                 .execute(&mut *tx)
                 .await?;
         }

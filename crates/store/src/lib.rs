@@ -149,8 +149,8 @@ pub struct NotificationStatus {
     pub priority: String,
     pub title: String,
     pub requested_by: String,
-    /// queued (stored, not yet projected), accepted, fanned_out, or completed once every
-    /// targeted device has an outcome.
+    /// scheduled (waiting for `send_at`), queued (stored, not yet projected), accepted,
+    /// fanned_out, or completed once every targeted device has an outcome.
     pub status: String,
     pub targeted: Option<i64>,
     pub sent: i64,
@@ -159,6 +159,8 @@ pub struct NotificationStatus {
     /// Devices whose push was dropped because the notification's TTL passed first.
     pub expired: i64,
     pub accepted_at: DateTime<Utc>,
+    /// Set on scheduled sends.
+    pub send_at: Option<DateTime<Utc>>,
     pub fanned_out_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
 }

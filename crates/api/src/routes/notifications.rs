@@ -1,5 +1,6 @@
 //! `POST /v1/notifications` and `GET /v1/notifications/{id}`.
 
+use async_nats::HeaderMap as NatsHeaders;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use axum::{
     Json,
@@ -8,12 +9,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{
-    Audience, Command, Content, ContentError, DeliveryOptions, NotificationId, Priority,
-    SendNotification,
-    notification::{FieldViolation, MAX_COLLAPSE_KEY_BYTES, MAX_TTL_SECONDS},
+    Actor, Audience, Command, Content, ContentError, DeliveryOptions, Event, EventEnvelope,
+    NotificationId, Priority, SendNotification,
+    event::NotificationScheduled,
+    notification::{
+        FieldViolation, MAX_COLLAPSE_KEY_BYTES, MAX_SCHEDULE_AHEAD_DAYS, MAX_TTL_SECONDS,
+    },
     subject,
 };
 
@@ -37,6 +42,10 @@ pub struct SendRequest {
     /// Pushes with the same key replace each other on the device.
     #[serde(default)]
     pub collapse_key: Option<String>,
+    /// Send at this instant (RFC 3339) instead of now; at most 30 days ahead. The TTL counts
+    /// from here. An instant in the past means now.
+    #[serde(default)]
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 /// Client-chosen key: a retry with the same key names the same notification.
@@ -91,10 +100,24 @@ pub async fn send(
             format!("must be 1 to {MAX_COLLAPSE_KEY_BYTES} printable ASCII characters"),
         ));
     }
+    let accepted_at = Utc::now();
+    if let Some(at) = request.send_at
+        && at > accepted_at + chrono::Duration::days(MAX_SCHEDULE_AHEAD_DAYS)
+    {
+        violations.push(FieldViolation::new(
+            "send_at",
+            format!("must be at most {MAX_SCHEDULE_AHEAD_DAYS} days ahead"),
+        ));
+    }
     if !violations.is_empty() {
         return Err(ApiError::Validation(violations));
     }
-    let accepted_at = chrono::Utc::now();
+    // JetStream's scheduler fires on whole seconds: round up, never early.
+    let send_at = request.send_at.map(|at| {
+        let whole = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+        DateTime::from_timestamp(whole, 0).unwrap_or(at)
+    });
+    let starts_at = send_at.map_or(accepted_at, |at| at.max(accepted_at));
     let notification_id = match &key {
         Some(k) => NotificationId::from_idempotency_key(&caller.subject, k),
         None => NotificationId::generate(),
@@ -108,24 +131,141 @@ pub async fn send(
         delivery: DeliveryOptions {
             expires_at: request
                 .ttl_seconds
-                .map(|ttl| accepted_at + chrono::Duration::seconds(i64::from(ttl))),
+                .map(|ttl| starts_at + chrono::Duration::seconds(i64::from(ttl))),
             collapse_key: request.collapse_key,
+            send_at,
         },
         requested_by: caller.actor(),
         accepted_at,
     });
-    let payload = serde_json::to_vec(&command).map_err(|e| ApiError::Unexpected(e.into()))?;
-    let msg_headers = xibaar_streams::headers(&command.msg_id(), "send_notification", None);
-    let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "storing a command failed");
-        ApiError::Unavailable(
-            "the notification could not be stored and was not accepted; retry with the same Idempotency-Key".into(),
-        )
+    let Command::SendNotification(sent) = &command;
+    let scheduled = send_at.filter(|at| *at > accepted_at);
+    // A scheduled command has no `Nats-Msg-Id` to deduplicate on (the scheduler's copy would
+    // inherit it), so a keyed request looks for what an earlier one stored first.
+    let mut earlier = None;
+    if sent.idempotency_key.is_some() && send_at.is_some() {
+        earlier = stored_anywhere(&state, sent.priority, notification_id)
+            .await
+            .map_err(|e| unavailable(&*e))?;
+    }
+    let duplicate = match &earlier {
+        Some(_) => true,
+        None => {
+            let payload = Bytes::from(
+                serde_json::to_vec(&command).map_err(|e| ApiError::Unexpected(e.into()))?,
+            );
+            match scheduled {
+                Some(at) => {
+                    let mut headers = NatsHeaders::new();
+                    headers.insert("Xibaar-Type", "send_notification");
+                    headers.insert(
+                        "Nats-Schedule",
+                        format!(
+                            "@at {}",
+                            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                        .as_str(),
+                    );
+                    headers.insert("Nats-Schedule-Target", command.subject().as_str());
+                    let subject = subject::schedule(sent.priority, notification_id);
+                    store(&state, subject, headers, payload).await?;
+                    false
+                }
+                None => {
+                    let headers =
+                        xibaar_streams::headers(&command.msg_id(), "send_notification", None);
+                    store(&state, command.subject(), headers, payload).await?
+                }
+            }
+        }
     };
+    if duplicate {
+        let stored = match earlier {
+            Some((stored, _)) => Some(stored),
+            None => stored_anywhere(&state, sent.priority, notification_id)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot compare a replayed request with the stored one");
+                    None
+                })
+                .map(|(s, _)| s),
+        };
+        if let Some(stored) = stored
+            && (stored.audience != sent.audience
+                || stored.content != sent.content
+                || stored.delivery.collapse_key != sent.delivery.collapse_key
+                || stored.delivery.send_at != sent.delivery.send_at)
+        {
+            return Err(ApiError::validation(
+                "Idempotency-Key",
+                "was already used for a different notification; use a new key",
+            ));
+        }
+    }
+    if let Some(at) = scheduled {
+        // Repeated on a replay: its id is fixed, so JetStream stores it once.
+        let event = EventEnvelope::new(
+            Event::NotificationScheduled(NotificationScheduled {
+                notification_id,
+                priority: sent.priority,
+                audience: sent.audience.clone(),
+                content: sent.content.clone(),
+                idempotency_key: sent.idempotency_key.clone(),
+                delivery: sent.delivery.clone(),
+                send_at: at,
+                accepted_at,
+            }),
+            notification_id.to_string(),
+            Some(command.msg_id()),
+            Actor::clone(&sent.requested_by),
+        );
+        xibaar_streams::publish_event(&state.js, &event)
+            .await
+            .map_err(|e| unavailable(&e))?;
+    }
+    metrics::counter!("xibaar_api_notifications_accepted_total", "priority" => request.priority.as_str(),
+        "replayed" => if duplicate { "true" } else { "false" })
+    .increment(1);
+    let status = if scheduled.is_some() {
+        "scheduled"
+    } else {
+        "accepted"
+    };
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "notification_id": notification_id, "status": status, "send_at": scheduled })),
+    )
+        .into_response();
+    let location = format!("/v1/notifications/{notification_id}");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    if duplicate {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "storing a command failed");
+    ApiError::Unavailable(
+        "the notification could not be stored and was not accepted; retry with the same Idempotency-Key".into(),
+    )
+}
+
+/// Publishes and waits for JetStream to store; whether it was a duplicate of an earlier id.
+async fn store(
+    state: &AppState,
+    subject: String,
+    headers: NatsHeaders,
+    payload: Bytes,
+) -> Result<bool, ApiError> {
     let publish = async {
         state
             .js
-            .publish_with_headers(command.subject(), msg_headers, Bytes::from(payload))
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|e| unavailable(&e))?
             .await
@@ -134,59 +274,43 @@ pub async fn send(
     let ack = tokio::time::timeout(state.publish_timeout, publish)
         .await
         .map_err(|_| unavailable(&"timed out waiting for JetStream"))??;
-    if ack.duplicate {
-        let Command::SendNotification(sent) = &command;
-        match stored_command(&state, sent.priority, notification_id).await {
-            Ok(Some(stored))
-                if stored.audience != sent.audience
-                    || stored.content != sent.content
-                    || stored.delivery.collapse_key != sent.delivery.collapse_key =>
-            {
-                return Err(ApiError::validation(
-                    "Idempotency-Key",
-                    "was already used for a different notification; use a new key",
-                ));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot compare a replayed request with the stored one")
-            }
-        }
-    }
-    metrics::counter!("xibaar_api_notifications_accepted_total", "priority" => request.priority.as_str(),
-        "replayed" => if ack.duplicate { "true" } else { "false" })
-    .increment(1);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "notification_id": notification_id, "status": "accepted" })),
-    )
-        .into_response();
-    let location = format!("/v1/notifications/{notification_id}");
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    if ack.duplicate {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    Ok(ack.duplicate)
 }
 
-/// The command as JetStream stored it, read back by its subject.
-async fn stored_command(
+/// Where a command is: waiting for its time, or released to the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    Scheduled,
+    Released,
+}
+
+/// The command as JetStream stored it, released or still scheduled.
+async fn stored_anywhere(
     state: &AppState,
     priority: Priority,
     id: NotificationId,
+) -> anyhow::Result<Option<(SendNotification, Stored)>> {
+    if let Some(c) = stored_command(state, priority, subject::command(priority, id)).await? {
+        return Ok(Some((c, Stored::Released)));
+    }
+    Ok(
+        stored_command(state, priority, subject::schedule(priority, id))
+            .await?
+            .map(|c| (c, Stored::Scheduled)),
+    )
+}
+
+/// The command stored under `subject`, read back directly.
+async fn stored_command(
+    state: &AppState,
+    priority: Priority,
+    subject: String,
 ) -> anyhow::Result<Option<SendNotification>> {
     let stream = state
         .js
         .get_stream_no_info(priority.command_stream())
         .await?;
-    match stream
-        .direct_get_last_for_subject(subject::command(priority, id))
-        .await
-    {
+    match stream.direct_get_last_for_subject(subject).await {
         Ok(message) => match serde_json::from_slice(&message.payload)? {
             Command::SendNotification(s) => Ok(Some(s)),
         },
@@ -213,8 +337,8 @@ pub async fn status(
     }
     // Accepted but not yet projected: the command stream knows it.
     for priority in Priority::ALL {
-        match stored_command(&state, priority, id).await {
-            Ok(Some(command)) => return Ok(Json(queued(&command))),
+        match stored_anywhere(&state, priority, id).await {
+            Ok(Some((command, where_))) => return Ok(Json(queued(&command, where_))),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, %priority, "reading a command stream failed"),
         }
@@ -222,19 +346,24 @@ pub async fn status(
     Err(not_found())
 }
 
-fn queued(command: &SendNotification) -> xibaar_store::NotificationStatus {
+fn queued(command: &SendNotification, stored: Stored) -> xibaar_store::NotificationStatus {
     xibaar_store::NotificationStatus {
         notification_id: command.notification_id.0,
         priority: command.priority.as_str().to_owned(),
         title: command.content.title.clone(),
         requested_by: command.requested_by.to_string(),
-        status: "queued".to_owned(),
+        status: match stored {
+            Stored::Scheduled => "scheduled",
+            Stored::Released => "queued",
+        }
+        .to_owned(),
         targeted: None,
         sent: 0,
         failed: 0,
         invalid: 0,
         expired: 0,
         accepted_at: command.accepted_at,
+        send_at: command.delivery.send_at,
         fanned_out_at: None,
         completed_at: None,
     }

@@ -9,5 +9,6 @@ mod fcm_failures;
 mod idempotency;
 mod ops;
 mod projector_crash;
+mod scheduled;
 mod streams;
 mod support;
