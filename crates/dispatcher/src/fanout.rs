@@ -5,10 +5,15 @@
 //! (deterministic `Nats-Msg-Id` per notification and device, pipelined), `notification.fanned_out`
 //! event, then the command's ack. A redelivered command repeats the same publishes with the same
 //! ids, which JetStream drops.
+//!
+//! Progress: after each page of the audience is stored, `XIBAAR_FANOUT/<notification>` records
+//! the last device published and the jobs so far. A fan-out restarted after a crash (or after the
+//! duplicate window has passed) resumes after that device: nobody is skipped, and at most the
+//! unrecorded last page is published again, which the duplicate window absorbs.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use sqlx::PgPool;
 use xibaar_core::{
@@ -36,6 +41,17 @@ pub struct FanOut {
     pub js: jetstream::Context,
     pub pool: PgPool,
     pub page_size: u32,
+    /// The fan-out progress bucket.
+    pub progress: kv::Store,
+}
+
+/// The value under `XIBAAR_FANOUT/<notification>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The last device whose job is stored; the next page starts after it.
+    pub after: xibaar_core::DeviceId,
+    /// Jobs stored so far.
+    pub published: u64,
 }
 
 impl FanOut {
@@ -95,8 +111,21 @@ impl FanOut {
         correlation: &str,
     ) -> Result<u64, FanOutError> {
         let mut pipeline = Pipeline::new(self.js.clone(), PUBLISH_WINDOW);
-        let mut after = None;
-        let mut targeted = 0u64;
+        let key = send.notification_id.to_string();
+        let resumed = match self.progress.get(key.as_str()).await {
+            Ok(Some(value)) => serde_json::from_slice::<Progress>(&value).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                return Err(FanOutError::Transient(format!(
+                    "reading fan-out progress: {e}"
+                )));
+            }
+        };
+        if let Some(p) = &resumed {
+            tracing::info!(after = %p.after, published = p.published, "resuming a fan-out");
+        }
+        let mut targeted = resumed.as_ref().map_or(0, |p| p.published);
+        let mut after = resumed.map(|p| p.after);
         let mut last_progress = tokio::time::Instant::now();
         loop {
             let page = xibaar_store::audience_page(
@@ -135,6 +164,19 @@ impl FanOut {
                     })?;
                 targeted += 1;
             }
+            pipeline
+                .flush()
+                .await
+                .map_err(|e| FanOutError::Transient(format!("storing delivery jobs: {e}")))?;
+            let progress = Progress {
+                after: after.clone().expect("set from the page"),
+                published: targeted,
+            };
+            let value = serde_json::to_vec(&progress).expect("progress serializes");
+            self.progress
+                .put(key.as_str(), value.into())
+                .await
+                .map_err(|e| FanOutError::Transient(format!("recording fan-out progress: {e}")))?;
             // A large audience takes longer than the ack wait: tell JetStream we are alive.
             if last_progress.elapsed() > Duration::from_secs(10) {
                 let _ = command.ack_with(AckKind::Progress).await;

@@ -77,10 +77,21 @@ impl Dispatcher {
     /// Runs fan-out and sending until `shutdown`; then stops pulling and lets in-flight work
     /// finish (or hands it back to JetStream) before returning.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let progress = self
+            .js
+            .get_key_value(names::FANOUT_BUCKET)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the fan-out progress bucket {}: {e}",
+                    names::FANOUT_BUCKET
+                )
+            })?;
         let fanout = Arc::new(FanOut {
             js: self.js.clone(),
             pool: self.pool.clone(),
             page_size: self.settings.fanout_page_size,
+            progress,
         });
         let mut tasks = JoinSet::new();
         for priority in Priority::ALL {

@@ -50,7 +50,7 @@ pub enum DefinitionError {
 }
 
 /// `(file name, contents)` of the definitions shipped with this build.
-const BUILTIN_STREAMS: [(&str, &str); 8] = [
+const BUILTIN_STREAMS: [(&str, &str); 9] = [
     (
         "XIBAAR_CMD_URGENT.json",
         include_str!("../../../streams/XIBAAR_CMD_URGENT.json"),
@@ -78,6 +78,10 @@ const BUILTIN_STREAMS: [(&str, &str); 8] = [
     (
         "KV_XIBAAR_SENT.json",
         include_str!("../../../streams/KV_XIBAAR_SENT.json"),
+    ),
+    (
+        "KV_XIBAAR_FANOUT.json",
+        include_str!("../../../streams/KV_XIBAAR_FANOUT.json"),
     ),
     (
         "XIBAAR_DLQ.json",

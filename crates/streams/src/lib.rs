@@ -30,4 +30,6 @@ pub mod names {
     pub const DLQ: &str = "XIBAAR_DLQ";
     /// The sent-marker key-value bucket (stream `KV_XIBAAR_SENT`).
     pub const SENT_BUCKET: &str = "XIBAAR_SENT";
+    /// Fan-out progress per notification (stream `KV_XIBAAR_FANOUT`).
+    pub const FANOUT_BUCKET: &str = "XIBAAR_FANOUT";
 }

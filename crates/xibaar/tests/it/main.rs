@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod dispatcher_crash;
 mod end_to_end;
+mod fanout;
 mod fcm_failures;
 mod idempotency;
 mod ops;

@@ -187,6 +187,55 @@ filter = "warn"
         assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
     }
 
+    /// Registers `n` devices (`d00000`…, customer `c<i>`, token `tok-<i>`) as the api would, by
+    /// publishing their `device.registered` events (pipelined: a large registry in seconds), and
+    /// waits until the projector has them.
+    pub async fn seed_devices(&self, n: usize) {
+        use xibaar_core::{
+            Actor, CustomerId, DeviceId, Event, EventEnvelope, FcmToken, Platform,
+            event::DeviceRegistered,
+        };
+        let js = self.jetstream().await;
+        let mut pipeline = xibaar_streams::Pipeline::new(js, 1024);
+        for i in 0..n {
+            let envelope = EventEnvelope::new(
+                Event::DeviceRegistered(DeviceRegistered {
+                    device_id: DeviceId::parse(&format!("d{i:06}")).unwrap(),
+                    customer_id: CustomerId::parse(&format!("c{i}")).unwrap(),
+                    token: FcmToken::parse(&format!("tok-{i:06}")).unwrap(),
+                    platform: Platform::Android,
+                    app_id: APP_ID.into(),
+                }),
+                format!("seed-{i}"),
+                None,
+                Actor::system("test"),
+            );
+            pipeline
+                .publish(
+                    envelope.subject(),
+                    xibaar_streams::event_headers(&envelope),
+                    envelope.to_json().unwrap().into(),
+                )
+                .await
+                .unwrap();
+        }
+        pipeline.flush().await.unwrap();
+        let pool = self.pool.clone();
+        let seen = eventually(Duration::from_secs(120), || {
+            let pool = pool.clone();
+            async move {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM devices WHERE status = 'active'")
+                        .fetch_one(&pool)
+                        .await
+                        .ok()?;
+                (count >= n as i64).then_some(())
+            }
+        })
+        .await;
+        assert!(seen.is_some(), "the registry never held {n} devices");
+    }
+
     /// Waits until the registry holds `n` active devices.
     pub async fn wait_for_devices(&self, n: i64) {
         let pool = self.pool.clone();
