@@ -13,3 +13,4 @@ mod projector_crash;
 mod scheduled;
 mod streams;
 mod support;
+mod urgent_isolation;
