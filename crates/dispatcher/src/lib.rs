@@ -7,6 +7,7 @@
 //!   bounded share for lower levels, all sharing the FCM client's concurrency.
 
 mod fanout;
+mod lane;
 mod mux;
 mod sender;
 
@@ -108,9 +109,16 @@ impl Dispatcher {
                         priority.command_stream()
                     )
                 })?;
+            let commands = lane::spawn(
+                format!("{}.{}", priority.command_stream(), consumers::DISPATCHER),
+                consumer,
+                FANOUT_WORKERS_PER_LEVEL,
+                shutdown.clone(),
+                &mut tasks,
+            );
             tasks.spawn(fanout_lane(
                 priority,
-                consumer,
+                commands,
                 fanout.clone(),
                 shutdown.clone(),
             ));
@@ -128,8 +136,34 @@ impl Dispatcher {
             retry: self.settings.retry.clone(),
             sent,
         });
+        let deliveries = self
+            .js
+            .get_stream(names::DELIVERIES)
+            .await
+            .context("opening XIBAAR_DELIVERIES")?;
+        let mut lanes = Vec::new();
+        for priority in Priority::ALL {
+            let name = consumers::sender(priority);
+            let consumer: PullConsumer = deliveries
+                .get_consumer(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the {priority} sender consumer: {e}"))?;
+            // A small buffer per lane: buffered jobs wait while more urgent ones go first, and a
+            // job must not outwait its ack deadline in the buffer.
+            let batch = self.settings.send_concurrency.clamp(1, 256);
+            lanes.push(lane::stream(lane::spawn(
+                name,
+                consumer,
+                batch,
+                shutdown.clone(),
+                &mut tasks,
+            )));
+        }
+        let lanes: [_; 4] = lanes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("four lanes"))?;
         tasks.spawn(send_loop(
-            self.js.clone(),
+            lanes,
             sender,
             self.settings.send_concurrency,
             shutdown.clone(),
@@ -157,16 +191,11 @@ impl Dispatcher {
 
 async fn fanout_lane(
     priority: Priority,
-    consumer: PullConsumer,
+    commands: tokio::sync::mpsc::Receiver<jetstream::Message>,
     fanout: Arc<FanOut>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(FANOUT_WORKERS_PER_LEVEL)
-        .messages()
-        .await
-        .with_context(|| format!("pulling {priority} commands"))?;
+    let mut commands = lane::stream(commands);
     let slots = Arc::new(Semaphore::new(FANOUT_WORKERS_PER_LEVEL));
     let mut running = JoinSet::new();
     loop {
@@ -176,16 +205,9 @@ async fn fanout_lane(
         };
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
-            m = messages.next() => m,
+            m = commands.next() => m,
         };
-        let message = match message {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, %priority, "pulling commands failed; retrying");
-                continue;
-            }
-            None => break,
-        };
+        let Some(message) = message else { break };
         let fanout = fanout.clone();
         running.spawn(async move {
             let _permit = permit;
@@ -214,40 +236,25 @@ async fn fanout_lane(
         });
         while running.try_join_next().is_some() {}
     }
+    // Commands already pulled but not started go back at once instead of after the ack wait.
+    // The lane ends within a pull expiry; until then whatever it still passes on goes back too.
+    while let Some(message) = commands.next().await {
+        lane::hand_back(&message).await;
+    }
     // In-flight fan-outs finish: they are idempotent, and finishing beats redoing.
     while running.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn send_loop(
-    js: jetstream::Context,
+async fn send_loop<S>(
+    lanes: [S; 4],
     sender: Arc<Sender>,
     concurrency: usize,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let stream = js
-        .get_stream(names::DELIVERIES)
-        .await
-        .context("opening XIBAAR_DELIVERIES")?;
-    let mut lanes = Vec::new();
-    for priority in Priority::ALL {
-        let consumer: PullConsumer = stream
-            .get_consumer(&consumers::sender(priority))
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the {priority} sender consumer: {e}"))?;
-        // Small prefetch per lane: buffered jobs wait while more urgent ones go first, and a
-        // job must not outwait its ack deadline in the buffer.
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(concurrency.clamp(1, 256))
-            .messages()
-            .await
-            .with_context(|| format!("pulling {priority} delivery jobs"))?;
-        lanes.push(messages);
-    }
-    let lanes: [_; 4] = lanes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("four lanes"))?;
+) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = jetstream::Message> + Unpin,
+{
     let mut mux = PriorityMux::new(lanes, FAIR_EVERY);
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running = JoinSet::new();
@@ -272,13 +279,6 @@ async fn send_loop(
         let Some((priority, message)) = next else {
             break;
         };
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, %priority, "pulling delivery jobs failed; retrying");
-                continue;
-            }
-        };
         let sender = sender.clone();
         running.spawn(async move {
             let _permit = permit;
@@ -292,7 +292,17 @@ async fn send_loop(
         });
         while running.try_join_next().is_some() {}
     }
-    // Jobs already at FCM finish and record their outcome; unpulled ones stay in the stream.
+    // Jobs already pulled but not started go back at once, for another sender (or the next
+    // start) to take without waiting out the ack wait.
+    // The lanes end within a pull expiry; until then whatever they still pass on goes back too.
+    let mut handed_back = 0;
+    while let Some((_, message)) = mux.next().await {
+        lane::hand_back(&message).await;
+        handed_back += 1;
+    }
+    // Jobs already at FCM finish and record their outcome.
+    let finishing = running.len();
     while running.join_next().await.is_some() {}
+    tracing::info!(handed_back, finished = finishing, "sender stopped");
     Ok(())
 }

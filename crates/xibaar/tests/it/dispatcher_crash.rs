@@ -84,7 +84,10 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
     let restarted = std::time::Instant::now();
     let mut dispatcher = spawn_dispatcher(&p);
     let status = p.wait_completed(&id, Duration::from_secs(300)).await;
-    println!("restarted dispatcher finished the broadcast in {:?}", restarted.elapsed());
+    println!(
+        "restarted dispatcher finished the broadcast in {:?}",
+        restarted.elapsed()
+    );
     dispatcher.kill().unwrap();
     dispatcher.wait().unwrap();
     assert_eq!(status["targeted"], DEVICES);
@@ -102,5 +105,71 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
     assert!(
         duplicates as usize <= CONCURRENCY,
         "{duplicates} duplicates exceed the in-flight window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_dispatcher_finishes_its_pushes_and_hands_back_the_rest() {
+    const DEVICES: usize = 5_000;
+    let p = Pipeline::start_roles(xibaar::Roles {
+        api: true,
+        dispatcher: false,
+        projector: true,
+    })
+    .await;
+    p.seed_devices(DEVICES).await;
+    p.standin.set_latency(Duration::from_millis(2));
+    let mut dispatcher = spawn_dispatcher(&p);
+    let body = serde_json::json!({
+        "priority": "high",
+        "audience": { "kind": "everyone" },
+        "content": { "title": "Bill ready", "body": "Your November bill is ready" },
+    });
+    let response = p.send(&body, None).await;
+    let id = response.json::<serde_json::Value>().await.unwrap()["notification_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let standin = &p.standin;
+    eventually(Duration::from_secs(30), || async {
+        (standin.accepted_count() > 1_000).then_some(())
+    })
+    .await
+    .expect("pushes started");
+
+    let stopping = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &dispatcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = eventually(Duration::from_secs(20), || {
+        let exit = dispatcher.try_wait().unwrap();
+        async move { exit }
+    })
+    .await
+    .expect("the dispatcher exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    let at_stop = standin.accepted_count();
+    println!("stopped in {:?} after {at_stop} pushes", stopping.elapsed());
+    assert!(at_stop < DEVICES as u64, "stopped mid-broadcast");
+
+    // Handed-back jobs are taken at once by the next start, not after the 30 s ack wait.
+    let restarted = std::time::Instant::now();
+    let mut dispatcher = spawn_dispatcher(&p);
+    let status = p.wait_completed(&id, Duration::from_secs(60)).await;
+    let took = restarted.elapsed();
+    dispatcher.kill().unwrap();
+    dispatcher.wait().unwrap();
+    assert_eq!(status["sent"], DEVICES);
+    assert!(took < Duration::from_secs(25), "the rest took {took:?}");
+    let mut per_token: HashMap<String, u32> = HashMap::new();
+    for r in standin.received() {
+        *per_token.entry(r.token.unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_token.len(), DEVICES);
+    assert!(
+        per_token.values().all(|n| *n == 1),
+        "a graceful stop repeats no push"
     );
 }

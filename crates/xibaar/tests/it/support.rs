@@ -200,9 +200,9 @@ filter = "warn"
         for i in 0..n {
             let envelope = EventEnvelope::new(
                 Event::DeviceRegistered(DeviceRegistered {
-                    device_id: DeviceId::parse(&format!("d{i:06}")).unwrap(),
-                    customer_id: CustomerId::parse(&format!("c{i}")).unwrap(),
-                    token: FcmToken::parse(&format!("tok-{i:06}")).unwrap(),
+                    device_id: DeviceId::parse(format!("d{i:06}")).unwrap(),
+                    customer_id: CustomerId::parse(format!("c{i}")).unwrap(),
+                    token: FcmToken::parse(format!("tok-{i:06}")).unwrap(),
                     platform: Platform::Android,
                     app_id: APP_ID.into(),
                 }),

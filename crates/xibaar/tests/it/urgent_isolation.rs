@@ -45,7 +45,12 @@ async fn urgent_notifications_overtake_a_draining_low_priority_backlog() {
         let received = p.standin.received();
         let urgent = received
             .iter()
-            .filter(|r| r.message["notification"]["title"].as_str().unwrap_or("").starts_with("Outage"))
+            .filter(|r| {
+                r.message["notification"]["title"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Outage")
+            })
             .count();
         (urgent == URGENT).then_some(received)
     })
