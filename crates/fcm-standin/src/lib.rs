@@ -52,7 +52,7 @@ impl Account {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StandInConfig {
     pub accounts: Vec<Account>,
     /// FCM's default is 600,000 per project per minute.
@@ -62,7 +62,12 @@ pub struct StandInConfig {
     /// Keep every received message (tests); off for million-message benchmarks, which only
     /// need the counts.
     pub record_messages: bool,
+    /// With recording off, still keep the messages this accepts (a benchmark's probes).
+    pub record_only: Option<RecordFilter>,
 }
+
+/// Chooses the messages to keep when recording is off.
+pub type RecordFilter = std::sync::Arc<dyn Fn(&serde_json::Value) -> bool + Send + Sync>;
 
 impl Default for StandInConfig {
     fn default() -> Self {
@@ -72,6 +77,7 @@ impl Default for StandInConfig {
             latency: Duration::ZERO,
             token_lifetime: Duration::from_secs(3600),
             record_messages: true,
+            record_only: None,
         }
     }
 }

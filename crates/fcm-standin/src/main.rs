@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
             quota_per_minute: args.quota_per_minute,
             latency: Duration::from_millis(args.latency_ms),
             record_messages: !args.no_record,
+            record_only: None,
             ..StandInConfig::default()
         },
     )?;

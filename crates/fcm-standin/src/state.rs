@@ -72,6 +72,7 @@ pub(crate) struct Shared {
     pub(crate) token_uri: String,
     token_lifetime: Duration,
     record: bool,
+    record_only: Option<crate::RecordFilter>,
     latency: Mutex<Duration>,
     quota: AtomicU64,
     /// Per project: (minute since the epoch, requests counted in it). FCM's quota is per
@@ -96,6 +97,7 @@ impl Shared {
             token_uri,
             token_lifetime: config.token_lifetime,
             record: config.record_messages,
+            record_only: config.record_only.clone(),
             latency: Mutex::new(config.latency),
             quota: AtomicU64::new(config.quota_per_minute),
             windows: Mutex::new(HashMap::new()),
@@ -171,7 +173,7 @@ impl Shared {
 
     pub(crate) fn record(&self, received: Received) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        if self.record {
+        if self.record || self.record_only.as_ref().is_some_and(|f| f(&received.message)) {
             lock(&self.received).push(received);
         }
     }

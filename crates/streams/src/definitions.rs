@@ -294,7 +294,7 @@ mod tests {
             names(&loaded),
             "a file in streams/ is not compiled in"
         );
-        assert_eq!(builtin.streams.len(), 8);
+        assert_eq!(builtin.streams.len(), 9);
         let deliveries = builtin.stream("XIBAAR_DELIVERIES").unwrap();
         assert_eq!(deliveries.consumers.len(), 4);
     }

@@ -1,0 +1,435 @@
+//! The dispatcher (the release `xibaar dispatcher` binary, its own process) against real
+//! nats-server, PostgreSQL and the FCM stand-in. Prints figures and ratios:
+//!
+//! 1. baseline: the bare FCM client pushing straight at a zero-latency stand-in;
+//! 2. sustained pushes/s through the whole dispatcher (fan-out, jobs, sender, outcome events,
+//!    sent-markers) at zero stand-in latency, as a ratio to the baseline;
+//! 3. the same at 50 ms stand-in latency, as a ratio to what the FCM concurrency allows;
+//! 4. a 1,000,000-device broadcast with the stand-in enforcing 600,000/min (and the dispatcher
+//!    rate-limited to the same), against the 100 s floor the quota sets; urgent notifications
+//!    sent while it drains, accept→push p50/p99;
+//! 5. the dispatcher's peak RSS (VmHWM) in each run.
+//!
+//! The device registry is filled with one SQL statement (the dispatcher reads the read model;
+//! how the projector builds it is measured elsewhere).
+//!
+//! Sizes can be lowered for a quick look: `XIBAAR_BENCH_SCALE=0.1 benches/run`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use chrono::Utc;
+use xibaar_core::{
+    Actor, Audience, Command as XCommand, Content, CustomerId, DeliveryOptions, NotificationId,
+    Priority, SendNotification,
+};
+use xibaar_fcm_standin::{StandIn, StandInConfig};
+use xibaar_testkit::{NatsServer, Postgres};
+
+const APP_ID: &str = "1:1234567890:android:xibaar";
+const CONCURRENCY: usize = 256;
+
+fn scale(n: usize) -> usize {
+    let factor: f64 = std::env::var("XIBAAR_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64) * factor).max(1000.0) as usize
+}
+
+struct Rig {
+    _nats: NatsServer,
+    _pg: Postgres,
+    standin: StandIn,
+    js: async_nats::jetstream::Context,
+    pool: sqlx::PgPool,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Rig {
+    async fn start(quota_per_minute: u64, rate_limit_per_minute: u64) -> anyhow::Result<Self> {
+        let (nats, pg) = tokio::join!(NatsServer::start(), Postgres::start());
+        let (nats, pg) = (nats?, pg?);
+        let standin = StandIn::start(StandInConfig {
+            quota_per_minute,
+            record_messages: false,
+            // Keep only the urgent probes, to time them.
+            record_only: Some(Arc::new(|m: &serde_json::Value| {
+                m["android"]["priority"] == "high"
+            })),
+            ..StandInConfig::default()
+        })
+        .await?;
+        let database = pg.create_database("xibaar").await?;
+        let pool = sqlx::PgPool::connect(&database).await?;
+        xibaar_store::migrate(&pool).await?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = xibaar::startup::jetstream(client);
+        xibaar_streams::apply(&js, &xibaar_streams::Definitions::builtin()).await?;
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("service-account.json");
+        xibaar_fcm_standin::write_service_account(&key, &standin.token_uri())?;
+        let config = dir.path().join("xibaar.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[nats]
+url = "{nats}"
+[postgres]
+url = "{database}"
+[auth]
+hs256_secret = "benchmark-secret-0123456789abcdef0123"
+[fcm]
+endpoint = "{fcm}"
+concurrency = {CONCURRENCY}
+rate_limit_per_minute = {rate_limit_per_minute}
+[[fcm.apps]]
+app_id = "{APP_ID}"
+project_id = "xibaar-local"
+service_account_file = "{key}"
+[log]
+format = "text"
+filter = "warn"
+"#,
+                nats = nats.url(),
+                fcm = standin.url(),
+                key = key.display(),
+            ),
+        )?;
+        Ok(Self {
+            _nats: nats,
+            _pg: pg,
+            standin,
+            js,
+            pool,
+            dir,
+            config,
+        })
+    }
+
+    async fn seed(&self, devices: usize) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        sqlx::query(
+            "INSERT INTO devices (device_id, customer_id, token, platform, app_id, status, registered_at, updated_at)
+             SELECT 'd' || lpad(i::text, 7, '0'), 'c' || i, 'fcm-token-' || lpad(i::text, 7, '0') || repeat('x', 140),
+                    'android', $1, 'active', now(), now()
+             FROM generate_series(0, $2 - 1) AS i",
+        )
+        .bind(APP_ID)
+        .bind(devices as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    fn spawn_dispatcher(&self) -> anyhow::Result<Child> {
+        let ops = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        Ok(Command::new(xibaar_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("dispatcher")
+            .env("XIBAAR_OPS__LISTEN", ops.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?)
+    }
+
+    /// Stores a command the way the api does; returns when JetStream has it.
+    async fn send(&self, priority: Priority, audience: Audience, title: &str) -> anyhow::Result<()> {
+        let command = XCommand::SendNotification(SendNotification {
+            notification_id: NotificationId::generate(),
+            priority,
+            audience,
+            content: Content {
+                title: title.into(),
+                body: "Your November bill of 12,500 XOF is due on 5 December.".into(),
+                data: [("kind".to_owned(), "bill".to_owned())].into(),
+                image_url: None,
+            },
+            idempotency_key: None,
+            delivery: DeliveryOptions::default(),
+            requested_by: Actor::system("benchmark"),
+            accepted_at: Utc::now(),
+        });
+        self.js
+            .publish_with_headers(
+                command.subject(),
+                xibaar_streams::headers(&command.msg_id(), "send_notification", None),
+                Bytes::from(serde_json::to_vec(&command)?),
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
+fn xibaar_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("xibaar")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("target/release/xibaar"))
+}
+
+/// Peak resident set of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+struct Run {
+    total: Duration,
+    /// Pushes per second between 10 % and 90 % of the broadcast (fan-out ramp excluded).
+    steady_rate: f64,
+    peak_rss_mib: f64,
+}
+
+/// Broadcasts to every device and waits until the stand-in has `devices` pushes.
+async fn broadcast(rig: &Rig, devices: usize, priority: Priority) -> anyhow::Result<(Run, Child)> {
+    let mut dispatcher = rig.spawn_dispatcher()?;
+    let base = rig.standin.accepted_count();
+    let started = Instant::now();
+    rig.send(priority, Audience::Everyone, "Tariff change").await?;
+    let target = base + devices as u64;
+    let (mut t10, mut t90) = (None, None);
+    loop {
+        let done = rig.standin.accepted_count();
+        let now = Instant::now();
+        if t10.is_none() && done >= base + devices as u64 / 10 {
+            t10 = Some((now, done));
+        }
+        if t90.is_none() && done >= base + devices as u64 * 9 / 10 {
+            t90 = Some((now, done));
+        }
+        if done >= target {
+            break;
+        }
+        if let Some(status) = dispatcher.try_wait()? {
+            anyhow::bail!("the dispatcher exited: {status}");
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            anyhow::bail!("broadcast not finished after 15 minutes ({done}/{target})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = started.elapsed();
+    let ((a, na), (b, nb)) = (t10.expect("10 %"), t90.expect("90 %"));
+    let steady_rate = (nb - na) as f64 / (b - a).as_secs_f64().max(1e-9);
+    let peak = peak_rss_mib(dispatcher.id());
+    Ok((
+        Run {
+            total,
+            steady_rate,
+            peak_rss_mib: peak,
+        },
+        dispatcher,
+    ))
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The bare FCM client: `n` pushes at `CONCURRENCY` in flight, nothing else.
+async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<f64> {
+    use futures::StreamExt;
+    let key = dir.join("bare.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri())?;
+    let client = Arc::new(xibaar_fcm::FcmClient::new(&xibaar_config::FcmConfig {
+        endpoint: standin.url(),
+        concurrency: CONCURRENCY,
+        rate_limit_per_minute: std::num::NonZeroU32::new(u32::MAX).expect("non-zero"),
+        apps: vec![xibaar_config::FcmApp {
+            app_id: APP_ID.into(),
+            project_id: "xibaar-local".into(),
+            service_account_file: key,
+        }],
+        ..xibaar_config::FcmConfig::default()
+    })?);
+    let job = |i: usize| xibaar_core::DeliveryJob {
+        notification_id: NotificationId::generate(),
+        priority: Priority::Low,
+        device_id: xibaar_core::DeviceId::parse(format!("d{i:07}")).expect("valid"),
+        customer_id: CustomerId::parse(format!("c{i}")).expect("valid"),
+        token: xibaar_core::FcmToken::parse(format!("fcm-token-{i:07}{}", "x".repeat(140)))
+            .expect("valid"),
+        platform: xibaar_core::Platform::Android,
+        app_id: APP_ID.into(),
+        content: Content {
+            title: "Tariff change".into(),
+            body: "Your November bill of 12,500 XOF is due on 5 December.".into(),
+            data: [("kind".to_owned(), "bill".to_owned())].into(),
+            image_url: None,
+        },
+        delivery: DeliveryOptions::default(),
+        correlation_id: "bench".into(),
+        accepted_at: Utc::now(),
+    };
+    // Warm up the connection and the access token.
+    client
+        .send(APP_ID, &xibaar_fcm::Message::for_job(&job(0)))
+        .await?;
+    let started = Instant::now();
+    let results: Vec<_> = futures::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            let message = xibaar_fcm::Message::for_job(&job(i));
+            async move { client.send(APP_ID, &message).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        anyhow::bail!("bare client send failed: {e}");
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sustained_n = scale(200_000);
+    let latency_n = scale(50_000);
+    let million = scale(1_000_000);
+    let unlimited: u64 = 1_000_000_000;
+    println!("dispatcher benchmark ({} cores)", std::thread::available_parallelism()?.get());
+
+    // 1 + 2: zero latency, no quota.
+    let rig = Rig::start(unlimited, unlimited).await?;
+    let baseline = bare_client(&rig.standin, rig.dir.path(), sustained_n).await?;
+    println!("  bare FCM client, {sustained_n} pushes, {CONCURRENCY} in flight: {baseline:>9.0} pushes/s");
+    rig.seed(sustained_n).await?;
+    let (run, dispatcher) = broadcast(&rig, sustained_n, Priority::Normal).await?;
+    stop(dispatcher);
+    println!(
+        "  dispatcher, {sustained_n}-device broadcast, 0 ms FCM:  {:>9.0} pushes/s steady ({:.1} s total) = {:.2} of the bare client; target 30,000/s = {:.2}; peak RSS {:.1} MiB",
+        run.steady_rate,
+        run.total.as_secs_f64(),
+        run.steady_rate / baseline,
+        run.steady_rate / 30_000.0,
+        run.peak_rss_mib
+    );
+    let mut peak_rss = run.peak_rss_mib;
+    drop(rig);
+
+    // 3: 50 ms latency.
+    let rig = Rig::start(unlimited, unlimited).await?;
+    rig.standin.set_latency(Duration::from_millis(50));
+    rig.seed(latency_n).await?;
+    let (run, dispatcher) = broadcast(&rig, latency_n, Priority::Normal).await?;
+    stop(dispatcher);
+    let bound = CONCURRENCY as f64 / 0.050;
+    println!(
+        "  dispatcher, {latency_n}-device broadcast, 50 ms FCM:  {:>9.0} pushes/s steady = {:.2} of the {bound:.0}/s that {CONCURRENCY} requests in flight allow; peak RSS {:.1} MiB",
+        run.steady_rate,
+        run.steady_rate / bound,
+        run.peak_rss_mib
+    );
+    peak_rss = peak_rss.max(run.peak_rss_mib);
+    drop(rig);
+
+    // 4: a million devices under FCM's quota, urgent probes while it drains.
+    let rig = Arc::new(Rig::start(600_000, 600_000).await?);
+    let seeded = rig.seed(million).await?;
+    println!("  registry of {million} devices filled in {:.1} s", seeded.as_secs_f64());
+    let probing = tokio_util::sync::CancellationToken::new();
+    let probes = {
+        let rig = rig.clone();
+        let probing = probing.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut i = 0usize;
+            // Let the backlog build first.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            while !probing.is_cancelled() {
+                let customer = CustomerId::parse(format!("c{}", (i * 7919) % million)).expect("valid");
+                let title = format!("Urgent {i}");
+                if rig
+                    .send(
+                        Priority::Urgent,
+                        Audience::Customers {
+                            customer_ids: vec![customer],
+                        },
+                        &title,
+                    )
+                    .await
+                    .is_ok()
+                {
+                    sent.push((title, Utc::now()));
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            sent
+        })
+    };
+    let (run, dispatcher) = broadcast(&rig, million, Priority::Low).await?;
+    probing.cancel();
+    let sent = probes.await?;
+    // The last probes may still be on their way.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(dispatcher);
+    let received = rig.standin.received();
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(title, accepted)| {
+            received
+                .iter()
+                .find(|r| r.message["notification"]["title"] == title.as_str())
+                .map(|r| (r.received_at - *accepted).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let floor = million as f64 / 10_000.0;
+    println!(
+        "  dispatcher, {million}-device broadcast, quota 600,000/min: {:.1} s vs the {floor:.0} s floor = {:.2} of the limit (target >= 0.9); {:.0} pushes/s steady; {} quota errors; peak RSS {:.1} MiB",
+        run.total.as_secs_f64(),
+        floor / run.total.as_secs_f64(),
+        run.steady_rate,
+        rig.standin.error_count(),
+        run.peak_rss_mib
+    );
+    println!(
+        "  urgent accept->push while that backlog drained: p50 {:.1} ms, p99 {:.1} ms over {} of {} probes (target p99 <= 100 ms)",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.len(),
+        sent.len()
+    );
+    peak_rss = peak_rss.max(run.peak_rss_mib);
+    println!("  dispatcher peak RSS over all runs: {peak_rss:.1} MiB (target <= 100 MiB)");
+    Ok(())
+}
