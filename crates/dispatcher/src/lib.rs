@@ -31,6 +31,8 @@ pub use sender::{Outcome, RetryPolicy, Sender};
 const FANOUT_WORKERS_PER_LEVEL: usize = 2;
 /// One lower-level pick in this many when urgent work is waiting.
 const FAIR_EVERY: u64 = 16;
+/// Jobs in hand per FCM slot: the others are having their outcome recorded.
+const RECORDING_FACTOR: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
@@ -256,7 +258,10 @@ where
     S: futures::Stream<Item = jetstream::Message> + Unpin,
 {
     let mut mux = PriorityMux::new(lanes, FAIR_EVERY);
+    // `slots`: jobs at FCM (up to its concurrency). `in_hand`: jobs taken and not yet acked,
+    // including those whose outcome is being recorded, so the FCM pipe stays full meanwhile.
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let in_hand = Arc::new(Semaphore::new(concurrency.max(1) * RECORDING_FACTOR));
     let mut running = JoinSet::new();
     let fcm = sender.fcm.clone();
     loop {
@@ -268,6 +273,10 @@ where
                 _ = tokio::time::sleep(pause.min(Duration::from_secs(1))) => continue,
             }
         }
+        let held = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = in_hand.clone().acquire_owned() => p?,
+        };
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p?,
@@ -281,8 +290,8 @@ where
         };
         let sender = sender.clone();
         running.spawn(async move {
-            let _permit = permit;
-            match sender.handle(&message).await {
+            let _held = held;
+            match sender.handle(&message, permit).await {
                 Ok(outcome) => sender::count(outcome, priority),
                 Err(e) => tracing::error!(
                     error = format!("{e:#}"),

@@ -127,7 +127,14 @@ impl Sender {
     /// Handles one job to the end (ack, NAK with delay, or dead letter). Errors are returned
     /// only when nothing could be recorded; the job is then redelivered after the ack wait.
     #[tracing::instrument(skip_all, fields(subject = %message.subject))]
-    pub async fn handle(&self, message: &jetstream::Message) -> anyhow::Result<Outcome> {
+    ///
+    /// `fcm_slot` is one of the sender's places at FCM; it is given up as soon as FCM has
+    /// answered, so recording the outcome never keeps the next job from FCM.
+    pub async fn handle(
+        &self,
+        message: &jetstream::Message,
+        fcm_slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> anyhow::Result<Outcome> {
         let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
         let job: DeliveryJob = match serde_json::from_slice(&message.payload) {
             Ok(job) => job,
@@ -164,25 +171,25 @@ impl Sender {
             self.expire(&job, message, failed_before).await?;
             return Ok(Outcome::Expired);
         }
-        let outcome = match self.fcm.send(&job.app_id, &Message::for_job(&job)).await {
+        let answer = self.fcm.send(&job.app_id, &Message::for_job(&job)).await;
+        drop(fcm_slot);
+        let outcome = match answer {
             Ok(sent) => {
-                if let Err(e) = self
-                    .sent
-                    .put(
-                        marker.as_str(),
-                        Marker::Sent {
-                            fcm_message_id: sent.name.clone(),
-                            attempt,
-                        }
-                        .encode(),
-                    )
-                    .await
-                {
+                // Marker and outcome event are stored side by side; both before the ack.
+                let marker_value = Marker::Sent {
+                    fcm_message_id: sent.name.clone(),
+                    attempt,
+                }
+                .encode();
+                let (stored, recorded) = tokio::join!(
+                    self.sent.put(marker.as_str(), marker_value),
+                    self.record(&job, message, succeeded(&job, attempt, sent.name))
+                );
+                if let Err(e) = stored {
                     // The push is out; without its marker a crash before the ack could repeat it.
                     tracing::warn!(error = %e, "storing a sent-marker failed");
                 }
-                self.record(&job, message, succeeded(&job, attempt, sent.name))
-                    .await?;
+                recorded?;
                 Outcome::Sent
             }
             Err(FcmClientError::Fcm(e)) if e.token_is_invalid() => {

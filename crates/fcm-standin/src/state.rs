@@ -173,7 +173,12 @@ impl Shared {
 
     pub(crate) fn record(&self, received: Received) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        if self.record || self.record_only.as_ref().is_some_and(|f| f(&received.message)) {
+        if self.record
+            || self
+                .record_only
+                .as_ref()
+                .is_some_and(|f| f(&received.message))
+        {
             lock(&self.received).push(received);
         }
     }
