@@ -153,6 +153,7 @@ filter = "warn"
         title: &str,
     ) -> anyhow::Result<()> {
         let command = XCommand::SendNotification(SendNotification {
+            category: None,
             notification_id: NotificationId::generate(),
             priority,
             audience,

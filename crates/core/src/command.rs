@@ -8,7 +8,7 @@ use crate::{
     event::Actor,
     ids::NotificationId,
     notification::DeliveryOptions,
-    notification::{Audience, Content},
+    notification::{Audience, Category, Content},
     priority::Priority,
     subject,
 };
@@ -27,6 +27,10 @@ pub struct SendNotification {
     pub priority: Priority,
     pub audience: Audience,
     pub content: Content,
+    /// What the notification is about; customers opted out of it are skipped (an urgent outage
+    /// notice reaches them regardless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(flatten)]

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     ids::{CustomerId, DeviceId, FcmToken, NotificationId},
-    notification::{Audience, Content, DeliveryOptions, Platform},
+    notification::{Audience, Category, Content, DeliveryOptions, Platform},
     priority::Priority,
     subject,
 };
@@ -68,6 +68,10 @@ pub struct NotificationAccepted {
     pub priority: Priority,
     pub audience: Audience,
     pub content: Content,
+    /// What the notification is about; customers opted out of it are skipped (an urgent outage
+    /// notice reaches them regardless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(flatten)]
@@ -83,6 +87,10 @@ pub struct NotificationScheduled {
     pub priority: Priority,
     pub audience: Audience,
     pub content: Content,
+    /// What the notification is about; customers opted out of it are skipped (an urgent outage
+    /// notice reaches them regardless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(flatten)]
@@ -177,6 +185,52 @@ pub struct DeviceTokenInvalidated {
     pub error_code: String,
 }
 
+/// A customer's choice of categories: only the categories named change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PreferencesChanged {
+    pub customer_id: CustomerId,
+    /// Category → opted in.
+    pub categories: std::collections::BTreeMap<Category, bool>,
+}
+
+/// Where a topic or condition notification went: one FCM request, FCM fans it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FcmTarget {
+    Topic { topic: String },
+    Condition { condition: String },
+}
+
+/// How the single FCM request of a topic or condition notification ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TopicOutcome {
+    Succeeded {
+        fcm_message_id: String,
+    },
+    Failed {
+        reason: DeliveryFailure,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_code: Option<String>,
+        detail: String,
+    },
+    Expired {
+        expired_at: DateTime<Utc>,
+    },
+}
+
+/// The outcome of a notification sent to an FCM topic or condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TopicDelivery {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub app_id: String,
+    pub target: FcmTarget,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub outcome: TopicOutcome,
+}
+
 /// Every fact Xibaar records.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -188,10 +242,12 @@ pub enum Event {
     DeviceTokenInvalidated(DeviceTokenInvalidated),
     DeliveryExpired(DeliveryExpired),
     NotificationScheduled(NotificationScheduled),
+    PreferencesChanged(PreferencesChanged),
+    TopicDelivery(TopicDelivery),
 }
 
 /// `(type, current version)` of every event in the catalog.
-pub const CATALOG: [(&str, u32); 8] = [
+pub const CATALOG: [(&str, u32); 10] = [
     ("notification.accepted", 1),
     ("notification.fanned_out", 1),
     ("delivery.succeeded", 1),
@@ -200,6 +256,8 @@ pub const CATALOG: [(&str, u32); 8] = [
     ("device.token_invalidated", 1),
     ("delivery.expired", 1),
     ("notification.scheduled", 1),
+    ("preferences.changed", 1),
+    ("delivery.topic", 1),
 ];
 
 /// Namespace of deterministic event ids (UUIDv5).
@@ -224,6 +282,8 @@ impl Event {
             Event::DeviceTokenInvalidated(_) => 5,
             Event::DeliveryExpired(_) => 6,
             Event::NotificationScheduled(_) => 7,
+            Event::PreferencesChanged(_) => 8,
+            Event::TopicDelivery(_) => 9,
         }
     }
 
@@ -240,6 +300,8 @@ impl Event {
             Event::DeviceTokenInvalidated(e) => e.device_id.to_string(),
             Event::DeliveryExpired(e) => e.notification_id.to_string(),
             Event::NotificationScheduled(e) => e.notification_id.to_string(),
+            Event::PreferencesChanged(e) => e.customer_id.to_string(),
+            Event::TopicDelivery(e) => e.notification_id.to_string(),
         }
     }
 
@@ -260,7 +322,8 @@ impl Event {
             Event::DeviceTokenInvalidated(e) => {
                 Some(format!("{}/{}", e.device_id, e.token.as_str()))
             }
-            Event::DeviceRegistered(_) => None,
+            Event::TopicDelivery(e) => Some(e.notification_id.to_string()),
+            Event::DeviceRegistered(_) | Event::PreferencesChanged(_) => None,
         }
     }
 
@@ -274,6 +337,8 @@ impl Event {
             Event::DeviceTokenInvalidated(d) => serde_json::value::to_raw_value(d),
             Event::DeliveryExpired(d) => serde_json::value::to_raw_value(d),
             Event::NotificationScheduled(d) => serde_json::value::to_raw_value(d),
+            Event::PreferencesChanged(d) => serde_json::value::to_raw_value(d),
+            Event::TopicDelivery(d) => serde_json::value::to_raw_value(d),
         }
     }
 }
@@ -430,7 +495,13 @@ impl EventEnvelope {
             "delivery.expired" => {
                 Event::DeliveryExpired(serde_json::from_str(data).map_err(parse_err)?)
             }
-            _ => Event::NotificationScheduled(serde_json::from_str(data).map_err(parse_err)?),
+            "notification.scheduled" => {
+                Event::NotificationScheduled(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "preferences.changed" => {
+                Event::PreferencesChanged(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            _ => Event::TopicDelivery(serde_json::from_str(data).map_err(parse_err)?),
         };
         Ok(Decoded::Known(Box::new(EventEnvelope {
             meta: EventMeta {

@@ -15,6 +15,6 @@ pub mod subject;
 pub use command::{Command, SendNotification};
 pub use event::{Actor, ActorKind, Decoded, Event, EventEnvelope, EventMeta};
 pub use ids::{CustomerId, DeviceId, FcmToken, InvalidId, NotificationId};
-pub use job::DeliveryJob;
-pub use notification::{Audience, Content, ContentError, DeliveryOptions, Platform};
+pub use job::{DeliveryJob, TopicJob};
+pub use notification::{Audience, Category, Content, ContentError, DeliveryOptions, Platform};
 pub use priority::{Priority, UnknownPriority};

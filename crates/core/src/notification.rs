@@ -27,6 +27,159 @@ pub enum Audience {
     Device { device_id: DeviceId },
     /// Every active device.
     Everyone,
+    /// Every active device of the customers opted in to `category` (see [`Category`] for the
+    /// defaults).
+    Category { category: Category },
+    /// Devices subscribed to an FCM topic of one Firebase app: a single FCM request, FCM does
+    /// the fan-out.
+    Topic { app_id: String, topic: String },
+    /// Devices matching an FCM condition over topics, e.g.
+    /// `'outage-dakar' in topics && !('muted' in topics)`; a single FCM request.
+    Condition { app_id: String, condition: String },
+}
+
+/// What a notification is about. Customers choose which categories they receive.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// Bills and payment reminders. Received unless opted out.
+    Billing,
+    /// Planned and unplanned outages. Received unless opted out; urgent outage notices reach
+    /// every customer regardless.
+    Outage,
+    /// Prepaid meter credit and top-ups. Received unless opted out.
+    Prepaid,
+    /// Offers and news. Received only after opting in.
+    Marketing,
+}
+
+impl Category {
+    pub const ALL: [Category; 4] = [
+        Category::Billing,
+        Category::Outage,
+        Category::Prepaid,
+        Category::Marketing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Billing => "billing",
+            Category::Outage => "outage",
+            Category::Prepaid => "prepaid",
+            Category::Marketing => "marketing",
+        }
+    }
+
+    /// Whether a customer who never chose receives this category.
+    pub fn default_opted_in(self) -> bool {
+        !matches!(self, Category::Marketing)
+    }
+}
+
+/// Which customers' preferences a fan-out must respect, if any: a notification with a category
+/// skips customers opted out of it, except an urgent outage notice, which reaches everyone.
+pub fn preference_filter(
+    priority: crate::Priority,
+    category: Option<Category>,
+) -> Option<Category> {
+    category.filter(|c| !(*c == Category::Outage && priority == crate::Priority::Urgent))
+}
+
+/// FCM's rule for topic names.
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_BYTES
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b))
+}
+
+/// FCM accepts at most this many topics in one condition.
+pub const MAX_CONDITION_TOPICS: usize = 5;
+const MAX_TOPIC_BYTES: usize = 900;
+/// FCM's payload limit for messages to a topic or condition.
+pub const FCM_TOPIC_PAYLOAD_LIMIT: usize = 2048;
+
+/// Checks an FCM condition: `'<topic>' in topics` terms joined by `&&` and `||`, negated with
+/// `!`, grouped with parentheses, at most [`MAX_CONDITION_TOPICS`] topics. Written by hand: the
+/// grammar is five tokens and no crate implements FCM's dialect.
+fn check_condition(condition: &str) -> Result<(), String> {
+    #[derive(PartialEq)]
+    enum Tok {
+        Term,
+        And,
+        Or,
+        Not,
+        Open,
+        Close,
+    }
+    let mut tokens = Vec::new();
+    let mut rest = condition.trim_start();
+    while !rest.is_empty() {
+        let (tok, len) = if let Some(r) = rest.strip_prefix('\'') {
+            let end = r.find('\'').ok_or("a topic name is not closed with '")?;
+            let topic = &r[..end];
+            if !valid_topic(topic) {
+                return Err(format!("'{topic}' is not a valid topic name"));
+            }
+            let after = r[end + 1..].trim_start();
+            let Some(after) = after.strip_prefix("in") else {
+                return Err(format!("'{topic}' must be followed by `in topics`"));
+            };
+            let after = after.trim_start();
+            let Some(after) = after.strip_prefix("topics") else {
+                return Err(format!("'{topic}' must be followed by `in topics`"));
+            };
+            (Tok::Term, rest.len() - after.len())
+        } else if rest.starts_with("&&") {
+            (Tok::And, 2)
+        } else if rest.starts_with("||") {
+            (Tok::Or, 2)
+        } else if rest.starts_with('!') {
+            (Tok::Not, 1)
+        } else if rest.starts_with('(') {
+            (Tok::Open, 1)
+        } else if rest.starts_with(')') {
+            (Tok::Close, 1)
+        } else {
+            return Err(format!(
+                "unexpected text at `{}`",
+                rest.chars().take(12).collect::<String>()
+            ));
+        };
+        tokens.push(tok);
+        rest = rest[len..].trim_start();
+    }
+    let terms = tokens.iter().filter(|t| **t == Tok::Term).count();
+    if terms == 0 {
+        return Err("must name at least one topic".into());
+    }
+    if terms > MAX_CONDITION_TOPICS {
+        return Err(format!("may name at most {MAX_CONDITION_TOPICS} topics"));
+    }
+    // Shape: an operand (term or parenthesised group, optionally negated) between binary
+    // operators, with balanced parentheses.
+    let mut depth = 0usize;
+    let mut expect_operand = true;
+    for tok in &tokens {
+        match (tok, expect_operand) {
+            (Tok::Not | Tok::Open, true) => {
+                if *tok == Tok::Open {
+                    depth += 1;
+                }
+            }
+            (Tok::Term, true) => expect_operand = false,
+            (Tok::And | Tok::Or, false) => expect_operand = true,
+            (Tok::Close, false) if depth > 0 => depth -= 1,
+            _ => return Err("is not a well-formed condition".into()),
+        }
+    }
+    if expect_operand || depth != 0 {
+        return Err("is not a well-formed condition".into());
+    }
+    Ok(())
 }
 
 /// The visible part of a push plus the app's data payload.
@@ -133,7 +286,22 @@ impl Content {
         serde_json::to_vec(&payload).map_or(usize::MAX, |v| v.len())
     }
 
+    /// Checks the content against FCM's rules for a message to `audience` (topic and condition
+    /// messages have a smaller payload limit).
+    pub fn validate_for(&self, audience: &Audience) -> Result<(), ContentError> {
+        let limit = if audience.is_fcm_fan_out() {
+            FCM_TOPIC_PAYLOAD_LIMIT
+        } else {
+            FCM_PAYLOAD_LIMIT
+        };
+        self.validate_with_limit(limit)
+    }
+
     pub fn validate(&self) -> Result<(), ContentError> {
+        self.validate_with_limit(FCM_PAYLOAD_LIMIT)
+    }
+
+    fn validate_with_limit(&self, limit: usize) -> Result<(), ContentError> {
         let mut violations = Vec::new();
         if self.title.trim().is_empty() {
             violations.push(FieldViolation::new("content.title", "must not be empty"));
@@ -169,11 +337,8 @@ impl Content {
             return Err(ContentError::Invalid(violations));
         }
         let bytes = self.fcm_payload_bytes();
-        if bytes > FCM_PAYLOAD_LIMIT {
-            return Err(ContentError::TooLarge {
-                bytes,
-                limit: FCM_PAYLOAD_LIMIT,
-            });
+        if bytes > limit {
+            return Err(ContentError::TooLarge { bytes, limit });
         }
         Ok(())
     }
@@ -194,8 +359,51 @@ impl Audience {
                     format!("must name at most {MAX_AUDIENCE_CUSTOMERS} customers"),
                 )])
             }
+            Audience::Topic { app_id, topic } => {
+                let mut v = app_violation(app_id);
+                if !valid_topic(topic) {
+                    v.push(FieldViolation::new(
+                        "audience.topic",
+                        format!(
+                            "must be 1 to {MAX_TOPIC_BYTES} characters of letters, digits and -_.~%"
+                        ),
+                    ));
+                }
+                if v.is_empty() { Ok(()) } else { Err(v) }
+            }
+            Audience::Condition { app_id, condition } => {
+                let mut v = app_violation(app_id);
+                if let Err(e) = check_condition(condition) {
+                    v.push(FieldViolation::new("audience.condition", e));
+                }
+                if v.is_empty() { Ok(()) } else { Err(v) }
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Topic and condition audiences are one FCM request; FCM expands them.
+    pub fn is_fcm_fan_out(&self) -> bool {
+        matches!(self, Audience::Topic { .. } | Audience::Condition { .. })
+    }
+
+    /// The category this audience is defined by, if any.
+    pub fn category(&self) -> Option<Category> {
+        match self {
+            Audience::Category { category } => Some(*category),
+            _ => None,
+        }
+    }
+}
+
+fn app_violation(app_id: &str) -> Vec<FieldViolation> {
+    if app_id.is_empty() || app_id.len() > 255 {
+        vec![FieldViolation::new(
+            "audience.app_id",
+            "must name the Firebase app whose topic it is",
+        )]
+    } else {
+        Vec::new()
     }
 }
 
@@ -248,5 +456,61 @@ mod tests {
         };
         assert!(empty.validate().is_err());
         assert!(serde_json::from_str::<Audience>(r#"{"kind":"planet"}"#).is_err());
+    }
+
+    #[test]
+    fn conditions_follow_fcm_grammar_and_topic_limit() {
+        for ok in [
+            "'a' in topics",
+            "'a' in topics && 'b' in topics",
+            "'a' in topics && ('b' in topics || 'c' in topics)",
+            "!('a' in topics) || !'b' in topics",
+            "'a' in topics&&'b' in topics",
+        ] {
+            assert_eq!(check_condition(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "'a' in topics &&",
+            "('a' in topics",
+            "'a' in topics)",
+            "'a b' in topics",
+            "'a' in topic",
+            "'a' in topics 'b' in topics",
+            "a in topics",
+            "'a' in topics || 'b' in topics || 'c' in topics || 'd' in topics || 'e' in topics || 'f' in topics",
+        ] {
+            assert!(check_condition(bad).is_err(), "{bad}");
+        }
+        let topic = Audience::Topic {
+            app_id: "app".into(),
+            topic: "outage-dakar".into(),
+        };
+        assert!(topic.validate().is_ok());
+        let bad = Audience::Topic {
+            app_id: String::new(),
+            topic: "no spaces".into(),
+        };
+        assert_eq!(bad.validate().unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn urgent_outage_notices_ignore_opt_outs_nothing_else_does() {
+        use crate::Priority;
+        assert_eq!(
+            preference_filter(Priority::Urgent, Some(Category::Outage)),
+            None
+        );
+        assert_eq!(
+            preference_filter(Priority::High, Some(Category::Outage)),
+            Some(Category::Outage)
+        );
+        assert_eq!(
+            preference_filter(Priority::Urgent, Some(Category::Marketing)),
+            Some(Category::Marketing)
+        );
+        assert_eq!(preference_filter(Priority::Low, None), None);
+        assert!(!Category::Marketing.default_opted_in());
+        assert!(Category::Billing.default_opted_in());
     }
 }

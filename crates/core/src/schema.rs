@@ -10,9 +10,9 @@ use crate::{
     event::{
         DeliveryExpired, DeliveryFailed, DeliverySucceeded, DeviceRegistered,
         DeviceTokenInvalidated, NotificationAccepted, NotificationFannedOut, NotificationScheduled,
-        WireEnvelope,
+        PreferencesChanged, TopicDelivery, WireEnvelope,
     },
-    job::DeliveryJob,
+    job::{DeliveryJob, TopicJob},
 };
 
 /// Stand-in for the event's data in the envelope schema.
@@ -43,8 +43,9 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ),
         ("commands/command.json".to_owned(), schema::<Command>()),
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
+        ("jobs/topic_job.json".to_owned(), schema::<TopicJob>()),
     ];
-    let events: [(&str, Schema); 8] = [
+    let events: [(&str, Schema); 10] = [
         ("notification.accepted", schema::<NotificationAccepted>()),
         ("notification.fanned_out", schema::<NotificationFannedOut>()),
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
@@ -56,6 +57,8 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ),
         ("delivery.expired", schema::<DeliveryExpired>()),
         ("notification.scheduled", schema::<NotificationScheduled>()),
+        ("preferences.changed", schema::<PreferencesChanged>()),
+        ("delivery.topic", schema::<TopicDelivery>()),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG

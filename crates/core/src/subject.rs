@@ -25,6 +25,11 @@ pub fn delivery(priority: Priority, id: NotificationId, device: &DeviceId) -> St
     format!("xibaar.dlv.{priority}.{id}.{device}")
 }
 
+/// The single job of a topic or condition notification. `~` cannot start a device id.
+pub fn topic_delivery(priority: Priority, id: NotificationId) -> String {
+    format!("xibaar.dlv.{priority}.{id}.~topic")
+}
+
 pub fn delivery_filter(priority: Priority) -> String {
     format!("xibaar.dlv.{priority}.>")
 }

@@ -17,8 +17,10 @@ use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use sqlx::PgPool;
 use xibaar_core::{
-    Actor, Command, DeliveryJob, Event, EventEnvelope, SendNotification,
-    event::{NotificationAccepted, NotificationFannedOut},
+    Actor, Audience, Command, DeliveryJob, Event, EventEnvelope, SendNotification, TopicJob,
+    event::{FcmTarget, NotificationAccepted, NotificationFannedOut},
+    job::{DEVICE_JOB_TYPE, TOPIC_JOB_TYPE},
+    notification::preference_filter,
 };
 use xibaar_streams::Pipeline;
 
@@ -72,6 +74,7 @@ impl FanOut {
                 priority: send.priority,
                 audience: send.audience.clone(),
                 content: send.content.clone(),
+                category: send.category,
                 idempotency_key: send.idempotency_key.clone(),
                 delivery: send.delivery.clone(),
                 accepted_at: send.accepted_at,
@@ -84,7 +87,11 @@ impl FanOut {
             .await
             .map_err(|e| transient("publishing notification.accepted")(&e))?;
 
-        let targeted = self.publish_jobs(&send, message, &correlation).await?;
+        let targeted = if send.audience.is_fcm_fan_out() {
+            self.publish_topic_job(&send, &correlation).await?
+        } else {
+            self.publish_jobs(&send, message, &correlation).await?
+        };
 
         let fanned_out = EventEnvelope::new(
             Event::NotificationFannedOut(NotificationFannedOut {
@@ -102,6 +109,56 @@ impl FanOut {
         metrics::counter!("xibaar_dispatcher_jobs_created_total", "priority" => send.priority.as_str())
             .increment(targeted);
         Ok(targeted)
+    }
+
+    /// A topic or condition audience is one FCM request: one job, FCM does the fan-out.
+    async fn publish_topic_job(
+        &self,
+        send: &SendNotification,
+        correlation: &str,
+    ) -> Result<u64, FanOutError> {
+        let (app_id, target) = match &send.audience {
+            Audience::Topic { app_id, topic } => (
+                app_id.clone(),
+                FcmTarget::Topic {
+                    topic: topic.clone(),
+                },
+            ),
+            Audience::Condition { app_id, condition } => (
+                app_id.clone(),
+                FcmTarget::Condition {
+                    condition: condition.clone(),
+                },
+            ),
+            other => {
+                return Err(FanOutError::Poison(format!(
+                    "{other:?} is not an FCM topic audience"
+                )));
+            }
+        };
+        let job = TopicJob {
+            notification_id: send.notification_id,
+            priority: send.priority,
+            app_id,
+            target,
+            content: send.content.clone(),
+            delivery: send.delivery.clone(),
+            correlation_id: correlation.to_owned(),
+            accepted_at: send.accepted_at,
+        };
+        let payload = serde_json::to_vec(&job)
+            .map_err(|e| FanOutError::Poison(format!("encoding a topic job: {e}")))?;
+        let headers = xibaar_streams::headers(&job.msg_id(), TOPIC_JOB_TYPE, None);
+        let stored = match self
+            .js
+            .publish_with_headers(job.subject(), headers, Bytes::from(payload))
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        stored.map_err(|e| FanOutError::Transient(format!("storing the topic job: {e}")))?;
+        Ok(1)
     }
 
     async fn publish_jobs(
@@ -131,6 +188,7 @@ impl FanOut {
             let page = xibaar_store::audience_page(
                 &self.pool,
                 &send.audience,
+                preference_filter(send.priority, send.category),
                 after.as_ref(),
                 self.page_size,
             )
@@ -155,7 +213,7 @@ impl FanOut {
                 };
                 let payload = serde_json::to_vec(&job)
                     .map_err(|e| FanOutError::Poison(format!("encoding a delivery job: {e}")))?;
-                let headers = xibaar_streams::headers(&job.msg_id(), "delivery_job", None);
+                let headers = xibaar_streams::headers(&job.msg_id(), DEVICE_JOB_TYPE, None);
                 pipeline
                     .publish(job.subject(), headers, Bytes::from(payload))
                     .await

@@ -13,6 +13,9 @@
 //!
 //! The ack comes only after the outcome event is stored.
 //!
+//! A topic or condition notification has a single [`TopicJob`]; it goes through the same steps
+//! and its outcome is one `delivery.topic` event.
+//!
 //! Effectively once: right after FCM accepts a push, a sent-marker
 //! (`XIBAAR_SENT/<notification>.<device>` → FCM's message name) is stored. A redelivered job
 //! (the sender died before its ack) whose marker exists is not pushed again; its outcome is
@@ -29,10 +32,12 @@ use async_nats::jetstream::{self, AckKind, kv};
 use chrono::Utc;
 use rand::Rng;
 use xibaar_core::{
-    Actor, DeliveryJob, Event, EventEnvelope,
+    Actor, DeliveryJob, DeliveryOptions, Event, EventEnvelope, TopicJob,
     event::{
-        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceTokenInvalidated,
+        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded,
+        DeviceTokenInvalidated, TopicDelivery, TopicOutcome,
     },
+    job::TOPIC_JOB_TYPE,
 };
 use xibaar_fcm::{FcmClient, FcmClientError, Message};
 
@@ -135,22 +140,39 @@ impl Sender {
         message: &jetstream::Message,
         fcm_slot: tokio::sync::OwnedSemaphorePermit,
     ) -> anyhow::Result<Outcome> {
+        let kind = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Xibaar-Type"))
+            .map(|v| v.as_str());
+        if kind == Some(TOPIC_JOB_TYPE) {
+            self.handle_job::<TopicJob>(message, fcm_slot).await
+        } else {
+            self.handle_job::<DeliveryJob>(message, fcm_slot).await
+        }
+    }
+
+    async fn handle_job<J: Job>(
+        &self,
+        message: &jetstream::Message,
+        fcm_slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> anyhow::Result<Outcome> {
         let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
-        let job: DeliveryJob = match serde_json::from_slice(&message.payload) {
+        let job: J = match serde_json::from_slice(&message.payload) {
             Ok(job) => job,
             Err(e) => {
-                tracing::error!(error = %e, "undecodable delivery job; parked in XIBAAR_DLQ");
+                tracing::error!(error = %e, kind = J::KIND, "undecodable job; parked in XIBAAR_DLQ");
                 xibaar_streams::dlq::dead_letter(
                     &self.js,
                     message,
-                    &format!("undecodable delivery job: {e}"),
+                    &format!("undecodable {}: {e}", J::KIND),
                 )
                 .await?;
                 ack(message, AckKind::Term).await;
                 return Ok(Outcome::Failed);
             }
         };
-        let marker = format!("{}.{}", job.notification_id, job.device_id);
+        let marker = job.marker();
         let mut failed_before = 0;
         if redelivered && let Some(value) = self.sent.get(marker.as_str()).await? {
             match Marker::decode(&value) {
@@ -158,7 +180,7 @@ impl Sender {
                     fcm_message_id,
                     attempt,
                 } => {
-                    self.record(&job, message, succeeded(&job, attempt, fcm_message_id))
+                    self.record(&job, message, job.succeeded(attempt, fcm_message_id))
                         .await?;
                     ack(message, AckKind::Ack).await;
                     return Ok(Outcome::AlreadySent);
@@ -167,11 +189,11 @@ impl Sender {
             }
         }
         let attempt = failed_before + 1;
-        if job.delivery.expires_at.is_some_and(|at| at <= Utc::now()) {
+        if job.delivery().expires_at.is_some_and(|at| at <= Utc::now()) {
             self.expire(&job, message, failed_before).await?;
             return Ok(Outcome::Expired);
         }
-        let answer = self.fcm.send(&job.app_id, &Message::for_job(&job)).await;
+        let answer = self.fcm.send(job.app_id(), &job.message()).await;
         drop(fcm_slot);
         let outcome = match answer {
             Ok(sent) => {
@@ -183,7 +205,7 @@ impl Sender {
                 .encode();
                 let (stored, recorded) = tokio::join!(
                     self.sent.put(marker.as_str(), marker_value),
-                    self.record(&job, message, succeeded(&job, attempt, sent.name))
+                    self.record(&job, message, job.succeeded(attempt, sent.name))
                 );
                 if let Err(e) = stored {
                     // The push is out; without its marker a crash before the ack could repeat it.
@@ -192,17 +214,11 @@ impl Sender {
                 recorded?;
                 Outcome::Sent
             }
-            Err(FcmClientError::Fcm(e)) if e.token_is_invalid() => {
-                self.record(
-                    &job,
-                    message,
-                    Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
-                        device_id: job.device_id.clone(),
-                        token: job.token.clone(),
-                        error_code: e.code.as_str().to_owned(),
-                    }),
-                )
-                .await?;
+            Err(FcmClientError::Fcm(e))
+                if e.token_is_invalid()
+                    && let Some(invalidated) = job.token_invalidated(e.code.as_str()) =>
+            {
+                self.record(&job, message, invalidated).await?;
                 self.fail(
                     &job,
                     message,
@@ -221,7 +237,7 @@ impl Sender {
             {
                 // A failure that opened the project's circuit (or a failed probe) is the
                 // project's fault, not this job's: it waits with the others, attempts intact.
-                if let Some(retry_in) = self.fcm.paused_for_app(&job.app_id) {
+                if let Some(retry_in) = self.fcm.paused_for_app(job.app_id()) {
                     return self.pause(&job, message, failed_before, retry_in).await;
                 }
                 let reason = match &e {
@@ -251,7 +267,7 @@ impl Sender {
                     let delay = self.retry.delay(attempt, retry_after);
                     let retry_at =
                         Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    if job.delivery.expires_at.is_some_and(|at| at <= retry_at) {
+                    if job.delivery().expires_at.is_some_and(|at| at <= retry_at) {
                         self.expire(&job, message, attempt).await?;
                         return Ok(Outcome::Expired);
                     }
@@ -297,14 +313,14 @@ impl Sender {
     /// spreads the returning jobs so they do not all meet the probe at once.
     async fn pause(
         &self,
-        job: &DeliveryJob,
+        job: &impl Job,
         message: &jetstream::Message,
         failed_before: u32,
         retry_in: Duration,
     ) -> anyhow::Result<Outcome> {
         let delay = retry_in + retry_in.mul_f64(rand::rng().random_range(0.0..0.5));
         let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        if job.delivery.expires_at.is_some_and(|at| at <= retry_at) {
+        if job.delivery().expires_at.is_some_and(|at| at <= retry_at) {
             self.expire(job, message, failed_before).await?;
             return Ok(Outcome::Expired);
         }
@@ -315,23 +331,11 @@ impl Sender {
     /// Records `delivery.expired` and acks: the push would arrive stale.
     async fn expire(
         &self,
-        job: &DeliveryJob,
+        job: &impl Job,
         message: &jetstream::Message,
         attempt: u32,
     ) -> anyhow::Result<()> {
-        self.record(
-            job,
-            message,
-            Event::DeliveryExpired(DeliveryExpired {
-                notification_id: job.notification_id,
-                priority: job.priority,
-                device_id: job.device_id.clone(),
-                customer_id: job.customer_id.clone(),
-                attempt,
-                expired_at: Utc::now(),
-            }),
-        )
-        .await?;
+        self.record(job, message, job.expired(attempt)).await?;
         ack(message, AckKind::Ack).await;
         Ok(())
     }
@@ -339,7 +343,7 @@ impl Sender {
     #[allow(clippy::too_many_arguments)]
     async fn fail(
         &self,
-        job: &DeliveryJob,
+        job: &impl Job,
         message: &jetstream::Message,
         attempt: u32,
         reason: DeliveryFailure,
@@ -358,23 +362,14 @@ impl Sender {
         self.record(
             job,
             message,
-            Event::DeliveryFailed(DeliveryFailed {
-                notification_id: job.notification_id,
-                priority: job.priority,
-                device_id: job.device_id.clone(),
-                customer_id: job.customer_id.clone(),
-                attempt,
-                reason,
-                error_code: error_code.map(str::to_owned),
-                detail: detail.to_owned(),
-            }),
+            job.failed(attempt, reason, error_code, detail),
         )
         .await
     }
 
     async fn record(
         &self,
-        job: &DeliveryJob,
+        job: &impl Job,
         message: &jetstream::Message,
         event: Event,
     ) -> anyhow::Result<()> {
@@ -383,21 +378,160 @@ impl Sender {
             .ok()
             .map(|i| format!("{}:{}", i.stream, i.stream_sequence));
         let actor = Actor::system("sender");
-        let envelope = EventEnvelope::new(event, job.correlation_id.clone(), causation, actor);
+        let envelope = EventEnvelope::new(event, job.correlation_id(), causation, actor);
         publish_event(&self.js, &envelope).await?;
         Ok(())
     }
 }
 
-fn succeeded(job: &DeliveryJob, attempt: u32, fcm_message_id: String) -> Event {
-    Event::DeliverySucceeded(DeliverySucceeded {
+/// What the sender needs of a job, device or topic.
+trait Job: serde::de::DeserializeOwned {
+    const KIND: &'static str;
+    fn app_id(&self) -> &str;
+    fn delivery(&self) -> &DeliveryOptions;
+    fn correlation_id(&self) -> &str;
+    /// Its key in `XIBAAR_SENT`.
+    fn marker(&self) -> String;
+    fn message(&self) -> Message;
+    fn succeeded(&self, attempt: u32, fcm_message_id: String) -> Event;
+    fn failed(
+        &self,
+        attempt: u32,
+        reason: DeliveryFailure,
+        error_code: Option<&str>,
+        detail: &str,
+    ) -> Event;
+    fn expired(&self, attempt: u32) -> Event;
+    /// The event for a token FCM no longer knows; `None` when the job has no token.
+    fn token_invalidated(&self, error_code: &str) -> Option<Event>;
+}
+
+impl Job for DeliveryJob {
+    const KIND: &'static str = "delivery job";
+
+    fn app_id(&self) -> &str {
+        &self.app_id
+    }
+    fn delivery(&self) -> &DeliveryOptions {
+        &self.delivery
+    }
+    fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+    fn marker(&self) -> String {
+        format!("{}.{}", self.notification_id, self.device_id)
+    }
+    fn message(&self) -> Message {
+        Message::for_job(self)
+    }
+    fn succeeded(&self, attempt: u32, fcm_message_id: String) -> Event {
+        Event::DeliverySucceeded(DeliverySucceeded {
+            notification_id: self.notification_id,
+            priority: self.priority,
+            device_id: self.device_id.clone(),
+            customer_id: self.customer_id.clone(),
+            attempt,
+            fcm_message_id,
+        })
+    }
+    fn failed(
+        &self,
+        attempt: u32,
+        reason: DeliveryFailure,
+        error_code: Option<&str>,
+        detail: &str,
+    ) -> Event {
+        Event::DeliveryFailed(DeliveryFailed {
+            notification_id: self.notification_id,
+            priority: self.priority,
+            device_id: self.device_id.clone(),
+            customer_id: self.customer_id.clone(),
+            attempt,
+            reason,
+            error_code: error_code.map(str::to_owned),
+            detail: detail.to_owned(),
+        })
+    }
+    fn expired(&self, attempt: u32) -> Event {
+        Event::DeliveryExpired(DeliveryExpired {
+            notification_id: self.notification_id,
+            priority: self.priority,
+            device_id: self.device_id.clone(),
+            customer_id: self.customer_id.clone(),
+            attempt,
+            expired_at: Utc::now(),
+        })
+    }
+    fn token_invalidated(&self, error_code: &str) -> Option<Event> {
+        Some(Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
+            device_id: self.device_id.clone(),
+            token: self.token.clone(),
+            error_code: error_code.to_owned(),
+        }))
+    }
+}
+
+fn topic_outcome(job: &TopicJob, attempt: u32, outcome: TopicOutcome) -> Event {
+    Event::TopicDelivery(TopicDelivery {
         notification_id: job.notification_id,
         priority: job.priority,
-        device_id: job.device_id.clone(),
-        customer_id: job.customer_id.clone(),
+        app_id: job.app_id.clone(),
+        target: job.target.clone(),
         attempt,
-        fcm_message_id,
+        outcome,
     })
+}
+
+impl Job for TopicJob {
+    const KIND: &'static str = "topic job";
+
+    fn app_id(&self) -> &str {
+        &self.app_id
+    }
+    fn delivery(&self) -> &DeliveryOptions {
+        &self.delivery
+    }
+    fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+    fn marker(&self) -> String {
+        format!("{}.~topic", self.notification_id)
+    }
+    fn message(&self) -> Message {
+        Message::for_topic_job(self)
+    }
+    fn succeeded(&self, attempt: u32, fcm_message_id: String) -> Event {
+        topic_outcome(self, attempt, TopicOutcome::Succeeded { fcm_message_id })
+    }
+    fn failed(
+        &self,
+        attempt: u32,
+        reason: DeliveryFailure,
+        error_code: Option<&str>,
+        detail: &str,
+    ) -> Event {
+        topic_outcome(
+            self,
+            attempt,
+            TopicOutcome::Failed {
+                reason,
+                error_code: error_code.map(str::to_owned),
+                detail: detail.to_owned(),
+            },
+        )
+    }
+    fn expired(&self, attempt: u32) -> Event {
+        topic_outcome(
+            self,
+            attempt,
+            TopicOutcome::Expired {
+                expired_at: Utc::now(),
+            },
+        )
+    }
+    fn token_invalidated(&self, _: &str) -> Option<Event> {
+        None
+    }
 }
 
 fn fcm_code(e: &FcmClientError) -> Option<String> {

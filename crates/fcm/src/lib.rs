@@ -15,4 +15,4 @@ pub use auth::{ServiceAccountKey, TokenError};
 pub use breaker::{BreakerSettings, CircuitBreaker, CircuitState, Verdict};
 pub use client::{FcmClient, FcmClientError, SentMessage};
 pub use error::{FcmError, FcmErrorCode};
-pub use message::Message;
+pub use message::{Message, Target};

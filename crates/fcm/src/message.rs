@@ -1,11 +1,24 @@
 //! The `message` object of `messages:send`.
 
 use serde::Serialize;
-use xibaar_core::{DeliveryJob, Priority, notification::NOTIFICATION_ID_DATA_KEY};
+use xibaar_core::{
+    Content, DeliveryJob, DeliveryOptions, NotificationId, Priority, TopicJob, event::FcmTarget,
+    notification::NOTIFICATION_ID_DATA_KEY,
+};
+
+/// Exactly one of FCM's `token`, `topic` or `condition`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Token(String),
+    Topic(String),
+    Condition(String),
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
-    pub token: String,
+    #[serde(flatten)]
+    pub target: Target,
     pub notification: Notification,
     pub data: std::collections::BTreeMap<String, String>,
     pub android: AndroidConfig,
@@ -50,35 +63,100 @@ pub struct ApnsHeaders {
 
 impl Message {
     pub fn for_job(job: &DeliveryJob) -> Self {
-        let high = matches!(job.priority, Priority::Urgent | Priority::High);
-        let mut data = job.content.data.clone();
+        Self::build(
+            Target::Token(job.token.as_str().to_owned()),
+            job.notification_id,
+            job.priority,
+            &job.content,
+            &job.delivery,
+        )
+    }
+
+    pub fn for_topic_job(job: &TopicJob) -> Self {
+        let target = match &job.target {
+            FcmTarget::Topic { topic } => Target::Topic(topic.clone()),
+            FcmTarget::Condition { condition } => Target::Condition(condition.clone()),
+        };
+        Self::build(
+            target,
+            job.notification_id,
+            job.priority,
+            &job.content,
+            &job.delivery,
+        )
+    }
+
+    /// Urgent and high notifications: they wake the device and go first at the rate limiter.
+    pub fn is_high_priority(&self) -> bool {
+        self.android.priority == "HIGH"
+    }
+
+    fn build(
+        target: Target,
+        notification_id: NotificationId,
+        priority: Priority,
+        content: &Content,
+        delivery: &DeliveryOptions,
+    ) -> Self {
+        let high = matches!(priority, Priority::Urgent | Priority::High);
+        let mut data = content.data.clone();
         data.insert(
             NOTIFICATION_ID_DATA_KEY.to_owned(),
-            job.notification_id.to_string(),
+            notification_id.to_string(),
         );
         Self {
-            token: job.token.as_str().to_owned(),
+            target,
             notification: Notification {
-                title: job.content.title.clone(),
-                body: job.content.body.clone(),
-                image: job.content.image_url.clone(),
+                title: content.title.clone(),
+                body: content.body.clone(),
+                image: content.image_url.clone(),
             },
             data,
             android: AndroidConfig {
                 priority: if high { "HIGH" } else { "NORMAL" },
-                ttl: job.delivery.expires_at.map(|at| {
+                ttl: delivery.expires_at.map(|at| {
                     let left = (at - chrono::Utc::now()).num_seconds().max(0);
                     format!("{left}s")
                 }),
-                collapse_key: job.delivery.collapse_key.clone(),
+                collapse_key: delivery.collapse_key.clone(),
             },
             apns: ApnsConfig {
                 headers: ApnsHeaders {
                     priority: if high { "10" } else { "5" },
-                    expiration: job.delivery.expires_at.map(|at| at.timestamp().to_string()),
-                    collapse_id: job.delivery.collapse_key.clone(),
+                    expiration: delivery.expires_at.map(|at| at.timestamp().to_string()),
+                    collapse_id: delivery.collapse_key.clone(),
                 },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_is_one_top_level_field() {
+        let job = TopicJob {
+            notification_id: NotificationId::generate(),
+            priority: Priority::Urgent,
+            app_id: "app".into(),
+            target: FcmTarget::Condition {
+                condition: "'a' in topics".into(),
+            },
+            content: Content {
+                title: "t".into(),
+                body: "b".into(),
+                data: Default::default(),
+                image_url: None,
+            },
+            delivery: DeliveryOptions::default(),
+            correlation_id: "c".into(),
+            accepted_at: chrono::Utc::now(),
+        };
+        let json = serde_json::to_value(Message::for_topic_job(&job)).unwrap();
+        assert_eq!(json["condition"], "'a' in topics");
+        assert!(json.get("token").is_none() && json.get("topic").is_none());
+        assert_eq!(json["android"]["priority"], "HIGH");
     }
 }

@@ -2,8 +2,8 @@
 
 use sqlx::PgConnection;
 use xibaar_core::{
-    Event, EventEnvelope,
-    event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded},
+    Category, Event, EventEnvelope,
+    event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded, TopicOutcome},
 };
 
 /// Applies `envelope` to the read models through `tx`.
@@ -43,6 +43,7 @@ pub(crate) async fn apply(
                 .bind(requested_by)
                 .bind(e.accepted_at)
                 .bind(e.delivery.send_at)
+                .bind(e.category.map(Category::as_str))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -57,6 +58,7 @@ pub(crate) async fn apply(
                 .bind(requested_by)
                 .bind(e.accepted_at)
                 .bind(e.send_at)
+                .bind(e.category.map(Category::as_str))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -80,7 +82,7 @@ pub(crate) async fn apply(
                 tx,
                 notification_id.0,
                 device_id.as_str(),
-                customer_id.as_str(),
+                Some(customer_id.as_str()),
                 "succeeded",
                 None,
                 None,
@@ -95,7 +97,7 @@ pub(crate) async fn apply(
                 tx,
                 e.notification_id.0,
                 e.device_id.as_str(),
-                e.customer_id.as_str(),
+                Some(e.customer_id.as_str()),
                 "expired",
                 None,
                 None,
@@ -118,7 +120,7 @@ pub(crate) async fn apply(
                 tx,
                 notification_id.0,
                 device_id.as_str(),
-                customer_id.as_str(),
+                Some(customer_id.as_str()),
                 "failed",
                 Some(*reason),
                 error_code.as_deref(),
@@ -128,16 +130,54 @@ pub(crate) async fn apply(
             )
             .await?;
         }
+        Event::PreferencesChanged(e) => {
+            for (category, opted_in) in &e.categories {
+                sqlx::query(include_str!("../sql/preference_changed.sql"))
+                    .bind(e.customer_id.as_str())
+                    .bind(category.as_str())
+                    .bind(*opted_in)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        Event::TopicDelivery(e) => {
+            let (result, reason, error_code, fcm_message_id) = match &e.outcome {
+                TopicOutcome::Succeeded { fcm_message_id } => {
+                    ("succeeded", None, None, Some(fcm_message_id.as_str()))
+                }
+                TopicOutcome::Failed {
+                    reason, error_code, ..
+                } => ("failed", Some(*reason), error_code.as_deref(), None),
+                TopicOutcome::Expired { .. } => ("expired", None, None, None),
+            };
+            outcome(
+                tx,
+                e.notification_id.0,
+                TOPIC_DEVICE,
+                None,
+                result,
+                reason,
+                error_code,
+                e.attempt,
+                fcm_message_id,
+                at,
+            )
+            .await?;
+        }
     }
     Ok(())
 }
+
+/// The device id of a topic or condition notification's single delivery row.
+const TOPIC_DEVICE: &str = "~topic";
 
 #[allow(clippy::too_many_arguments)]
 async fn outcome(
     tx: &mut PgConnection,
     notification_id: uuid::Uuid,
     device_id: &str,
-    customer_id: &str,
+    customer_id: Option<&str>,
     outcome: &str,
     reason: Option<DeliveryFailure>,
     error_code: Option<&str>,

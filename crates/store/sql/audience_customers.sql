@@ -1,9 +1,13 @@
 -- The customers' devices first (index devices_active_by_customer), then the page: walking the
 -- primary key in device order and filtering would read the whole registry for a short list.
+-- $4: the category whose opt-outs apply (NULL: none); $5: its default for customers who never chose.
 WITH theirs AS MATERIALIZED (
-    SELECT device_id, customer_id, token, platform, app_id
-    FROM devices
-    WHERE status = 'active' AND customer_id = ANY($1)
+    SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id
+    FROM devices d
+    WHERE d.status = 'active' AND d.customer_id = ANY($1)
+      AND ($4::text IS NULL OR coalesce(
+            (SELECT p.opted_in FROM preferences p
+             WHERE p.customer_id = d.customer_id AND p.category = $4), $5))
 )
 SELECT device_id, customer_id, token, platform, app_id
 FROM theirs

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use xibaar_core::{Audience, CustomerId, DeviceId, FcmToken, NotificationId, Platform};
+use xibaar_core::{Audience, Category, CustomerId, DeviceId, FcmToken, NotificationId, Platform};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,15 +82,20 @@ fn recipient(
     })
 }
 
-/// One page of an audience's active devices, in device id order, after `after`.
+/// One page of an audience's active devices, in device id order, after `after`. With
+/// `opted_in_to`, customers opted out of that category (or, for opt-in categories, who never
+/// opted in) are left out.
 #[tracing::instrument(skip_all, fields(limit))]
 pub async fn audience_page(
     pool: &PgPool,
     audience: &Audience,
+    opted_in_to: Option<Category>,
     after: Option<&DeviceId>,
     limit: u32,
 ) -> Result<Vec<Recipient>, StoreError> {
     let after = after.map_or("", DeviceId::as_str);
+    let category = opted_in_to.map(Category::as_str);
+    let default_in = opted_in_to.is_none_or(Category::default_opted_in);
     let rows: Vec<RecipientRow> = match audience {
         Audience::Customers { customer_ids } => {
             let ids: Vec<&str> = customer_ids.iter().map(CustomerId::as_str).collect();
@@ -98,23 +103,31 @@ pub async fn audience_page(
                 .bind(ids)
                 .bind(after)
                 .bind(i64::from(limit))
+                .bind(category)
+                .bind(default_in)
                 .fetch_all(pool)
                 .await
         }
         Audience::Device { device_id } if after.is_empty() => {
             sqlx::query_as(include_str!("../sql/audience_device.sql"))
                 .bind(device_id.as_str())
+                .bind(category)
+                .bind(default_in)
                 .fetch_all(pool)
                 .await
         }
         Audience::Device { .. } => Ok(Vec::new()),
-        Audience::Everyone => {
+        Audience::Everyone | Audience::Category { .. } => {
             sqlx::query_as(include_str!("../sql/audience_everyone.sql"))
                 .bind(after)
                 .bind(i64::from(limit))
+                .bind(category)
+                .bind(default_in)
                 .fetch_all(pool)
                 .await
         }
+        // FCM expands these; the fan-out sends them as one job.
+        Audience::Topic { .. } | Audience::Condition { .. } => Ok(Vec::new()),
     }
     .map_err(query_err("reading the audience"))?;
     rows.into_iter().map(recipient).collect()
@@ -174,4 +187,28 @@ pub async fn notification_status(
         .fetch_optional(pool)
         .await
         .map_err(query_err("reading notification status"))
+}
+
+/// A customer's effective choice for every category: what they chose, else the default.
+pub async fn preferences_of_customer(
+    pool: &PgPool,
+    customer: &CustomerId,
+) -> Result<std::collections::BTreeMap<Category, bool>, StoreError> {
+    let rows: Vec<(String, bool)> =
+        sqlx::query_as(include_str!("../sql/preferences_of_customer.sql"))
+            .bind(customer.as_str())
+            .fetch_all(pool)
+            .await
+            .map_err(query_err("reading preferences"))?;
+    let mut choices: std::collections::BTreeMap<Category, bool> = Category::ALL
+        .into_iter()
+        .map(|c| (c, c.default_opted_in()))
+        .collect();
+    for (category, opted_in) in rows {
+        // A category this build does not know (written by a newer one) is not shown.
+        if let Some(c) = Category::ALL.into_iter().find(|c| c.as_str() == category) {
+            choices.insert(c, opted_in);
+        }
+    }
+    Ok(choices)
 }

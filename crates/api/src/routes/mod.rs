@@ -1,5 +1,6 @@
 mod devices;
 mod notifications;
+mod preferences;
 
 use axum::{
     Router,
@@ -13,6 +14,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/notifications", post(notifications::send))
         .route("/v1/notifications/{id}", get(notifications::status))
         .route("/v1/devices", post(devices::register).get(devices::list))
+        .route(
+            "/v1/me/preferences",
+            get(preferences::show).put(preferences::change),
+        )
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
 }
 

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{
-    Actor, Audience, Command, Content, ContentError, DeliveryOptions, Event, EventEnvelope,
-    NotificationId, Priority, SendNotification,
+    Actor, Audience, Category, Command, Content, ContentError, DeliveryOptions, Event,
+    EventEnvelope, NotificationId, Priority, SendNotification,
     event::NotificationScheduled,
     notification::{
         FieldViolation, MAX_COLLAPSE_KEY_BYTES, MAX_SCHEDULE_AHEAD_DAYS, MAX_TTL_SECONDS,
@@ -36,6 +36,10 @@ pub struct SendRequest {
     pub priority: Priority,
     pub audience: Audience,
     pub content: Content,
+    /// What the notification is about (billing, outage, prepaid, marketing); customers opted
+    /// out of it are skipped, except for urgent outage notices. A `category` audience implies it.
+    #[serde(default)]
+    pub category: Option<Category>,
     /// Drop the push if it cannot be delivered within this many seconds (at most 28 days).
     #[serde(default)]
     pub ttl_seconds: Option<u32>,
@@ -75,12 +79,31 @@ pub async fn send(
     caller.require(scopes::SEND)?;
     let key = idempotency_key(&headers)?;
     let mut violations = request.audience.validate().err().unwrap_or_default();
-    match request.content.validate() {
+    match request.content.validate_for(&request.audience) {
         Ok(()) => {}
         Err(ContentError::Invalid(v)) => violations.extend(v),
         Err(e @ ContentError::TooLarge { .. }) => {
             return Err(ApiError::PayloadTooLarge(e.to_string()));
         }
+    }
+    let category = request.category.or(request.audience.category());
+    match (&request.audience, request.category) {
+        (Audience::Category { category: implied }, Some(given)) if *implied != given => {
+            violations.push(FieldViolation::new(
+                "category",
+                format!(
+                    "must match the audience's category `{}` or be left out",
+                    implied.as_str()
+                ),
+            ));
+        }
+        (audience, Some(_)) if audience.is_fcm_fan_out() => {
+            violations.push(FieldViolation::new(
+                "category",
+                "cannot be applied to an FCM topic or condition: subscribing to the topic is the opt-in",
+            ));
+        }
+        _ => {}
     }
     if let Some(ttl) = request.ttl_seconds
         && !(1..=MAX_TTL_SECONDS).contains(&ttl)
@@ -127,6 +150,7 @@ pub async fn send(
         priority: request.priority,
         audience: request.audience,
         content: request.content,
+        category,
         idempotency_key: key,
         delivery: DeliveryOptions {
             expires_at: request
@@ -193,6 +217,7 @@ pub async fn send(
         if let Some(stored) = stored
             && (stored.audience != sent.audience
                 || stored.content != sent.content
+                || stored.category != sent.category
                 || stored.delivery.collapse_key != sent.delivery.collapse_key
                 || stored.delivery.send_at != sent.delivery.send_at)
         {
@@ -210,6 +235,7 @@ pub async fn send(
                 priority: sent.priority,
                 audience: sent.audience.clone(),
                 content: sent.content.clone(),
+                category: sent.category,
                 idempotency_key: sent.idempotency_key.clone(),
                 delivery: sent.delivery.clone(),
                 send_at: at,

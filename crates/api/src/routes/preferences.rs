@@ -1,0 +1,66 @@
+//! `GET /v1/me/preferences` and `PUT /v1/me/preferences`: which categories I receive.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use xibaar_core::{Category, Event, EventEnvelope, event::PreferencesChanged};
+
+use crate::{AppState, auth::Caller, extract::ApiJson, problem::ApiError, routes::read_failed};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePreferences {
+    /// Category → opted in. Categories not named keep their current choice.
+    pub categories: BTreeMap<Category, bool>,
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let customer_id = caller.customer()?;
+    let categories = xibaar_store::preferences_of_customer(&state.pool, &customer_id)
+        .await
+        .map_err(read_failed)?;
+    Ok(Json(json!({ "categories": categories })))
+}
+
+#[tracing::instrument(skip_all, fields(caller = %caller.subject))]
+pub async fn change(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<ChangePreferences>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let customer_id = caller.customer()?;
+    if request.categories.is_empty() {
+        return Err(ApiError::validation(
+            "categories",
+            "must name at least one category",
+        ));
+    }
+    let envelope = EventEnvelope::new(
+        Event::PreferencesChanged(PreferencesChanged {
+            customer_id: customer_id.clone(),
+            categories: request.categories.clone(),
+        }),
+        customer_id.to_string(),
+        None,
+        caller.actor(),
+    );
+    tokio::time::timeout(
+        state.publish_timeout,
+        xibaar_streams::publish_event(&state.js, &envelope),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable("timed out storing the preferences; retry".into()))?
+    .map_err(|e| {
+        tracing::warn!(error = %e, "storing preferences failed");
+        ApiError::Unavailable("the preferences could not be stored; retry".into())
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "changed": request.categories })),
+    ))
+}
