@@ -64,6 +64,30 @@ struct Project {
     breaker: Arc<CircuitBreaker>,
     limiter: DefaultDirectRateLimiter,
     clock: governor::clock::DefaultClock,
+    /// One sender at a time waits on the limiter; the others queue here (FIFO) without waking.
+    /// With hundreds of senders polling the limiter on their own, each cell woke them all.
+    gate: tokio::sync::Mutex<()>,
+    /// Normal and low messages queue here first, so an urgent or high one waits behind at most
+    /// one other message for the next cell, not behind the whole backlog.
+    low_gate: tokio::sync::Mutex<()>,
+}
+
+impl Project {
+    /// Takes one cell of the project's quota, urgent and high messages first.
+    async fn admit(&self, urgent: bool) {
+        let _low = if urgent {
+            None
+        } else {
+            Some(self.low_gate.lock().await)
+        };
+        let _gate = self.gate.lock().await;
+        // governor's own `until_ready` sleeps on a futures-timer thread, which cost more CPU at
+        // 10,000 waits a second than the rest of the limiter; tokio's timer is free here.
+        while let Err(not_until) = self.limiter.check() {
+            let now = governor::clock::Clock::now(&self.clock);
+            tokio::time::sleep(not_until.wait_time_from(now)).await;
+        }
+    }
 }
 
 /// FCM's quota is per minute, but a bucket holding a whole minute would allow twice the quota in
@@ -139,6 +163,8 @@ impl FcmClient {
                             clock.clone(),
                         ),
                         clock,
+                        gate: tokio::sync::Mutex::new(()),
+                        low_gate: tokio::sync::Mutex::new(()),
                     })
                 })
                 .clone();
@@ -247,13 +273,8 @@ impl FcmClient {
         let mut refreshed = false;
         loop {
             let token = app.tokens.token(&self.http).await?;
-            // governor's own `until_ready` sleeps on a futures-timer thread, which cost more CPU
-            // at 10,000 waits a second than the rest of the limiter; tokio's timer is free here.
             let waiting = std::time::Instant::now();
-            while let Err(not_until) = app.project.limiter.check() {
-                let now = governor::clock::Clock::now(&app.project.clock);
-                tokio::time::sleep(not_until.wait_time_from(now)).await;
-            }
+            app.project.admit(message.is_high_priority()).await;
             let waited = waiting.elapsed();
             if !waited.is_zero() {
                 metrics::counter!("xibaar_fcm_rate_limit_wait_microseconds_total")

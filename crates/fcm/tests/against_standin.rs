@@ -283,6 +283,67 @@ async fn the_project_rate_limit_spaces_requests_so_the_quota_is_never_hit() {
 }
 
 #[tokio::test]
+async fn urgent_messages_take_the_next_cell_ahead_of_a_queue_of_low_ones() {
+    // 600/min = one message per 100 ms. 40 low messages queue for four seconds; urgent ones
+    // sent meanwhile go out with the next free cell.
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    let client = std::sync::Arc::new(
+        FcmClient::new(&FcmConfig {
+            endpoint: standin.url(),
+            rate_limit_per_minute: std::num::NonZeroU32::new(600).unwrap(),
+            apps: vec![FcmApp {
+                app_id: APP.into(),
+                project_id: "xibaar-local".into(),
+                service_account_file: key,
+            }],
+            ..FcmConfig::default()
+        })
+        .unwrap(),
+    );
+    let lows: Vec<_> = (0..40)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .send(APP, &message(&format!("low{i}"), Priority::Low))
+                    .await
+            })
+        })
+        .collect();
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let started = std::time::Instant::now();
+        client
+            .send(APP, &message(&format!("urgent{i}"), Priority::Urgent))
+            .await
+            .expect("sent");
+        waits.push(started.elapsed());
+    }
+    for low in lows {
+        low.await.unwrap().expect("sent");
+    }
+    // Two cells at most: the one the current waiter is taking, then the urgent message's.
+    assert!(
+        waits.iter().all(|w| *w < Duration::from_millis(250)),
+        "urgent messages waited {waits:?}"
+    );
+    let order: Vec<_> = standin
+        .received()
+        .into_iter()
+        .filter_map(|r| r.token)
+        .collect();
+    let last_urgent = order.iter().rposition(|t| t.starts_with("urgent")).unwrap();
+    assert!(
+        last_urgent < 25,
+        "the urgent messages went out at {last_urgent}: {order:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_open_circuit_refuses_without_calling_fcm_and_a_probe_closes_it() {
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
