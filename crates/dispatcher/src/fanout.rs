@@ -83,14 +83,19 @@ impl FanOut {
             causation.clone(),
             send.requested_by.clone(),
         );
-        publish_event(&self.js, &accepted)
-            .await
-            .map_err(|e| transient("publishing notification.accepted")(&e))?;
+        let accepted_stored = async {
+            publish_event(&self.js, &accepted)
+                .await
+                .map(|_| ())
+                .map_err(|e| transient("publishing notification.accepted")(&e))
+        };
 
         let targeted = if send.audience.is_fcm_fan_out() {
+            accepted_stored.await?;
             self.publish_topic_job(&send, &correlation).await?
         } else {
-            self.publish_jobs(&send, message, &correlation).await?
+            self.publish_jobs(&send, message, &correlation, accepted_stored)
+                .await?
         };
 
         let fanned_out = EventEnvelope::new(
@@ -109,6 +114,23 @@ impl FanOut {
         metrics::counter!("xibaar_dispatcher_jobs_created_total", "priority" => send.priority.as_str())
             .increment(targeted);
         Ok(targeted)
+    }
+
+    async fn page(
+        &self,
+        send: &SendNotification,
+        opted_in_to: Option<xibaar_core::Category>,
+        after: Option<&xibaar_core::DeviceId>,
+    ) -> Result<Vec<xibaar_store::Recipient>, FanOutError> {
+        xibaar_store::audience_page(
+            &self.pool,
+            &send.audience,
+            opted_in_to,
+            after,
+            self.page_size,
+        )
+        .await
+        .map_err(|e| FanOutError::Transient(format!("reading the audience: {e}")))
     }
 
     /// A topic or condition audience is one FCM request: one job, FCM does the fan-out.
@@ -161,23 +183,38 @@ impl FanOut {
         Ok(1)
     }
 
+    /// `accepted` stores `notification.accepted`; no job is published before it is stored
+    /// (outcomes of jobs must find their notification), but reading the progress and the first
+    /// page of the audience overlap with it: an urgent notification saves two round trips.
     async fn publish_jobs(
         &self,
         send: &SendNotification,
         command: &jetstream::Message,
         correlation: &str,
+        accepted: impl std::future::Future<Output = Result<(), FanOutError>>,
     ) -> Result<u64, FanOutError> {
         let mut pipeline = Pipeline::new(self.js.clone(), PUBLISH_WINDOW);
         let key = send.notification_id.to_string();
-        let resumed = match self.progress.get(key.as_str()).await {
-            Ok(Some(value)) => serde_json::from_slice::<Progress>(&value).ok(),
-            Ok(None) => None,
-            Err(e) => {
-                return Err(FanOutError::Transient(format!(
-                    "reading fan-out progress: {e}"
-                )));
-            }
+        let opted_in_to = preference_filter(send.priority, send.category);
+        let start = async {
+            let resumed = match self.progress.get(key.as_str()).await {
+                Ok(Some(value)) => serde_json::from_slice::<Progress>(&value).ok(),
+                Ok(None) => None,
+                Err(e) => {
+                    return Err(FanOutError::Transient(format!(
+                        "reading fan-out progress: {e}"
+                    )));
+                }
+            };
+            let first = self
+                .page(send, opted_in_to, resumed.as_ref().map(|p| &p.after))
+                .await?;
+            Ok((resumed, first))
         };
+        let (stored, started) = tokio::join!(accepted, start);
+        stored?;
+        let (resumed, first) = started?;
+        let mut prefetched = Some(first);
         if let Some(p) = &resumed {
             tracing::info!(after = %p.after, published = p.published, "resuming a fan-out");
         }
@@ -185,15 +222,10 @@ impl FanOut {
         let mut after = resumed.map(|p| p.after);
         let mut last_progress = tokio::time::Instant::now();
         loop {
-            let page = xibaar_store::audience_page(
-                &self.pool,
-                &send.audience,
-                preference_filter(send.priority, send.category),
-                after.as_ref(),
-                self.page_size,
-            )
-            .await
-            .map_err(|e| FanOutError::Transient(format!("reading the audience: {e}")))?;
+            let page = match prefetched.take() {
+                Some(page) => page,
+                None => self.page(send, opted_in_to, after.as_ref()).await?,
+            };
             let Some(last) = page.last() else { break };
             after = Some(last.device_id.clone());
             let full_page = page.len() == self.page_size as usize;
