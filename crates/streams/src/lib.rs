@@ -5,6 +5,7 @@ mod apply;
 mod connect;
 mod definitions;
 pub mod dlq;
+pub mod lag;
 mod publish;
 
 pub use apply::{ApplyError, Change, apply};

@@ -43,6 +43,8 @@ pub enum Command {
     Send(commands::send::SendArgs),
     /// Print a bearer token signed with the configured secret (for scripts and local use).
     Token(TokenArgs),
+    /// Consumer lag per stream and consumer, and the projections' gap (exit 2 past a threshold).
+    Lag(commands::lag::LagArgs),
 }
 
 #[derive(Subcommand)]
@@ -107,6 +109,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 commands::mint_token(&config, &args.sub, &scopes, args.ttl)?
             );
+            Ok(())
+        }
+        Command::Lag(args) => {
+            let status = commands::lag::run(&config, args).await?;
+            if status != 0 {
+                std::process::exit(status);
+            }
             Ok(())
         }
         Command::Up | Command::Api | Command::Dispatcher | Command::Projector => Ok(()),

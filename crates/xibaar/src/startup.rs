@@ -228,6 +228,17 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             xibaar_projector::Projector::new(js.clone(), pool.clone(), (&config.projector).into());
         tasks.spawn(projector.run(shutdown.clone()));
     }
+    {
+        // Every role reports every Xibaar consumer: ops see the backlog of a priority whose
+        // dispatcher is down from any process that is up.
+        let js = js.clone();
+        let pool = roles.projector.then(|| pool.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            collect_lag(js, pool, shutdown).await;
+            Ok(())
+        });
+    }
     health.mark_started();
     tracing::info!(roles = roles.name(), "started");
 
@@ -243,6 +254,44 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     // Outcome events and acks still buffered in the client go out before we exit.
     let _ = client.flush().await;
     result
+}
+
+/// How often the lag gauges are refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn collect_lag(js: jetstream::Context, pool: Option<PgPool>, shutdown: CancellationToken) {
+    let definitions = Definitions::builtin();
+    loop {
+        match xibaar_streams::lag::consumer_lag(&js, &definitions).await {
+            Ok(report) => xibaar_streams::lag::export(&report),
+            Err(e) => tracing::debug!(error = %e, "collecting consumer lag failed"),
+        }
+        match js.get_stream(xibaar_streams::names::DLQ).await {
+            Ok(dlq) => match dlq.get_info().await {
+                Ok(info) => metrics::gauge!("xibaar_dlq_depth").set(info.state.messages as f64),
+                Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
+            },
+            Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
+        }
+        if let Some(pool) = &pool {
+            match crate::commands::lag::projection_lag(&js, pool).await {
+                Ok(lags) => {
+                    for lag in lags {
+                        metrics::gauge!("xibaar_projection_gap_events", "projection" => lag.projection)
+                            .set(lag.gap as f64);
+                    }
+                }
+                Err(e) => tracing::debug!(
+                    error = format!("{e:#}"),
+                    "reading projection checkpoints failed"
+                ),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LAG_INTERVAL) => {}
+        }
+    }
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

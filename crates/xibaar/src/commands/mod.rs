@@ -1,3 +1,4 @@
+pub mod lag;
 pub mod send;
 
 use std::path::PathBuf;

@@ -9,6 +9,7 @@ mod end_to_end;
 mod fanout;
 mod fcm_failures;
 mod idempotency;
+mod lag;
 mod ops;
 mod projector_crash;
 mod scheduled;

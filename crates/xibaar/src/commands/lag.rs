@@ -1,0 +1,219 @@
+//! `xibaar lag`: every Xibaar consumer's backlog and how far behind it is, like
+//! `nats consumer report`, plus the projections' distance from the event stream's head.
+
+use std::{io::Write, time::Duration};
+
+use clap::Args;
+use serde::Serialize;
+use xibaar_config::Config;
+use xibaar_streams::{Definitions, lag::ConsumerLag};
+
+use crate::startup;
+
+#[derive(Args)]
+pub struct LagArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh in place until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often `--watch` refreshes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Exit with status 2 when any consumer has more unfinished messages than this.
+    #[arg(long)]
+    pub max_backlog: Option<u64>,
+    /// Exit with status 2 when any consumer's oldest unfinished message is older than this
+    /// many seconds.
+    #[arg(long)]
+    pub max_seconds_behind: Option<f64>,
+}
+
+/// A projection's distance from the head of `XIBAAR_EVENTS`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectionLag {
+    pub projection: String,
+    pub checkpoint: u64,
+    pub head: u64,
+    pub gap: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    consumers: Vec<ConsumerLag>,
+    /// Empty when Postgres could not be reached (the consumers are still reported).
+    projections: Vec<ProjectionLag>,
+    /// Thresholds exceeded, in words.
+    exceeded: Vec<String>,
+}
+
+/// Exit status when a threshold is exceeded.
+pub const EXCEEDED: i32 = 2;
+
+pub async fn run(config: &Config, args: LagArgs) -> anyhow::Result<i32> {
+    let client = startup::connect_nats(config, "xibaar-lag").await?;
+    let js = startup::jetstream(client);
+    let pool = startup::postgres(config)?;
+    let definitions = Definitions::builtin();
+    loop {
+        let consumers = xibaar_streams::lag::consumer_lag(&js, &definitions).await?;
+        let projections =
+            match tokio::time::timeout(Duration::from_secs(3), projection_lag(&js, &pool)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "projection checkpoints unavailable"
+                    );
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!("projection checkpoints unavailable: Postgres did not answer");
+                    Vec::new()
+                }
+            };
+        let exceeded = exceeded(&consumers, &args);
+        let report = Report {
+            consumers,
+            projections,
+            exceeded,
+        };
+        let mut out = std::io::stdout().lock();
+        if args.watch && !args.json {
+            // Home and clear: the table is redrawn in place.
+            write!(out, "\x1b[H\x1b[2J")?;
+        }
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else {
+            write!(out, "{}", table(&report))?;
+        }
+        out.flush()?;
+        if !args.watch {
+            return Ok(if report.exceeded.is_empty() {
+                0
+            } else {
+                EXCEEDED
+            });
+        }
+        tokio::time::sleep(args.interval).await;
+    }
+}
+
+pub async fn projection_lag(
+    js: &async_nats::jetstream::Context,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<Vec<ProjectionLag>> {
+    let head = js
+        .get_stream(xibaar_streams::names::EVENTS)
+        .await?
+        .get_info()
+        .await?
+        .state
+        .last_sequence;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT projection, last_sequence FROM projection_checkpoints ORDER BY projection",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut lags: Vec<ProjectionLag> = rows
+        .into_iter()
+        .map(|(projection, checkpoint)| {
+            let checkpoint = u64::try_from(checkpoint).unwrap_or(0);
+            ProjectionLag {
+                projection,
+                checkpoint,
+                head,
+                gap: head.saturating_sub(checkpoint),
+            }
+        })
+        .collect();
+    if lags.is_empty() {
+        // No checkpoint yet: the projector has not applied anything.
+        lags.push(ProjectionLag {
+            projection: xibaar_projector::READ_MODELS.to_owned(),
+            checkpoint: 0,
+            head,
+            gap: head,
+        });
+    }
+    Ok(lags)
+}
+
+fn exceeded(consumers: &[ConsumerLag], args: &LagArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in consumers {
+        if let Some(max) = args.max_backlog
+            && c.backlog() > max
+        {
+            out.push(format!(
+                "{}/{}: backlog {} > {max}",
+                c.stream,
+                c.consumer,
+                c.backlog()
+            ));
+        }
+        if let Some(max) = args.max_seconds_behind
+            && c.seconds_behind > max
+        {
+            out.push(format!(
+                "{}/{}: {:.1} s behind > {max} s",
+                c.stream, c.consumer, c.seconds_behind
+            ));
+        }
+    }
+    out
+}
+
+fn table(report: &Report) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header([
+        "stream",
+        "consumer",
+        "pending",
+        "ack pending",
+        "redelivered",
+        "waiting",
+        "ack floor",
+        "last seq",
+        "behind",
+    ]);
+    for c in &report.consumers {
+        let consumer = if c.paused {
+            format!("{} (paused)", c.consumer)
+        } else {
+            c.consumer.clone()
+        };
+        table.add_row([
+            c.stream.clone(),
+            consumer,
+            c.pending.to_string(),
+            c.ack_pending.to_string(),
+            c.redelivered.to_string(),
+            c.waiting.to_string(),
+            c.ack_floor.to_string(),
+            c.last_sequence.to_string(),
+            format!("{:.1}s", c.seconds_behind),
+        ]);
+    }
+    for p in &report.projections {
+        table.add_row([
+            xibaar_streams::names::EVENTS.to_owned(),
+            format!("projection {}", p.projection),
+            p.gap.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            p.checkpoint.to_string(),
+            p.head.to_string(),
+            "-".into(),
+        ]);
+    }
+    let mut out = format!("{table}\n");
+    for e in &report.exceeded {
+        out.push_str(&format!("threshold exceeded: {e}\n"));
+    }
+    out
+}
