@@ -25,7 +25,7 @@ use xibaar_streams::{consumers, names};
 
 pub use fanout::{FanOut, FanOutError};
 pub use mux::PriorityMux;
-pub use sender::{Outcome, RetryPolicy, Sender};
+pub use sender::{Marker, Outcome, RetryPolicy, Sender};
 
 /// Commands fanned out at once per priority level.
 const FANOUT_WORKERS_PER_LEVEL: usize = 2;

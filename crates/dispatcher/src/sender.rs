@@ -70,7 +70,6 @@ pub struct Sender {
     pub sent: kv::Store,
 }
 
-/// What happened to one job, for metrics.
 /// The value under `XIBAAR_SENT/<notification>.<device>`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,7 +84,7 @@ pub enum Marker {
 }
 
 impl Marker {
-    fn decode(bytes: &[u8]) -> Self {
+    pub fn decode(bytes: &[u8]) -> Self {
         serde_json::from_slice(bytes)
             // Markers written before attempts were recorded hold the bare message name.
             .unwrap_or_else(|_| Marker::Sent {

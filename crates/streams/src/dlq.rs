@@ -9,6 +9,8 @@ pub const REASON: &str = "Xibaar-Dlq-Reason";
 pub const ORIGINAL_SUBJECT: &str = "Xibaar-Original-Subject";
 pub const ORIGINAL_SEQUENCE: &str = "Xibaar-Original-Sequence";
 pub const ORIGINAL_STREAM: &str = "Xibaar-Original-Stream";
+/// The original message's `Xibaar-Type` (delivery_job, topic_job, send_notification).
+pub const ORIGINAL_TYPE: &str = "Xibaar-Original-Type";
 
 /// Stores `message` in the DLQ and waits until JetStream has it. Deduplicated per source
 /// stream and sequence, so a retried call parks one copy.
@@ -26,6 +28,9 @@ pub async fn dead_letter(
     headers.insert(ORIGINAL_SUBJECT, message.subject.as_str());
     headers.insert(ORIGINAL_STREAM, stream.as_str());
     headers.insert(ORIGINAL_SEQUENCE, sequence.to_string().as_str());
+    if let Some(kind) = message.headers.as_ref().and_then(|h| h.get("Xibaar-Type")) {
+        headers.insert(ORIGINAL_TYPE, kind.as_str());
+    }
     metrics::counter!("xibaar_dlq_messages_total", "stream" => stream).increment(1);
     js.publish_with_headers(
         subject::dead_letter(&message.subject),

@@ -45,6 +45,11 @@ pub enum Command {
     Token(TokenArgs),
     /// Consumer lag per stream and consumer, and the projections' gap (exit 2 past a threshold).
     Lag(commands::lag::LagArgs),
+    /// Dead letters: list, show, retry, drop.
+    Dlq {
+        #[command(subcommand)]
+        command: commands::dlq::DlqCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +116,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Dlq { command } => commands::dlq::run(&config, command).await,
         Command::Lag(args) => {
             let status = commands::lag::run(&config, args).await?;
             if status != 0 {

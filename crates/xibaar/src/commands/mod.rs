@@ -1,3 +1,4 @@
+pub mod dlq;
 pub mod lag;
 pub mod send;
 

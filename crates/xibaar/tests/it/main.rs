@@ -5,6 +5,7 @@ mod audiences;
 mod bad_input;
 mod cli;
 mod dispatcher_crash;
+mod dlq;
 mod end_to_end;
 mod fanout;
 mod fcm_failures;
