@@ -289,11 +289,15 @@ impl FcmClient {
                 .body(body.clone())
                 .send()
                 .await
-                .map_err(FcmClientError::Transport)?;
+                .map_err(|e| {
+                    answered(&app.project_id, "TRANSPORT");
+                    FcmClientError::Transport(e)
+                })?;
             let status = response.status();
             metrics::histogram!("xibaar_fcm_request_seconds")
                 .record(started.elapsed().as_secs_f64());
             if status.is_success() {
+                answered(&app.project_id, "OK");
                 let sent: SentMessage = response.json().await.map_err(FcmClientError::Transport)?;
                 return Ok(sent);
             }
@@ -305,6 +309,7 @@ impl FcmClient {
                 .map(Duration::from_secs);
             let bytes = response.bytes().await.map_err(FcmClientError::Transport)?;
             let error = FcmError::from_response(status.as_u16(), retry_after, &bytes);
+            answered(&app.project_id, error.code.as_str());
             if status == StatusCode::UNAUTHORIZED
                 && error.code == FcmErrorCode::Unauthenticated
                 && !refreshed
@@ -316,4 +321,11 @@ impl FcmClient {
             return Err(error.into());
         }
     }
+}
+
+/// `xibaar_fcm_responses_total{project, code}`: FCM's answers by error class (`OK`,
+/// `UNREGISTERED`, `QUOTA_EXCEEDED`, …, or `TRANSPORT` when no answer came).
+fn answered(project: &str, code: &str) {
+    metrics::counter!("xibaar_fcm_responses_total", "project" => project.to_owned(), "code" => code.to_owned())
+        .increment(1);
 }

@@ -4,6 +4,7 @@
 mod audiences;
 mod bad_input;
 mod cli;
+mod deploy_files;
 mod dispatcher_crash;
 mod dlq;
 mod end_to_end;
