@@ -148,6 +148,11 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
             })?;
-        state.auth.verify(token.trim())
+        let caller = state.auth.verify(token.trim())?;
+        let budget = state.limits.check(&caller)?;
+        if let Some(slot) = parts.extensions.get::<crate::limit::BudgetSlot>() {
+            let _ = slot.0.set(budget);
+        }
+        Ok(caller)
     }
 }

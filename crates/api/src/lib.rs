@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod extract;
+pub mod limit;
 pub mod problem;
 mod routes;
 
@@ -21,6 +22,7 @@ pub struct AppState {
     pub js: jetstream::Context,
     pub pool: PgPool,
     pub auth: Arc<Authenticator>,
+    pub limits: Arc<limit::RateLimits>,
     /// How long a publish may wait for JetStream before the request fails with 503.
     pub publish_timeout: Duration,
 }
@@ -29,6 +31,7 @@ pub struct AppState {
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     routes::router()
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(limit::budget_layer))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -27,6 +27,8 @@ pub enum ApiError {
     Validation(Vec<FieldViolation>),
     #[error("{0}")]
     Unavailable(String),
+    #[error("too many requests; {limit} per minute are allowed, try again in {retry_after_secs} s")]
+    TooManyRequests { limit: u32, retry_after_secs: u64 },
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -74,6 +76,11 @@ impl ApiError {
                 "validation",
                 "Invalid request",
             ),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -116,6 +123,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::TooManyRequests {
+            limit,
+            retry_after_secs,
+        } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            crate::limit::budget_headers(headers, *limit, 0, *retry_after_secs);
+        }
         match status {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

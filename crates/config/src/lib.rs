@@ -105,6 +105,10 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Requests per minute per customer (tokens without scopes); more get 429.
+    pub customer_requests_per_minute: NonZeroU32,
+    /// Requests per minute per back-office client (tokens with scopes); more get 429.
+    pub client_requests_per_minute: NonZeroU32,
 }
 
 impl Default for ApiConfig {
@@ -112,6 +116,9 @@ impl Default for ApiConfig {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             max_body_bytes: 1024 * 1024,
+            customer_requests_per_minute: NonZeroU32::new(120).expect("non-zero"),
+            // A back office announcing an outage sends in bursts; 20,000 a second.
+            client_requests_per_minute: NonZeroU32::new(1_200_000).expect("non-zero"),
         }
     }
 }

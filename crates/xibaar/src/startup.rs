@@ -199,6 +199,10 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
                 &config.auth.issuer,
                 &config.auth.audience,
             )),
+            limits: Arc::new(xibaar_api::limit::RateLimits::new(
+                config.api.customer_requests_per_minute,
+                config.api.client_requests_per_minute,
+            )),
             publish_timeout: Duration::from_secs(5),
         };
         let listener = tokio::net::TcpListener::bind(config.api.listen)

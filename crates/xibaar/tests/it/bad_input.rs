@@ -109,6 +109,10 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
                 "xibaar",
                 "xibaar-api",
             )),
+            limits: std::sync::Arc::new(xibaar_api::limit::RateLimits::new(
+                p.config.api.customer_requests_per_minute,
+                p.config.api.client_requests_per_minute,
+            )),
             publish_timeout: std::time::Duration::from_secs(5),
         },
         p.config.api.max_body_bytes,

@@ -14,6 +14,7 @@ mod idempotency;
 mod lag;
 mod ops;
 mod projector_crash;
+mod rate_limits;
 mod scheduled;
 mod streams;
 mod support;
