@@ -1,11 +1,21 @@
-//! Bearer tokens: HS256 JWTs with `iss`, `aud`, `exp` (and `nbf` when present) checked. `sub` is
-//! the customer id for app users and the client name for back-office systems; `scope` is a
-//! space-separated list. Only HS256 is accepted, so `alg: none` and algorithm confusion fail.
+//! Bearer tokens: JWTs with `iss`, `aud`, `exp` (and `nbf` when present) checked. `sub` is the
+//! customer id for app users and the client name for back-office systems; `scope` is a
+//! space-separated list.
+//!
+//! Two kinds of keys, either or both: an HS256 shared secret, and a JSON Web Key Set of RSA
+//! (RS256) and P-256 (ES256) public keys from the identity provider. A token is checked with
+//! exactly one algorithm, the one its key is for: RS256 and ES256 tokens must name a `kid` of
+//! the set whose key type matches, HS256 tokens are accepted only when a secret is configured,
+//! and `alg: none` or any other algorithm is refused. So a token signed with HMAC over an RSA
+//! public key (algorithm confusion) never meets that key as an HMAC secret.
 
-use std::collections::HashSet;
+use std::{collections::HashMap, collections::HashSet, path::Path};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm},
+};
 use serde::{Deserialize, Serialize};
 use xibaar_core::{Actor, ActorKind, CustomerId};
 
@@ -30,28 +40,132 @@ pub struct Claims {
     pub nbf: Option<i64>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetError {
+    #[error("cannot read the key set {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the key set is not a JSON Web Key Set: {0}")]
+    Parse(serde_json::Error),
+    #[error("a key of the set has no `kid`; tokens could not name it")]
+    MissingKid,
+    #[error("key `{kid}`: {reason}")]
+    Unsupported { kid: String, reason: String },
+}
+
 pub struct Authenticator {
-    key: DecodingKey,
-    validation: Validation,
+    issuer: String,
+    audience: String,
+    hs256: Option<DecodingKey>,
+    /// `kid` → the one algorithm the key verifies, and the key.
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
 }
 
 impl Authenticator {
-    pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = 30;
+    /// Accepts no token until keys are added.
+    pub fn new(issuer: &str, audience: &str) -> Self {
         Self {
-            key: DecodingKey::from_secret(secret),
-            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            hs256: None,
+            keys: HashMap::new(),
         }
     }
 
+    pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Self {
+        Self::new(issuer, audience).with_hs256(secret)
+    }
+
+    pub fn with_hs256(mut self, secret: &[u8]) -> Self {
+        self.hs256 = Some(DecodingKey::from_secret(secret));
+        self
+    }
+
+    /// Adds every key of a JSON Web Key Set: RSA keys verify RS256, P-256 keys ES256.
+    pub fn with_jwks(mut self, set: &JwkSet) -> Result<Self, KeySetError> {
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or(KeySetError::MissingKid)?;
+            let unsupported = |reason: &str| KeySetError::Unsupported {
+                kid: kid.clone(),
+                reason: reason.to_owned(),
+            };
+            let algorithm = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => {
+                    return Err(unsupported(
+                        "only RSA (RS256) and P-256 (ES256) keys are accepted",
+                    ));
+                }
+            };
+            let declared = jwk.common.key_algorithm;
+            let matches = match declared {
+                None => true,
+                Some(KeyAlgorithm::RS256) => algorithm == Algorithm::RS256,
+                Some(KeyAlgorithm::ES256) => algorithm == Algorithm::ES256,
+                Some(_) => false,
+            };
+            if !matches {
+                return Err(unsupported(&format!(
+                    "its `alg` {declared:?} does not fit its key type"
+                )));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| unsupported(&e.to_string()))?;
+            self.keys.insert(kid, (algorithm, key));
+        }
+        Ok(self)
+    }
+
+    pub fn with_jwks_file(self, path: &Path) -> Result<Self, KeySetError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeySetError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(KeySetError::Parse)?;
+        self.with_jwks(&set)
+    }
+
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| ApiError::Unauthorized(format!("the bearer token is not valid: {e}")))?;
+        let invalid =
+            |why: String| ApiError::Unauthorized(format!("the bearer token is not valid: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self
+                .hs256
+                .as_ref()
+                .ok_or_else(|| invalid("HS256 tokens are not accepted here".into()))?,
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| invalid("it names no key (`kid`)".into()))?;
+                let (algorithm, key) = self
+                    .keys
+                    .get(kid)
+                    .ok_or_else(|| invalid(format!("no key `{kid}` is known")))?;
+                if *algorithm != header.alg {
+                    return Err(invalid(format!(
+                        "key `{kid}` is for {algorithm:?}, not {:?}",
+                        header.alg
+                    )));
+                }
+                key
+            }
+            other => return Err(invalid(format!("algorithm {other:?} is not accepted"))),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(Caller {
             subject: data.claims.sub,
             scopes: data

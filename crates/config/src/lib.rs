@@ -131,6 +131,9 @@ pub struct AuthConfig {
     /// HS256 shared secret; or give `hs256_secret_file`.
     pub hs256_secret: Option<Secret>,
     pub hs256_secret_file: Option<PathBuf>,
+    /// A JSON Web Key Set of the identity provider's RSA (RS256) and P-256 (ES256) public keys;
+    /// tokens name their key with `kid`.
+    pub jwks_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -140,6 +143,7 @@ impl Default for AuthConfig {
             audience: "xibaar-api".into(),
             hs256_secret: None,
             hs256_secret_file: None,
+            jwks_file: None,
         }
     }
 }

@@ -188,17 +188,24 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
 
     if roles.api {
-        let secret = config
-            .jwt_secret()?
-            .context("the api needs auth.hs256_secret (or auth.hs256_secret_file)")?;
+        let mut auth = xibaar_api::Authenticator::new(&config.auth.issuer, &config.auth.audience);
+        if let Some(secret) = config.jwt_secret()? {
+            auth = auth.with_hs256(secret.expose().as_bytes());
+        }
+        if let Some(path) = &config.auth.jwks_file {
+            auth = auth
+                .with_jwks_file(path)
+                .context("configuration key `auth.jwks_file`")?;
+        }
+        if config.jwt_secret()?.is_none() && config.auth.jwks_file.is_none() {
+            anyhow::bail!(
+                "the api needs auth.hs256_secret (or auth.hs256_secret_file) or auth.jwks_file"
+            );
+        }
         let state = xibaar_api::AppState {
             js: js.clone(),
             pool: pool.clone(),
-            auth: Arc::new(xibaar_api::Authenticator::hs256(
-                secret.expose().as_bytes(),
-                &config.auth.issuer,
-                &config.auth.audience,
-            )),
+            auth: Arc::new(auth),
             limits: Arc::new(xibaar_api::limit::RateLimits::new(
                 config.api.customer_requests_per_minute,
                 config.api.client_requests_per_minute,
