@@ -31,6 +31,23 @@ fn client_with_key(standin: &StandIn, key: std::path::PathBuf) -> FcmClient {
     .unwrap()
 }
 
+/// A client keeping to `per_minute` messages for the project.
+fn limited_client(standin: &StandIn, dir: &Path, per_minute: u32) -> FcmClient {
+    let key = dir.join("sa.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    FcmClient::new(&FcmConfig {
+        endpoint: standin.url(),
+        rate_limit_per_minute: std::num::NonZeroU32::new(per_minute).unwrap(),
+        apps: vec![FcmApp {
+            app_id: APP.into(),
+            project_id: "xibaar-local".into(),
+            service_account_file: key,
+        }],
+        ..FcmConfig::default()
+    })
+    .unwrap()
+}
+
 fn message(token: &str, priority: Priority) -> Message {
     Message::for_job(&DeliveryJob {
         notification_id: NotificationId::generate(),
@@ -247,21 +264,7 @@ async fn the_project_rate_limit_spaces_requests_so_the_quota_is_never_hit() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("sa.json");
-    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
-    let client = std::sync::Arc::new(
-        FcmClient::new(&FcmConfig {
-            endpoint: standin.url(),
-            rate_limit_per_minute: std::num::NonZeroU32::new(1_200).unwrap(),
-            apps: vec![FcmApp {
-                app_id: APP.into(),
-                project_id: "xibaar-local".into(),
-                service_account_file: key,
-            }],
-            ..FcmConfig::default()
-        })
-        .unwrap(),
-    );
+    let client = std::sync::Arc::new(limited_client(&standin, dir.path(), 1_200));
     let started = std::time::Instant::now();
     let sends = (0..42).map(|i| {
         let client = client.clone();
@@ -288,21 +291,7 @@ async fn urgent_messages_take_the_next_cell_ahead_of_a_queue_of_low_ones() {
     // sent meanwhile go out with the next free cell.
     let standin = StandIn::start(StandInConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("sa.json");
-    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
-    let client = std::sync::Arc::new(
-        FcmClient::new(&FcmConfig {
-            endpoint: standin.url(),
-            rate_limit_per_minute: std::num::NonZeroU32::new(600).unwrap(),
-            apps: vec![FcmApp {
-                app_id: APP.into(),
-                project_id: "xibaar-local".into(),
-                service_account_file: key,
-            }],
-            ..FcmConfig::default()
-        })
-        .unwrap(),
-    );
+    let client = std::sync::Arc::new(limited_client(&standin, dir.path(), 600));
     let lows: Vec<_> = (0..40)
         .map(|i| {
             let client = client.clone();

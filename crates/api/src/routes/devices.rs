@@ -5,7 +5,13 @@ use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{DeviceId, Event, EventEnvelope, FcmToken, Platform, event::DeviceRegistered};
 
-use crate::{AppState, auth::Caller, extract::ApiJson, problem::ApiError, routes::read_failed};
+use crate::{
+    AppState,
+    auth::Caller,
+    extract::ApiJson,
+    problem::ApiError,
+    routes::{read_failed, store_event},
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,16 +48,7 @@ pub async fn register(
         None,
         caller.actor(),
     );
-    tokio::time::timeout(
-        state.publish_timeout,
-        xibaar_streams::publish_event(&state.js, &envelope),
-    )
-    .await
-    .map_err(|_| ApiError::Unavailable("timed out storing the registration; retry".into()))?
-    .map_err(|e| {
-        tracing::warn!(error = %e, "storing a device registration failed");
-        ApiError::Unavailable("the registration could not be stored; retry".into())
-    })?;
+    store_event(&state, &envelope, "registration").await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "device_id": device_id, "status": "registered" })),

@@ -21,6 +21,25 @@ pub fn router() -> Router<AppState> {
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
 }
 
+/// Stores `envelope` in `XIBAAR_EVENTS`; 503 (retry) when JetStream does not confirm in time.
+async fn store_event(
+    state: &crate::AppState,
+    envelope: &xibaar_core::EventEnvelope,
+    what: &str,
+) -> Result<(), ApiError> {
+    tokio::time::timeout(
+        state.publish_timeout,
+        xibaar_streams::publish_event(&state.js, envelope),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable(format!("timed out storing the {what}; retry")))?
+    .map_err(|e| {
+        tracing::warn!(error = %e, "storing the {what} failed");
+        ApiError::Unavailable(format!("the {what} could not be stored; retry"))
+    })?;
+    Ok(())
+}
+
 /// Read models live in Postgres; when it is away, reads fail with 503 (writes do not need it).
 fn read_failed(e: xibaar_store::StoreError) -> ApiError {
     tracing::warn!(error = %e, "read model unavailable");

@@ -7,7 +7,13 @@ use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{Category, Event, EventEnvelope, event::PreferencesChanged};
 
-use crate::{AppState, auth::Caller, extract::ApiJson, problem::ApiError, routes::read_failed};
+use crate::{
+    AppState,
+    auth::Caller,
+    extract::ApiJson,
+    problem::ApiError,
+    routes::{read_failed, store_event},
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,16 +55,7 @@ pub async fn change(
         None,
         caller.actor(),
     );
-    tokio::time::timeout(
-        state.publish_timeout,
-        xibaar_streams::publish_event(&state.js, &envelope),
-    )
-    .await
-    .map_err(|_| ApiError::Unavailable("timed out storing the preferences; retry".into()))?
-    .map_err(|e| {
-        tracing::warn!(error = %e, "storing preferences failed");
-        ApiError::Unavailable("the preferences could not be stored; retry".into())
-    })?;
+    store_event(&state, &envelope, "preferences").await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "changed": request.categories })),

@@ -5,18 +5,7 @@ use std::process::Command;
 use crate::support::Pipeline;
 
 fn xibaar(p: &Pipeline, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xibaar"))
-        .arg("--config")
-        .arg(&p.config_path)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    p.cli(args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! `xibaar dlq`: dead letters listed with their reason, shown, retried with fresh attempts (and
 //! the read model corrected), dropped.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use xibaar_fcm_standin::{ErrorRule, ScriptedError};
@@ -10,18 +10,7 @@ use xibaar_testkit::eventually;
 use crate::support::{Pipeline, notification};
 
 fn xibaar(p: &Pipeline, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xibaar"))
-        .arg("--config")
-        .arg(&p.config_path)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    p.cli(args)
 }
 
 fn listed(p: &Pipeline) -> Vec<Value> {

@@ -171,6 +171,22 @@ filter = "warn"
         .unwrap()
     }
 
+    /// Runs the `xibaar` binary with this pipeline's configuration: success, stdout + stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     pub fn back_office(&self) -> String {
         self.token("billing", &["notifications:send", "notifications:read"])
     }
