@@ -7,6 +7,7 @@ mod definitions;
 pub mod dlq;
 pub mod lag;
 mod publish;
+pub mod replay;
 
 pub use apply::{ApplyError, Change, apply};
 pub use connect::{ConnectError, connect};

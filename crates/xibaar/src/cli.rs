@@ -45,6 +45,13 @@ pub enum Command {
     Token(TokenArgs),
     /// Consumer lag per stream and consumer, and the projections' gap (exit 2 past a threshold).
     Lag(commands::lag::LagArgs),
+    /// Events from the log, as stored: by time range, notification, customer, device or type.
+    Replay(commands::replay::ReplayArgs),
+    /// Timelines for auditors.
+    Audit {
+        #[command(subcommand)]
+        command: commands::replay::AuditCommand,
+    },
     /// Dead letters: list, show, retry, drop.
     Dlq {
         #[command(subcommand)]
@@ -116,6 +123,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Replay(args) => commands::replay::run_replay(&config, args).await,
+        Command::Audit { command } => commands::replay::run_audit(&config, command).await,
         Command::Dlq { command } => commands::dlq::run(&config, command).await,
         Command::Lag(args) => {
             let status = commands::lag::run(&config, args).await?;

@@ -13,6 +13,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/notifications", post(notifications::send))
         .route("/v1/notifications/{id}", get(notifications::status))
+        .route(
+            "/v1/notifications/{id}/timeline",
+            get(notifications::timeline),
+        )
         .route("/v1/devices", post(devices::register).get(devices::list))
         .route(
             "/v1/me/preferences",

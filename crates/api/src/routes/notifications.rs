@@ -372,6 +372,28 @@ pub async fn status(
     Err(not_found())
 }
 
+/// `GET /v1/notifications/{id}/timeline` (scope `audit:read`): the notification's events from
+/// the log, as `xibaar audit notification` prints them.
+pub async fn timeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(scopes::AUDIT)?;
+    let not_found = || ApiError::NotFound(format!("no events of notification {id}"));
+    let id = NotificationId(uuid::Uuid::parse_str(&id).map_err(|_| not_found())?);
+    let events = xibaar_streams::replay::notification_timeline(&state.js, id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reading a timeline failed");
+            ApiError::Unavailable("the event log is unavailable; try again shortly".into())
+        })?;
+    if events.is_empty() {
+        return Err(not_found());
+    }
+    Ok(Json(json!({ "notification_id": id, "events": events })))
+}
+
 fn queued(command: &SendNotification, stored: Stored) -> xibaar_store::NotificationStatus {
     xibaar_store::NotificationStatus {
         notification_id: command.notification_id.0,

@@ -1,5 +1,6 @@
 pub mod dlq;
 pub mod lag;
+pub mod replay;
 pub mod send;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! stand-in. One test binary, so the workspace links once.
 
 mod audiences;
+mod audit;
 mod bad_input;
 mod cli;
 mod deploy_files;

@@ -1,0 +1,204 @@
+//! Reading the event log back for auditors: every event of `XIBAAR_EVENTS` that matches a
+//! filter, in stream order, as stored. An ordered consumer (no state on the server, nothing to
+//! clean up) reads from the start time or sequence 1 up to the head as it was when the replay
+//! began, so a replay of a busy stream ends.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::Value;
+use xibaar_core::NotificationId;
+
+use crate::names;
+
+/// Which events a replay yields. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Stored at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Stored at or before this instant.
+    pub until: Option<DateTime<Utc>>,
+    pub notification: Option<NotificationId>,
+    /// Events about this customer: their devices, preferences and deliveries, and
+    /// notifications that name them.
+    pub customer: Option<String>,
+    pub device: Option<String>,
+    /// Event types such as `delivery.failed`.
+    pub types: Vec<String>,
+}
+
+/// One stored event.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    pub sequence: u64,
+    /// The envelope exactly as stored.
+    pub raw: bytes::Bytes,
+    pub event: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("reading {stream}: {0}", stream = names::EVENTS)]
+    Nats(String),
+}
+
+fn nats(e: impl std::fmt::Display) -> ReplayError {
+    ReplayError::Nats(e.to_string())
+}
+
+impl Filter {
+    /// Server-side subject filters: the narrowest the filter allows.
+    fn subjects(&self) -> Vec<String> {
+        if let Some(id) = self.notification {
+            return vec![
+                format!("xibaar.evt.notification.{id}.>"),
+                format!("xibaar.evt.delivery.{id}.>"),
+            ];
+        }
+        if !self.types.is_empty() {
+            return self
+                .types
+                .iter()
+                .map(|t| {
+                    let (aggregate, name) = t.split_once('.').unwrap_or((t, "*"));
+                    format!("xibaar.evt.{aggregate}.*.{name}")
+                })
+                .collect();
+        }
+        if let Some(device) = &self.device {
+            return vec![
+                format!("xibaar.evt.device.{device}.>"),
+                "xibaar.evt.delivery.>".to_owned(),
+            ];
+        }
+        vec![xibaar_core::subject::EVENTS_ALL.to_owned()]
+    }
+
+    /// The checks subjects cannot express.
+    fn matches(&self, event: &Value) -> bool {
+        let data = &event["data"];
+        let event_type = event["type"].as_str().unwrap_or_default();
+        if !self.types.is_empty() && !self.types.iter().any(|t| t == event_type) {
+            return false;
+        }
+        if let Some(id) = self.notification
+            && data["notification_id"].as_str() != Some(id.to_string().as_str())
+        {
+            return false;
+        }
+        if let Some(device) = &self.device
+            && data["device_id"].as_str() != Some(device.as_str())
+        {
+            return false;
+        }
+        if let Some(customer) = &self.customer {
+            let named = data["audience"]["customer_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|c| c.as_str() == Some(customer.as_str())));
+            if data["customer_id"].as_str() != Some(customer.as_str()) && !named {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Calls `each` with every matching event in stream order, and `progress` now and then with
+/// (events read, last sequence read, head) for long replays. Returns how many matched.
+pub async fn replay(
+    js: &jetstream::Context,
+    filter: &Filter,
+    mut each: impl FnMut(Replayed) -> std::io::Result<()>,
+    mut progress: impl FnMut(u64, u64, u64),
+) -> Result<u64, ReplayError> {
+    let stream = js.get_stream(names::EVENTS).await.map_err(nats)?;
+    let head = stream.get_info().await.map_err(nats)?.state.last_sequence;
+    let deliver_policy = match filter.since {
+        Some(since) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+                since.timestamp_nanos_opt().unwrap_or(0),
+            ))
+            .map_err(nats)?,
+        },
+        None => DeliverPolicy::All,
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subjects: filter.subjects(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(0);
+    }
+    let mut messages = consumer.messages().await.map_err(nats)?;
+    let (mut read, mut matched) = (0u64, 0u64);
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        let message = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(m)) => m.map_err(nats)?,
+            Ok(None) => break,
+            Err(_) => return Err(ReplayError::Nats("no event arrived for 10 s".into())),
+        };
+        let info = message.info().map_err(nats)?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        let stored_at = info.published.unix_timestamp_nanos();
+        read += 1;
+        if sequence > head {
+            break;
+        }
+        // Time ranges are in stream time, like the start: the stream is ordered by it.
+        let too_late = filter.until.is_some_and(|until| {
+            stored_at > i128::from(until.timestamp_nanos_opt().unwrap_or(i64::MAX))
+        });
+        if too_late {
+            break;
+        }
+        let event: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
+        if filter.matches(&event) {
+            matched += 1;
+            each(Replayed {
+                sequence,
+                raw: message.payload.clone(),
+                event,
+            })
+            .map_err(nats)?;
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            progress(read, sequence, head);
+            last_report = tokio::time::Instant::now();
+        }
+        if pending == 0 || sequence == head {
+            break;
+        }
+    }
+    Ok(matched)
+}
+
+/// Every event of one notification, in order: accepted (or scheduled), fanned out, and each
+/// device's outcome with its attempts.
+pub async fn notification_timeline(
+    js: &jetstream::Context,
+    id: NotificationId,
+) -> Result<Vec<Value>, ReplayError> {
+    let mut events = Vec::new();
+    let filter = Filter {
+        notification: Some(id),
+        ..Filter::default()
+    };
+    replay(
+        js,
+        &filter,
+        |r| {
+            events.push(r.event);
+            Ok(())
+        },
+        |_, _, _| {},
+    )
+    .await?;
+    Ok(events)
+}
