@@ -12,14 +12,26 @@ use super::mint_token;
 #[derive(Args)]
 pub struct SendArgs {
     /// Customer ids to notify (repeatable).
-    #[arg(long = "customer", conflicts_with_all = ["device", "everyone"])]
+    #[arg(long = "customer", conflicts_with_all = ["device", "everyone", "topic", "condition"])]
     pub customers: Vec<String>,
     /// One device id.
-    #[arg(long, conflicts_with = "everyone")]
+    #[arg(long, conflicts_with_all = ["everyone", "topic", "condition"])]
     pub device: Option<String>,
-    /// Every active device.
-    #[arg(long)]
+    /// Every active device (with --category: every customer opted in to it).
+    #[arg(long, conflicts_with_all = ["topic", "condition"])]
     pub everyone: bool,
+    /// What it is about: billing, outage, prepaid or marketing; customers opted out are skipped.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// An FCM topic of the app given with --app-id (one FCM request).
+    #[arg(long, requires = "app_id", conflicts_with = "condition")]
+    pub topic: Option<String>,
+    /// An FCM condition such as "'a' in topics && !('b' in topics)", with --app-id.
+    #[arg(long, requires = "app_id")]
+    pub condition: Option<String>,
+    /// The Firebase app whose topic is meant.
+    #[arg(long)]
+    pub app_id: Option<String>,
     #[arg(long, default_value = "normal")]
     pub priority: String,
     #[arg(long)]
@@ -48,25 +60,38 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
-    let audience = if args.everyone {
-        json!({ "kind": "everyone" })
+    let mut category = args.category.clone();
+    let audience = if let Some(topic) = &args.topic {
+        json!({ "kind": "topic", "app_id": args.app_id, "topic": topic })
+    } else if let Some(condition) = &args.condition {
+        json!({ "kind": "condition", "app_id": args.app_id, "condition": condition })
+    } else if args.everyone {
+        match category.take() {
+            Some(category) => json!({ "kind": "category", "category": category }),
+            None => json!({ "kind": "everyone" }),
+        }
     } else if let Some(device) = &args.device {
         json!({ "kind": "device", "device_id": device })
     } else if !args.customers.is_empty() {
         json!({ "kind": "customers", "customer_ids": args.customers })
     } else {
-        bail!("say who to notify: --customer ID (repeatable), --device ID or --everyone");
+        bail!(
+            "say who to notify: --customer ID (repeatable), --device ID, --everyone, --topic or --condition"
+        );
     };
     let data: serde_json::Map<String, Value> = args
         .data
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
-    let body = json!({
+    let mut body = json!({
         "priority": args.priority,
         "audience": audience,
         "content": { "title": args.title, "body": args.body, "data": data },
     });
+    if let Some(category) = category {
+        body["category"] = Value::String(category);
+    }
     let token = mint_token(
         config,
         "xibaar-cli",

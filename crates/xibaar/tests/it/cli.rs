@@ -61,6 +61,53 @@ async fn the_walk_through_sends_a_notification_that_shows_as_delivered() {
 
     let (ok, out) = xibaar(&p, &["send", "--title", "nobody"]);
     assert!(!ok && out.contains("say who to notify"), "{out}");
+
+    // A topic and a category from the command line.
+    let (ok, out) = xibaar(
+        &p,
+        &[
+            "send",
+            "--topic",
+            "outage-medina",
+            "--app-id",
+            crate::support::APP_ID,
+            "--priority",
+            "urgent",
+            "--title",
+            "Medina",
+            "--wait",
+            "--timeout",
+            "10s",
+        ],
+    );
+    assert!(ok && out.contains("targeted 1, sent 1"), "{out}");
+    assert!(
+        p.standin
+            .received()
+            .iter()
+            .any(|r| r.message["topic"] == "outage-medina"),
+        "the stand-in got no topic message"
+    );
+    let (ok, out) = xibaar(
+        &p,
+        &[
+            "send",
+            "--everyone",
+            "--category",
+            "marketing",
+            "--title",
+            "Offer",
+            "--wait",
+            "--timeout",
+            "10s",
+        ],
+    );
+    assert!(
+        ok && out.contains("targeted 0"),
+        "nobody opted in to marketing: {out}"
+    );
+    let (ok, out) = xibaar(&p, &["send", "--topic", "t", "--title", "x"]);
+    assert!(!ok && out.contains("--app-id"), "{out}");
 }
 
 #[test]
