@@ -99,6 +99,23 @@ pub struct NotificationScheduled {
     pub accepted_at: DateTime<Utc>,
 }
 
+/// A scheduled or queued notification withdrawn before any fan-out began: nothing of it is sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NotificationCanceled {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    pub audience: Audience,
+    pub content: Content,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
+    #[serde(flatten)]
+    pub delivery: DeliveryOptions,
+    /// Who sent it; the event's actor is who canceled it.
+    pub requested_by: Actor,
+    pub accepted_at: DateTime<Utc>,
+    pub canceled_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NotificationFannedOut {
     pub notification_id: NotificationId,
@@ -244,10 +261,11 @@ pub enum Event {
     NotificationScheduled(NotificationScheduled),
     PreferencesChanged(PreferencesChanged),
     TopicDelivery(TopicDelivery),
+    NotificationCanceled(NotificationCanceled),
 }
 
 /// `(type, current version)` of every event in the catalog.
-pub const CATALOG: [(&str, u32); 10] = [
+pub const CATALOG: [(&str, u32); 11] = [
     ("notification.accepted", 1),
     ("notification.fanned_out", 1),
     ("delivery.succeeded", 1),
@@ -258,6 +276,7 @@ pub const CATALOG: [(&str, u32); 10] = [
     ("notification.scheduled", 1),
     ("preferences.changed", 1),
     ("delivery.topic", 1),
+    ("notification.canceled", 1),
 ];
 
 /// Namespace of deterministic event ids (UUIDv5).
@@ -284,6 +303,7 @@ impl Event {
             Event::NotificationScheduled(_) => 7,
             Event::PreferencesChanged(_) => 8,
             Event::TopicDelivery(_) => 9,
+            Event::NotificationCanceled(_) => 10,
         }
     }
 
@@ -302,6 +322,7 @@ impl Event {
             Event::NotificationScheduled(e) => e.notification_id.to_string(),
             Event::PreferencesChanged(e) => e.customer_id.to_string(),
             Event::TopicDelivery(e) => e.notification_id.to_string(),
+            Event::NotificationCanceled(e) => e.notification_id.to_string(),
         }
     }
 
@@ -323,6 +344,7 @@ impl Event {
                 Some(format!("{}/{}", e.device_id, e.token.as_str()))
             }
             Event::TopicDelivery(e) => Some(e.notification_id.to_string()),
+            Event::NotificationCanceled(e) => Some(e.notification_id.to_string()),
             Event::DeviceRegistered(_) | Event::PreferencesChanged(_) => None,
         }
     }
@@ -339,6 +361,7 @@ impl Event {
             Event::NotificationScheduled(d) => serde_json::value::to_raw_value(d),
             Event::PreferencesChanged(d) => serde_json::value::to_raw_value(d),
             Event::TopicDelivery(d) => serde_json::value::to_raw_value(d),
+            Event::NotificationCanceled(d) => serde_json::value::to_raw_value(d),
         }
     }
 }
@@ -501,7 +524,10 @@ impl EventEnvelope {
             "preferences.changed" => {
                 Event::PreferencesChanged(serde_json::from_str(data).map_err(parse_err)?)
             }
-            _ => Event::TopicDelivery(serde_json::from_str(data).map_err(parse_err)?),
+            "delivery.topic" => {
+                Event::TopicDelivery(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            _ => Event::NotificationCanceled(serde_json::from_str(data).map_err(parse_err)?),
         };
         Ok(Decoded::Known(Box::new(EventEnvelope {
             meta: EventMeta {

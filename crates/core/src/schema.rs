@@ -9,8 +9,8 @@ use crate::{
     command::Command,
     event::{
         DeliveryExpired, DeliveryFailed, DeliverySucceeded, DeviceRegistered,
-        DeviceTokenInvalidated, NotificationAccepted, NotificationFannedOut, NotificationScheduled,
-        PreferencesChanged, TopicDelivery, WireEnvelope,
+        DeviceTokenInvalidated, NotificationAccepted, NotificationCanceled, NotificationFannedOut,
+        NotificationScheduled, PreferencesChanged, TopicDelivery, WireEnvelope,
     },
     job::{DeliveryJob, TopicJob},
 };
@@ -45,7 +45,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
         ("jobs/topic_job.json".to_owned(), schema::<TopicJob>()),
     ];
-    let events: [(&str, Schema); 10] = [
+    let events: [(&str, Schema); 11] = [
         ("notification.accepted", schema::<NotificationAccepted>()),
         ("notification.fanned_out", schema::<NotificationFannedOut>()),
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
@@ -59,6 +59,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("notification.scheduled", schema::<NotificationScheduled>()),
         ("preferences.changed", schema::<PreferencesChanged>()),
         ("delivery.topic", schema::<TopicDelivery>()),
+        ("notification.canceled", schema::<NotificationCanceled>()),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG

@@ -24,6 +24,7 @@ use xibaar_core::{
 };
 use xibaar_streams::Pipeline;
 
+use xibaar_streams::fanout::{FanOutState, Progress};
 use xibaar_streams::publish_event;
 
 /// How many publishes are in flight at once during a fan-out.
@@ -47,21 +48,45 @@ pub struct FanOut {
     pub progress: kv::Store,
 }
 
-/// The value under `XIBAAR_FANOUT/<notification>`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Progress {
-    /// The last device whose job is stored; the next page starts after it.
-    pub after: xibaar_core::DeviceId,
-    /// Jobs stored so far.
-    pub published: u64,
+/// Claims `key` for a fan-out: `Ok(None)` when the notification was canceled, otherwise the
+/// progress to resume from (nothing stored yet for a fresh claim).
+async fn claim(progress: &kv::Store, key: &str) -> Result<Option<Progress>, FanOutError> {
+    let fresh = Progress {
+        after: None,
+        published: 0,
+    };
+    let transient =
+        |e: &dyn std::fmt::Display| FanOutError::Transient(format!("claiming the fan-out: {e}"));
+    match progress
+        .create(key, FanOutState::Progress(fresh.clone()).encode())
+        .await
+    {
+        Ok(_) => return Ok(Some(fresh)),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(transient(&e)),
+    }
+    match progress.get(key).await.map_err(|e| transient(&e))? {
+        Some(value) => match FanOutState::decode(&value) {
+            Some(FanOutState::Canceled { .. }) => Ok(None),
+            Some(FanOutState::Progress(p)) => Ok(Some(p)),
+            None => Ok(Some(fresh)),
+        },
+        // Removed in between (it ages out after days): start from the beginning.
+        None => Ok(Some(fresh)),
+    }
 }
 
 impl FanOut {
     #[tracing::instrument(skip_all, fields(subject = %message.subject))]
-    pub async fn handle(&self, message: &jetstream::Message) -> Result<u64, FanOutError> {
+    /// The jobs created, or `None` when the notification was canceled before its fan-out.
+    pub async fn handle(&self, message: &jetstream::Message) -> Result<Option<u64>, FanOutError> {
         let command: Command = serde_json::from_slice(&message.payload)
             .map_err(|e| FanOutError::Poison(e.to_string()))?;
         let Command::SendNotification(send) = command;
+        let Some(resumed) = claim(&self.progress, &send.notification_id.to_string()).await? else {
+            tracing::info!(notification = %send.notification_id, "canceled before its fan-out; nothing sent");
+            return Ok(None);
+        };
         let causation = Some(format!("send:{}", send.notification_id));
         let correlation = send.notification_id.to_string();
         let transient = |what: &str| {
@@ -94,7 +119,7 @@ impl FanOut {
             accepted_stored.await?;
             self.publish_topic_job(&send, &correlation).await?
         } else {
-            self.publish_jobs(&send, message, &correlation, accepted_stored)
+            self.publish_jobs(&send, message, &correlation, accepted_stored, resumed)
                 .await?
         };
 
@@ -113,7 +138,7 @@ impl FanOut {
             .map_err(|e| transient("publishing notification.fanned_out")(&e))?;
         metrics::counter!("xibaar_dispatcher_jobs_created_total", "priority" => send.priority.as_str())
             .increment(targeted);
-        Ok(targeted)
+        Ok(Some(targeted))
     }
 
     async fn page(
@@ -192,34 +217,21 @@ impl FanOut {
         command: &jetstream::Message,
         correlation: &str,
         accepted: impl std::future::Future<Output = Result<(), FanOutError>>,
+        resumed: Progress,
     ) -> Result<u64, FanOutError> {
         let mut pipeline = Pipeline::new(self.js.clone(), PUBLISH_WINDOW);
         let key = send.notification_id.to_string();
         let opted_in_to = preference_filter(send.priority, send.category);
-        let start = async {
-            let resumed = match self.progress.get(key.as_str()).await {
-                Ok(Some(value)) => serde_json::from_slice::<Progress>(&value).ok(),
-                Ok(None) => None,
-                Err(e) => {
-                    return Err(FanOutError::Transient(format!(
-                        "reading fan-out progress: {e}"
-                    )));
-                }
-            };
-            let first = self
-                .page(send, opted_in_to, resumed.as_ref().map(|p| &p.after))
-                .await?;
-            Ok((resumed, first))
-        };
-        let (stored, started) = tokio::join!(accepted, start);
+        let start = async { self.page(send, opted_in_to, resumed.after.as_ref()).await };
+        let (stored, first) = tokio::join!(accepted, start);
         stored?;
-        let (resumed, first) = started?;
+        let first = first?;
         let mut prefetched = Some(first);
-        if let Some(p) = &resumed {
-            tracing::info!(after = %p.after, published = p.published, "resuming a fan-out");
+        if let Some(after) = &resumed.after {
+            tracing::info!(%after, published = resumed.published, "resuming a fan-out");
         }
-        let mut targeted = resumed.as_ref().map_or(0, |p| p.published);
-        let mut after = resumed.map(|p| p.after);
+        let mut targeted = resumed.published;
+        let mut after = resumed.after;
         let mut last_progress = tokio::time::Instant::now();
         loop {
             let page = match prefetched.take() {
@@ -258,13 +270,12 @@ impl FanOut {
                 .flush()
                 .await
                 .map_err(|e| FanOutError::Transient(format!("storing delivery jobs: {e}")))?;
-            let progress = Progress {
-                after: after.clone().expect("set from the page"),
+            let progress = FanOutState::Progress(Progress {
+                after: after.clone(),
                 published: targeted,
-            };
-            let value = serde_json::to_vec(&progress).expect("progress serializes");
+            });
             self.progress
-                .put(key.as_str(), value.into())
+                .put(key.as_str(), progress.encode())
                 .await
                 .map_err(|e| FanOutError::Transient(format!("recording fan-out progress: {e}")))?;
             // A large audience takes longer than the ack wait: tell JetStream we are alive.

@@ -26,6 +26,7 @@ use xibaar_streams::{consumers, names};
 pub use fanout::{FanOut, FanOutError};
 pub use mux::PriorityMux;
 pub use sender::{Marker, Outcome, RetryPolicy, Sender};
+pub use xibaar_streams::fanout::{FanOutState, Progress};
 
 /// Commands fanned out at once per priority level.
 const FANOUT_WORKERS_PER_LEVEL: usize = 2;
@@ -216,7 +217,10 @@ async fn fanout_lane(
             let started = std::time::Instant::now();
             match fanout.handle(&message).await {
                 Ok(targeted) => {
-                    tracing::info!(%priority, targeted, elapsed = ?started.elapsed(), "fanned out");
+                    match targeted {
+                        Some(targeted) => tracing::info!(%priority, targeted, elapsed = ?started.elapsed(), "fanned out"),
+                        None => tracing::info!(%priority, "canceled; not fanned out"),
+                    }
                     if let Err(e) = message.ack().await {
                         tracing::warn!(error = %e, "acking a command failed; it will be fanned out again (deduplicated)");
                     }

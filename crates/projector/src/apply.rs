@@ -130,6 +130,21 @@ pub(crate) async fn apply(
             )
             .await?;
         }
+        Event::NotificationCanceled(e) => {
+            let audience = serde_json::to_value(&e.audience).unwrap_or_default();
+            let requested_by = e.requested_by.to_string();
+            sqlx::query(include_str!("../sql/notification_canceled.sql"))
+                .bind(e.notification_id.0)
+                .bind(e.priority.as_str())
+                .bind(&e.content.title)
+                .bind(audience)
+                .bind(requested_by)
+                .bind(e.accepted_at)
+                .bind(e.delivery.send_at)
+                .bind(e.category.map(Category::as_str))
+                .execute(&mut *tx)
+                .await?;
+        }
         Event::PreferencesChanged(e) => {
             for (category, opted_in) in &e.categories {
                 sqlx::query(include_str!("../sql/preference_changed.sql"))

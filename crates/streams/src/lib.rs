@@ -5,6 +5,7 @@ mod apply;
 mod connect;
 mod definitions;
 pub mod dlq;
+pub mod fanout;
 pub mod lag;
 mod publish;
 pub mod replay;

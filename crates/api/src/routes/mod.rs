@@ -12,7 +12,10 @@ use crate::{AppState, problem::ApiError};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/notifications", post(notifications::send))
-        .route("/v1/notifications/{id}", get(notifications::status))
+        .route(
+            "/v1/notifications/{id}",
+            get(notifications::status).delete(notifications::cancel),
+        )
         .route(
             "/v1/notifications/{id}/timeline",
             get(notifications::timeline),

@@ -15,7 +15,7 @@ use serde_json::json;
 use xibaar_core::{
     Actor, Audience, Category, Command, Content, ContentError, DeliveryOptions, Event,
     EventEnvelope, NotificationId, Priority, SendNotification,
-    event::NotificationScheduled,
+    event::{NotificationCanceled, NotificationScheduled},
     notification::{
         FieldViolation, MAX_COLLAPSE_KEY_BYTES, MAX_SCHEDULE_AHEAD_DAYS, MAX_TTL_SECONDS,
     },
@@ -29,6 +29,7 @@ use crate::{
     problem::ApiError,
     routes::read_failed,
 };
+use xibaar_streams::fanout::FanOutState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -370,6 +371,114 @@ pub async fn status(
         }
     }
     Err(not_found())
+}
+
+/// `DELETE /v1/notifications/{id}`: withdraws a scheduled or still-queued notification. The
+/// api and the fan-out both create `XIBAAR_FANOUT/<id>` only if it is absent: whichever comes
+/// first wins, so a notification is either canceled (nothing of it is sent) or already going
+/// out (409). A scheduled one is also removed from the scheduler.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(scopes::SEND)?;
+    let not_found = || ApiError::NotFound(format!("no notification {id}"));
+    let id = NotificationId(uuid::Uuid::parse_str(&id).map_err(|_| not_found())?);
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "canceling a notification failed");
+        ApiError::Unavailable("the cancellation could not be stored; retry".into())
+    };
+    let too_late = || {
+        ApiError::Conflict(format!(
+            "notification {id} is already being delivered; it can no longer be canceled"
+        ))
+    };
+    let canceled = || Json(json!({ "notification_id": id, "status": "canceled" }));
+    let mut found = None;
+    for priority in Priority::ALL {
+        if let Some(stored) = stored_anywhere(&state, priority, id)
+            .await
+            .map_err(|e| unavailable(&*e))?
+        {
+            found = Some(stored);
+            break;
+        }
+    }
+    let progress = state
+        .js
+        .get_key_value(xibaar_streams::names::FANOUT_BUCKET)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let key = id.to_string();
+    let existing = progress
+        .get(key.as_str())
+        .await
+        .map_err(|e| unavailable(&e))?
+        .and_then(|v| FanOutState::decode(&v));
+    match existing {
+        Some(FanOutState::Canceled { .. }) => return Ok(canceled()),
+        Some(FanOutState::Progress(_)) => return Err(too_late()),
+        None => {}
+    }
+    let Some((command, stored)) = found else {
+        // Fanned out and acknowledged long ago, or never accepted.
+        return match xibaar_store::notification_status(&state.pool, id).await {
+            Ok(Some(_)) => Err(too_late()),
+            _ => Err(not_found()),
+        };
+    };
+    let now = Utc::now();
+    let record = FanOutState::Canceled {
+        canceled_at: now,
+        by: caller.actor().to_string(),
+    };
+    match progress.create(key.as_str(), record.encode()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+            let now_there = progress
+                .get(key.as_str())
+                .await
+                .map_err(|e| unavailable(&e))?
+                .and_then(|v| FanOutState::decode(&v));
+            return match now_there {
+                Some(FanOutState::Canceled { .. }) => Ok(canceled()),
+                _ => Err(too_late()),
+            };
+        }
+        Err(e) => return Err(unavailable(&e)),
+    }
+    if matches!(stored, Stored::Scheduled) {
+        // Removed from the scheduler; had it fired meanwhile, the fan-out finds the record.
+        let stream = state
+            .js
+            .get_stream_no_info(command.priority.command_stream())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        stream
+            .purge()
+            .filter(subject::schedule(command.priority, id))
+            .await
+            .map_err(|e| unavailable(&e))?;
+    }
+    let event = EventEnvelope::new(
+        Event::NotificationCanceled(NotificationCanceled {
+            notification_id: id,
+            priority: command.priority,
+            audience: command.audience,
+            content: command.content,
+            category: command.category,
+            delivery: command.delivery,
+            requested_by: command.requested_by,
+            accepted_at: command.accepted_at,
+            canceled_at: now,
+        }),
+        id.to_string(),
+        None,
+        caller.actor(),
+    );
+    crate::routes::store_event(&state, &event, "cancellation").await?;
+    Ok(canceled())
 }
 
 /// `GET /v1/notifications/{id}/timeline` (scope `audit:read`): the notification's events from

@@ -4,6 +4,7 @@
 mod audiences;
 mod audit;
 mod bad_input;
+mod cancel;
 mod cli;
 mod deploy_files;
 mod dispatcher_crash;

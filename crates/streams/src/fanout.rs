@@ -1,0 +1,37 @@
+//! What `XIBAAR_FANOUT/<notification>` holds, shared by the dispatcher (progress) and the api
+//! (cancellation).
+
+/// The value under `XIBAAR_FANOUT/<notification>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The last device whose job is stored; the next page starts after it. `None`: the fan-out
+    /// has claimed the notification and stored nothing yet.
+    pub after: Option<xibaar_core::DeviceId>,
+    /// Jobs stored so far.
+    pub published: u64,
+}
+
+/// What `XIBAAR_FANOUT/<notification>` holds: the fan-out's progress, or the api's record that
+/// the notification was canceled before any fan-out claimed it. Both are written with
+/// create-if-absent, so exactly one of the two wins.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum FanOutState {
+    Canceled {
+        canceled_at: chrono::DateTime<chrono::Utc>,
+        by: String,
+    },
+    Progress(Progress),
+}
+
+impl FanOutState {
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    pub fn encode(&self) -> bytes::Bytes {
+        serde_json::to_vec(self)
+            .expect("fan-out state serializes")
+            .into()
+    }
+}
