@@ -448,16 +448,25 @@ pub async fn cancel(
         }
         Err(e) => return Err(unavailable(&e)),
     }
+    let stream = state
+        .js
+        .get_stream_no_info(command.priority.command_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
     if matches!(stored, Stored::Scheduled) {
         // Removed from the scheduler; had it fired meanwhile, the fan-out finds the record.
-        let stream = state
-            .js
-            .get_stream_no_info(command.priority.command_stream())
-            .await
-            .map_err(|e| unavailable(&e))?;
         stream
             .purge()
             .filter(subject::schedule(command.priority, id))
+            .await
+            .map_err(|e| unavailable(&e))?;
+    } else {
+        // The queued command goes too, so the cancellation does not depend on the record
+        // outliving the fan-out bucket's three days. A dispatcher holding it already finds the
+        // record.
+        stream
+            .purge()
+            .filter(subject::command(command.priority, id))
             .await
             .map_err(|e| unavailable(&e))?;
     }

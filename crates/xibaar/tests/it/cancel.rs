@@ -59,12 +59,18 @@ async fn canceled_notifications_send_nothing_and_late_cancels_are_refused() {
         let (again, _) = cancel(&p, id, &office).await;
         assert_eq!(again, 200, "canceling twice is harmless");
     }
-    // The scheduler no longer holds the scheduled one.
+    // The scheduler no longer holds the scheduled one, nor the command stream the queued one.
     let js = p.jetstream().await;
     let stream = js.get_stream("XIBAAR_CMD_NORMAL").await.unwrap();
     assert!(
         stream
             .direct_get_last_for_subject(format!("xibaar.sched.normal.{scheduled}"))
+            .await
+            .is_err()
+    );
+    let low = js.get_stream("XIBAAR_CMD_LOW").await.unwrap();
+    assert!(
+        low.direct_get_last_for_subject(format!("xibaar.cmd.low.{queued}"))
             .await
             .is_err()
     );
