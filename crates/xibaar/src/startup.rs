@@ -188,19 +188,20 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
 
     if roles.api {
+        let secret = config.jwt_secret()?;
+        if secret.is_none() && config.auth.jwks_file.is_none() {
+            anyhow::bail!(
+                "the api needs auth.hs256_secret (or auth.hs256_secret_file) or auth.jwks_file"
+            );
+        }
         let mut auth = xibaar_api::Authenticator::new(&config.auth.issuer, &config.auth.audience);
-        if let Some(secret) = config.jwt_secret()? {
+        if let Some(secret) = secret {
             auth = auth.with_hs256(secret.expose().as_bytes());
         }
         if let Some(path) = &config.auth.jwks_file {
             auth = auth
                 .with_jwks_file(path)
                 .context("configuration key `auth.jwks_file`")?;
-        }
-        if config.jwt_secret()?.is_none() && config.auth.jwks_file.is_none() {
-            anyhow::bail!(
-                "the api needs auth.hs256_secret (or auth.hs256_secret_file) or auth.jwks_file"
-            );
         }
         let state = xibaar_api::AppState {
             js: js.clone(),
