@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 use xibaar_core::{
-    Category, Event, EventEnvelope,
+    Actor, Audience, Category, Event, EventEnvelope, NotificationId, Priority,
     event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded, TopicOutcome},
 };
 
@@ -33,34 +33,38 @@ pub(crate) async fn apply(
                 .await?;
         }
         Event::NotificationAccepted(e) => {
-            let audience = serde_json::to_value(&e.audience).unwrap_or_default();
-            let requested_by = envelope.meta.actor.to_string();
-            sqlx::query(include_str!("../sql/notification_accepted.sql"))
-                .bind(e.notification_id.0)
-                .bind(e.priority.as_str())
-                .bind(&e.content.title)
-                .bind(audience)
-                .bind(requested_by)
-                .bind(e.accepted_at)
-                .bind(e.delivery.send_at)
-                .bind(e.category.map(Category::as_str))
-                .execute(&mut *tx)
-                .await?;
+            notification_row(
+                tx,
+                include_str!("../sql/notification_accepted.sql"),
+                NotificationRow {
+                    id: e.notification_id,
+                    priority: e.priority,
+                    title: &e.content.title,
+                    audience: &e.audience,
+                    requested_by: &envelope.meta.actor,
+                    accepted_at: e.accepted_at,
+                    send_at: e.delivery.send_at,
+                    category: e.category,
+                },
+            )
+            .await?;
         }
         Event::NotificationScheduled(e) => {
-            let audience = serde_json::to_value(&e.audience).unwrap_or_default();
-            let requested_by = envelope.meta.actor.to_string();
-            sqlx::query(include_str!("../sql/notification_scheduled.sql"))
-                .bind(e.notification_id.0)
-                .bind(e.priority.as_str())
-                .bind(&e.content.title)
-                .bind(audience)
-                .bind(requested_by)
-                .bind(e.accepted_at)
-                .bind(e.send_at)
-                .bind(e.category.map(Category::as_str))
-                .execute(&mut *tx)
-                .await?;
+            notification_row(
+                tx,
+                include_str!("../sql/notification_scheduled.sql"),
+                NotificationRow {
+                    id: e.notification_id,
+                    priority: e.priority,
+                    title: &e.content.title,
+                    audience: &e.audience,
+                    requested_by: &envelope.meta.actor,
+                    accepted_at: e.accepted_at,
+                    send_at: Some(e.send_at),
+                    category: e.category,
+                },
+            )
+            .await?;
         }
         Event::NotificationFannedOut(e) => {
             sqlx::query(include_str!("../sql/notification_fanned_out.sql"))
@@ -131,19 +135,21 @@ pub(crate) async fn apply(
             .await?;
         }
         Event::NotificationCanceled(e) => {
-            let audience = serde_json::to_value(&e.audience).unwrap_or_default();
-            let requested_by = e.requested_by.to_string();
-            sqlx::query(include_str!("../sql/notification_canceled.sql"))
-                .bind(e.notification_id.0)
-                .bind(e.priority.as_str())
-                .bind(&e.content.title)
-                .bind(audience)
-                .bind(requested_by)
-                .bind(e.accepted_at)
-                .bind(e.delivery.send_at)
-                .bind(e.category.map(Category::as_str))
-                .execute(&mut *tx)
-                .await?;
+            notification_row(
+                tx,
+                include_str!("../sql/notification_canceled.sql"),
+                NotificationRow {
+                    id: e.notification_id,
+                    priority: e.priority,
+                    title: &e.content.title,
+                    audience: &e.audience,
+                    requested_by: &e.requested_by,
+                    accepted_at: e.accepted_at,
+                    send_at: e.delivery.send_at,
+                    category: e.category,
+                },
+            )
+            .await?;
         }
         Event::PreferencesChanged(e) => {
             for (category, opted_in) in &e.categories {
@@ -181,6 +187,39 @@ pub(crate) async fn apply(
             .await?;
         }
     }
+    Ok(())
+}
+
+/// The columns a notification's row starts with, whichever event creates it.
+struct NotificationRow<'a> {
+    id: NotificationId,
+    priority: Priority,
+    title: &'a str,
+    audience: &'a Audience,
+    requested_by: &'a Actor,
+    accepted_at: chrono::DateTime<chrono::Utc>,
+    send_at: Option<chrono::DateTime<chrono::Utc>>,
+    category: Option<Category>,
+}
+
+/// Runs `sql` (an insert of the notifications row, `$1`…`$8` in [`NotificationRow`] order).
+async fn notification_row(
+    tx: &mut PgConnection,
+    sql: &'static str,
+    row: NotificationRow<'_>,
+) -> Result<(), sqlx::Error> {
+    let audience = serde_json::to_value(row.audience).unwrap_or_default();
+    sqlx::query(sql)
+        .bind(row.id.0)
+        .bind(row.priority.as_str())
+        .bind(row.title)
+        .bind(audience)
+        .bind(row.requested_by.to_string())
+        .bind(row.accepted_at)
+        .bind(row.send_at)
+        .bind(row.category.map(Category::as_str))
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
