@@ -1,10 +1,7 @@
 //! Canceling a scheduled or still-queued notification: nothing of it is sent; once its fan-out
 //! has begun it is too late (409).
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::Value;
 use xibaar_testkit::eventually;
@@ -76,20 +73,7 @@ async fn canceled_notifications_send_nothing_and_late_cancels_are_refused() {
     );
 
     // A dispatcher starts: the kept notification goes out, the canceled ones never do.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut dispatcher = Command::new(env!("CARGO_BIN_EXE_xibaar"))
-        .arg("--config")
-        .arg(&p.config_path)
-        .arg("dispatcher")
-        .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut dispatcher = p.spawn_dispatcher(&[]);
     p.wait_completed(&kept, Duration::from_secs(30)).await;
     let drained = eventually(Duration::from_secs(30), || async {
         let (_, out) = p.cli(&["lag", "--json"]);

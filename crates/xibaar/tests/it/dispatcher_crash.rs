@@ -1,6 +1,6 @@
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -13,23 +13,12 @@ const DEVICES: usize = 100_000;
 const CONCURRENCY: usize = 64;
 
 fn spawn_dispatcher(p: &Pipeline) -> Child {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    Command::new(env!("CARGO_BIN_EXE_xibaar"))
-        .arg("--config")
-        .arg(&p.config_path)
-        .arg("dispatcher")
-        .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{port}"))
-        .env("XIBAAR_FCM__CONCURRENCY", CONCURRENCY.to_string())
+    let concurrency = CONCURRENCY.to_string();
+    p.spawn_dispatcher(&[
+        ("XIBAAR_FCM__CONCURRENCY", concurrency.as_str()),
         // The test shortened the sender's ack wait; do not restore the shipped one.
-        .env("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        ("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false"),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! and on `/metrics`; once a dispatcher runs, both return to zero.
 
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -118,20 +118,7 @@ async fn a_paused_dispatcher_shows_as_backlog_and_age_until_it_resumes() {
     assert!(seen.is_some(), "/metrics never showed the low backlog");
 
     // Resume: a dispatcher starts and drains the commands.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut dispatcher = Command::new(env!("CARGO_BIN_EXE_xibaar"))
-        .arg("--config")
-        .arg(&p.config_path)
-        .arg("dispatcher")
-        .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut dispatcher = p.spawn_dispatcher(&[]);
     let drained = eventually(Duration::from_secs(120), || async {
         let (_, out) = lag(&p, &["--json", "--max-backlog", "0"]);
         let report: Value = serde_json::from_str(&out).ok()?;

@@ -171,6 +171,26 @@ filter = "warn"
         .unwrap()
     }
 
+    /// Starts `xibaar dispatcher` as its own process on this pipeline's configuration, with its
+    /// own ops port and `env` on top; its output is discarded.
+    pub fn spawn_dispatcher(&self, env: &[(&str, &str)]) -> std::process::Child {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("dispatcher")
+            .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs the `xibaar` binary with this pipeline's configuration: success, stdout + stderr.
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
