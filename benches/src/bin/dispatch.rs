@@ -171,7 +171,7 @@ filter = "warn"
         self.js
             .publish_with_headers(
                 command.subject(),
-                xibaar_streams::headers(&command.msg_id(), "send_notification", None),
+                xibaar_streams::headers(&command.msg_id(), "send_notification"),
                 Bytes::from(serde_json::to_vec(&command)?),
             )
             .await?

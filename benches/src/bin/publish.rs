@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     for (subject, id, payload) in baseline {
         js.publish_with_headers(
             subject,
-            xibaar_streams::headers(&id, "delivery_job", None),
+            xibaar_streams::headers(&id, "delivery_job"),
             payload,
         )
         .await?
@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         pipeline
             .publish(
                 subject,
-                xibaar_streams::headers(&id, "delivery_job", None),
+                xibaar_streams::headers(&id, "delivery_job"),
                 payload,
             )
             .await?;

@@ -32,6 +32,41 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     routes::router()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(limit::budget_layer))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(traceparent_header))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// One span per request, continuing the caller's trace when it sends a `traceparent`; the
+/// commands and events the request writes carry this trace on.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        otel.kind = "server",
+    );
+    xibaar_streams::trace::continue_trace(
+        &span,
+        request
+            .headers()
+            .get(xibaar_streams::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    span
+}
+
+/// Answers with the request's `traceparent`, so a client can quote the trace of what it sent.
+async fn traceparent_header(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let traceparent = xibaar_streams::trace::current_traceparent();
+    let mut response = next.run(request).await;
+    if let Some(value) = traceparent.and_then(|tp| axum::http::HeaderValue::try_from(tp).ok()) {
+        response
+            .headers_mut()
+            .insert(xibaar_streams::trace::TRACEPARENT, value);
+    }
+    response
 }

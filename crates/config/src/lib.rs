@@ -270,6 +270,11 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter such as `info,xibaar_dispatcher=debug`; `RUST_LOG` wins when set.
     pub filter: String,
+    /// Where spans are sent over OTLP/HTTP (protobuf), e.g.
+    /// `http://otel-collector:4318/v1/traces`. Unset: trace ids still appear in the logs and
+    /// travel with every message, but spans are not exported, unless the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
+    pub otlp_traces_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -277,6 +282,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             filter: "info".into(),
+            otlp_traces_endpoint: None,
         }
     }
 }

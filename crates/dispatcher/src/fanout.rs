@@ -77,7 +77,6 @@ async fn claim(progress: &kv::Store, key: &str) -> Result<Option<Progress>, FanO
 }
 
 impl FanOut {
-    #[tracing::instrument(skip_all, fields(subject = %message.subject))]
     /// The jobs created, or `None` when the notification was canceled before its fan-out.
     pub async fn handle(&self, message: &jetstream::Message) -> Result<Option<u64>, FanOutError> {
         let command: Command = serde_json::from_slice(&message.payload)
@@ -195,7 +194,7 @@ impl FanOut {
         };
         let payload = serde_json::to_vec(&job)
             .map_err(|e| FanOutError::Poison(format!("encoding a topic job: {e}")))?;
-        let headers = xibaar_streams::headers(&job.msg_id(), TOPIC_JOB_TYPE, None);
+        let headers = xibaar_streams::headers(&job.msg_id(), TOPIC_JOB_TYPE);
         let stored = match self
             .js
             .publish_with_headers(job.subject(), headers, Bytes::from(payload))
@@ -257,7 +256,7 @@ impl FanOut {
                 };
                 let payload = serde_json::to_vec(&job)
                     .map_err(|e| FanOutError::Poison(format!("encoding a delivery job: {e}")))?;
-                let headers = xibaar_streams::headers(&job.msg_id(), DEVICE_JOB_TYPE, None);
+                let headers = xibaar_streams::headers(&job.msg_id(), DEVICE_JOB_TYPE);
                 pipeline
                     .publish(job.subject(), headers, Bytes::from(payload))
                     .await

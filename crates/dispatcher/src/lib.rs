@@ -19,9 +19,10 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use xibaar_core::Priority;
 use xibaar_fcm::FcmClient;
-use xibaar_streams::{consumers, names};
+use xibaar_streams::{consumers, names, trace};
 
 pub use fanout::{FanOut, FanOutError};
 pub use mux::PriorityMux;
@@ -212,6 +213,8 @@ async fn fanout_lane(
         };
         let Some(message) = message else { break };
         let fanout = fanout.clone();
+        let span = tracing::info_span!("fan_out", %priority, subject = %message.subject);
+        trace::continue_from_headers(&span, message.headers.as_ref());
         running.spawn(async move {
             let _permit = permit;
             let started = std::time::Instant::now();
@@ -239,7 +242,7 @@ async fn fanout_lane(
                     let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
                 }
             }
-        });
+        }.instrument(span));
         while running.try_join_next().is_some() {}
     }
     // Commands already pulled but not started go back at once instead of after the ack wait.
@@ -293,16 +296,21 @@ where
             break;
         };
         let sender = sender.clone();
-        running.spawn(async move {
-            let _held = held;
-            match sender.handle(&message, permit).await {
-                Ok(outcome) => sender::count(outcome, priority),
-                Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
-                    "delivery job not recorded; it will be redelivered"
-                ),
+        let span = tracing::info_span!("push", %priority, subject = %message.subject);
+        trace::continue_from_headers(&span, message.headers.as_ref());
+        running.spawn(
+            async move {
+                let _held = held;
+                match sender.handle(&message, permit).await {
+                    Ok(outcome) => sender::count(outcome, priority),
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "delivery job not recorded; it will be redelivered"
+                    ),
+                }
             }
-        });
+            .instrument(span),
+        );
         while running.try_join_next().is_some() {}
     }
     // Jobs already pulled but not started go back at once, for another sender (or the next

@@ -130,7 +130,6 @@ impl Outcome {
 impl Sender {
     /// Handles one job to the end (ack, NAK with delay, or dead letter). Errors are returned
     /// only when nothing could be recorded; the job is then redelivered after the ack wait.
-    #[tracing::instrument(skip_all, fields(subject = %message.subject))]
     ///
     /// `fcm_slot` is one of the sender's places at FCM; it is given up as soon as FCM has
     /// answered, so recording the outcome never keeps the next job from FCM.
@@ -196,6 +195,7 @@ impl Sender {
         drop(fcm_slot);
         let outcome = match answer {
             Ok(sent) => {
+                tracing::debug!(attempt, fcm_message_id = %sent.name, "pushed");
                 // Marker and outcome event are stored side by side; both before the ack.
                 let marker_value = Marker::Sent {
                     fcm_message_id: sent.name.clone(),

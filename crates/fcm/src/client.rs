@@ -221,7 +221,7 @@ impl FcmClient {
 
     /// Sends one message to the project of `app_id`. A 401 refreshes the access token and
     /// tries once more; every other answer is returned as it is.
-    #[tracing::instrument(skip_all, fields(app_id))]
+    #[tracing::instrument(name = "fcm.send", skip_all, fields(app_id = %app_id, otel.kind = "client"))]
     pub async fn send(
         &self,
         app_id: &str,

@@ -78,7 +78,14 @@ fn secret(home: &Path) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    xibaar_telemetry::init_tracing(xibaar_config::LogFormat::Text, "info,sqlx=warn");
+    let _tracing = xibaar_telemetry::init_tracing(
+        &xibaar_config::LogConfig {
+            format: xibaar_config::LogFormat::Text,
+            filter: "info,sqlx=warn".into(),
+            otlp_traces_endpoint: None,
+        },
+        "xibaar-local",
+    );
     std::fs::create_dir_all(args.home.join("local"))?;
     let home = args.home.canonicalize()?;
 

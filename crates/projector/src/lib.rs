@@ -191,6 +191,21 @@ impl Projector {
                         )
                     })?;
                     outcome.applied += 1;
+                    // A span per event only at debug level: a broadcast is millions of events.
+                    let span = tracing::debug_span!("project", sequence);
+                    if !span.is_disabled() {
+                        xibaar_streams::trace::continue_from_headers(
+                            &span,
+                            message.headers.as_ref(),
+                        );
+                        span.in_scope(|| {
+                            tracing::debug!(
+                                event = envelope.event.event_type(),
+                                correlation_id = %envelope.meta.correlation_id,
+                                "applied; commits with its batch"
+                            )
+                        });
+                    }
                 }
                 Ok(Decoded::Unknown {
                     event_type,

@@ -23,7 +23,15 @@ pub async fn dead_letter(
         .info()
         .map(|i| (i.stream.to_owned(), i.stream_sequence))
         .unwrap_or_default();
-    let mut headers = crate::headers(&format!("dlq:{stream}:{sequence}"), "dead_letter", None);
+    let mut headers = crate::headers(&format!("dlq:{stream}:{sequence}"), "dead_letter");
+    // The dead letter stays in the trace of the message it holds.
+    if let Some(tp) = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::trace::TRACEPARENT))
+    {
+        headers.insert(crate::trace::TRACEPARENT, tp.clone());
+    }
     headers.insert(REASON, reason);
     headers.insert(ORIGINAL_SUBJECT, message.subject.as_str());
     headers.insert(ORIGINAL_STREAM, stream.as_str());

@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod lag;
 mod publish;
 pub mod replay;
+pub mod trace;
 
 pub use apply::{ApplyError, Change, apply};
 pub use connect::{ConnectError, connect};

@@ -15,13 +15,14 @@ use std::future::IntoFuture;
 use bytes::Bytes;
 use futures::{StreamExt, stream::FuturesUnordered};
 
-/// Headers every Xibaar message carries.
-pub fn headers(msg_id: &str, kind: &str, traceparent: Option<&str>) -> HeaderMap {
+/// Headers every Xibaar message carries: its id, its type, and the `traceparent` of the
+/// current span, so the message's handler continues the same trace.
+pub fn headers(msg_id: &str, kind: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     headers.insert("Xibaar-Type", kind);
-    if let Some(tp) = traceparent {
-        headers.insert("traceparent", tp);
+    if let Some(tp) = crate::trace::current_traceparent() {
+        headers.insert(crate::trace::TRACEPARENT, tp.as_str());
     }
     headers
 }
@@ -116,11 +117,7 @@ pub async fn publish_event(
 /// `Nats-Msg-Id` plus the type and version repeated from the envelope, so consumers can filter
 /// without parsing the body.
 pub fn event_headers(envelope: &xibaar_core::EventEnvelope) -> HeaderMap {
-    let mut headers = headers(
-        &envelope.meta.id.to_string(),
-        envelope.event.event_type(),
-        None,
-    );
+    let mut headers = headers(&envelope.meta.id.to_string(), envelope.event.event_type());
     headers.insert(
         "Xibaar-Version",
         envelope.event.version().to_string().as_str(),

@@ -17,26 +17,87 @@ use axum::{
 };
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use serde_json::json;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
-use xibaar_config::LogFormat;
+use xibaar_config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber: JSON lines (or text) filtered by `RUST_LOG`, else `filter`.
-/// Only the first call in a process takes effect.
-pub fn init_tracing(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
+/// What [`init_tracing`] installed; [`Tracing::shutdown`] sends the spans still buffered.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+}
+
+impl Tracing {
+    /// Flushes and stops the span exporter (a no-op when spans are not exported).
+    pub fn shutdown(self) {
+        // The OTLP exporter's blocking HTTP client must not be used or dropped on an async
+        // runtime's thread.
+        let provider = self.provider;
+        let _ = std::thread::spawn(move || {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("flushing spans failed: {e}");
+            }
+        })
+        .join();
+    }
+}
+
+/// Installs the global subscriber: JSON lines (or text) filtered by `RUST_LOG`, else
+/// `log.filter`, with OpenTelemetry spans underneath so every JSON line carries `trace_id`
+/// and `span_id`. Spans go to `log.otlp_traces_endpoint` (or the standard `OTEL_EXPORTER_OTLP_*`
+/// endpoint) when one is configured. Only the first call in a process takes effect.
+pub fn init_tracing(log: &LogConfig, service: &str) -> Tracing {
+    let exporting = log.otlp_traces_endpoint.is_some()
+        || [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    let resource = Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let mut export_error = None;
+    if exporting {
+        // Built on a thread of its own: the blocking HTTP client panics when it is created on
+        // an async runtime's thread.
+        let endpoint = log.otlp_traces_endpoint.clone();
+        let exporter = std::thread::spawn(move || {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+            if let Some(endpoint) = endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            builder.build()
+        })
+        .join()
+        .expect("building the span exporter does not panic");
+        match exporter {
+            Ok(exporter) => provider = provider.with_batch_exporter(exporter),
+            Err(e) => export_error = Some(e),
+        }
+    }
+    let provider = provider.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("xibaar"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let _ = match log.format {
         LogFormat::Json => registry
             .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
+                json_subscriber::fmt::layer()
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_opentelemetry_ids(true),
             )
             .try_init(),
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
     };
+    if let Some(e) = export_error {
+        tracing::error!(error = %e, "spans cannot be exported; check log.otlp_traces_endpoint");
+    }
+    Tracing { provider }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

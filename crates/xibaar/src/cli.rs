@@ -103,12 +103,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
     if let Some(roles) = roles {
-        xibaar_telemetry::init_tracing(config.log.format, &config.log.filter);
+        let tracing = xibaar_telemetry::init_tracing(&config.log, roles.name());
         let shutdown = CancellationToken::new();
         startup::cancel_on_signal(shutdown.clone());
-        return startup::run(config, roles, shutdown).await;
+        let outcome = startup::run(config, roles, shutdown).await;
+        tracing.shutdown();
+        return outcome;
     }
-    xibaar_telemetry::init_tracing(xibaar_config::LogFormat::Text, "warn");
+    let _tracing = xibaar_telemetry::init_tracing(
+        &xibaar_config::LogConfig {
+            format: xibaar_config::LogFormat::Text,
+            filter: "warn".into(),
+            otlp_traces_endpoint: None,
+        },
+        "xibaar-cli",
+    );
     match cli.command {
         Command::Streams {
             command: StreamsCommand::Apply { dir },

@@ -26,7 +26,7 @@ impl Roles {
         projector: true,
     };
 
-    fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match (self.api, self.dispatcher, self.projector) {
             (true, true, true) => "xibaar-up",
             (true, false, false) => "xibaar-api",

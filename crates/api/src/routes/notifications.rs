@@ -181,8 +181,13 @@ pub async fn send(
             );
             match scheduled {
                 Some(at) => {
+                    // No message id: the scheduler stores one schedule per notification
+                    // subject. The traceparent goes with the command it fires.
                     let mut headers = NatsHeaders::new();
                     headers.insert("Xibaar-Type", "send_notification");
+                    if let Some(tp) = xibaar_streams::trace::current_traceparent() {
+                        headers.insert(xibaar_streams::trace::TRACEPARENT, tp.as_str());
+                    }
                     headers.insert(
                         "Nats-Schedule",
                         format!(
@@ -197,8 +202,7 @@ pub async fn send(
                     false
                 }
                 None => {
-                    let headers =
-                        xibaar_streams::headers(&command.msg_id(), "send_notification", None);
+                    let headers = xibaar_streams::headers(&command.msg_id(), "send_notification");
                     store(&state, command.subject(), headers, payload).await?
                 }
             }
@@ -258,6 +262,7 @@ pub async fn send(
     } else {
         "accepted"
     };
+    tracing::info!(notification = %notification_id, priority = %sent.priority, status, replayed = duplicate, "notification accepted");
     let mut response = (
         StatusCode::ACCEPTED,
         Json(json!({ "notification_id": notification_id, "status": status, "send_at": scheduled })),

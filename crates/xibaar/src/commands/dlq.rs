@@ -265,7 +265,11 @@ async fn retry(
         message.sequence,
         message.time.unix_timestamp_nanos()
     );
-    let mut headers = xibaar_streams::headers(&msg_id, &kind, None);
+    let mut headers = xibaar_streams::headers(&msg_id, &kind);
+    // The retry continues the trace of the notification it belongs to.
+    if let Some(tp) = message.headers.get(xibaar_streams::trace::TRACEPARENT) {
+        headers.insert(xibaar_streams::trace::TRACEPARENT, tp.clone());
+    }
     headers.insert(
         "Xibaar-Retried-From",
         format!("{}:{}", names::DLQ, message.sequence).as_str(),

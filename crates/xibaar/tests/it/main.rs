@@ -20,4 +20,5 @@ mod rate_limits;
 mod scheduled;
 mod streams;
 mod support;
+mod tracing;
 mod urgent_isolation;

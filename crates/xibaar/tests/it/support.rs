@@ -174,18 +174,24 @@ filter = "warn"
     /// Starts `xibaar dispatcher` as its own process on this pipeline's configuration, with its
     /// own ops port and `env` on top; its output is discarded.
     pub fn spawn_dispatcher(&self, env: &[(&str, &str)]) -> std::process::Child {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        self.spawn_role("dispatcher", env, std::process::Stdio::null())
+    }
+
+    /// Starts `xibaar <role>` as its own process on this pipeline's configuration, with its own
+    /// ops port and `env` on top, its log lines (stdout) going to `log`.
+    pub fn spawn_role(
+        &self,
+        role: &str,
+        env: &[(&str, &str)],
+        log: impl Into<std::process::Stdio>,
+    ) -> std::process::Child {
         std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
             .arg("--config")
             .arg(&self.config_path)
-            .arg("dispatcher")
-            .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{port}"))
+            .arg(role)
+            .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{}", free_port()))
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
+            .stdout(log)
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
