@@ -25,6 +25,8 @@ pub mod scopes {
     pub const SEND: &str = "notifications:send";
     pub const READ: &str = "notifications:read";
     pub const AUDIT: &str = "audit:read";
+    /// The ops page's figures.
+    pub const OPS: &str = "ops:read";
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 pub mod auth;
 mod extract;
 pub mod limit;
+pub mod ops;
 pub mod problem;
 mod routes;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub limits: Arc<limit::RateLimits>,
     /// How long a publish may wait for JetStream before the request fails with 503.
     pub publish_timeout: Duration,
+    /// The ops page's latest figures ([`ops::spawn_collector`]).
+    pub ops: ops::OpsView,
 }
 
 /// The API's routes, ready to serve or to drive with `oneshot` in tests.

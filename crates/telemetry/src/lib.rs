@@ -1,5 +1,7 @@
 //! Logs, metrics and health probes, the same for every role.
 
+pub mod heartbeat;
+
 use std::{
     sync::{
         Arc, OnceLock,

@@ -212,6 +212,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
                 config.api.client_requests_per_minute,
             )),
             publish_timeout: Duration::from_secs(5),
+            ops: xibaar_api::ops::spawn_collector(client.clone(), js.clone(), shutdown.clone()),
         };
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
@@ -248,6 +249,15 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             collect_lag(js, pool, shutdown).await;
+            Ok(())
+        });
+    }
+    {
+        let client = client.clone();
+        let role = roles.name();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            publish_heartbeats(client, role, shutdown).await;
             Ok(())
         });
     }
@@ -302,6 +312,39 @@ async fn collect_lag(js: jetstream::Context, pool: Option<PgPool>, shutdown: Can
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(LAG_INTERVAL) => {}
+        }
+    }
+}
+
+/// How often a process tells the ops page its figures.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Publishes this process's `xibaar_*` counters and gauges for the ops page, on core NATS.
+async fn publish_heartbeats(client: async_nats::Client, role: &str, shutdown: CancellationToken) {
+    use xibaar_telemetry::heartbeat::{Heartbeat, heartbeat_subject, samples};
+    let instance = format!(
+        "{role}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let subject = heartbeat_subject(&instance);
+    loop {
+        let heartbeat = Heartbeat {
+            instance: instance.clone(),
+            role: role.to_owned(),
+            at: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+            samples: samples(&["xibaar_"]),
+        };
+        match serde_json::to_vec(&heartbeat) {
+            Ok(payload) => {
+                if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+                    tracing::debug!(error = %e, "publishing the ops heartbeat failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "encoding the ops heartbeat failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
         }
     }
 }

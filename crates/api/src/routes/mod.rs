@@ -25,6 +25,9 @@ pub fn router() -> Router<AppState> {
             "/v1/me/preferences",
             get(preferences::show).put(preferences::change),
         )
+        .route("/ops", get(crate::ops::page))
+        .route("/v1/ops/snapshot", get(crate::ops::snapshot))
+        .route("/v1/ops/stream", get(crate::ops::stream))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
 }
 

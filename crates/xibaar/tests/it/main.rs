@@ -15,6 +15,7 @@ mod fcm_failures;
 mod idempotency;
 mod lag;
 mod ops;
+mod ops_page;
 mod projector_crash;
 mod rate_limits;
 mod scheduled;
