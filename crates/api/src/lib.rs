@@ -5,6 +5,7 @@
 pub mod auth;
 mod extract;
 pub mod limit;
+pub mod live;
 pub mod ops;
 pub mod problem;
 mod routes;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub publish_timeout: Duration,
     /// The ops page's latest figures ([`ops::spawn_collector`]).
     pub ops: ops::OpsView,
+    /// Wakes the customers' live inbox streams ([`live::InboxHub::spawn_listener`]).
+    pub inbox: Arc<live::InboxHub>,
 }
 
 /// The API's routes, ready to serve or to drive with `oneshot` in tests.

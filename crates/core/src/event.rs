@@ -202,6 +202,28 @@ pub struct DeviceTokenInvalidated {
     pub error_code: String,
 }
 
+/// The customer removed a device: it receives nothing more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceRemoved {
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+}
+
+/// The customer read one notification of their inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InboxItemRead {
+    pub customer_id: CustomerId,
+    pub notification_id: NotificationId,
+}
+
+/// The customer marked their whole inbox read: every item up to `up_to_position` (the newest
+/// they had been shown); items that arrive later stay unread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InboxAllRead {
+    pub customer_id: CustomerId,
+    pub up_to_position: i64,
+}
+
 /// A customer's choice of categories: only the categories named change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PreferencesChanged {
@@ -262,10 +284,13 @@ pub enum Event {
     PreferencesChanged(PreferencesChanged),
     TopicDelivery(TopicDelivery),
     NotificationCanceled(NotificationCanceled),
+    DeviceRemoved(DeviceRemoved),
+    InboxItemRead(InboxItemRead),
+    InboxAllRead(InboxAllRead),
 }
 
 /// `(type, current version)` of every event in the catalog.
-pub const CATALOG: [(&str, u32); 11] = [
+pub const CATALOG: [(&str, u32); 14] = [
     ("notification.accepted", 1),
     ("notification.fanned_out", 1),
     ("delivery.succeeded", 1),
@@ -277,6 +302,9 @@ pub const CATALOG: [(&str, u32); 11] = [
     ("preferences.changed", 1),
     ("delivery.topic", 1),
     ("notification.canceled", 1),
+    ("device.removed", 1),
+    ("inbox.item_read", 1),
+    ("inbox.all_read", 1),
 ];
 
 /// Namespace of deterministic event ids (UUIDv5).
@@ -304,6 +332,9 @@ impl Event {
             Event::PreferencesChanged(_) => 8,
             Event::TopicDelivery(_) => 9,
             Event::NotificationCanceled(_) => 10,
+            Event::DeviceRemoved(_) => 11,
+            Event::InboxItemRead(_) => 12,
+            Event::InboxAllRead(_) => 13,
         }
     }
 
@@ -323,6 +354,9 @@ impl Event {
             Event::PreferencesChanged(e) => e.customer_id.to_string(),
             Event::TopicDelivery(e) => e.notification_id.to_string(),
             Event::NotificationCanceled(e) => e.notification_id.to_string(),
+            Event::DeviceRemoved(e) => e.device_id.to_string(),
+            Event::InboxItemRead(e) => e.customer_id.to_string(),
+            Event::InboxAllRead(e) => e.customer_id.to_string(),
         }
     }
 
@@ -345,7 +379,11 @@ impl Event {
             }
             Event::TopicDelivery(e) => Some(e.notification_id.to_string()),
             Event::NotificationCanceled(e) => Some(e.notification_id.to_string()),
-            Event::DeviceRegistered(_) | Event::PreferencesChanged(_) => None,
+            Event::InboxItemRead(e) => Some(format!("{}/{}", e.customer_id, e.notification_id)),
+            Event::DeviceRegistered(_)
+            | Event::PreferencesChanged(_)
+            | Event::DeviceRemoved(_)
+            | Event::InboxAllRead(_) => None,
         }
     }
 
@@ -362,6 +400,9 @@ impl Event {
             Event::PreferencesChanged(d) => serde_json::value::to_raw_value(d),
             Event::TopicDelivery(d) => serde_json::value::to_raw_value(d),
             Event::NotificationCanceled(d) => serde_json::value::to_raw_value(d),
+            Event::DeviceRemoved(d) => serde_json::value::to_raw_value(d),
+            Event::InboxItemRead(d) => serde_json::value::to_raw_value(d),
+            Event::InboxAllRead(d) => serde_json::value::to_raw_value(d),
         }
     }
 }
@@ -527,6 +568,13 @@ impl EventEnvelope {
             "delivery.topic" => {
                 Event::TopicDelivery(serde_json::from_str(data).map_err(parse_err)?)
             }
+            "device.removed" => {
+                Event::DeviceRemoved(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "inbox.item_read" => {
+                Event::InboxItemRead(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "inbox.all_read" => Event::InboxAllRead(serde_json::from_str(data).map_err(parse_err)?),
             _ => Event::NotificationCanceled(serde_json::from_str(data).map_err(parse_err)?),
         };
         Ok(Decoded::Known(Box::new(EventEnvelope {

@@ -8,9 +8,10 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, js
 use crate::{
     command::Command,
     event::{
-        DeliveryExpired, DeliveryFailed, DeliverySucceeded, DeviceRegistered,
-        DeviceTokenInvalidated, NotificationAccepted, NotificationCanceled, NotificationFannedOut,
-        NotificationScheduled, PreferencesChanged, TopicDelivery, WireEnvelope,
+        DeliveryExpired, DeliveryFailed, DeliverySucceeded, DeviceRegistered, DeviceRemoved,
+        DeviceTokenInvalidated, InboxAllRead, InboxItemRead, NotificationAccepted,
+        NotificationCanceled, NotificationFannedOut, NotificationScheduled, PreferencesChanged,
+        TopicDelivery, WireEnvelope,
     },
     job::{DeliveryJob, TopicJob},
 };
@@ -45,7 +46,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
         ("jobs/topic_job.json".to_owned(), schema::<TopicJob>()),
     ];
-    let events: [(&str, Schema); 11] = [
+    let events: [(&str, Schema); 14] = [
         ("notification.accepted", schema::<NotificationAccepted>()),
         ("notification.fanned_out", schema::<NotificationFannedOut>()),
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
@@ -60,6 +61,9 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("preferences.changed", schema::<PreferencesChanged>()),
         ("delivery.topic", schema::<TopicDelivery>()),
         ("notification.canceled", schema::<NotificationCanceled>()),
+        ("device.removed", schema::<DeviceRemoved>()),
+        ("inbox.item_read", schema::<InboxItemRead>()),
+        ("inbox.all_read", schema::<InboxAllRead>()),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG

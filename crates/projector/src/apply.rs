@@ -2,16 +2,19 @@
 
 use sqlx::PgConnection;
 use xibaar_core::{
-    Actor, Audience, Category, Event, EventEnvelope, NotificationId, Priority,
+    Actor, Audience, Category, Content, Event, EventEnvelope, NotificationId, Priority,
     event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded, TopicOutcome},
 };
 
-/// Applies `envelope` to the read models through `tx`.
+/// Applies `envelope`, stored at `sequence`, to the read models through `tx`. Returns the
+/// customer whose inbox gained an item, for the live stream to wake.
 pub(crate) async fn apply(
     tx: &mut PgConnection,
     envelope: &EventEnvelope,
-) -> Result<(), sqlx::Error> {
+    sequence: i64,
+) -> Result<Option<String>, sqlx::Error> {
     let at = envelope.meta.occurred_at;
+    let mut inbox_of = None;
     match &envelope.event {
         Event::DeviceRegistered(e) => {
             sqlx::query(include_str!("../sql/device_registered.sql"))
@@ -39,7 +42,7 @@ pub(crate) async fn apply(
                 NotificationRow {
                     id: e.notification_id,
                     priority: e.priority,
-                    title: &e.content.title,
+                    content: &e.content,
                     audience: &e.audience,
                     requested_by: &envelope.meta.actor,
                     accepted_at: e.accepted_at,
@@ -56,7 +59,7 @@ pub(crate) async fn apply(
                 NotificationRow {
                     id: e.notification_id,
                     priority: e.priority,
-                    title: &e.content.title,
+                    content: &e.content,
                     audience: &e.audience,
                     requested_by: &envelope.meta.actor,
                     accepted_at: e.accepted_at,
@@ -95,6 +98,8 @@ pub(crate) async fn apply(
                 at,
             )
             .await?;
+            inbox_of =
+                inbox_item(tx, customer_id.as_str(), notification_id.0, sequence, at).await?;
         }
         Event::DeliveryExpired(e) => {
             outcome(
@@ -107,6 +112,14 @@ pub(crate) async fn apply(
                 None,
                 e.attempt,
                 None,
+                at,
+            )
+            .await?;
+            inbox_of = inbox_item(
+                tx,
+                e.customer_id.as_str(),
+                e.notification_id.0,
+                sequence,
                 at,
             )
             .await?;
@@ -133,6 +146,8 @@ pub(crate) async fn apply(
                 at,
             )
             .await?;
+            inbox_of =
+                inbox_item(tx, customer_id.as_str(), notification_id.0, sequence, at).await?;
         }
         Event::NotificationCanceled(e) => {
             notification_row(
@@ -141,7 +156,7 @@ pub(crate) async fn apply(
                 NotificationRow {
                     id: e.notification_id,
                     priority: e.priority,
-                    title: &e.content.title,
+                    content: &e.content,
                     audience: &e.audience,
                     requested_by: &e.requested_by,
                     accepted_at: e.accepted_at,
@@ -186,15 +201,57 @@ pub(crate) async fn apply(
             )
             .await?;
         }
+        Event::DeviceRemoved(e) => {
+            sqlx::query(include_str!("../sql/device_removed.sql"))
+                .bind(e.device_id.as_str())
+                .bind(e.customer_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Event::InboxItemRead(e) => {
+            sqlx::query(include_str!("../sql/inbox_item_read.sql"))
+                .bind(e.customer_id.as_str())
+                .bind(e.notification_id.0)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Event::InboxAllRead(e) => {
+            sqlx::query(include_str!("../sql/inbox_all_read.sql"))
+                .bind(e.customer_id.as_str())
+                .bind(e.up_to_position)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
     }
-    Ok(())
+    Ok(inbox_of)
+}
+
+/// Puts the notification in the customer's inbox unless it is there already; the customer
+/// when it is new.
+async fn inbox_item(
+    tx: &mut PgConnection,
+    customer_id: &str,
+    notification_id: uuid::Uuid,
+    sequence: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>, sqlx::Error> {
+    let inserted = sqlx::query(include_str!("../sql/inbox_received.sql"))
+        .bind(customer_id)
+        .bind(notification_id)
+        .bind(sequence)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    Ok((inserted.rows_affected() == 1).then(|| customer_id.to_owned()))
 }
 
 /// The columns a notification's row starts with, whichever event creates it.
 struct NotificationRow<'a> {
     id: NotificationId,
     priority: Priority,
-    title: &'a str,
+    content: &'a Content,
     audience: &'a Audience,
     requested_by: &'a Actor,
     accepted_at: chrono::DateTime<chrono::Utc>,
@@ -202,7 +259,8 @@ struct NotificationRow<'a> {
     category: Option<Category>,
 }
 
-/// Runs `sql` (an insert of the notifications row, `$1`…`$8` in [`NotificationRow`] order).
+/// Runs `sql` (an insert of the notifications row: id, priority, title, audience, requested by,
+/// accepted at, send at, category, body, data).
 async fn notification_row(
     tx: &mut PgConnection,
     sql: &'static str,
@@ -212,12 +270,14 @@ async fn notification_row(
     sqlx::query(sql)
         .bind(row.id.0)
         .bind(row.priority.as_str())
-        .bind(row.title)
+        .bind(&row.content.title)
         .bind(audience)
         .bind(row.requested_by.to_string())
         .bind(row.accepted_at)
         .bind(row.send_at)
         .bind(row.category.map(Category::as_str))
+        .bind(&row.content.body)
+        .bind(serde_json::to_value(&row.content.data).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -61,6 +61,29 @@ struct BatchOutcome {
     dead_lettered: u64,
 }
 
+/// The Postgres channel announcing new inbox items: a payload is customer ids, one per line.
+pub const INBOX_CHANNEL: &str = "xibaar_inbox";
+
+/// Customer ids joined by newlines in payloads under Postgres's 8,000-byte notification limit.
+fn notify_payloads(customers: &[String]) -> Vec<String> {
+    const MAX: usize = 7_900;
+    let mut payloads = Vec::new();
+    let mut current = String::new();
+    for customer in customers {
+        if !current.is_empty() && current.len() + customer.len() + 1 > MAX {
+            payloads.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(customer);
+    }
+    if !current.is_empty() {
+        payloads.push(current);
+    }
+    payloads
+}
+
 impl Projector {
     pub fn new(js: jetstream::Context, pool: PgPool, settings: ProjectorSettings) -> Self {
         Self { js, pool, settings }
@@ -172,6 +195,8 @@ impl Projector {
             .context("reading the checkpoint")?
             .unwrap_or(0);
         let mut last = checkpoint;
+        // Customers whose inbox gained items in this batch.
+        let mut woken: Vec<String> = Vec::new();
         for message in batch {
             let sequence = message
                 .info()
@@ -184,13 +209,16 @@ impl Projector {
             }
             match EventEnvelope::decode(&message.payload) {
                 Ok(Decoded::Known(envelope)) => {
-                    apply::apply(&mut tx, &envelope).await.with_context(|| {
-                        format!(
-                            "applying {} at sequence {sequence}",
-                            envelope.event.event_type()
-                        )
-                    })?;
+                    let inbox_of = apply::apply(&mut tx, &envelope, sequence)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "applying {} at sequence {sequence}",
+                                envelope.event.event_type()
+                            )
+                        })?;
                     outcome.applied += 1;
+                    woken.extend(inbox_of);
                     // A span per event only at debug level: a broadcast is millions of events.
                     let span = tracing::debug_span!("project", sequence);
                     if !span.is_disabled() {
@@ -237,8 +265,39 @@ impl Projector {
                 "the checkpoint moved under us (another projector is running); batch rolled back"
             );
         }
+        // Delivered by Postgres at commit, never for a batch rolled back: the api's live streams
+        // wake and read the new items from the table.
+        woken.sort_unstable();
+        woken.dedup();
+        for customers in notify_payloads(&woken) {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(INBOX_CHANNEL)
+                .bind(customers)
+                .execute(&mut *tx)
+                .await
+                .context("announcing new inbox items")?;
+        }
         tx.commit().await.context("committing the batch")?;
         metrics::gauge!("xibaar_projector_checkpoint_sequence").set(last as f64);
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notify_payloads;
+
+    #[test]
+    fn customer_lists_are_split_under_the_notification_limit_and_none_is_lost() {
+        let customers: Vec<String> = (0..3_000).map(|i| format!("customer-{i:06}")).collect();
+        let payloads = notify_payloads(&customers);
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() < 8_000));
+        let back: Vec<&str> = payloads.iter().flat_map(|p| p.split('\n')).collect();
+        assert_eq!(
+            back,
+            customers.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert!(notify_payloads(&[]).is_empty());
     }
 }

@@ -212,3 +212,97 @@ pub async fn preferences_of_customer(
     }
     Ok(choices)
 }
+
+/// One notification in a customer's inbox.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct InboxItem {
+    pub notification_id: uuid::Uuid,
+    /// Where the item sits in the inbox's order; the cursor and live stream id are made of it.
+    #[serde(skip)]
+    pub position: i64,
+    pub title: String,
+    pub body: String,
+    pub data: serde_json::Value,
+    pub category: Option<String>,
+    pub priority: String,
+    pub received_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` items below position `before` (from the newest when `None`), newest first.
+pub async fn inbox_page(
+    pool: &PgPool,
+    customer: &CustomerId,
+    before: Option<i64>,
+    unread_only: bool,
+    limit: i64,
+) -> Result<Vec<InboxItem>, StoreError> {
+    sqlx::query_as(include_str!("../sql/inbox_page.sql"))
+        .bind(customer.as_str())
+        .bind(before)
+        .bind(unread_only)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(query_err("listing the inbox"))
+}
+
+/// Up to `limit` items above position `after`, oldest first.
+pub async fn inbox_after(
+    pool: &PgPool,
+    customer: &CustomerId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<InboxItem>, StoreError> {
+    sqlx::query_as(include_str!("../sql/inbox_after.sql"))
+        .bind(customer.as_str())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(query_err("reading new inbox items"))
+}
+
+/// Unread items, and the newest item's position (0 for an empty inbox).
+pub async fn inbox_summary(pool: &PgPool, customer: &CustomerId) -> Result<(i64, i64), StoreError> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE read_at IS NULL), coalesce(max(position), 0)::BIGINT \
+         FROM inbox WHERE customer_id = $1",
+    )
+    .bind(customer.as_str())
+    .fetch_one(pool)
+    .await
+    .map_err(query_err("counting unread items"))
+}
+
+/// Whether the notification is in the customer's inbox.
+pub async fn inbox_holds(
+    pool: &PgPool,
+    customer: &CustomerId,
+    notification: NotificationId,
+) -> Result<bool, StoreError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE customer_id = $1 AND notification_id = $2)",
+    )
+    .bind(customer.as_str())
+    .bind(notification.0)
+    .fetch_one(pool)
+    .await
+    .map_err(query_err("looking up an inbox item"))
+}
+
+/// Whether the customer owns the device (any status).
+pub async fn device_owned_by(
+    pool: &PgPool,
+    customer: &CustomerId,
+    device: &str,
+) -> Result<bool, StoreError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE customer_id = $1 AND device_id = $2)",
+    )
+    .bind(customer.as_str())
+    .bind(device)
+    .fetch_one(pool)
+    .await
+    .map_err(query_err("looking up a device"))
+}

@@ -213,7 +213,12 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             )),
             publish_timeout: Duration::from_secs(5),
             ops: xibaar_api::ops::spawn_collector(client.clone(), js.clone(), shutdown.clone()),
+            inbox: Default::default(),
         };
+        state
+            .inbox
+            .clone()
+            .spawn_listener(pool.clone(), shutdown.clone());
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("binding api.listen {}", config.api.listen))?;

@@ -1,9 +1,13 @@
 //! `POST /v1/devices` (register or refresh my device's token) and `GET /v1/devices` (mine).
 
+use axum::extract::Path;
 use axum::{Json, extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use xibaar_core::{DeviceId, Event, EventEnvelope, FcmToken, Platform, event::DeviceRegistered};
+use xibaar_core::{
+    DeviceId, Event, EventEnvelope, FcmToken, Platform,
+    event::{DeviceRegistered, DeviceRemoved},
+};
 
 use crate::{
     AppState,
@@ -64,4 +68,37 @@ pub async fn list(
         .await
         .map_err(read_failed)?;
     Ok(Json(json!({ "devices": devices })))
+}
+
+/// `DELETE /v1/devices/{id}`: the device receives nothing more. Another customer's device is
+/// not found (404).
+#[tracing::instrument(skip_all, fields(caller = %caller.subject))]
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let customer_id = caller.customer()?;
+    let not_found = || ApiError::NotFound("no such device of yours".into());
+    let device_id = DeviceId::parse(id).map_err(|_| not_found())?;
+    let owned = xibaar_store::device_owned_by(&state.pool, &customer_id, device_id.as_str())
+        .await
+        .map_err(read_failed)?;
+    if !owned {
+        return Err(not_found());
+    }
+    let envelope = EventEnvelope::new(
+        Event::DeviceRemoved(DeviceRemoved {
+            device_id: device_id.clone(),
+            customer_id,
+        }),
+        device_id.to_string(),
+        None,
+        caller.actor(),
+    );
+    store_event(&state, &envelope, "removal").await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "device_id": device_id, "status": "removed" })),
+    ))
 }

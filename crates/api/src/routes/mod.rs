@@ -1,10 +1,11 @@
 mod devices;
+mod inbox;
 mod notifications;
 mod preferences;
 
 use axum::{
     Router,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 
 use crate::{AppState, problem::ApiError};
@@ -21,6 +22,12 @@ pub fn router() -> Router<AppState> {
             get(notifications::timeline),
         )
         .route("/v1/devices", post(devices::register).get(devices::list))
+        .route("/v1/devices/{id}", delete(devices::remove))
+        .route("/v1/me/inbox", get(inbox::list))
+        .route("/v1/me/inbox/unread-count", get(inbox::unread_count))
+        .route("/v1/me/inbox/read-all", post(inbox::mark_all_read))
+        .route("/v1/me/inbox/{id}/read", post(inbox::mark_read))
+        .route("/v1/me/stream", get(inbox::stream))
         .route(
             "/v1/me/preferences",
             get(preferences::show).put(preferences::change),

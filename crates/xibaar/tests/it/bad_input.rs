@@ -114,6 +114,7 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
                 p.config.api.client_requests_per_minute,
             )),
             ops: xibaar_api::ops::idle_view(),
+            inbox: Default::default(),
             publish_timeout: std::time::Duration::from_secs(5),
         },
         p.config.api.max_body_bytes,

@@ -13,6 +13,7 @@ mod end_to_end;
 mod fanout;
 mod fcm_failures;
 mod idempotency;
+mod inbox;
 mod lag;
 mod ops;
 mod ops_page;

@@ -26,6 +26,7 @@ async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
                 NonZeroU32::new(1000).unwrap(),
             )),
             ops: xibaar_api::ops::idle_view(),
+            inbox: Default::default(),
             publish_timeout: Duration::from_secs(5),
         },
         p.config.api.max_body_bytes,

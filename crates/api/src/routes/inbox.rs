@@ -1,0 +1,242 @@
+//! The customer's inbox: `GET /v1/me/inbox` (newest first, cursor pagination, unread filter),
+//! `POST /v1/me/inbox/{id}/read`, `POST /v1/me/inbox/read-all`, and the live stream
+//! `GET /v1/me/stream`. Every item is looked up under the caller's customer id, so another
+//! customer's notification is simply not found (404, never 403).
+
+use std::{collections::VecDeque, convert::Infallible};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::sse::{Event as SseEvent, KeepAlive, Sse},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use xibaar_core::{
+    CustomerId, Event, EventEnvelope, NotificationId,
+    event::{InboxAllRead, InboxItemRead},
+};
+use xibaar_store::InboxItem;
+
+use crate::{
+    AppState,
+    auth::Caller,
+    extract::ApiQuery,
+    live::Subscription,
+    problem::ApiError,
+    routes::{read_failed, store_event},
+};
+
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    unread: Option<bool>,
+}
+
+/// Opaque to clients: the position of the last item of the previous page.
+fn encode_cursor(position: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("inbox:{position}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|s| s.strip_prefix("inbox:")?.parse::<i64>().ok())
+        .filter(|p| *p >= 0)
+        .ok_or_else(|| {
+            ApiError::validation(
+                "cursor",
+                "is not a cursor this api returned; start without one",
+            )
+        })
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let customer = caller.customer()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let unread_only = query.unread.unwrap_or(false);
+    // One more than asked tells whether another page follows.
+    let (mut items, (unread, _)) = tokio::try_join!(
+        xibaar_store::inbox_page(&state.pool, &customer, before, unread_only, limit + 1),
+        xibaar_store::inbox_summary(&state.pool, &customer),
+    )
+    .map_err(read_failed)?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| items.last().map(|i| encode_cursor(i.position)))
+        .flatten();
+    Ok(Json(json!({
+        "items": items,
+        "next_cursor": next_cursor,
+        "unread_count": unread,
+    })))
+}
+
+pub async fn unread_count(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let customer = caller.customer()?;
+    let (unread, _) = xibaar_store::inbox_summary(&state.pool, &customer)
+        .await
+        .map_err(read_failed)?;
+    Ok(Json(json!({ "unread_count": unread })))
+}
+
+fn not_in_inbox() -> ApiError {
+    ApiError::NotFound("no such notification in your inbox".into())
+}
+
+pub async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let customer = caller.customer()?;
+    let notification_id = id
+        .parse::<uuid::Uuid>()
+        .map(NotificationId)
+        .map_err(|_| not_in_inbox())?;
+    let held = xibaar_store::inbox_holds(&state.pool, &customer, notification_id)
+        .await
+        .map_err(read_failed)?;
+    if !held {
+        return Err(not_in_inbox());
+    }
+    let envelope = EventEnvelope::new(
+        Event::InboxItemRead(InboxItemRead {
+            customer_id: customer.clone(),
+            notification_id,
+        }),
+        customer.to_string(),
+        None,
+        caller.actor(),
+    );
+    store_event(&state, &envelope, "read mark").await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "notification_id": notification_id, "status": "read" })),
+    ))
+}
+
+pub async fn mark_all_read(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let customer = caller.customer()?;
+    let (unread, newest) = xibaar_store::inbox_summary(&state.pool, &customer)
+        .await
+        .map_err(read_failed)?;
+    if unread > 0 {
+        let envelope = EventEnvelope::new(
+            Event::InboxAllRead(InboxAllRead {
+                customer_id: customer.clone(),
+                up_to_position: newest,
+            }),
+            customer.to_string(),
+            None,
+            caller.actor(),
+        );
+        store_event(&state, &envelope, "read mark").await?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "marked_read": unread }))))
+}
+
+/// What the live stream keeps between items.
+struct Live {
+    state: AppState,
+    customer: CustomerId,
+    last: i64,
+    ready: VecDeque<InboxItem>,
+    subscription: Subscription,
+}
+
+/// `GET /v1/me/stream`: every new inbox item as an `event: inbox_item` whose `id` resumes the
+/// stream (`Last-Event-ID`) exactly after it. Without `Last-Event-ID` it starts at the newest
+/// item the customer has now.
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let customer = caller.customer()?;
+    // Registered before the first read, so an item committed in between still wakes us.
+    let subscription = state.inbox.subscribe(customer.as_str());
+    let last = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|p| *p >= 0)
+            .ok_or_else(|| {
+                ApiError::validation("Last-Event-ID", "must be an id this stream sent")
+            })?,
+        None => {
+            xibaar_store::inbox_summary(&state.pool, &customer)
+                .await
+                .map_err(read_failed)?
+                .1
+        }
+    };
+    let live = Live {
+        state,
+        customer,
+        last,
+        ready: VecDeque::new(),
+        subscription,
+    };
+    let events = futures::stream::unfold(live, |mut live| async move {
+        loop {
+            if let Some(item) = live.ready.pop_front() {
+                live.last = item.position;
+                let event = SseEvent::default()
+                    .event("inbox_item")
+                    .id(item.position.to_string())
+                    .json_data(&item)
+                    .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()));
+                return Some((Ok(event), live));
+            }
+            // Marked before reading: a wake-up during the read is not lost.
+            live.subscription.changes.borrow_and_update();
+            match xibaar_store::inbox_after(&live.state.pool, &live.customer, live.last, 100).await
+            {
+                Ok(items) if !items.is_empty() => live.ready.extend(items),
+                Ok(_) => {
+                    if live.subscription.changes.changed().await.is_err() {
+                        return None; // the api is stopping
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading new inbox items failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

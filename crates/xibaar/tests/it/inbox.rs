@@ -1,0 +1,334 @@
+//! The customer's inbox, its isolation, pagination under concurrent inserts, read marks, device
+//! removal, and the live stream with `Last-Event-ID` resumption.
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::Value;
+use xibaar_testkit::eventually;
+
+use crate::support::{Pipeline, notification};
+
+async fn get(p: &Pipeline, customer: &str, path: &str) -> (u16, Value) {
+    let r = p
+        .http
+        .get(format!("{}{path}", p.api))
+        .bearer_auth(p.token(customer, &[]))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(p: &Pipeline, customer: &str, path: &str) -> u16 {
+    p.http
+        .post(format!("{}{path}", p.api))
+        .bearer_auth(p.token(customer, &[]))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Sends `n` notifications to `customer` and returns their ids, in sending order.
+async fn send_to(p: &Pipeline, customer: &str, n: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = p
+            .send(
+                &notification("normal", &[customer], &format!("{tag} {i}")),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        ids.push(body["notification_id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+async fn wait_inbox(p: &Pipeline, customer: &str, n: usize) {
+    let seen = eventually(Duration::from_secs(30), || async {
+        let (_, page) = get(p, customer, "/v1/me/inbox?limit=100").await;
+        (page["items"].as_array()?.len() >= n).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "{customer}'s inbox never held {n} items");
+}
+
+async fn unread(p: &Pipeline, customer: &str) -> i64 {
+    get(p, customer, "/v1/me/inbox/unread-count").await.1["unread_count"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_customer_sees_only_their_inbox_and_marks_only_their_items() {
+    let p = Pipeline::start().await;
+    p.register_device("alice", "alice-phone", "tok-alice").await;
+    p.register_device("bob", "bob-phone", "tok-bob").await;
+    p.wait_for_devices(2).await;
+    let alice = send_to(&p, "alice", 3, "For Alice").await;
+    let bob = send_to(&p, "bob", 1, "For Bob").await;
+    wait_inbox(&p, "alice", 3).await;
+    wait_inbox(&p, "bob", 1).await;
+
+    let (status, page) = get(&p, "alice", "/v1/me/inbox").await;
+    assert_eq!(status, 200);
+    let items = page["items"].as_array().unwrap();
+    let titles: HashSet<&str> = items.iter().map(|i| i["title"].as_str().unwrap()).collect();
+    assert_eq!(
+        titles,
+        HashSet::from(["For Alice 0", "For Alice 1", "For Alice 2"])
+    );
+    let received: Vec<&str> = items
+        .iter()
+        .map(|i| i["received_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        received.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {received:?}"
+    );
+    assert_eq!(page["items"][0]["body"], "Planned maintenance tonight");
+    assert_eq!(page["items"][0]["data"]["kind"], "outage");
+    assert_eq!(page["items"][0]["read_at"], Value::Null);
+    assert_eq!(page["unread_count"], 3);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    // Bob's item does not exist for Alice: 404, as for an id nobody has.
+    assert_eq!(
+        post(&p, "alice", &format!("/v1/me/inbox/{}/read", bob[0])).await,
+        404
+    );
+    assert_eq!(
+        post(
+            &p,
+            "alice",
+            "/v1/me/inbox/00000000-0000-0000-0000-000000000000/read"
+        )
+        .await,
+        404
+    );
+    assert_eq!(post(&p, "alice", "/v1/me/inbox/not-an-id/read").await, 404);
+    let r = p
+        .http
+        .delete(format!("{}/v1/devices/bob-phone", p.api))
+        .bearer_auth(p.token("alice", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+
+    // Alice reads one, then all; Bob's stays unread.
+    assert_eq!(
+        post(&p, "alice", &format!("/v1/me/inbox/{}/read", alice[1])).await,
+        202
+    );
+    let one_read = eventually(Duration::from_secs(10), || async {
+        (unread(&p, "alice").await == 2).then_some(())
+    })
+    .await;
+    assert!(one_read.is_some());
+    let (_, unread_page) = get(&p, "alice", "/v1/me/inbox?unread=true").await;
+    let unread_ids: HashSet<&str> = unread_page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["notification_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        unread_ids,
+        HashSet::from([alice[0].as_str(), alice[2].as_str()])
+    );
+    assert_eq!(post(&p, "alice", "/v1/me/inbox/read-all").await, 202);
+    let all_read = eventually(Duration::from_secs(10), || async {
+        (unread(&p, "alice").await == 0).then_some(())
+    })
+    .await;
+    assert!(all_read.is_some());
+    assert_eq!(unread(&p, "bob").await, 1);
+    // What arrives after "read all" is unread.
+    send_to(&p, "alice", 1, "Later").await;
+    wait_inbox(&p, "alice", 4).await;
+    assert_eq!(unread(&p, "alice").await, 1);
+
+    // Bad parameters are problems, not 500s.
+    for query in [
+        "limit=0",
+        "limit=101",
+        "cursor=bogus",
+        "unread=perhaps",
+        "colour=red",
+    ] {
+        let (status, problem) = get(&p, "alice", &format!("/v1/me/inbox?{query}")).await;
+        assert_eq!(status, 422, "{query}: {problem}");
+    }
+
+    // Bob removes his phone: it is gone from his list and receives nothing more.
+    let r = p
+        .http
+        .delete(format!("{}/v1/devices/bob-phone", p.api))
+        .bearer_auth(p.token("bob", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    p.wait_for_devices(1).await;
+    let (_, devices) = get(&p, "bob", "/v1/devices").await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 0);
+    let r = p
+        .send(&notification("high", &["bob"], "After removal"), None)
+        .await;
+    let id: Value = r.json().await.unwrap();
+    let status = p
+        .wait_completed(
+            id["notification_id"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(status["targeted"], 0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_hold_every_item_exactly_once_while_new_items_arrive() {
+    let p = Pipeline::start().await;
+    p.register_device("carol", "carol-phone", "tok-carol").await;
+    p.wait_for_devices(1).await;
+    let first = send_to(&p, "carol", 25, "Bill").await;
+    wait_inbox(&p, "carol", 25).await;
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/me/inbox?limit=4&cursor={c}"),
+            None => "/v1/me/inbox?limit=4".to_owned(),
+        };
+        let (status, page) = get(&p, "carol", &path).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["notification_id"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        if pages == 2 {
+            // New items arrive (and are projected) while Carol pages through.
+            send_to(&p, "carol", 6, "Outage").await;
+            wait_inbox(&p, "carol", 31).await;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an item came twice: {seen:?}");
+    // Items that arrived meanwhile sort above the cursor: they are on a fresh first page, not
+    // repeated or interleaved here.
+    let expected: HashSet<&String> = first.iter().collect();
+    assert_eq!(unique, expected, "every earlier item exactly once");
+    assert_eq!(pages, 7);
+    let (_, fresh) = get(&p, "carol", "/v1/me/inbox?limit=6").await;
+    let newest: HashSet<&str> = fresh["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert!(newest.iter().all(|t| t.starts_with("Outage")), "{newest:?}");
+}
+
+/// Reads `n` events of an SSE response: `(id, notification title)`.
+async fn read_events(mut response: reqwest::Response, n: usize) -> Vec<(String, String)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while events.len() < n {
+            let chunk = response.chunk().await.unwrap().expect("the stream ended");
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                if field("event:").as_deref() == Some("inbox_item") {
+                    let item: Value = serde_json::from_str(&field("data:").unwrap()).unwrap();
+                    events.push((
+                        field("id:").unwrap(),
+                        item["title"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "only {} of {n} events arrived: {events:?}",
+        events.len()
+    );
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_pushes_new_items_and_resumes_after_the_last_event_id() {
+    let p = Pipeline::start().await;
+    p.register_device("dave", "dave-phone", "tok-dave").await;
+    p.register_device("erin", "erin-phone", "tok-erin").await;
+    p.wait_for_devices(2).await;
+    send_to(&p, "dave", 1, "Before the stream").await;
+    wait_inbox(&p, "dave", 1).await;
+
+    let open = |last_event_id: Option<String>| {
+        let mut request = p
+            .http
+            .get(format!("{}/v1/me/stream", p.api))
+            .bearer_auth(p.token("dave", &[]));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        request.send()
+    };
+    let live = open(None).await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(
+        live.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // Only what arrives from now on, and only Dave's.
+    send_to(&p, "erin", 1, "For Erin").await;
+    send_to(&p, "dave", 1, "Live").await;
+    let first = read_events(live, 1).await;
+    assert_eq!(first[0].1, "Live 0");
+
+    // Disconnected, two more arrive; resuming from the last id delivers exactly those.
+    send_to(&p, "dave", 2, "Missed").await;
+    wait_inbox(&p, "dave", 4).await;
+    let resumed = open(Some(first[0].0.clone())).await.unwrap();
+    let missed = read_events(resumed, 2).await;
+    let titles: Vec<&str> = missed.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(titles, ["Missed 0", "Missed 1"]);
+    assert!(missed[0].0.parse::<i64>().unwrap() > first[0].0.parse::<i64>().unwrap());
+
+    let bad = open(Some("yesterday".into())).await.unwrap();
+    assert_eq!(bad.status(), 422);
+    let anonymous = p
+        .http
+        .get(format!("{}/v1/me/stream", p.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
