@@ -192,6 +192,12 @@ pub struct DeviceRegistered {
     pub token: FcmToken,
     pub platform: Platform,
     pub app_id: String,
+    /// The app's version, as the app reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+    /// The device's language tag (BCP 47), e.g. `fr-SN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -601,6 +607,8 @@ mod tests {
             token: FcmToken::parse("tok").unwrap(),
             platform: Platform::Android,
             app_id: "app".into(),
+            app_version: Some("4.2.0".into()),
+            locale: None,
         })
     }
 

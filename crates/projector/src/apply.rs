@@ -24,6 +24,8 @@ pub(crate) async fn apply(
                 .bind(e.platform.as_str())
                 .bind(&e.app_id)
                 .bind(at)
+                .bind(e.app_version.as_deref())
+                .bind(e.locale.as_deref())
                 .execute(&mut *tx)
                 .await?;
         }

@@ -139,6 +139,8 @@ pub struct DeviceView {
     pub customer_id: String,
     pub platform: String,
     pub app_id: String,
+    pub app_version: Option<String>,
+    pub locale: Option<String>,
     pub status: String,
     pub registered_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -24,6 +24,23 @@ pub struct RegisterDevice {
     pub token: FcmToken,
     pub platform: Platform,
     pub app_id: String,
+    #[serde(default)]
+    pub app_version: Option<String>,
+    #[serde(default)]
+    pub locale: Option<String>,
+}
+
+/// A BCP 47 language tag in its common shape: a 2–3 letter language, then subtags of 1–8
+/// letters or digits (`fr`, `fr-SN`, `wo-Latn-SN`). Full BCP 47 validation (registries of
+/// subtags) would refuse tags newer than the registry a library carries; the shape is enough
+/// for choosing a translation.
+fn valid_locale(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let language = parts.next().unwrap_or_default();
+    (2..=3).contains(&language.len())
+        && language.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && tag.len() <= 35
 }
 
 #[tracing::instrument(skip_all, fields(caller = %caller.subject))]
@@ -39,6 +56,22 @@ pub async fn register(
             "must be 1 to 200 characters",
         ));
     }
+    if let Some(version) = &request.app_version
+        && (version.is_empty() || version.len() > 50 || version.chars().any(char::is_control))
+    {
+        return Err(ApiError::validation(
+            "app_version",
+            "must be 1 to 50 printable characters",
+        ));
+    }
+    if let Some(locale) = &request.locale
+        && !valid_locale(locale)
+    {
+        return Err(ApiError::validation(
+            "locale",
+            "must be a language tag such as `fr` or `fr-SN`",
+        ));
+    }
     let device_id = request.device_id.clone();
     let envelope = EventEnvelope::new(
         Event::DeviceRegistered(DeviceRegistered {
@@ -47,6 +80,8 @@ pub async fn register(
             token: request.token,
             platform: request.platform,
             app_id: request.app_id,
+            app_version: request.app_version,
+            locale: request.locale,
         }),
         device_id.to_string(),
         None,
@@ -101,4 +136,26 @@ pub async fn remove(
         StatusCode::ACCEPTED,
         Json(json!({ "device_id": device_id, "status": "removed" })),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn locales_in_the_common_shape_pass_and_others_do_not() {
+        for ok in ["fr", "fr-SN", "wo-Latn-SN", "en-US", "zh-Hant-TW", "ful"] {
+            assert!(super::valid_locale(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "f",
+            "french-SN",
+            "fr_SN",
+            "fr-",
+            "fr--SN",
+            "12-SN",
+            "fr-SN-abcdefghi",
+        ] {
+            assert!(!super::valid_locale(bad), "{bad}");
+        }
+    }
 }

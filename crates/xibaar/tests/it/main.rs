@@ -7,6 +7,7 @@ mod bad_input;
 mod cancel;
 mod cli;
 mod deploy_files;
+mod devices;
 mod dispatcher_crash;
 mod dlq;
 mod end_to_end;

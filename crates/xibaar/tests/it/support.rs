@@ -247,6 +247,8 @@ filter = "warn"
                     token: FcmToken::parse(format!("tok-{i:06}")).unwrap(),
                     platform: Platform::Android,
                     app_id: APP_ID.into(),
+                    app_version: None,
+                    locale: None,
                 }),
                 format!("seed-{i}"),
                 None,
