@@ -23,6 +23,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use xibaar_benches::{percentile, scale, xibaar_binary};
 use chrono::Utc;
 use xibaar_core::{
     Actor, Audience, Command as XCommand, Content, CustomerId, DeliveryOptions, NotificationId,
@@ -33,14 +34,6 @@ use xibaar_testkit::{NatsServer, Postgres};
 
 const APP_ID: &str = "1:1234567890:android:xibaar";
 const CONCURRENCY: usize = 256;
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("XIBAAR_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64) * factor).max(1000.0) as usize
-}
 
 struct Rig {
     _nats: NatsServer,
@@ -180,14 +173,6 @@ filter = "warn"
     }
 }
 
-fn xibaar_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("xibaar")))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("target/release/xibaar"))
-}
-
 /// Peak resident set of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -320,14 +305,6 @@ async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<
         anyhow::bail!("bare client send failed: {e}");
     }
     Ok(n as f64 / elapsed.as_secs_f64())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 #[tokio::main]

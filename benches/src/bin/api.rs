@@ -1,0 +1,305 @@
+//! The api under load, run as its own release process like in production: accepted sends per
+//! second with their latency, against a bare async-nats publisher storing the same payloads in
+//! the same command stream in the same run; and inbox reads per second, against the same query
+//! run straight on a connection pool. Both sides keep the same number of requests in flight.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use xibaar_benches::{percentile, scale, xibaar_binary};
+use xibaar_core::CustomerId;
+use xibaar_testkit::{NatsServer, Postgres};
+
+const IN_FLIGHT: usize = 64;
+const SECRET: &str = "benchmark-secret-0123456789abcdef0123";
+const INBOX_CUSTOMERS: usize = 1_000;
+const INBOX_ITEMS: usize = 40;
+
+struct Figures {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs `n` operations, `IN_FLIGHT` at a time; each returns whether it succeeded.
+async fn drive<F, Fut>(n: usize, op: F) -> anyhow::Result<Figures>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let (op, next) = (op.clone(), next.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(latencies);
+                }
+                let t = Instant::now();
+                op(i).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(n);
+    while let Some(done) = workers.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_by(f64::total_cmp);
+    Ok(Figures {
+        per_second: n as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+    })
+}
+
+fn body(i: usize) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "priority": "normal",
+            "audience": { "kind": "customers", "customer_ids": [format!("customer-{i:07}")] },
+            "content": {
+                "title": "Your bill is ready",
+                "body": format!("Your November bill of {} XOF is due on 5 December.", 10_000 + i),
+                "data": { "kind": "bill" },
+            },
+        }))
+        .expect("a body serialises"),
+    )
+}
+
+struct Api(Child);
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn show(name: &str, f: &Figures, unit: &str) {
+    println!(
+        "  {name:<34} {:>9.0} {unit}/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
+        f.per_second, f.p50_ms, f.p99_ms
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sends = scale(60_000);
+    let reads = scale(40_000);
+    println!(
+        "api benchmark ({} cores, {IN_FLIGHT} requests in flight, the api as its own release process)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let (nats, pg) = tokio::join!(NatsServer::start(), Postgres::start());
+    let (nats, pg) = (nats?, pg?);
+    let database = pg.create_database("xibaar").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&database)
+        .await?;
+    xibaar_store::migrate(&pool).await?;
+    let client = async_nats::connect(nats.url()).await?;
+    let js = xibaar::startup::jetstream(client);
+    xibaar_streams::apply(&js, &xibaar_streams::Definitions::builtin()).await?;
+
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("xibaar.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let ops = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[nats]
+url = "{nats}"
+[postgres]
+url = "{database}"
+max_connections = 10
+[api]
+listen = "127.0.0.1:{port}"
+customer_requests_per_minute = 1000000000
+client_requests_per_minute = 1000000000
+[ops]
+listen = "127.0.0.1:{ops}"
+[auth]
+hs256_secret = "{SECRET}"
+[log]
+format = "text"
+filter = "warn"
+"#,
+            nats = nats.url(),
+        ),
+    )?;
+    let _api = Api(Command::new(xibaar_binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("api")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?);
+    let api = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("http://127.0.0.1:{ops}/health/startup"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the api did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mint = |sub: &str, scopes: &[&str]| {
+        xibaar_api::mint(
+            SECRET.as_bytes(),
+            "xibaar",
+            "xibaar-api",
+            sub,
+            scopes,
+            Duration::from_secs(3600),
+        )
+    };
+    let back_office = Arc::new(mint("benchmark", &["notifications:send"])?);
+
+    let bodies: Arc<Vec<Bytes>> = Arc::new((0..sends).map(body).collect());
+    println!(
+        "  {sends} sends of {} bytes each; {reads} inbox reads of 20 items",
+        bodies[0].len()
+    );
+
+    // Warm-up: connections, JIT-free but caches and pools.
+    let post = {
+        let (http, api, bodies, auth) = (http.clone(), api.clone(), bodies.clone(), back_office);
+        move |i: usize| {
+            let request = http
+                .post(format!("{api}/v1/notifications"))
+                .bearer_auth(auth.as_str())
+                .header("content-type", "application/json")
+                .body(bodies[i % bodies.len()].clone())
+                .send();
+            async move {
+                let r = request.await?;
+                anyhow::ensure!(r.status() == 202, "answered {}", r.status());
+                Ok(())
+            }
+        }
+    };
+    drive(2_000, post.clone()).await?;
+
+    let bare = {
+        let (js, bodies) = (js.clone(), bodies.clone());
+        move |i: usize| {
+            let (js, payload) = (js.clone(), bodies[i].clone());
+            async move {
+                let id = uuid::Uuid::new_v4().to_string();
+                js.publish_with_headers(
+                    format!("xibaar.cmd.normal.{id}"),
+                    xibaar_streams::headers(&id, "send_notification"),
+                    payload,
+                )
+                .await?
+                .await?;
+                Ok(())
+            }
+        }
+    };
+    let baseline = drive(sends, bare).await?;
+    let accepted = drive(sends, post).await?;
+    show("bare async-nats publish + ack", &baseline, "msgs");
+    show("POST /v1/notifications (202)", &accepted, "sends");
+    println!(
+        "  ratio {:.2} of the bare publisher; target >= 20,000 sends/s with p99 <= 20 ms: {}",
+        accepted.per_second / baseline.per_second,
+        if accepted.per_second >= 20_000.0 && accepted.p99_ms <= 20.0 {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+
+    // Inbox: 1,000 customers with 40 items each, as the projector leaves them.
+    sqlx::query(
+        "INSERT INTO notifications (notification_id, priority, title, body, data, audience, requested_by, status, accepted_at)
+         SELECT md5(n::text)::uuid, 'normal', 'Your bill is ready', 'Bill ' || n, '{\"kind\":\"bill\"}',
+                '{\"kind\":\"everyone\"}', 'client:benchmark', 'completed', now()
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(INBOX_ITEMS as i64)
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO inbox (customer_id, notification_id, position, received_at, read_at)
+         SELECT 'customer-' || c, md5(n::text)::uuid, n * 10000 + c, now(),
+                CASE WHEN n % 3 = 0 THEN now() END
+         FROM generate_series(1, $1) AS c, generate_series(1, $2) AS n",
+    )
+    .bind(INBOX_CUSTOMERS as i64)
+    .bind(INBOX_ITEMS as i64)
+    .execute(&pool)
+    .await?;
+    sqlx::query("ANALYZE inbox").execute(&pool).await?;
+    sqlx::query("ANALYZE notifications").execute(&pool).await?;
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (1..=INBOX_CUSTOMERS)
+            .map(|c| mint(&format!("customer-{c}"), &[]))
+            .collect::<Result<_, _>>()?,
+    );
+    let direct = {
+        let pool = pool.clone();
+        move |i: usize| {
+            let pool = pool.clone();
+            async move {
+                let customer = CustomerId::parse(format!("customer-{}", i % INBOX_CUSTOMERS + 1))?;
+                let (items, _) = tokio::try_join!(
+                    xibaar_store::inbox_page(&pool, &customer, None, false, 21),
+                    xibaar_store::inbox_summary(&pool, &customer),
+                )?;
+                anyhow::ensure!(items.len() == 21, "{} items", items.len());
+                Ok(())
+            }
+        }
+    };
+    let get = {
+        let (http, api, tokens) = (http.clone(), api.clone(), tokens.clone());
+        move |i: usize| {
+            let request = http
+                .get(format!("{api}/v1/me/inbox?limit=20"))
+                .bearer_auth(&tokens[i % tokens.len()])
+                .send();
+            async move {
+                let r = request.await?;
+                anyhow::ensure!(r.status() == 200, "answered {}", r.status());
+                let page: serde_json::Value = r.json().await?;
+                anyhow::ensure!(page["items"].as_array().map_or(0, Vec::len) == 20);
+                Ok(())
+            }
+        }
+    };
+    drive(1_000, get.clone()).await?;
+    let query = drive(reads, direct).await?;
+    let inbox = drive(reads, get).await?;
+    show("the same queries on a pool of 10", &query, "pages");
+    show("GET /v1/me/inbox?limit=20", &inbox, "reads");
+    println!(
+        "  ratio {:.2} of the direct queries",
+        inbox.per_second / query.per_second
+    );
+    Ok(())
+}
