@@ -23,8 +23,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use xibaar_benches::{percentile, scale, xibaar_binary};
 use chrono::Utc;
+use xibaar_benches::{percentile, scale, xibaar_binary};
 use xibaar_core::{
     Actor, Audience, Command as XCommand, Content, CustomerId, DeliveryOptions, NotificationId,
     Priority, SendNotification,
