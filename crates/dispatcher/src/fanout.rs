@@ -230,6 +230,9 @@ impl FanOut {
             tracing::info!(%after, published = resumed.published, "resuming a fan-out");
         }
         let mut targeted = resumed.published;
+        // Every job of the fan-out is in its trace: read the span's traceparent once, not per
+        // device.
+        let traceparent = xibaar_streams::trace::current_traceparent();
         let mut after = resumed.after;
         let mut last_progress = tokio::time::Instant::now();
         loop {
@@ -256,7 +259,11 @@ impl FanOut {
                 };
                 let payload = serde_json::to_vec(&job)
                     .map_err(|e| FanOutError::Poison(format!("encoding a delivery job: {e}")))?;
-                let headers = xibaar_streams::headers(&job.msg_id(), DEVICE_JOB_TYPE);
+                let headers = xibaar_streams::traced_headers(
+                    &job.msg_id(),
+                    DEVICE_JOB_TYPE,
+                    traceparent.as_deref(),
+                );
                 pipeline
                     .publish(job.subject(), headers, Bytes::from(payload))
                     .await

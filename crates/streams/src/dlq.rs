@@ -23,15 +23,20 @@ pub async fn dead_letter(
         .info()
         .map(|i| (i.stream.to_owned(), i.stream_sequence))
         .unwrap_or_default();
-    let mut headers = crate::headers(&format!("dlq:{stream}:{sequence}"), "dead_letter");
     // The dead letter stays in the trace of the message it holds.
-    if let Some(tp) = message
+    let traceparent = match message
         .headers
         .as_ref()
         .and_then(|h| h.get(crate::trace::TRACEPARENT))
     {
-        headers.insert(crate::trace::TRACEPARENT, tp.clone());
-    }
+        Some(tp) => Some(tp.as_str().to_owned()),
+        None => crate::trace::current_traceparent(),
+    };
+    let mut headers = crate::traced_headers(
+        &format!("dlq:{stream}:{sequence}"),
+        "dead_letter",
+        traceparent.as_deref(),
+    );
     headers.insert(REASON, reason);
     headers.insert(ORIGINAL_SUBJECT, message.subject.as_str());
     headers.insert(ORIGINAL_STREAM, stream.as_str());

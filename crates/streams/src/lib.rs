@@ -14,7 +14,9 @@ pub mod trace;
 pub use apply::{ApplyError, Change, apply};
 pub use connect::{ConnectError, connect};
 pub use definitions::{ConsumerDef, DefinitionError, Definitions, StreamDef};
-pub use publish::{Pipeline, PipelineSummary, event_headers, headers, publish_event};
+pub use publish::{
+    Pipeline, PipelineSummary, event_headers, headers, publish_event, traced_headers,
+};
 
 /// Durable consumer names, as declared in `streams/consumers/`.
 pub mod consumers {

@@ -18,11 +18,17 @@ use futures::{StreamExt, stream::FuturesUnordered};
 /// Headers every Xibaar message carries: its id, its type, and the `traceparent` of the
 /// current span, so the message's handler continues the same trace.
 pub fn headers(msg_id: &str, kind: &str) -> HeaderMap {
+    traced_headers(msg_id, kind, crate::trace::current_traceparent().as_deref())
+}
+
+/// [`headers`] in the trace `traceparent` names: for many messages written in one span (read
+/// the span's traceparent once), or a message that stays in the trace of another.
+pub fn traced_headers(msg_id: &str, kind: &str, traceparent: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     headers.insert("Xibaar-Type", kind);
-    if let Some(tp) = crate::trace::current_traceparent() {
-        headers.insert(crate::trace::TRACEPARENT, tp.as_str());
+    if let Some(tp) = traceparent {
+        headers.insert(crate::trace::TRACEPARENT, tp);
     }
     headers
 }

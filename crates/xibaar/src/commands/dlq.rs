@@ -265,11 +265,12 @@ async fn retry(
         message.sequence,
         message.time.unix_timestamp_nanos()
     );
-    let mut headers = xibaar_streams::headers(&msg_id, &kind);
     // The retry continues the trace of the notification it belongs to.
-    if let Some(tp) = message.headers.get(xibaar_streams::trace::TRACEPARENT) {
-        headers.insert(xibaar_streams::trace::TRACEPARENT, tp.clone());
-    }
+    let traceparent = message
+        .headers
+        .get(xibaar_streams::trace::TRACEPARENT)
+        .map(|tp| tp.as_str());
+    let mut headers = xibaar_streams::traced_headers(&msg_id, &kind, traceparent);
     headers.insert(
         "Xibaar-Retried-From",
         format!("{}:{}", names::DLQ, message.sequence).as_str(),
