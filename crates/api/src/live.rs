@@ -14,10 +14,6 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// The projector's channel (`xibaar_projector::INBOX_CHANNEL`, repeated to keep the api free of
-/// the projector crate).
-pub const INBOX_CHANNEL: &str = "xibaar_inbox";
-
 /// Customers with a live stream open, each with a counter bumped on every wake-up.
 #[derive(Default)]
 pub struct InboxHub {
@@ -76,12 +72,7 @@ impl InboxHub {
         }
     }
 
-    /// Streams open now; their customers.
-    pub fn watching(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Listens on [`INBOX_CHANNEL`] until `shutdown`, then ends every open stream.
+    /// Listens on [`xibaar_store::INBOX_CHANNEL`] until `shutdown`, then ends every open stream.
     pub fn spawn_listener(self: Arc<Self>, pool: PgPool, shutdown: CancellationToken) {
         tokio::spawn(async move {
             loop {
@@ -109,7 +100,7 @@ impl InboxHub {
                 return;
             }
         };
-        if let Err(e) = listener.listen(INBOX_CHANNEL).await {
+        if let Err(e) = listener.listen(xibaar_store::INBOX_CHANNEL).await {
             tracing::debug!(error = %e, "cannot listen for inbox items; retrying");
             return;
         }

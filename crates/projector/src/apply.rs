@@ -87,42 +87,38 @@ pub(crate) async fn apply(
             fcm_message_id,
             ..
         }) => {
-            outcome(
+            inbox_of = outcome(
                 tx,
-                notification_id.0,
-                device_id.as_str(),
-                Some(customer_id.as_str()),
-                "succeeded",
-                None,
-                None,
-                *attempt,
-                Some(fcm_message_id),
+                Outcome {
+                    notification_id: notification_id.0,
+                    device_id: device_id.as_str(),
+                    customer_id: Some(customer_id.as_str()),
+                    result: "succeeded",
+                    reason: None,
+                    error_code: None,
+                    attempt: *attempt,
+                    fcm_message_id: Some(fcm_message_id),
+                },
                 at,
+                sequence,
             )
             .await?;
-            inbox_of =
-                inbox_item(tx, customer_id.as_str(), notification_id.0, sequence, at).await?;
         }
         Event::DeliveryExpired(e) => {
-            outcome(
+            inbox_of = outcome(
                 tx,
-                e.notification_id.0,
-                e.device_id.as_str(),
-                Some(e.customer_id.as_str()),
-                "expired",
-                None,
-                None,
-                e.attempt,
-                None,
+                Outcome {
+                    notification_id: e.notification_id.0,
+                    device_id: e.device_id.as_str(),
+                    customer_id: Some(e.customer_id.as_str()),
+                    result: "expired",
+                    reason: None,
+                    error_code: None,
+                    attempt: e.attempt,
+                    fcm_message_id: None,
+                },
                 at,
-            )
-            .await?;
-            inbox_of = inbox_item(
-                tx,
-                e.customer_id.as_str(),
-                e.notification_id.0,
                 sequence,
-                at,
             )
             .await?;
         }
@@ -135,21 +131,22 @@ pub(crate) async fn apply(
             error_code,
             ..
         }) => {
-            outcome(
+            inbox_of = outcome(
                 tx,
-                notification_id.0,
-                device_id.as_str(),
-                Some(customer_id.as_str()),
-                "failed",
-                Some(*reason),
-                error_code.as_deref(),
-                *attempt,
-                None,
+                Outcome {
+                    notification_id: notification_id.0,
+                    device_id: device_id.as_str(),
+                    customer_id: Some(customer_id.as_str()),
+                    result: "failed",
+                    reason: Some(*reason),
+                    error_code: error_code.as_deref(),
+                    attempt: *attempt,
+                    fcm_message_id: None,
+                },
                 at,
+                sequence,
             )
             .await?;
-            inbox_of =
-                inbox_item(tx, customer_id.as_str(), notification_id.0, sequence, at).await?;
         }
         Event::NotificationCanceled(e) => {
             notification_row(
@@ -191,15 +188,18 @@ pub(crate) async fn apply(
             };
             outcome(
                 tx,
-                e.notification_id.0,
-                TOPIC_DEVICE,
-                None,
-                result,
-                reason,
-                error_code,
-                e.attempt,
-                fcm_message_id,
+                Outcome {
+                    notification_id: e.notification_id.0,
+                    device_id: TOPIC_DEVICE,
+                    customer_id: None,
+                    result,
+                    reason,
+                    error_code,
+                    attempt: e.attempt,
+                    fcm_message_id,
+                },
                 at,
+                sequence,
             )
             .await?;
         }
@@ -228,25 +228,6 @@ pub(crate) async fn apply(
         }
     }
     Ok(inbox_of)
-}
-
-/// Puts the notification in the customer's inbox unless it is there already; the customer
-/// when it is new.
-async fn inbox_item(
-    tx: &mut PgConnection,
-    customer_id: &str,
-    notification_id: uuid::Uuid,
-    sequence: i64,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<Option<String>, sqlx::Error> {
-    let inserted = sqlx::query(include_str!("../sql/inbox_received.sql"))
-        .bind(customer_id)
-        .bind(notification_id)
-        .bind(sequence)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-    Ok((inserted.rows_affected() == 1).then(|| customer_id.to_owned()))
 }
 
 /// The columns a notification's row starts with, whichever event creates it.
@@ -288,30 +269,49 @@ async fn notification_row(
 /// The device id of a topic or condition notification's single delivery row.
 const TOPIC_DEVICE: &str = "~topic";
 
-#[allow(clippy::too_many_arguments)]
+/// One final outcome of a notification on one device (or its topic).
+struct Outcome<'a> {
+    notification_id: uuid::Uuid,
+    device_id: &'a str,
+    /// The device's owner; topic outcomes have none (FCM knows the recipients).
+    customer_id: Option<&'a str>,
+    result: &'a str,
+    reason: Option<DeliveryFailure>,
+    error_code: Option<&'a str>,
+    attempt: u32,
+    fcm_message_id: Option<&'a str>,
+}
+
+/// Records the outcome and, for a customer's device, puts the notification in their inbox
+/// unless it is there already (at `sequence`, the event's place in the log). Returns the
+/// customer whose inbox gained the item.
 async fn outcome(
     tx: &mut PgConnection,
-    notification_id: uuid::Uuid,
-    device_id: &str,
-    customer_id: Option<&str>,
-    outcome: &str,
-    reason: Option<DeliveryFailure>,
-    error_code: Option<&str>,
-    attempt: u32,
-    fcm_message_id: Option<&str>,
+    o: Outcome<'_>,
     at: chrono::DateTime<chrono::Utc>,
-) -> Result<(), sqlx::Error> {
+    sequence: i64,
+) -> Result<Option<String>, sqlx::Error> {
     sqlx::query(include_str!("../sql/delivery_outcome.sql"))
-        .bind(notification_id)
-        .bind(device_id)
-        .bind(customer_id)
-        .bind(outcome)
-        .bind(reason.map(DeliveryFailure::as_str))
-        .bind(error_code)
-        .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-        .bind(fcm_message_id)
+        .bind(o.notification_id)
+        .bind(o.device_id)
+        .bind(o.customer_id)
+        .bind(o.result)
+        .bind(o.reason.map(DeliveryFailure::as_str))
+        .bind(o.error_code)
+        .bind(i32::try_from(o.attempt).unwrap_or(i32::MAX))
+        .bind(o.fcm_message_id)
         .bind(at)
         .execute(&mut *tx)
         .await?;
-    Ok(())
+    let Some(customer_id) = o.customer_id else {
+        return Ok(None);
+    };
+    let inserted = sqlx::query(include_str!("../sql/inbox_received.sql"))
+        .bind(customer_id)
+        .bind(o.notification_id)
+        .bind(sequence)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    Ok((inserted.rows_affected() == 1).then(|| customer_id.to_owned()))
 }

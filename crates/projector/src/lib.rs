@@ -61,9 +61,6 @@ struct BatchOutcome {
     dead_lettered: u64,
 }
 
-/// The Postgres channel announcing new inbox items: a payload is customer ids, one per line.
-pub const INBOX_CHANNEL: &str = "xibaar_inbox";
-
 /// Customer ids joined by newlines in payloads under Postgres's 8,000-byte notification limit.
 fn notify_payloads(customers: &[String]) -> Vec<String> {
     const MAX: usize = 7_900;
@@ -271,7 +268,7 @@ impl Projector {
         woken.dedup();
         for customers in notify_payloads(&woken) {
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(INBOX_CHANNEL)
+                .bind(xibaar_store::INBOX_CHANNEL)
                 .bind(customers)
                 .execute(&mut *tx)
                 .await

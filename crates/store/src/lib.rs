@@ -215,6 +215,10 @@ pub async fn preferences_of_customer(
     Ok(choices)
 }
 
+/// The Postgres channel on which the projector announces new inbox items, in the transaction
+/// that adds them: a payload is customer ids, one per line.
+pub const INBOX_CHANNEL: &str = "xibaar_inbox";
+
 /// One notification in a customer's inbox.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct InboxItem {
