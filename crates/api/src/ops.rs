@@ -119,7 +119,6 @@ pub fn idle_view() -> OpsView {
 }
 
 struct Reporting {
-    role: String,
     seen: Instant,
     previous: Option<Heartbeat>,
     latest: Heartbeat,
@@ -182,7 +181,6 @@ fn receive(reporting: &mut HashMap<String, Reporting>, beat: Heartbeat) {
             reporting.insert(
                 beat.instance.clone(),
                 Reporting {
-                    role: beat.role.clone(),
                     seen: Instant::now(),
                     previous: None,
                     latest: beat,
@@ -231,7 +229,7 @@ fn from_heartbeats(reporting: &HashMap<String, Reporting>) -> OpsSnapshot {
     for (instance, r) in reporting {
         snapshot.processes.push(Process {
             instance: instance.clone(),
-            role: r.role.clone(),
+            role: r.latest.role.clone(),
             seconds_since_heartbeat: r.seen.elapsed().as_secs_f64(),
         });
         rates(
