@@ -5,7 +5,7 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{
-    DeviceId, Event, EventEnvelope, FcmToken, Platform,
+    DeviceId, Event, FcmToken, Platform,
     event::{DeviceRegistered, DeviceRemoved},
 };
 
@@ -14,7 +14,7 @@ use crate::{
     auth::Caller,
     extract::ApiJson,
     problem::ApiError,
-    routes::{read_failed, store_event},
+    routes::{read_failed, record_for_caller},
 };
 
 #[derive(Debug, Deserialize)]
@@ -73,7 +73,9 @@ pub async fn register(
         ));
     }
     let device_id = request.device_id.clone();
-    let envelope = EventEnvelope::new(
+    record_for_caller(
+        &state,
+        &caller,
         Event::DeviceRegistered(DeviceRegistered {
             device_id: request.device_id,
             customer_id,
@@ -83,11 +85,9 @@ pub async fn register(
             app_version: request.app_version,
             locale: request.locale,
         }),
-        device_id.to_string(),
-        None,
-        caller.actor(),
-    );
-    store_event(&state, &envelope, "registration").await?;
+        "registration",
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "device_id": device_id, "status": "registered" })),
@@ -122,16 +122,16 @@ pub async fn remove(
     if !owned {
         return Err(not_found());
     }
-    let envelope = EventEnvelope::new(
+    record_for_caller(
+        &state,
+        &caller,
         Event::DeviceRemoved(DeviceRemoved {
             device_id: device_id.clone(),
             customer_id,
         }),
-        device_id.to_string(),
-        None,
-        caller.actor(),
-    );
-    store_event(&state, &envelope, "removal").await?;
+        "removal",
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "device_id": device_id, "status": "removed" })),

@@ -16,7 +16,7 @@ use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use xibaar_core::{
-    CustomerId, Event, EventEnvelope, NotificationId,
+    CustomerId, Event, NotificationId,
     event::{InboxAllRead, InboxItemRead},
 };
 use xibaar_store::InboxItem;
@@ -27,7 +27,7 @@ use crate::{
     extract::ApiQuery,
     live::Subscription,
     problem::ApiError,
-    routes::{read_failed, store_event},
+    routes::{read_failed, record_for_caller},
 };
 
 const DEFAULT_PAGE: i64 = 20;
@@ -128,16 +128,16 @@ pub async fn mark_read(
     if !held {
         return Err(not_in_inbox());
     }
-    let envelope = EventEnvelope::new(
+    record_for_caller(
+        &state,
+        &caller,
         Event::InboxItemRead(InboxItemRead {
-            customer_id: customer.clone(),
+            customer_id: customer,
             notification_id,
         }),
-        customer.to_string(),
-        None,
-        caller.actor(),
-    );
-    store_event(&state, &envelope, "read mark").await?;
+        "read mark",
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "notification_id": notification_id, "status": "read" })),
@@ -153,16 +153,16 @@ pub async fn mark_all_read(
         .await
         .map_err(read_failed)?;
     if unread > 0 {
-        let envelope = EventEnvelope::new(
+        record_for_caller(
+            &state,
+            &caller,
             Event::InboxAllRead(InboxAllRead {
-                customer_id: customer.clone(),
+                customer_id: customer,
                 up_to_position: newest,
             }),
-            customer.to_string(),
-            None,
-            caller.actor(),
-        );
-        store_event(&state, &envelope, "read mark").await?;
+            "read mark",
+        )
+        .await?;
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "marked_read": unread }))))
 }

@@ -57,6 +57,19 @@ async fn store_event(
     Ok(())
 }
 
+/// Stores a fact the caller states about what is theirs (a device, their inbox, their
+/// choices), correlated by the id of what it is about.
+async fn record_for_caller(
+    state: &crate::AppState,
+    caller: &crate::auth::Caller,
+    event: xibaar_core::Event,
+    what: &str,
+) -> Result<(), ApiError> {
+    let correlation = event.aggregate_id();
+    let envelope = xibaar_core::EventEnvelope::new(event, correlation, None, caller.actor());
+    store_event(state, &envelope, what).await
+}
+
 /// Read models live in Postgres; when it is away, reads fail with 503 (writes do not need it).
 fn read_failed(e: xibaar_store::StoreError) -> ApiError {
     tracing::warn!(error = %e, "read model unavailable");

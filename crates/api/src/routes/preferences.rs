@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use axum::{Json, extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use xibaar_core::{Category, Event, EventEnvelope, event::PreferencesChanged};
+use xibaar_core::{Category, Event, event::PreferencesChanged};
 
 use crate::{
     AppState,
     auth::Caller,
     extract::ApiJson,
     problem::ApiError,
-    routes::{read_failed, store_event},
+    routes::{read_failed, record_for_caller},
 };
 
 #[derive(Debug, Deserialize)]
@@ -46,16 +46,16 @@ pub async fn change(
             "must name at least one category",
         ));
     }
-    let envelope = EventEnvelope::new(
+    record_for_caller(
+        &state,
+        &caller,
         Event::PreferencesChanged(PreferencesChanged {
             customer_id: customer_id.clone(),
             categories: request.categories.clone(),
         }),
-        customer_id.to_string(),
-        None,
-        caller.actor(),
-    );
-    store_event(&state, &envelope, "preferences").await?;
+        "preferences",
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "changed": request.categories })),
