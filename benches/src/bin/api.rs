@@ -4,7 +4,7 @@
 //! run straight on a connection pool. Both sides keep the same number of requests in flight.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -15,7 +15,7 @@ use std::{
 use bytes::Bytes;
 use xibaar_benches::{percentile, scale, xibaar_binary};
 use xibaar_core::CustomerId;
-use xibaar_testkit::{NatsServer, Postgres};
+use xibaar_testkit::{KillOnDrop, NatsServer, Postgres};
 
 const IN_FLIGHT: usize = 64;
 const SECRET: &str = "benchmark-secret-0123456789abcdef0123";
@@ -81,15 +81,6 @@ fn body(i: usize) -> Bytes {
     )
 }
 
-struct Api(Child);
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn show(name: &str, f: &Figures, unit: &str) {
     println!(
         "  {name:<34} {:>9.0} {unit}/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
@@ -149,13 +140,15 @@ filter = "warn"
             nats = nats.url(),
         ),
     )?;
-    let _api = Api(Command::new(xibaar_binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("api")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?);
+    let _api = KillOnDrop(
+        Command::new(xibaar_binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("api")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
     let api = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(IN_FLIGHT)

@@ -40,6 +40,17 @@ pub fn kill_now(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A child process killed and reaped when this is dropped, so a failed assertion leaves no
+/// process behind.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_now(&mut self.0);
+    }
+}
+
 /// SIGTERM (or SIGINT) and wait up to `grace`, then SIGKILL.
 pub fn stop_gracefully(child: &mut Child, signal: i32, grace: std::time::Duration) {
     #[allow(unsafe_code)]

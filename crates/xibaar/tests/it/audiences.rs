@@ -33,12 +33,7 @@ async fn preferences(p: &Pipeline, customer: &str) -> Value {
 /// Sends `body`, waits for completion, returns the status and the tokens FCM got for `title`.
 async fn deliver(p: &Pipeline, mut body: Value, title: &str) -> (Value, Vec<String>) {
     body["content"] = json!({ "title": title, "body": "…" });
-    let r = p.send(&body, None).await;
-    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-    let id = r.json::<Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = p.accept(&body).await;
     let status = p.wait_completed(&id, Duration::from_secs(30)).await;
     let mut tokens: Vec<String> = p
         .standin

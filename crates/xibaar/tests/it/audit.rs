@@ -32,17 +32,13 @@ async fn the_timeline_from_the_log_matches_what_fcm_received() {
     p.standin
         .add_rule(ErrorRule::for_token("tok-c", ScriptedError::Unregistered));
     let before = chrono::Utc::now();
-    let r = p
-        .send(
-            &notification("high", &["c1", "c2", "c3"], "Outage in Medina"),
-            None,
-        )
+    let id = p
+        .accept(&notification(
+            "high",
+            &["c1", "c2", "c3"],
+            "Outage in Medina",
+        ))
         .await;
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     p.wait_completed(&id, Duration::from_secs(30)).await;
 
     let (ok, out) = p.cli(&["audit", "notification", &id, "--json"]);

@@ -8,15 +8,6 @@ use xibaar_testkit::eventually;
 
 use crate::support::{Pipeline, notification};
 
-async fn send(p: &Pipeline, body: &Value) -> String {
-    let r = p.send(body, None).await;
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn cancel(p: &Pipeline, id: &str, token: &str) -> (u16, Value) {
     let r = p
         .http
@@ -45,9 +36,11 @@ async fn canceled_notifications_send_nothing_and_late_cancels_are_refused() {
     later["send_at"] = (chrono::Utc::now() + chrono::Duration::seconds(120))
         .to_rfc3339()
         .into();
-    let scheduled = send(&p, &later).await;
-    let queued = send(&p, &notification("low", &["c1"], "Tariff change")).await;
-    let kept = send(&p, &notification("high", &["c1"], "Bill ready")).await;
+    let scheduled = p.accept(&later).await;
+    let queued = p
+        .accept(&notification("low", &["c1"], "Tariff change"))
+        .await;
+    let kept = p.accept(&notification("high", &["c1"], "Bill ready")).await;
 
     for id in [&scheduled, &queued] {
         let (status, body) = cancel(&p, id, &office).await;

@@ -65,16 +65,8 @@ async fn a_token_registered_by_another_customer_moves_to_them_with_its_details()
 
     // A notification to the old owner reaches nobody; one to the new owner reaches the phone.
     for (customer, expected) in [("old-owner", 0), ("new-owner", 1)] {
-        let r = p
-            .send(&notification("high", &[customer], customer), None)
-            .await;
-        let id: Value = r.json().await.unwrap();
-        let status = p
-            .wait_completed(
-                id["notification_id"].as_str().unwrap(),
-                Duration::from_secs(30),
-            )
-            .await;
+        let id = p.accept(&notification("high", &[customer], customer)).await;
+        let status = p.wait_completed(&id, Duration::from_secs(30)).await;
         assert_eq!(status["targeted"], expected, "{customer}: {status}");
     }
     let tokens: Vec<String> = p

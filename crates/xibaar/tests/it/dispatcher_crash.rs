@@ -49,12 +49,7 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
         "audience": { "kind": "everyone" },
         "content": { "title": "Tariff change", "body": "New tariffs from 1 January" },
     });
-    let response = p.send(&body, None).await;
-    assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = p.accept(&body).await;
 
     let standin = &p.standin;
     eventually(Duration::from_secs(30), || async {

@@ -35,14 +35,9 @@ async fn dead_letters_are_listed_shown_retried_with_fresh_attempts_and_dropped()
         "tok-odd",
         ScriptedError::InvalidArgument,
     ));
-    let r = p
-        .send(&notification("high", &["c1", "c2"], "Meter check"), None)
+    let id = p
+        .accept(&notification("high", &["c1", "c2"], "Meter check"))
         .await;
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let status = p.wait_completed(&id, Duration::from_secs(30)).await;
     assert_eq!(status["failed"], 2);
 

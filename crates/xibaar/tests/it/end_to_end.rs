@@ -20,12 +20,7 @@ async fn a_thousand_notifications_over_four_priorities_reach_fcm_exactly_once() 
         .map(|i| {
             let body = notification(priorities[i % 4], &[&customers[i % 10]], &format!("n{i}"));
             let p = &p;
-            async move {
-                let r = p.send(&body, None).await;
-                assert_eq!(r.status(), 202);
-                let v: serde_json::Value = r.json().await.unwrap();
-                v["notification_id"].as_str().unwrap().to_owned()
-            }
+            async move { p.accept(&body).await }
         })
         .buffered(100)
         .collect()
@@ -107,11 +102,7 @@ async fn a_dead_token_is_invalidated_and_counted_not_retried() {
         "dead-token",
         xibaar_fcm_standin::ScriptedError::Unregistered,
     ));
-    let r = p.send(&notification("high", &["c1"], "bill"), None).await;
-    let id = r.json::<serde_json::Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = p.accept(&notification("high", &["c1"], "bill")).await;
     let status = p.wait_completed(&id, Duration::from_secs(30)).await;
     assert_eq!(
         (
@@ -162,11 +153,7 @@ async fn a_push_past_its_ttl_is_dropped_and_collapse_keys_reach_fcm() {
     );
     let mut body = notification("normal", &["c1"], "Outage ended");
     body["ttl_seconds"] = 2.into();
-    let r = p.send(&body, None).await;
-    let id = r.json::<serde_json::Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = p.accept(&body).await;
     let status = p.wait_completed(&id, Duration::from_secs(30)).await;
     assert_eq!(
         (status["sent"].as_i64(), status["expired"].as_i64()),

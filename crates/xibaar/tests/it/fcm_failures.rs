@@ -10,12 +10,7 @@ use xibaar_testkit::eventually;
 use crate::support::{Pipeline, notification};
 
 async fn send(p: &Pipeline, customers: &[&str]) -> String {
-    let r = p.send(&notification("high", customers, "Bill"), None).await;
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    p.accept(&notification("high", customers, "Bill")).await
 }
 
 async fn attempts(p: &Pipeline, id: &str, device: &str) -> (String, i32) {

@@ -35,15 +35,10 @@ async fn post(p: &Pipeline, customer: &str, path: &str) -> u16 {
 async fn send_to(p: &Pipeline, customer: &str, n: usize, tag: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let r = p
-            .send(
-                &notification("normal", &[customer], &format!("{tag} {i}")),
-                None,
-            )
-            .await;
-        assert_eq!(r.status(), 202);
-        let body: Value = r.json().await.unwrap();
-        ids.push(body["notification_id"].as_str().unwrap().to_owned());
+        ids.push(
+            p.accept(&notification("normal", &[customer], &format!("{tag} {i}")))
+                .await,
+        );
     }
     ids
 }
@@ -181,16 +176,10 @@ async fn each_customer_sees_only_their_inbox_and_marks_only_their_items() {
     p.wait_for_devices(1).await;
     let (_, devices) = get(&p, "bob", "/v1/devices").await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 0);
-    let r = p
-        .send(&notification("high", &["bob"], "After removal"), None)
+    let id = p
+        .accept(&notification("high", &["bob"], "After removal"))
         .await;
-    let id: Value = r.json().await.unwrap();
-    let status = p
-        .wait_completed(
-            id["notification_id"].as_str().unwrap(),
-            Duration::from_secs(30),
-        )
-        .await;
+    let status = p.wait_completed(&id, Duration::from_secs(30)).await;
     assert_eq!(status["targeted"], 0, "{status}");
 }
 

@@ -3,7 +3,7 @@
 //! they move while broadcasts run. The screenshot is saved under `target/tmp/ops-page.png`.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,21 +13,12 @@ use std::{
 
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
-use xibaar_testkit::eventually;
+use xibaar_testkit::{KillOnDrop, eventually};
 
 use crate::support::Pipeline;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn number(text: &str) -> Option<f64> {
     text.replace([',', '%', ' '], "").parse().ok()
@@ -57,7 +48,7 @@ async fn the_ops_page_shows_live_figures_that_move_while_broadcasts_run() {
         .local_addr()
         .unwrap()
         .port();
-    let _driver = Driver(
+    let _driver = KillOnDrop(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

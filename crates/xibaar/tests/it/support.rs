@@ -310,6 +310,18 @@ filter = "warn"
         request.send().await.unwrap()
     }
 
+    /// Sends `body` as the back office, expects 202, and returns the notification's id.
+    pub async fn accept(&self, body: &Value) -> String {
+        let r = self.send(body, None).await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 202, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["notification_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn status(&self, id: &str) -> Option<Value> {
         let response = self
             .http

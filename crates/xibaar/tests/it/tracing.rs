@@ -3,28 +3,15 @@
 //! notification carries the trace id the caller started.
 
 use std::{
-    process::Child,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
 use xibaar::Roles;
-use xibaar_testkit::eventually;
+use xibaar_testkit::{KillOnDrop, eventually};
 
 use crate::support::{Pipeline, notification};
-
-/// Stops the child processes even when an assertion fails.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Collects the bodies of OTLP/HTTP trace exports.
 async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Bytes>>>) {
@@ -82,11 +69,14 @@ async fn one_notification_is_one_trace_across_api_dispatcher_fcm_call_events_and
         ("XIBAAR_LOG__OTLP_TRACES_ENDPOINT", otlp.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
     ];
-    let mut processes = Processes(Vec::new());
-    for role in ["api", "dispatcher", "projector"] {
-        let log = std::fs::File::create(logs.path().join(format!("{role}.log"))).unwrap();
-        processes.0.push(p.spawn_role(role, &env, log));
-    }
+    // Stopped even when an assertion fails.
+    let _processes: Vec<KillOnDrop> = ["api", "dispatcher", "projector"]
+        .into_iter()
+        .map(|role| {
+            let log = std::fs::File::create(logs.path().join(format!("{role}.log"))).unwrap();
+            KillOnDrop(p.spawn_role(role, &env, log))
+        })
+        .collect();
     let up = eventually(Duration::from_secs(30), || async {
         let r = p.http.get(format!("{}/v1/me/preferences", p.api)).send();
         r.await.ok().map(|_| ())
