@@ -6,6 +6,7 @@ pub mod auth;
 mod extract;
 pub mod limit;
 pub mod live;
+pub mod openapi;
 pub mod ops;
 pub mod problem;
 mod routes;

@@ -37,7 +37,7 @@ pub const INTERVAL: Duration = Duration::from_secs(2);
 /// A process silent this long is no longer shown.
 const SILENT_AFTER: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct OpsSnapshot {
     pub at: Option<DateTime<Utc>>,
     /// Processes whose heartbeat arrived within the last 10 s.
@@ -55,14 +55,14 @@ pub struct OpsSnapshot {
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Process {
     pub instance: String,
     pub role: String,
     pub seconds_since_heartbeat: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PriorityLag {
     pub priority: Priority,
     pub commands_pending: u64,
@@ -71,7 +71,7 @@ pub struct PriorityLag {
     pub seconds_behind: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StreamFigures {
     pub name: String,
     pub messages: u64,
@@ -79,7 +79,7 @@ pub struct StreamFigures {
     pub last_sequence: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Throughput {
     pub accepted_per_second: f64,
     pub pushes_per_second: f64,
@@ -91,7 +91,7 @@ pub struct Throughput {
     pub pushes_total: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct FcmFigures {
     /// FCM's answers per second by error class (`OK`, `UNAVAILABLE`, `QUOTA_EXCEEDED`, …).
     pub responses_per_second: BTreeMap<String, f64>,
@@ -103,7 +103,7 @@ pub struct FcmFigures {
     pub circuits: Vec<Circuit>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Circuit {
     pub project: String,
     /// `closed`, `half_open` or `open`.
@@ -354,7 +354,10 @@ async fn jetstream_figures(
     }
 }
 
-/// `GET /v1/ops/snapshot`: the latest figures (scope `ops:read`).
+/// The latest operational figures.
+#[utoipa::path(get, path = "/v1/ops/snapshot", tag = "ops",
+    responses((status = 200, description = "Throughput, FCM answers, lag, DLQ depth and processes, refreshed every 2 s", body = OpsSnapshot)),
+    security(("bearer" = ["ops:read"])))]
 pub async fn snapshot(
     State(state): State<AppState>,
     caller: Caller,
@@ -363,7 +366,10 @@ pub async fn snapshot(
     Ok(Json(state.ops.borrow().clone()))
 }
 
-/// `GET /v1/ops/stream`: every new snapshot as an `event: snapshot` (scope `ops:read`).
+/// Every new snapshot as Server-Sent Events (`event: snapshot`, data: an `OpsSnapshot`).
+#[utoipa::path(get, path = "/v1/ops/stream", tag = "ops",
+    responses((status = 200, description = "An endless stream of `snapshot` events", content_type = "text/event-stream", body = String)),
+    security(("bearer" = ["ops:read"])))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -378,8 +384,12 @@ pub async fn stream(
     Ok(Sse::new(updates).keep_alive(KeepAlive::default()))
 }
 
-/// `GET /ops`: the page. It holds no figures itself; its script reads them from
+/// The ops page.
+///
+/// It holds no figures itself; its script reads them from
 /// `/v1/ops/stream` with the operator's token, so the page can be public.
+#[utoipa::path(get, path = "/ops", tag = "ops",
+    responses((status = 200, description = "The ops page (HTML); it asks for a token with `ops:read`", content_type = "text/html", body = String)))]
 pub async fn page() -> impl IntoResponse {
     (
         [

@@ -35,15 +35,19 @@ pub enum ApiError {
     Unexpected(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem (`application/problem+json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:xibaar:problem:<slug>`, one per kind of problem.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
+    #[schema(example = "urn:xibaar:problem:validation")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// For 422: every field that broke a rule, named by its JSON path.
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldViolation]>,
+    pub errors: Option<Vec<FieldViolation>>,
 }
 
 impl ApiError {
@@ -110,12 +114,12 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let errors = match &self {
-            ApiError::Validation(v) => Some(v.as_slice()),
+            ApiError::Validation(v) => Some(v.clone()),
             _ => None,
         };
         let body = Problem {
             kind: format!("urn:xibaar:problem:{slug}"),
-            title,
+            title: title.to_owned(),
             status: status.as_u16(),
             detail,
             errors,

@@ -40,6 +40,15 @@ fn subject_token(kind: &'static str, value: String) -> Result<String, InvalidId>
     }
 }
 
+/// The OpenAPI schema of a subject-safe id (the same rule as its JSON Schema).
+fn subject_token_schema(kind: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(TOKEN_PATTERN))
+        .description(Some(kind))
+        .into()
+}
+
 /// Declares a string identifier that is valid by construction.
 macro_rules! subject_safe_id {
     ($(#[$meta:meta])* $name:ident, $kind:literal) => {
@@ -85,6 +94,14 @@ macro_rules! subject_safe_id {
                 json_schema!({ "type": "string", "pattern": TOKEN_PATTERN, "description": $kind })
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                subject_token_schema($kind)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -152,6 +169,20 @@ impl From<FcmToken> for String {
     }
 }
 
+impl utoipa::PartialSchema for FcmToken {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(4096))
+            .pattern(Some("^[!-~]+$"))
+            .description(Some("An FCM registration token"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FcmToken {}
+
 impl JsonSchema for FcmToken {
     fn schema_name() -> Cow<'static, str> {
         "FcmToken".into()
@@ -163,7 +194,18 @@ impl JsonSchema for FcmToken {
 
 /// Identifies one notification across its whole life. UUIDv7, so ids sort by acceptance time.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct NotificationId(pub Uuid);

@@ -18,7 +18,7 @@ const MAX_TITLE_CHARS: usize = 200;
 const MAX_BODY_CHARS: usize = 2000;
 
 /// Who receives a notification. Expanded by the dispatcher into one delivery per device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Audience {
     /// Every active device of each listed customer.
@@ -40,7 +40,18 @@ pub enum Audience {
 
 /// What a notification is about. Customers choose which categories they receive.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
@@ -183,7 +194,7 @@ fn check_condition(condition: &str) -> Result<(), String> {
 }
 
 /// The visible part of a push plus the app's data payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Content {
     pub title: String,
@@ -196,7 +207,9 @@ pub struct Content {
 }
 
 /// How a push may be delayed or replaced on its way to the phone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub struct DeliveryOptions {
     /// After this instant an unsent push is dropped (`delivery.expired`) instead of arriving
     /// stale; also handed to FCM (Android `ttl`, APNs `apns-expiration`).
@@ -219,7 +232,9 @@ pub const MAX_TTL_SECONDS: u32 = 28 * 24 * 3600;
 /// APNs accepts collapse ids of at most 64 bytes.
 pub const MAX_COLLAPSE_KEY_BYTES: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     Android,
@@ -238,7 +253,7 @@ impl Platform {
 }
 
 /// One rule a request broke, named by its JSON path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct FieldViolation {
     pub field: String,
     pub message: String,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use xibaar_core::{Audience, Category, CustomerId, DeviceId, FcmToken, NotificationId, Platform};
+use xibaar_core::{
+    Audience, Category, CustomerId, DeviceId, FcmToken, NotificationId, Platform, Priority,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -133,14 +135,18 @@ pub async fn audience_page(
     rows.into_iter().map(recipient).collect()
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeviceView {
+    #[schema(value_type = DeviceId)]
     pub device_id: String,
+    #[schema(value_type = CustomerId)]
     pub customer_id: String,
+    #[schema(value_type = Platform)]
     pub platform: String,
     pub app_id: String,
     pub app_version: Option<String>,
     pub locale: Option<String>,
+    /// `active`, or `invalidated` once FCM reported the token dead.
     pub status: String,
     pub registered_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -158,9 +164,10 @@ pub async fn devices_of_customer(
 }
 
 /// What the api shows for `GET /v1/notifications/{id}`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct NotificationStatus {
     pub notification_id: uuid::Uuid,
+    #[schema(value_type = Priority)]
     pub priority: String,
     pub title: String,
     pub requested_by: String,
@@ -220,16 +227,20 @@ pub async fn preferences_of_customer(
 pub const INBOX_CHANNEL: &str = "xibaar_inbox";
 
 /// One notification in a customer's inbox.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct InboxItem {
     pub notification_id: uuid::Uuid,
     /// Where the item sits in the inbox's order; the cursor and live stream id are made of it.
     #[serde(skip)]
+    #[schema(ignore)]
     pub position: i64,
     pub title: String,
     pub body: String,
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub data: serde_json::Value,
+    #[schema(value_type = Option<Category>)]
     pub category: Option<String>,
+    #[schema(value_type = Priority)]
     pub priority: String,
     pub received_at: DateTime<Utc>,
     pub read_at: Option<DateTime<Utc>>,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::Definitions;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConsumerLag {
     pub stream: String,
     pub consumer: String,

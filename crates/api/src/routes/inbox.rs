@@ -13,8 +13,7 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::Stream;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use xibaar_core::{
     CustomerId, Event, NotificationId,
     event::{InboxAllRead, InboxItemRead},
@@ -33,15 +32,54 @@ use crate::{
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Items per page.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
+    /// Only unread items.
     #[serde(default)]
     unread: Option<bool>,
+}
+
+/// One page of the inbox, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InboxPage {
+    pub items: Vec<InboxItem>,
+    /// Present when older items follow: pass it as `cursor` for the next page. Items arriving
+    /// meanwhile never shift a page.
+    pub next_cursor: Option<String>,
+    pub unread_count: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnreadCount {
+    pub unread_count: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    Read,
+}
+
+/// A read mark, stored as an event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ItemMarked {
+    pub notification_id: NotificationId,
+    pub status: ItemStatus,
+}
+
+/// How many unread items the mark covers; items arriving later stay unread.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AllMarked {
+    pub marked_read: i64,
 }
 
 /// Opaque to clients: the position of the last item of the previous page.
@@ -64,11 +102,15 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         })
 }
 
+/// The caller's inbox, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/me/inbox", tag = "inbox", params(ListQuery),
+    responses((status = 200, description = "One page", body = InboxPage)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<InboxPage>, ApiError> {
     let customer = caller.customer()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -90,33 +132,47 @@ pub async fn list(
     let next_cursor = more
         .then(|| items.last().map(|i| encode_cursor(i.position)))
         .flatten();
-    Ok(Json(json!({
-        "items": items,
-        "next_cursor": next_cursor,
-        "unread_count": unread,
-    })))
+    Ok(Json(InboxPage {
+        items,
+        next_cursor,
+        unread_count: unread,
+    }))
 }
 
+/// How many items of the caller's inbox are unread.
+#[utoipa::path(get, path = "/v1/me/inbox/unread-count", tag = "inbox",
+    responses((status = 200, description = "The unread count", body = UnreadCount)),
+    security(("bearer" = [])))]
 pub async fn unread_count(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<UnreadCount>, ApiError> {
     let customer = caller.customer()?;
     let (unread, _) = xibaar_store::inbox_summary(&state.pool, &customer)
         .await
         .map_err(read_failed)?;
-    Ok(Json(json!({ "unread_count": unread })))
+    Ok(Json(UnreadCount {
+        unread_count: unread,
+    }))
 }
 
 fn not_in_inbox() -> ApiError {
     ApiError::NotFound("no such notification in your inbox".into())
 }
 
+/// Marks one item of the caller's inbox read.
+#[utoipa::path(post, path = "/v1/me/inbox/{id}/read", tag = "inbox",
+    params(("id" = uuid::Uuid, Path, description = "The notification id")),
+    responses(
+        (status = 202, description = "The read mark is stored", body = ItemMarked),
+        (status = 404, description = "No such item in the caller's inbox", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn mark_read(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<ItemMarked>), ApiError> {
     let customer = caller.customer()?;
     let notification_id = id
         .parse::<uuid::Uuid>()
@@ -140,14 +196,21 @@ pub async fn mark_read(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "notification_id": notification_id, "status": "read" })),
+        Json(ItemMarked {
+            notification_id,
+            status: ItemStatus::Read,
+        }),
     ))
 }
 
+/// Marks every item of the caller's inbox read, up to the newest one now.
+#[utoipa::path(post, path = "/v1/me/inbox/read-all", tag = "inbox",
+    responses((status = 202, description = "The read mark is stored", body = AllMarked)),
+    security(("bearer" = [])))]
 pub async fn mark_all_read(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<AllMarked>), ApiError> {
     let customer = caller.customer()?;
     let (unread, newest) = xibaar_store::inbox_summary(&state.pool, &customer)
         .await
@@ -164,7 +227,12 @@ pub async fn mark_all_read(
         )
         .await?;
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "marked_read": unread }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AllMarked {
+            marked_read: unread,
+        }),
+    ))
 }
 
 /// What the live stream keeps between items.
@@ -176,9 +244,15 @@ struct Live {
     subscription: Subscription,
 }
 
-/// `GET /v1/me/stream`: every new inbox item as an `event: inbox_item` whose `id` resumes the
-/// stream (`Last-Event-ID`) exactly after it. Without `Last-Event-ID` it starts at the newest
-/// item the customer has now.
+/// New inbox items, live (Server-Sent Events).
+///
+/// Every new inbox item as an `event: inbox_item` (data: an `InboxItem`) whose `id` resumes
+/// the stream (`Last-Event-ID`) exactly after it. Without `Last-Event-ID` it starts at the
+/// newest item the customer has now.
+#[utoipa::path(get, path = "/v1/me/stream", tag = "inbox",
+    params(("Last-Event-ID" = Option<i64>, Header, description = "The id of the last event received")),
+    responses((status = 200, description = "An endless stream of `inbox_item` events", content_type = "text/event-stream", body = String)),
+    security(("bearer" = [])))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,7 +1,7 @@
-mod devices;
-mod inbox;
-mod notifications;
-mod preferences;
+pub(crate) mod devices;
+pub(crate) mod inbox;
+pub(crate) mod notifications;
+pub(crate) mod preferences;
 
 use axum::{
     Router,
@@ -33,6 +33,8 @@ pub fn router() -> Router<AppState> {
             get(preferences::show).put(preferences::change),
         )
         .route("/ops", get(crate::ops::page))
+        .route("/openapi.json", get(crate::openapi::serve))
+        .route("/docs", get(crate::openapi::docs))
         .route("/v1/ops/snapshot", get(crate::ops::snapshot))
         .route("/v1/ops/stream", get(crate::ops::stream))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })

@@ -10,8 +10,7 @@ use axum::{
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use xibaar_core::{
     Actor, Audience, Category, Command, Content, ContentError, DeliveryOptions, Event,
     EventEnvelope, NotificationId, Priority, SendNotification,
@@ -31,7 +30,8 @@ use crate::{
 };
 use xibaar_streams::fanout::FanOutState;
 
-#[derive(Debug, Deserialize)]
+/// A notification to send.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     pub priority: Priority,
@@ -43,14 +43,56 @@ pub struct SendRequest {
     pub category: Option<Category>,
     /// Drop the push if it cannot be delivered within this many seconds (at most 28 days).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2419200)]
     pub ttl_seconds: Option<u32>,
     /// Pushes with the same key replace each other on the device.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub collapse_key: Option<String>,
     /// Send at this instant (RFC 3339) instead of now; at most 30 days ahead. The TTL counts
     /// from here. An instant in the past means now.
     #[serde(default)]
     pub send_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SendStatus {
+    /// Stored; the dispatcher sends it now.
+    Accepted,
+    /// Stored; fanned out at `send_at`.
+    Scheduled,
+}
+
+/// A notification stored for sending.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SendAccepted {
+    pub notification_id: NotificationId,
+    pub status: SendStatus,
+    /// When a scheduled notification goes out (rounded up to the second).
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelStatus {
+    Canceled,
+}
+
+/// A withdrawn notification: nothing of it is sent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Canceled {
+    pub notification_id: NotificationId,
+    pub status: CancelStatus,
+}
+
+/// A notification's events from the log, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Timeline {
+    pub notification_id: NotificationId,
+    /// Event envelopes as stored (`schemas/events/`), each with its stream sequence.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
 }
 
 /// Client-chosen key: a retry with the same key names the same notification.
@@ -70,6 +112,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// Accepts a notification for sending (scope `notifications:send`).
+///
+/// A retry with the same `Idempotency-Key` names the same notification and sends nothing twice.
+#[utoipa::path(post, path = "/v1/notifications", tag = "notifications", request_body = SendRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; a retry with the same key is answered with the same notification")),
+    responses(
+        (status = 202, description = "Stored; `Location` names its status", body = SendAccepted,
+            headers(("Location" = String, description = "The notification's status URL"),
+                    ("Idempotent-Replayed" = String, description = "`true` when the key named an earlier request"))),
+    ),
+    security(("bearer" = ["notifications:send"])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.subject))]
 pub async fn send(
     State(state): State<AppState>,
@@ -258,14 +311,18 @@ pub async fn send(
         "replayed" => if duplicate { "true" } else { "false" })
     .increment(1);
     let status = if scheduled.is_some() {
-        "scheduled"
+        SendStatus::Scheduled
     } else {
-        "accepted"
+        SendStatus::Accepted
     };
-    tracing::info!(notification = %notification_id, priority = %sent.priority, status, replayed = duplicate, "notification accepted");
+    tracing::info!(notification = %notification_id, priority = %sent.priority, ?status, replayed = duplicate, "notification accepted");
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({ "notification_id": notification_id, "status": status, "send_at": scheduled })),
+        Json(SendAccepted {
+            notification_id,
+            status,
+            send_at: scheduled,
+        }),
     )
         .into_response();
     let location = format!("/v1/notifications/{notification_id}");
@@ -351,6 +408,16 @@ async fn stored_command(
     }
 }
 
+/// A notification's status and per-outcome counts.
+///
+/// Needs the scope `notifications:read` or `notifications:send`.
+#[utoipa::path(get, path = "/v1/notifications/{id}", tag = "notifications",
+    params(("id" = uuid::Uuid, Path, description = "The notification id")),
+    responses(
+        (status = 200, description = "Where the notification is", body = xibaar_store::NotificationStatus),
+        (status = 404, description = "No such notification", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["notifications:read"]), ("bearer" = ["notifications:send"])))]
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -378,15 +445,24 @@ pub async fn status(
     Err(not_found())
 }
 
-/// `DELETE /v1/notifications/{id}`: withdraws a scheduled or still-queued notification. The
-/// api and the fan-out both create `XIBAAR_FANOUT/<id>` only if it is absent: whichever comes
+/// Withdraws a scheduled or still-queued notification (scope `notifications:send`).
+///
+/// The api and the fan-out both create `XIBAAR_FANOUT/<id>` only if it is absent: whichever comes
 /// first wins, so a notification is either canceled (nothing of it is sent) or already going
 /// out (409). A scheduled one is also removed from the scheduler.
+#[utoipa::path(delete, path = "/v1/notifications/{id}", tag = "notifications",
+    params(("id" = uuid::Uuid, Path, description = "The notification id")),
+    responses(
+        (status = 200, description = "Canceled (also when it already was)", body = Canceled),
+        (status = 404, description = "No such notification", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already being delivered", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["notifications:send"])))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Canceled>, ApiError> {
     caller.require(scopes::SEND)?;
     let not_found = || ApiError::NotFound(format!("no notification {id}"));
     let id = NotificationId(uuid::Uuid::parse_str(&id).map_err(|_| not_found())?);
@@ -399,7 +475,12 @@ pub async fn cancel(
             "notification {id} is already being delivered; it can no longer be canceled"
         ))
     };
-    let canceled = || Json(json!({ "notification_id": id, "status": "canceled" }));
+    let canceled = || {
+        Json(Canceled {
+            notification_id: id,
+            status: CancelStatus::Canceled,
+        })
+    };
     let mut found = None;
     for priority in Priority::ALL {
         if let Some(stored) = stored_anywhere(&state, priority, id)
@@ -495,13 +576,21 @@ pub async fn cancel(
     Ok(canceled())
 }
 
-/// `GET /v1/notifications/{id}/timeline` (scope `audit:read`): the notification's events from
-/// the log, as `xibaar audit notification` prints them.
+/// The notification's events from the log (scope `audit:read`).
+///
+/// The same timeline as `xibaar audit notification` prints.
+#[utoipa::path(get, path = "/v1/notifications/{id}/timeline", tag = "audit",
+    params(("id" = uuid::Uuid, Path, description = "The notification id")),
+    responses(
+        (status = 200, description = "Accepted → fan-out → each attempt → outcome", body = Timeline),
+        (status = 404, description = "The log holds no event of this notification", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["audit:read"])))]
 pub async fn timeline(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Timeline>, ApiError> {
     caller.require(scopes::AUDIT)?;
     let not_found = || ApiError::NotFound(format!("no events of notification {id}"));
     let id = NotificationId(uuid::Uuid::parse_str(&id).map_err(|_| not_found())?);
@@ -514,7 +603,10 @@ pub async fn timeline(
     if events.is_empty() {
         return Err(not_found());
     }
-    Ok(Json(json!({ "notification_id": id, "events": events })))
+    Ok(Json(Timeline {
+        notification_id: id,
+        events,
+    }))
 }
 
 fn queued(command: &SendNotification, stored: Stored) -> xibaar_store::NotificationStatus {

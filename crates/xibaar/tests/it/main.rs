@@ -16,6 +16,7 @@ mod fcm_failures;
 mod idempotency;
 mod inbox;
 mod lag;
+mod openapi;
 mod ops;
 mod ops_page;
 mod projector_crash;
