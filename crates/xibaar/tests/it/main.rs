@@ -19,6 +19,7 @@ mod lag;
 mod openapi;
 mod ops;
 mod ops_page;
+mod projections;
 mod projector_crash;
 mod rate_limits;
 mod scheduled;

@@ -1,0 +1,132 @@
+//! Projections over a log that evolves: old event versions are upcast, unknown types skipped.
+
+use std::time::Duration;
+
+use serde_json::json;
+use xibaar_testkit::eventually;
+
+use crate::support::Pipeline;
+
+/// An event as a writer of `version` stored it, bypassing this build's encoder.
+async fn publish_raw(
+    p: &Pipeline,
+    event_type: &str,
+    version: u32,
+    aggregate: &str,
+    data: serde_json::Value,
+) {
+    let js = p.jetstream().await;
+    let envelope = json!({
+        "id": uuid::Uuid::now_v7(),
+        "type": event_type,
+        "version": version,
+        "occurred_at": "2026-03-01T08:00:00Z",
+        "correlation_id": aggregate,
+        "actor": {"kind": "client", "id": "billing"},
+        "data": data,
+    });
+    js.publish(
+        xibaar_core::subject::event(event_type, aggregate),
+        serde_json::to_vec(&envelope).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_v2_events_project_alike_and_an_unknown_type_does_not_stop_the_projection() {
+    let p = Pipeline::start().await;
+    let v1 = uuid::Uuid::now_v7();
+    let v2 = uuid::Uuid::now_v7();
+    // v1 kept the delivery options beside the other fields.
+    publish_raw(
+        &p,
+        "notification.scheduled",
+        1,
+        &v1.to_string(),
+        json!({
+            "notification_id": v1, "priority": "normal", "audience": {"kind": "everyone"},
+            "content": {"title": "Old writer", "body": "b"}, "category": "billing",
+            "send_at": "2026-03-02T06:00:00Z", "collapse_key": "bill",
+            "accepted_at": "2026-03-01T08:00:00Z",
+        }),
+    )
+    .await;
+    // A type a newer build writes.
+    publish_raw(&p, "meter.read", 1, "meter-7", json!({"kwh": 12.5})).await;
+    // v2 nests them.
+    publish_raw(
+        &p,
+        "notification.scheduled",
+        2,
+        &v2.to_string(),
+        json!({
+            "notification_id": v2, "priority": "normal", "audience": {"kind": "everyone"},
+            "content": {"title": "New writer", "body": "b"}, "category": "billing",
+            "send_at": "2026-03-02T06:00:00Z",
+            "delivery": {"send_at": "2026-03-02T06:00:00Z", "collapse_key": "bill"},
+            "accepted_at": "2026-03-01T08:00:00Z",
+        }),
+    )
+    .await;
+    let rows: Vec<(
+        String,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<String>,
+    )> = eventually(Duration::from_secs(20), || async {
+        let rows: Vec<(
+            String,
+            String,
+            Option<chrono::DateTime<chrono::Utc>>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT title, status, send_at, category FROM notifications \
+                     WHERE notification_id = ANY($1) ORDER BY title DESC",
+        )
+        .bind(vec![v1, v2])
+        .fetch_all(&p.pool)
+        .await
+        .unwrap();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await
+    .expect("both versions projected");
+    let send_at = Some("2026-03-02T06:00:00Z".parse().unwrap());
+    assert_eq!(
+        rows,
+        [
+            (
+                "Old writer".into(),
+                "scheduled".into(),
+                send_at,
+                Some("billing".into())
+            ),
+            (
+                "New writer".into(),
+                "scheduled".into(),
+                send_at,
+                Some("billing".into())
+            ),
+        ]
+    );
+    // The unknown event was passed over and counted, not parked.
+    let metrics = p
+        .http
+        .get(format!("{}/metrics", p.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("xibaar_projector_events_skipped_total{reason=\"unknown_type\"} 1")),
+        "{metrics}"
+    );
+}
