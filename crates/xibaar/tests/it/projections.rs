@@ -7,6 +7,14 @@ use xibaar_testkit::eventually;
 
 use crate::support::Pipeline;
 
+/// title, status, send_at, category
+type Row = (
+    String,
+    String,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<String>,
+);
+
 /// An event as a writer of `version` stored it, bypassing this build's encoder.
 async fn publish_raw(
     p: &Pipeline,
@@ -71,18 +79,8 @@ async fn v1_and_v2_events_project_alike_and_an_unknown_type_does_not_stop_the_pr
         }),
     )
     .await;
-    let rows: Vec<(
-        String,
-        String,
-        Option<chrono::DateTime<chrono::Utc>>,
-        Option<String>,
-    )> = eventually(Duration::from_secs(20), || async {
-        let rows: Vec<(
-            String,
-            String,
-            Option<chrono::DateTime<chrono::Utc>>,
-            Option<String>,
-        )> = sqlx::query_as(
+    let rows: Vec<Row> = eventually(Duration::from_secs(20), || async {
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT title, status, send_at, category FROM notifications \
                      WHERE notification_id = ANY($1) ORDER BY title DESC",
         )
