@@ -340,6 +340,30 @@ impl Content {
                 ));
             }
         }
+        // NUL cannot be stored in Postgres text: the read models (inbox, status) could not
+        // hold the notification.
+        let texts = [
+            ("content.title".to_owned(), self.title.as_str()),
+            ("content.body".to_owned(), self.body.as_str()),
+            (
+                "content.image_url".to_owned(),
+                self.image_url.as_deref().unwrap_or_default(),
+            ),
+        ];
+        let data = self.data.iter().flat_map(|(k, v)| {
+            [
+                (format!("content.data.{k}"), k.as_str()),
+                (format!("content.data.{k}"), v.as_str()),
+            ]
+        });
+        for (field, text) in texts.into_iter().chain(data) {
+            if text.contains('\0') {
+                violations.push(FieldViolation::new(
+                    field.escape_default().to_string(),
+                    "must not contain the NUL character",
+                ));
+            }
+        }
         if let Some(url) = &self.image_url
             && !url.starts_with("https://")
         {
@@ -459,6 +483,19 @@ mod tests {
         };
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["content.title", "content.data.google.x"]);
+    }
+
+    #[test]
+    fn nul_characters_are_refused_where_the_read_models_keep_text() {
+        let mut c = content("body\0");
+        c.title = "ti\0tle".into();
+        c.data.insert("k".into(), "v\0".into());
+        c.data.insert("ok".into(), "line\nbreak".into());
+        let Err(ContentError::Invalid(v)) = c.validate() else {
+            panic!("NUL accepted")
+        };
+        let fields: Vec<&str> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["content.title", "content.body", "content.data.k"]);
     }
 
     #[test]

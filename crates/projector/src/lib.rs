@@ -11,11 +11,15 @@
 //!   instead of applied twice;
 //! - an event whose sequence is at or below the checkpoint is skipped;
 //! - an event of an unknown type is skipped and counted; one that cannot be decoded is parked
-//!   in `XIBAAR_DLQ` with the reason and skipped, never a stuck projection.
+//!   in `XIBAAR_DLQ` with the reason and skipped, never a stuck projection;
+//! - an event that Postgres refuses (a poison event: bad data, a broken constraint) fails its
+//!   batch, which is retried; after [`POISON_ATTEMPTS`] refusals of the same event it is parked
+//!   in `XIBAAR_DLQ` with the error and the batch goes on without it. Other failures (Postgres
+//!   away, a lost connection) are retried for as long as they last.
 
 mod apply;
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream::{
@@ -46,10 +50,43 @@ impl From<&xibaar_config::ProjectorConfig> for ProjectorSettings {
     }
 }
 
+/// How many times Postgres may refuse one event before it is parked.
+pub const POISON_ATTEMPTS: u32 = 3;
+
 pub struct Projector {
     js: jetstream::Context,
     pool: PgPool,
     settings: ProjectorSettings,
+    /// The event that failed the last attempts of the current batch, and how often.
+    refused: Option<(i64, u32)>,
+    /// Poison events parked in `XIBAAR_DLQ`, skipped when their batch is retried.
+    parked: HashSet<i64>,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// Postgres refused the event at `sequence`: retrying the same data cannot succeed forever.
+    #[error("applying {event_type} at sequence {sequence}: {source}")]
+    Refused {
+        sequence: i64,
+        event_type: &'static str,
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Whether Postgres refused the statement because of its data (SQLSTATE classes 22, data
+/// exception, and 23, integrity constraint violation), as opposed to being unavailable, busy
+/// or in conflict with another transaction.
+fn refused_for_its_data(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
 }
 
 /// What a batch did.
@@ -83,11 +120,17 @@ fn notify_payloads(customers: &[String]) -> Vec<String> {
 
 impl Projector {
     pub fn new(js: jetstream::Context, pool: PgPool, settings: ProjectorSettings) -> Self {
-        Self { js, pool, settings }
+        Self {
+            js,
+            pool,
+            settings,
+            refused: None,
+            parked: HashSet::new(),
+        }
     }
 
     /// Runs until `shutdown` is cancelled; the batch in progress is finished first.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let checkpoint = loop {
             match self.checkpoint().await {
                 Ok(c) => break c,
@@ -156,14 +199,55 @@ impl Projector {
         Ok(checkpoint.unwrap_or(0))
     }
 
-    /// Applies the batch, retrying until it commits (Postgres may be away for a while).
-    async fn commit_batch(&self, batch: &[jetstream::Message]) {
+    /// Applies the batch, retrying until it commits (Postgres may be away for a while); a
+    /// poison event is parked after [`POISON_ATTEMPTS`] refusals.
+    async fn commit_batch(&mut self, batch: &[jetstream::Message]) {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
+        let mut parked_now = 0;
         let outcome = loop {
             match self.apply_batch(batch).await {
                 Ok(outcome) => break outcome,
-                Err(e) => {
+                Err(BatchError::Refused {
+                    sequence,
+                    event_type,
+                    source,
+                }) => {
+                    metrics::counter!("xibaar_projector_batch_failures_total").increment(1);
+                    let attempts = match self.refused {
+                        Some((s, n)) if s == sequence => n + 1,
+                        _ => 1,
+                    };
+                    self.refused = Some((sequence, attempts));
+                    if attempts < POISON_ATTEMPTS {
+                        tracing::warn!(sequence, event = event_type, attempts, error = %source, retry_in = ?delay, "Postgres refused an event; retrying its batch");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    let reason = format!(
+                        "the projector could not apply {event_type} (refused {attempts} times): {source}"
+                    );
+                    let Some(message) = batch.iter().find(|m| {
+                        m.info()
+                            .is_ok_and(|i| i64::try_from(i.stream_sequence) == Ok(sequence))
+                    }) else {
+                        continue;
+                    };
+                    match xibaar_streams::dlq::dead_letter(&self.js, message, &reason).await {
+                        Ok(()) => {
+                            tracing::error!(sequence, event = event_type, error = %source, "poison event parked in XIBAAR_DLQ; the projection goes on without it");
+                            self.parked.insert(sequence);
+                            self.refused = None;
+                            parked_now += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(sequence, error = %e, "parking a poison event failed; retrying");
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+                Err(BatchError::Other(e)) => {
                     metrics::counter!("xibaar_projector_batch_failures_total").increment(1);
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "projecting a batch failed");
                     tokio::time::sleep(delay).await;
@@ -171,6 +255,10 @@ impl Projector {
                 }
             }
         };
+        // Committed: the parked events are behind the checkpoint now.
+        self.refused = None;
+        self.parked.clear();
+        metrics::counter!("xibaar_projector_poison_events_total").increment(parked_now);
         metrics::counter!("xibaar_projector_events_applied_total").increment(outcome.applied);
         metrics::counter!("xibaar_projector_events_skipped_total", "reason" => "already_applied")
             .increment(outcome.already_applied);
@@ -182,7 +270,7 @@ impl Projector {
             .record(started.elapsed().as_secs_f64());
     }
 
-    async fn apply_batch(&self, batch: &[jetstream::Message]) -> anyhow::Result<BatchOutcome> {
+    async fn apply_batch(&self, batch: &[jetstream::Message]) -> Result<BatchOutcome, BatchError> {
         let mut outcome = BatchOutcome::default();
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
         let checkpoint: i64 = sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
@@ -204,16 +292,31 @@ impl Projector {
                 outcome.already_applied += 1;
                 continue;
             }
+            if self.parked.contains(&sequence) {
+                outcome.dead_lettered += 1;
+                last = sequence;
+                continue;
+            }
             match EventEnvelope::decode(&message.payload) {
                 Ok(Decoded::Known(envelope)) => {
-                    let inbox_of = apply::apply(&mut tx, &envelope, sequence)
-                        .await
-                        .with_context(|| {
-                            format!(
-                                "applying {} at sequence {sequence}",
-                                envelope.event.event_type()
-                            )
-                        })?;
+                    let inbox_of = match apply::apply(&mut tx, &envelope, sequence).await {
+                        Ok(inbox_of) => inbox_of,
+                        Err(source) if refused_for_its_data(&source) => {
+                            return Err(BatchError::Refused {
+                                sequence,
+                                event_type: envelope.event.event_type(),
+                                source,
+                            });
+                        }
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e)
+                                .context(format!(
+                                    "applying {} at sequence {sequence}",
+                                    envelope.event.event_type()
+                                ))
+                                .into());
+                        }
+                    };
                     outcome.applied += 1;
                     woken.extend(inbox_of);
                     // A span per event only at debug level: a broadcast is millions of events.
@@ -257,10 +360,12 @@ impl Projector {
                 .execute(&mut *tx)
                 .await
                 .context("advancing the checkpoint")?;
-            anyhow::ensure!(
-                advanced.rows_affected() == 1,
-                "the checkpoint moved under us (another projector is running); batch rolled back"
-            );
+            if advanced.rows_affected() != 1 {
+                return Err(anyhow::anyhow!(
+                    "the checkpoint moved under us (another projector is running); batch rolled back"
+                )
+                .into());
+            }
         }
         // Delivered by Postgres at commit, never for a batch rolled back: the api's live streams
         // wake and read the new items from the table.

@@ -83,10 +83,13 @@ pub async fn register(
     ApiJson(request): ApiJson<RegisterDevice>,
 ) -> Result<(StatusCode, Json<DeviceChanged>), ApiError> {
     let customer_id = caller.customer()?;
-    if request.app_id.is_empty() || request.app_id.len() > 200 {
+    if request.app_id.is_empty()
+        || request.app_id.len() > 200
+        || request.app_id.chars().any(char::is_control)
+    {
         return Err(ApiError::validation(
             "app_id",
-            "must be 1 to 200 characters",
+            "must be 1 to 200 printable characters",
         ));
     }
     if let Some(version) = &request.app_version

@@ -128,3 +128,63 @@ async fn v1_and_v2_events_project_alike_and_an_unknown_type_does_not_stop_the_pr
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_retried_then_parked_with_its_error_and_the_projection_goes_on() {
+    let p = Pipeline::start().await;
+    // Decodes, but Postgres cannot store NUL in text (an older api let it through).
+    publish_raw(
+        &p,
+        "device.registered",
+        1,
+        "poisoned",
+        json!({"device_id": "poisoned", "customer_id": "c1", "token": "tok-poison",
+               "platform": "android", "app_id": "app\0x"}),
+    )
+    .await;
+    p.register_device("c1", "healthy", "tok-healthy").await;
+    p.wait_for_devices(1).await;
+    let devices: Vec<String> = sqlx::query_scalar("SELECT device_id FROM devices")
+        .fetch_all(&p.pool)
+        .await
+        .unwrap();
+    assert_eq!(devices, ["healthy"]);
+    // Parked with the error, on its original subject.
+    let js = p.jetstream().await;
+    let dlq = js.get_stream("XIBAAR_DLQ").await.unwrap();
+    let parked = dlq
+        .direct_get_first_for_subject("xibaar.dlq.evt.>")
+        .await
+        .unwrap();
+    let reason = parked
+        .headers
+        .get(xibaar_streams::dlq::REASON)
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(reason.contains("device.registered"), "{reason}");
+    assert!(reason.contains("refused 3 times"), "{reason}");
+    assert_eq!(
+        parked
+            .headers
+            .get(xibaar_streams::dlq::ORIGINAL_SUBJECT)
+            .unwrap()
+            .as_str(),
+        "xibaar.evt.device.poisoned.registered"
+    );
+    let metrics = p
+        .http
+        .get(format!("{}/metrics", p.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "xibaar_projector_poison_events_total 1"),
+        "{metrics}"
+    );
+}
