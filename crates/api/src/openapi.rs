@@ -36,6 +36,7 @@ use crate::{ops, problem::Problem, routes};
         routes::inbox::stream,
         routes::preferences::show,
         routes::preferences::change,
+        routes::stats::daily,
         ops::snapshot,
         ops::stream,
         ops::page,

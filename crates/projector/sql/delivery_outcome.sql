@@ -1,9 +1,9 @@
 -- One final outcome per notification and device. A repeated event cannot count twice: the
 -- counters move only when the row is new, or when a later outcome replaces a failure (a job
 -- retried from the DLQ that then succeeded or expired); the counters then move by the
--- difference, so the totals stay exact.
+-- difference, so the totals stay exact. daily_stats moves the same way ($10 is the priority).
 WITH previous AS (
-    SELECT outcome, reason
+    SELECT outcome, reason, occurred_at
     FROM deliveries
     WHERE notification_id = $1 AND device_id = $2
 ), written AS (
@@ -20,11 +20,21 @@ WITH previous AS (
     WHERE deliveries.outcome = 'failed'
       AND deliveries.reason IS DISTINCT FROM 'invalid_token'
       AND excluded.outcome <> 'failed'
-    RETURNING outcome, reason
+    RETURNING outcome, reason, occurred_at
 ), changes AS (
-    SELECT outcome, reason, 1 AS sign FROM written
+    SELECT outcome, reason, occurred_at, 1 AS sign FROM written
     UNION ALL
-    SELECT outcome, reason, -1 AS sign FROM previous WHERE EXISTS (SELECT 1 FROM written)
+    SELECT outcome, reason, occurred_at, -1 AS sign FROM previous WHERE EXISTS (SELECT 1 FROM written)
+), daily AS (
+    INSERT INTO daily_stats (day, priority, outcome, deliveries)
+    SELECT (occurred_at AT TIME ZONE 'UTC')::date,
+           $10,
+           CASE WHEN outcome = 'failed' AND reason = 'invalid_token' THEN 'invalid' ELSE outcome END,
+           sum(sign)
+    FROM changes
+    GROUP BY 1, 3
+    ON CONFLICT (day, priority, outcome) DO UPDATE
+    SET deliveries = daily_stats.deliveries + excluded.deliveries
 ), counted AS (
     SELECT coalesce(sum(sign) FILTER (WHERE outcome = 'succeeded'), 0)                                      AS sent,
            coalesce(sum(sign) FILTER (WHERE outcome = 'failed' AND reason IS DISTINCT FROM 'invalid_token'), 0) AS failed,

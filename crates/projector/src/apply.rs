@@ -81,6 +81,7 @@ pub(crate) async fn apply(
         }
         Event::DeliverySucceeded(DeliverySucceeded {
             notification_id,
+            priority,
             device_id,
             customer_id,
             attempt,
@@ -91,6 +92,7 @@ pub(crate) async fn apply(
                 tx,
                 Outcome {
                     notification_id: notification_id.0,
+                    priority: *priority,
                     device_id: device_id.as_str(),
                     customer_id: Some(customer_id.as_str()),
                     result: "succeeded",
@@ -109,6 +111,7 @@ pub(crate) async fn apply(
                 tx,
                 Outcome {
                     notification_id: e.notification_id.0,
+                    priority: e.priority,
                     device_id: e.device_id.as_str(),
                     customer_id: Some(e.customer_id.as_str()),
                     result: "expired",
@@ -124,6 +127,7 @@ pub(crate) async fn apply(
         }
         Event::DeliveryFailed(DeliveryFailed {
             notification_id,
+            priority,
             device_id,
             customer_id,
             attempt,
@@ -135,6 +139,7 @@ pub(crate) async fn apply(
                 tx,
                 Outcome {
                     notification_id: notification_id.0,
+                    priority: *priority,
                     device_id: device_id.as_str(),
                     customer_id: Some(customer_id.as_str()),
                     result: "failed",
@@ -190,6 +195,7 @@ pub(crate) async fn apply(
                 tx,
                 Outcome {
                     notification_id: e.notification_id.0,
+                    priority: e.priority,
                     device_id: TOPIC_DEVICE,
                     customer_id: None,
                     result,
@@ -272,6 +278,7 @@ const TOPIC_DEVICE: &str = "~topic";
 /// One final outcome of a notification on one device (or its topic).
 struct Outcome<'a> {
     notification_id: uuid::Uuid,
+    priority: Priority,
     device_id: &'a str,
     /// The device's owner; topic outcomes have none (FCM knows the recipients).
     customer_id: Option<&'a str>,
@@ -301,6 +308,7 @@ async fn outcome(
         .bind(i32::try_from(o.attempt).unwrap_or(i32::MAX))
         .bind(o.fcm_message_id)
         .bind(at)
+        .bind(o.priority.as_str())
         .execute(&mut *tx)
         .await?;
     let Some(customer_id) = o.customer_id else {

@@ -323,3 +323,32 @@ pub async fn device_owned_by(
     .await
     .map_err(query_err("looking up a device"))
 }
+
+/// Deliveries of one UTC day, priority and outcome.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DailyStat {
+    pub day: chrono::NaiveDate,
+    #[schema(value_type = Priority)]
+    pub priority: String,
+    /// `succeeded`, `failed`, `invalid` (FCM refused the token) or `expired`.
+    pub outcome: String,
+    pub deliveries: i64,
+}
+
+/// Every row of `daily_stats` from `from` to `to` (inclusive), by day, priority and outcome.
+pub async fn daily_stats(
+    pool: &PgPool,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+) -> Result<Vec<DailyStat>, StoreError> {
+    sqlx::query_as(
+        "SELECT day, priority, outcome, deliveries FROM daily_stats \
+         WHERE day BETWEEN $1 AND $2 AND deliveries <> 0 \
+         ORDER BY day, array_position(ARRAY['urgent','high','normal','low'], priority), outcome",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+    .map_err(query_err("reading daily statistics"))
+}

@@ -2,6 +2,7 @@ pub(crate) mod devices;
 pub(crate) mod inbox;
 pub(crate) mod notifications;
 pub(crate) mod preferences;
+pub(crate) mod stats;
 
 use axum::{
     Router,
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
             "/v1/me/preferences",
             get(preferences::show).put(preferences::change),
         )
+        .route("/v1/stats/daily", get(stats::daily))
         .route("/ops", get(crate::ops::page))
         .route("/openapi.json", get(crate::openapi::serve))
         .route("/docs", get(crate::openapi::docs))

@@ -99,6 +99,19 @@ async fn dead_letters_are_listed_shown_retried_with_fresh_attempts_and_dropped()
             .await
             .unwrap();
     assert_eq!((outcome.as_str(), attempts), ("succeeded", 1));
+    // The daily figures moved the retried push from failed to succeeded.
+    let (served, folded) = p.daily_stats().await;
+    assert_eq!(served, folded);
+    let outcomes: Vec<(&str, i64)> = served
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap(),
+                r["deliveries"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes, [("failed", 1), ("succeeded", 1)], "{served:?}");
 
     let remaining = listed(&p);
     assert_eq!(remaining.len(), 1);

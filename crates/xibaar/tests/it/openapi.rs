@@ -87,6 +87,7 @@ async fn schemathesis_finds_no_server_error_and_no_response_outside_the_document
                 .args(["--max-examples", "40", "--seed", "7", "--workers", "2"])
                 .args(["--request-timeout", "10", "--no-color"])
                 .env("XIBAAR_FUZZ_NOTIFICATION", &id)
+                .env("XIBAAR_FUZZ_DEVICE", "fuzz-phone")
                 .output()
                 .expect("schemathesis runs")
         }
@@ -100,6 +101,6 @@ async fn schemathesis_finds_no_server_error_and_no_response_outside_the_document
     );
     assert!(output.status.success(), "schemathesis failed:\n{report}");
     // Every operation ran (the live streams aside), and reached its logic.
-    assert!(report.contains("Tested: 15"), "{report}");
+    assert!(report.contains("Tested: 16"), "{report}");
     assert!(!report.contains("Missing test data"), "{report}");
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::json;
 use xibaar_testkit::eventually;
 
-use crate::support::Pipeline;
+use xibaar_fcm_standin::{ErrorRule, ScriptedError};
+
+use crate::support::{Pipeline, notification};
 
 /// title, status, send_at, category
 type Row = (
@@ -187,4 +189,78 @@ async fn a_poison_event_is_retried_then_parked_with_its_error_and_the_projection
             .any(|l| l == "xibaar_projector_poison_events_total 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_stats_count_each_outcome_per_day_and_priority_as_the_deliveries_do() {
+    let p = Pipeline::start().await;
+    p.register_device("c1", "phone-1", "tok-1").await;
+    p.register_device("c2", "phone-2", "tok-2").await;
+    p.register_device("c3", "phone-3", "tok-3").await;
+    p.wait_for_devices(3).await;
+    p.standin
+        .add_rule(ErrorRule::for_token("tok-3", ScriptedError::Unregistered));
+    let urgent = p
+        .accept(&notification("urgent", &["c1", "c2", "c3"], "Outage"))
+        .await;
+    p.wait_completed(&urgent, Duration::from_secs(30)).await;
+    let low = p.accept(&notification("low", &["c1"], "Offer")).await;
+    p.wait_completed(&low, Duration::from_secs(30)).await;
+    let (served, folded) = p.daily_stats().await;
+    assert_eq!(served, folded);
+    let today = chrono::Utc::now().date_naive().to_string();
+    let rows: Vec<(&str, &str, &str, i64)> = served
+        .iter()
+        .map(|r| {
+            (
+                r["day"].as_str().unwrap(),
+                r["priority"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+                r["deliveries"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (today.as_str(), "urgent", "invalid", 1),
+            (today.as_str(), "urgent", "succeeded", 2),
+            (today.as_str(), "low", "succeeded", 1),
+        ]
+    );
+    // A range past today is empty; a reversed one is refused.
+    let reports = p.token("reports", &[xibaar_api::scopes::READ]);
+    let empty: serde_json::Value = p
+        .http
+        .get(format!(
+            "{}/v1/stats/daily?from=2020-01-01&to=2020-01-31",
+            p.api
+        ))
+        .bearer_auth(&reports)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(empty["days"], json!([]));
+    let reversed = p
+        .http
+        .get(format!(
+            "{}/v1/stats/daily?from=2020-02-01&to=2020-01-31",
+            p.api
+        ))
+        .bearer_auth(&reports)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reversed.status(), 422);
+    let customer = p
+        .http
+        .get(format!("{}/v1/stats/daily", p.api))
+        .bearer_auth(p.token("c1", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(customer.status(), 403);
 }

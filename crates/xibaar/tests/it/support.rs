@@ -345,6 +345,41 @@ filter = "warn"
         .unwrap_or_else(|| panic!("notification {id} did not complete within {timeout:?}"))
     }
 
+    /// `daily_stats` as the API serves it, and as a fold of `deliveries` would have it:
+    /// `(day, priority, outcome, deliveries)` rows, which must be equal.
+    pub async fn daily_stats(&self) -> (Vec<Value>, Vec<Value>) {
+        let served: Value = self
+            .http
+            .get(format!("{}/v1/stats/daily", self.api))
+            .bearer_auth(self.token("reports", &[xibaar_api::scopes::READ]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let folded: Vec<(chrono::NaiveDate, String, String, i64)> = sqlx::query_as(
+            "SELECT (d.occurred_at AT TIME ZONE 'UTC')::date, n.priority, \
+                    CASE WHEN d.outcome = 'failed' AND d.reason = 'invalid_token' THEN 'invalid' ELSE d.outcome END, \
+                    count(*) \
+             FROM deliveries d JOIN notifications n USING (notification_id) \
+             GROUP BY 1, 2, 3 ORDER BY 1, array_position(ARRAY['urgent','high','normal','low'], n.priority), 3",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let folded = folded
+            .into_iter()
+            .map(|(day, priority, outcome, n)| {
+                serde_json::json!({"day": day, "priority": priority, "outcome": outcome, "deliveries": n})
+            })
+            .collect();
+        (
+            served["days"].as_array().cloned().unwrap_or_default(),
+            folded,
+        )
+    }
+
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
     }
