@@ -52,6 +52,11 @@ pub enum Command {
         #[command(subcommand)]
         command: commands::replay::AuditCommand,
     },
+    /// The read-model projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Dead letters: list, show, retry, drop.
     Dlq {
         #[command(subcommand)]
@@ -66,6 +71,17 @@ pub enum StreamsCommand {
         /// Load definitions from this directory instead of the ones built in.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's checkpoint, the event stream's head, the lag between them and when
+    /// the checkpoint last moved.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -135,6 +151,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => commands::replay::run_replay(&config, args).await,
         Command::Audit { command } => commands::replay::run_audit(&config, command).await,
         Command::Dlq { command } => commands::dlq::run(&config, command).await,
+        Command::Projections {
+            command: ProjectionsCommand::Status { json },
+        } => commands::lag::projections_status(&config, json).await,
         Command::Lag(args) => {
             let status = commands::lag::run(&config, args).await?;
             if status != 0 {

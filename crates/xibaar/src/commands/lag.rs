@@ -37,6 +37,8 @@ pub struct ProjectionLag {
     pub checkpoint: u64,
     pub head: u64,
     pub gap: u64,
+    /// When the checkpoint last moved; `None` before the first batch.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,20 +114,21 @@ pub async fn projection_lag(
         .await?
         .state
         .last_sequence;
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT projection, last_sequence FROM projection_checkpoints ORDER BY projection",
+    let rows: Vec<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT projection, last_sequence, updated_at FROM projection_checkpoints ORDER BY projection",
     )
     .fetch_all(pool)
     .await?;
     let mut lags: Vec<ProjectionLag> = rows
         .into_iter()
-        .map(|(projection, checkpoint)| {
+        .map(|(projection, checkpoint, updated_at)| {
             let checkpoint = u64::try_from(checkpoint).unwrap_or(0);
             ProjectionLag {
                 projection,
                 checkpoint,
                 head,
                 gap: head.saturating_sub(checkpoint),
+                updated_at: Some(updated_at),
             }
         })
         .collect();
@@ -136,6 +139,7 @@ pub async fn projection_lag(
             checkpoint: 0,
             head,
             gap: head,
+            updated_at: None,
         });
     }
     Ok(lags)
@@ -216,4 +220,51 @@ fn table(report: &Report) -> String {
         out.push_str(&format!("threshold exceeded: {e}\n"));
     }
     out
+}
+
+/// `xibaar projections status`: each projection's checkpoint, the head of `XIBAAR_EVENTS`, the
+/// gap between them and when the checkpoint last moved.
+pub async fn projections_status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let client = startup::connect_nats(config, "xibaar-projections").await?;
+    let js = startup::jetstream(client);
+    let pool = startup::postgres(config)?;
+    let lags = tokio::time::timeout(Duration::from_secs(10), projection_lag(&js, &pool))
+        .await
+        .map_err(|_| anyhow::anyhow!("Postgres did not answer within 10 s"))??;
+    if json {
+        println!("{}", serde_json::to_string(&lags)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header([
+        "projection",
+        "checkpoint",
+        "stream head",
+        "lag",
+        "last applied",
+    ]);
+    let now = chrono::Utc::now();
+    for p in &lags {
+        let applied = p.updated_at.map_or_else(
+            || "never".to_owned(),
+            |at| {
+                let ago = (now - at).to_std().unwrap_or_default();
+                format!(
+                    "{} ({} ago)",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    humantime::format_duration(Duration::from_secs(ago.as_secs()))
+                )
+            },
+        );
+        table.add_row([
+            p.projection.clone(),
+            p.checkpoint.to_string(),
+            p.head.to_string(),
+            p.gap.to_string(),
+            applied,
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }

@@ -228,6 +228,24 @@ async fn daily_stats_count_each_outcome_per_day_and_priority_as_the_deliveries_d
             (today.as_str(), "low", "succeeded", 1),
         ]
     );
+    // The projection has caught up with the log.
+    let head = p.stream_head("XIBAAR_EVENTS").await;
+    let status = eventually(Duration::from_secs(10), || async {
+        let (ok, out) = p.cli(&["projections", "status", "--json"]);
+        assert!(ok, "{out}");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (status[0]["gap"] == 0).then_some(status)
+    })
+    .await
+    .expect("the projection catches up");
+    assert_eq!(status[0]["projection"], "read_models");
+    assert_eq!(status[0]["checkpoint"], head);
+    assert_eq!(status[0]["head"], head);
+    let (ok, table) = p.cli(&["projections", "status"]);
+    assert!(
+        ok && table.contains("read_models") && table.contains(" ago)"),
+        "{table}"
+    );
     // A range past today is empty; a reversed one is refused.
     let reports = p.token("reports", &[xibaar_api::scopes::READ]);
     let empty: serde_json::Value = p

@@ -380,6 +380,20 @@ filter = "warn"
         )
     }
 
+    /// The sequence of the last message in `stream`.
+    pub async fn stream_head(&self, stream: &str) -> u64 {
+        self.jetstream()
+            .await
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence
+    }
+
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
     }
