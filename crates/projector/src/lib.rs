@@ -18,6 +18,7 @@
 //!   away, a lost connection) are retried for as long as they last.
 
 mod apply;
+pub mod rebuild;
 
 use std::{collections::HashSet, time::Duration};
 
@@ -61,6 +62,9 @@ pub struct Projector {
     refused: Option<(i64, u32)>,
     /// Poison events parked in `XIBAAR_DLQ`, skipped when their batch is retried.
     parked: HashSet<i64>,
+    /// Whether committed batches wake the api's live inbox streams (not for a rebuild's
+    /// shadow tables, which nobody reads yet).
+    announce: bool,
 }
 
 /// Why a batch did not commit.
@@ -92,6 +96,8 @@ fn refused_for_its_data(e: &sqlx::Error) -> bool {
 /// What a batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct BatchOutcome {
+    /// The checkpoint after the batch.
+    checkpoint: i64,
     applied: u64,
     already_applied: u64,
     unknown: u64,
@@ -126,27 +132,55 @@ impl Projector {
             settings,
             refused: None,
             parked: HashSet::new(),
+            announce: true,
         }
     }
 
     /// Runs until `shutdown` is cancelled; the batch in progress is finished first.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.drive(&shutdown, None, &mut |_| {}).await?;
+        tracing::info!("projector stopped");
+        Ok(())
+    }
+
+    /// Applies events until the checkpoint reaches `until` (a stream sequence), reporting the
+    /// checkpoint after every batch; returns the checkpoint reached.
+    pub async fn catch_up(
+        &mut self,
+        until: u64,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> anyhow::Result<u64> {
+        self.drive(&CancellationToken::new(), Some(until), progress)
+            .await
+    }
+
+    /// The loop of [`Projector::run`] and [`Projector::catch_up`].
+    async fn drive(
+        &mut self,
+        shutdown: &CancellationToken,
+        until: Option<u64>,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> anyhow::Result<u64> {
         let checkpoint = loop {
             match self.checkpoint().await {
-                Ok(c) => break c,
+                Ok(c) => break u64::try_from(c).unwrap_or(0),
                 Err(e) => {
                     tracing::warn!(
                         error = format!("{e:#}"),
                         "reading the checkpoint failed; retrying"
                     );
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(0),
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
             }
         };
-        let start_sequence = u64::try_from(checkpoint).unwrap_or(0) + 1;
+        let mut reached = checkpoint;
+        if until.is_some_and(|u| reached >= u) {
+            return Ok(reached);
+        }
+        let start_sequence = checkpoint + 1;
         let mut messages = self
             .js
             .get_stream(names::EVENTS)
@@ -177,6 +211,12 @@ impl Projector {
             };
             let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
             while batch.len() < self.settings.batch_size {
+                // Catching up stops at `until`: nothing past it waits for the batch timer.
+                if let (Some(u), Some(last)) = (until, batch.last())
+                    && last.info().is_ok_and(|i| i.stream_sequence >= u)
+                {
+                    break;
+                }
                 match tokio::time::timeout_at(deadline, messages.next()).await {
                     Ok(Some(Ok(m))) => batch.push(m),
                     Ok(Some(Err(e))) => {
@@ -185,10 +225,13 @@ impl Projector {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.commit_batch(&batch).await;
+            reached = self.commit_batch(&batch).await;
+            progress(reached);
+            if until.is_some_and(|u| reached >= u) {
+                break;
+            }
         }
-        tracing::info!("projector stopped");
-        Ok(())
+        Ok(reached)
     }
 
     async fn checkpoint(&self) -> anyhow::Result<i64> {
@@ -201,7 +244,7 @@ impl Projector {
 
     /// Applies the batch, retrying until it commits (Postgres may be away for a while); a
     /// poison event is parked after [`POISON_ATTEMPTS`] refusals.
-    async fn commit_batch(&mut self, batch: &[jetstream::Message]) {
+    async fn commit_batch(&mut self, batch: &[jetstream::Message]) -> u64 {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut parked_now = 0;
@@ -268,6 +311,7 @@ impl Projector {
             .increment(outcome.dead_lettered);
         metrics::histogram!("xibaar_projector_batch_seconds")
             .record(started.elapsed().as_secs_f64());
+        u64::try_from(outcome.checkpoint).unwrap_or(0)
     }
 
     async fn apply_batch(&self, batch: &[jetstream::Message]) -> Result<BatchOutcome, BatchError> {
@@ -371,6 +415,9 @@ impl Projector {
         // wake and read the new items from the table.
         woken.sort_unstable();
         woken.dedup();
+        if !self.announce {
+            woken.clear();
+        }
         for customers in notify_payloads(&woken) {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(xibaar_store::INBOX_CHANNEL)
@@ -380,7 +427,10 @@ impl Projector {
                 .context("announcing new inbox items")?;
         }
         tx.commit().await.context("committing the batch")?;
-        metrics::gauge!("xibaar_projector_checkpoint_sequence").set(last as f64);
+        if self.announce {
+            metrics::gauge!("xibaar_projector_checkpoint_sequence").set(last as f64);
+        }
+        outcome.checkpoint = last;
         Ok(outcome)
     }
 }

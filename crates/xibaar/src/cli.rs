@@ -83,6 +83,15 @@ pub enum ProjectionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fold the log again from sequence 1 into shadow tables, catch up with the live head and
+    /// swap them in within one transaction; live traffic keeps flowing.
+    Rebuild {
+        /// The projection (`read_models`).
+        name: String,
+        /// Keep the replaced tables in schema `xibaar_retired` instead of dropping them.
+        #[arg(long)]
+        keep_retired: bool,
+    },
 }
 
 #[derive(Args)]
@@ -154,6 +163,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Projections {
             command: ProjectionsCommand::Status { json },
         } => commands::lag::projections_status(&config, json).await,
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { name, keep_retired },
+        } => commands::rebuild(&config, &name, keep_retired).await,
         Command::Lag(args) => {
             let status = commands::lag::run(&config, args).await?;
             if status != 0 {

@@ -25,6 +25,53 @@ pub async fn streams_apply(config: &Config, dir: Option<PathBuf>) -> anyhow::Res
     Ok(())
 }
 
+/// `xibaar projections rebuild NAME`, with a progress bar on stderr.
+pub async fn rebuild(config: &Config, name: &str, keep_retired: bool) -> anyhow::Result<()> {
+    use xibaar_projector::rebuild::{self, Phase};
+    let client = startup::connect_nats(config, "xibaar-rebuild").await?;
+    let js = startup::jetstream(client);
+    let pool = startup::postgres(config)?;
+    xibaar_store::migrate(&pool).await?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let mut phase = None;
+    let report = rebuild::rebuild(
+        &js,
+        &pool,
+        name,
+        (&config.projector).into(),
+        keep_retired,
+        &mut |p| {
+            if phase != Some(p.phase) {
+                phase = Some(p.phase);
+                // A line per phase also where no terminal draws the bar (logs, CI).
+                if bar.is_hidden() {
+                    eprintln!("{:?}: {} of {} events", p.phase, p.applied_through, p.head);
+                }
+            }
+            bar.set_message(match p.phase {
+                Phase::Replaying => "replaying",
+                Phase::Swapping => "swapping",
+                Phase::Done => "done",
+            });
+            bar.set_length(p.head);
+            bar.set_position(p.applied_through);
+        },
+    )
+    .await?;
+    bar.finish();
+    println!(
+        "rebuilt {name} from sequence 1 to {} in {:.1?} and swapped it in (the live tables were at {}; held for {:.1?})",
+        report.checkpoint, report.elapsed, report.replaced_checkpoint, report.swap_held
+    );
+    Ok(())
+}
+
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = startup::postgres(config)?;
     xibaar_store::migrate(&pool).await?;

@@ -7,7 +7,7 @@ use xibaar_testkit::eventually;
 
 use xibaar_fcm_standin::{ErrorRule, ScriptedError};
 
-use crate::support::{Pipeline, notification};
+use crate::support::{Pipeline, notification, read_models};
 
 /// title, status, send_at, category
 type Row = (
@@ -281,4 +281,155 @@ async fn daily_stats_count_each_outcome_per_day_and_priority_as_the_deliveries_d
         .await
         .unwrap();
     assert_eq!(customer.status(), 403);
+}
+
+/// Devices, notifications with every kind of outcome, preferences and read marks, for
+/// `customers` customers; `round` keeps ids apart between calls.
+async fn traffic(p: &Pipeline, customers: usize, round: usize) {
+    let ids: Vec<String> = (0..customers).map(|c| format!("c{c}")).collect();
+    for (i, c) in ids.iter().enumerate() {
+        p.register_device(c, &format!("{c}-r{round}"), &format!("tok-{c}-r{round}"))
+            .await;
+        if i % 3 == 0 {
+            let prefs = p
+                .http
+                .put(format!("{}/v1/me/preferences", p.api))
+                .bearer_auth(p.token(c, &[]))
+                .json(&json!({"categories": {"marketing": round % 2 == 0}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(prefs.status(), 202);
+        }
+    }
+    let suffix = format!("%-r{round}");
+    eventually(Duration::from_secs(30), || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE device_id LIKE $1")
+            .bind(&suffix)
+            .fetch_one(&p.pool)
+            .await
+            .unwrap_or(0);
+        (count == customers as i64).then_some(())
+    })
+    .await
+    .expect("the round's devices are registered");
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for (n, priority) in ["urgent", "normal", "low"].into_iter().enumerate() {
+        let id = p
+            .accept(&notification(
+                priority,
+                &refs,
+                &format!("Round {round} #{n}"),
+            ))
+            .await;
+        if n == 0 {
+            // Someone reads it once it is in their inbox.
+            let notification = uuid::Uuid::parse_str(&id).unwrap();
+            eventually(Duration::from_secs(20), || async {
+                let held: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM inbox WHERE customer_id = $1 AND notification_id = $2)",
+                )
+                .bind(&ids[0])
+                .bind(notification)
+                .fetch_one(&p.pool)
+                .await
+                .unwrap_or(false);
+                held.then_some(())
+            })
+            .await
+            .expect("the item reaches the inbox");
+            let read = p
+                .http
+                .post(format!("{}/v1/me/inbox/{id}/read", p.api))
+                .bearer_auth(p.token(&ids[0], &[]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(read.status(), 202);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_from_sequence_1_equals_the_live_built_tables_row_for_row_while_events_arrive() {
+    let p = Pipeline::start().await;
+    p.standin.add_rule(ErrorRule::for_token(
+        "tok-c1-r0",
+        ScriptedError::Unregistered,
+    ));
+    p.standin.add_rule(ErrorRule::for_token(
+        "tok-c2-r1",
+        ScriptedError::InvalidArgument,
+    ));
+    // The control: live-built from the first event, never rebuilt.
+    let (control, _task) = p.control_projection("control", 50).await;
+    for round in 0..2 {
+        traffic(&p, 12, round).await;
+    }
+    p.wait_projected(&p.pool).await;
+
+    // Rebuild while more traffic arrives.
+    let rebuilding = tokio::task::spawn_blocking({
+        let config = p.config_path.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
+                .arg("--config")
+                .arg(config)
+                .args(["projections", "rebuild", "read_models"])
+                .output()
+                .unwrap()
+        }
+    });
+    let mut round = 2;
+    while !rebuilding.is_finished() {
+        traffic(&p, 12, round).await;
+        round += 1;
+    }
+    let out = rebuilding.await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("rebuilt read_models from sequence 1"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("Replaying: "),
+        "progress on stderr: {stderr}"
+    );
+    assert!(stderr.contains("Swapping: "), "{stderr}");
+    traffic(&p, 12, round).await;
+
+    // Every push has its outcome, so the log is complete.
+    eventually(Duration::from_secs(60), || async {
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status <> 'completed'")
+                .fetch_one(&p.pool)
+                .await
+                .unwrap_or(1);
+        (open == 0).then_some(())
+    })
+    .await
+    .expect("every notification completes");
+    p.wait_projected(&p.pool).await;
+    p.wait_projected(&control).await;
+    let (rebuilt, live) = (read_models(&p.pool).await, read_models(&control).await);
+    assert!(
+        rebuilt["deliveries"].as_array().unwrap().len() > 100,
+        "{}",
+        rebuilt["deliveries"]
+    );
+    for (table, rows) in &live {
+        assert_eq!(&rebuilt[table], rows, "{table} differs");
+    }
+    // Nothing of the rebuild is left behind.
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'xibaar_%' ORDER BY 1",
+    )
+    .fetch_all(&p.pool)
+    .await
+    .unwrap();
+    assert!(schemas.is_empty(), "{schemas:?}");
 }

@@ -380,6 +380,45 @@ filter = "warn"
         )
     }
 
+    /// A projector folding `XIBAAR_EVENTS` into its own fresh database, in this process, from
+    /// sequence 1: the control that read models built another way are compared with.
+    pub async fn control_projection(
+        &self,
+        name: &str,
+        batch_size: usize,
+    ) -> (sqlx::PgPool, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let url = self.pg.create_database(name).await.unwrap();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        xibaar_store::migrate(&pool).await.unwrap();
+        let projector = xibaar_projector::Projector::new(
+            self.jetstream().await,
+            pool.clone(),
+            xibaar_projector::ProjectorSettings {
+                batch_size,
+                batch_wait: Duration::from_millis(20),
+            },
+        );
+        let task = tokio::spawn(projector.run(self.shutdown.clone()));
+        (pool, task)
+    }
+
+    /// Waits until the projection in `pool` has applied every event stored so far.
+    pub async fn wait_projected(&self, pool: &sqlx::PgPool) {
+        let head = self.stream_head("XIBAAR_EVENTS").await;
+        eventually(Duration::from_secs(60), || async {
+            let checkpoint: Option<i64> = sqlx::query_scalar(
+                "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
+            )
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+            (checkpoint.unwrap_or(0) as u64 >= head).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the projection did not reach sequence {head}"));
+    }
+
     /// The sequence of the last message in `stream`.
     pub async fn stream_head(&self, stream: &str) -> u64 {
         self.jetstream()
@@ -412,4 +451,34 @@ pub fn notification(priority: &str, customers: &[&str], title: &str) -> Value {
         "audience": { "kind": "customers", "customer_ids": customers },
         "content": { "title": title, "body": "Planned maintenance tonight", "data": { "kind": "outage" } },
     })
+}
+
+/// Every read-model table in `pool`, row by row in key order (the checkpoint without the time
+/// it was written).
+pub async fn read_models(pool: &sqlx::PgPool) -> std::collections::BTreeMap<&'static str, Value> {
+    const TABLES: [(&str, &str); 7] = [
+        ("projection_checkpoints", "projection"),
+        ("devices", "device_id"),
+        ("preferences", "customer_id, category"),
+        ("notifications", "notification_id"),
+        ("deliveries", "notification_id, device_id"),
+        ("inbox", "customer_id, notification_id"),
+        ("daily_stats", "day, priority, outcome"),
+    ];
+    let mut out = std::collections::BTreeMap::new();
+    for (table, key) in TABLES {
+        let row = if table == "projection_checkpoints" {
+            "to_jsonb(t) - 'updated_at'"
+        } else {
+            "to_jsonb(t)"
+        };
+        let rows: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(jsonb_agg({row} ORDER BY {key}), '[]') FROM {table} t"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.insert(table, rows);
+    }
+    out
 }

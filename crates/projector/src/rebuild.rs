@@ -1,0 +1,223 @@
+//! `xibaar projections rebuild read_models`: the read models folded again from sequence 1 into
+//! shadow tables while the live projector keeps serving, then swapped in within one
+//! transaction.
+//!
+//! 1. A schema `xibaar_rebuild` gets the read-model tables, created by the same embedded
+//!    migrations (so names, indexes and constraints are the live ones), through a pool whose
+//!    `search_path` is that schema: the projector's statements, unqualified, land there.
+//! 2. A projector on that pool replays `XIBAAR_EVENTS` from sequence 1 with an ordered
+//!    consumer, then catches up with the head again (events keep arriving).
+//! 3. The swap locks the live tables (waiting for the live projector's batch in flight and
+//!    holding off its next one), brings the shadow tables up to at least the live checkpoint,
+//!    moves the live tables to `xibaar_retired` and the shadow ones to `public`, and commits.
+//!    The live projector then continues from the rebuilt checkpoint; statements waiting on the
+//!    locks resolve the table names again and reach the new tables.
+//! 4. The retired tables are dropped (or kept for comparison with `keep_retired`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use sqlx::{AssertSqlSafe, PgPool, postgres::PgPoolOptions};
+
+use crate::{Projector, ProjectorSettings, READ_MODELS};
+
+/// Where the shadow tables are built.
+pub const SHADOW_SCHEMA: &str = "xibaar_rebuild";
+/// Where the replaced tables go at the swap.
+pub const RETIRED_SCHEMA: &str = "xibaar_retired";
+/// The tables of the `read_models` projection, its checkpoint included, swapped as one.
+pub const TABLES: [&str; 7] = [
+    "projection_checkpoints",
+    "devices",
+    "preferences",
+    "notifications",
+    "deliveries",
+    "inbox",
+    "daily_stats",
+];
+/// Serialises rebuilds of one database (a session advisory lock key).
+const REBUILD_LOCK: i64 = 0x7869_6261_6172_0001;
+
+/// Where a rebuild is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Folding the log from sequence 1.
+    Replaying,
+    /// Holding the live tables and applying the last events before the swap.
+    Swapping,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub phase: Phase,
+    /// The shadow tables' checkpoint.
+    pub applied_through: u64,
+    /// The head of `XIBAAR_EVENTS` the current phase works towards.
+    pub head: u64,
+}
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The checkpoint the rebuilt tables went live with.
+    pub checkpoint: u64,
+    /// The live projector's checkpoint at the swap.
+    pub replaced_checkpoint: u64,
+    pub elapsed: Duration,
+    /// How long the live tables were locked.
+    pub swap_held: Duration,
+}
+
+/// Rebuilds `projection` (only `read_models` exists) as described in the module docs.
+pub async fn rebuild(
+    js: &jetstream::Context,
+    live: &PgPool,
+    projection: &str,
+    settings: ProjectorSettings,
+    keep_retired: bool,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        projection == READ_MODELS,
+        "no projection `{projection}`; the projections are: {READ_MODELS}"
+    );
+    let started = Instant::now();
+    // Held for the whole rebuild on its own connection: one rebuild at a time.
+    let mut guard = live.acquire().await.context("connecting to Postgres")?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(REBUILD_LOCK)
+        .fetch_one(&mut *guard)
+        .await?;
+    anyhow::ensure!(locked, "another rebuild of the read models is running");
+
+    // Every identifier in these statements is a constant of this module.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE; CREATE SCHEMA {SHADOW_SCHEMA}"
+    )))
+    .execute(live)
+    .await
+    .context("creating the shadow schema")?;
+    let shadow_options = live
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("search_path", SHADOW_SCHEMA)]);
+    let shadow = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(shadow_options)
+        .await
+        .context("connecting to the shadow schema")?;
+    xibaar_store::migrate(&shadow)
+        .await
+        .context("creating the shadow tables")?;
+
+    let mut projector = Projector::new(js.clone(), shadow.clone(), settings);
+    projector.announce = false;
+    // Replay to the head, then to the head again: what arrived meanwhile is small.
+    let mut applied = 0;
+    for _ in 0..2 {
+        let head = events_head(js).await?;
+        progress(Progress {
+            phase: Phase::Replaying,
+            applied_through: applied,
+            head,
+        });
+        applied = projector
+            .catch_up(head, &mut |through| {
+                progress(Progress {
+                    phase: Phase::Replaying,
+                    applied_through: through,
+                    head,
+                })
+            })
+            .await?;
+    }
+
+    // The swap.
+    let mut tx = live.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '60s'")
+        .execute(&mut *tx)
+        .await?;
+    let tables = TABLES.map(|t| format!("public.{t}")).join(", ");
+    sqlx::query(AssertSqlSafe(format!(
+        "LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
+    )))
+    .execute(&mut *tx)
+    .await
+    .context("locking the live read models")?;
+    let held = Instant::now();
+    let live_checkpoint: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(last_sequence), 0) FROM public.projection_checkpoints WHERE projection = $1",
+    )
+    .bind(READ_MODELS)
+    .fetch_one(&mut *tx)
+    .await?;
+    let live_checkpoint = u64::try_from(live_checkpoint).unwrap_or(0);
+    // The shadow must hold at least what the live tables hold; more is fine (the live
+    // projector skips what the swapped-in checkpoint covers).
+    let head = live_checkpoint.max(applied);
+    progress(Progress {
+        phase: Phase::Swapping,
+        applied_through: applied,
+        head,
+    });
+    applied = projector
+        .catch_up(head, &mut |through| {
+            progress(Progress {
+                phase: Phase::Swapping,
+                applied_through: through,
+                head,
+            })
+        })
+        .await?;
+    let mut moves =
+        format!("DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE; CREATE SCHEMA {RETIRED_SCHEMA};");
+    for table in TABLES {
+        moves.push_str(&format!(
+            "ALTER TABLE public.{table} SET SCHEMA {RETIRED_SCHEMA};\
+             ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA public;"
+        ));
+    }
+    sqlx::raw_sql(AssertSqlSafe(moves))
+        .execute(&mut *tx)
+        .await
+        .context("swapping the tables")?;
+    tx.commit().await.context("committing the swap")?;
+    let swap_held = held.elapsed();
+    shadow.close().await;
+
+    let mut cleanup = format!("DROP SCHEMA {SHADOW_SCHEMA} CASCADE;");
+    if !keep_retired {
+        cleanup.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
+    }
+    sqlx::raw_sql(AssertSqlSafe(cleanup)).execute(live).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(REBUILD_LOCK)
+        .execute(&mut *guard)
+        .await?;
+    progress(Progress {
+        phase: Phase::Done,
+        applied_through: applied,
+        head: applied,
+    });
+    Ok(Report {
+        checkpoint: applied,
+        replaced_checkpoint: live_checkpoint,
+        elapsed: started.elapsed(),
+        swap_held,
+    })
+}
+
+async fn events_head(js: &jetstream::Context) -> anyhow::Result<u64> {
+    Ok(js
+        .get_stream(xibaar_streams::names::EVENTS)
+        .await
+        .context("opening XIBAAR_EVENTS")?
+        .get_info()
+        .await
+        .context("reading XIBAAR_EVENTS")?
+        .state
+        .last_sequence)
+}
