@@ -295,7 +295,7 @@ async fn traffic(p: &Pipeline, customers: usize, round: usize) {
                 .http
                 .put(format!("{}/v1/me/preferences", p.api))
                 .bearer_auth(p.token(c, &[]))
-                .json(&json!({"categories": {"marketing": round % 2 == 0}}))
+                .json(&json!({"categories": {"marketing": round.is_multiple_of(2)}}))
                 .send()
                 .await
                 .unwrap();
