@@ -19,6 +19,7 @@ mod lag;
 mod openapi;
 mod ops;
 mod ops_page;
+mod projection_property;
 mod projections;
 mod projector_crash;
 mod rate_limits;
