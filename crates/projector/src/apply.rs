@@ -1,20 +1,17 @@
-//! One event, folded into the read models inside the batch's transaction.
+//! One event other than a delivery outcome, folded into the read models inside the batch's
+//! transaction. Outcomes are folded in bulk by [`crate::outcomes`].
 
 use sqlx::PgConnection;
 use xibaar_core::{
     Actor, Audience, Category, Content, Event, EventEnvelope, NotificationId, Priority,
-    event::{DeliveryFailed, DeliveryFailure, DeliverySucceeded, TopicOutcome},
 };
 
-/// Applies `envelope`, stored at `sequence`, to the read models through `tx`. Returns the
-/// customer whose inbox gained an item, for the live stream to wake.
+/// Applies `envelope` to the read models through `tx`.
 pub(crate) async fn apply(
     tx: &mut PgConnection,
     envelope: &EventEnvelope,
-    sequence: i64,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let at = envelope.meta.occurred_at;
-    let mut inbox_of = None;
     match &envelope.event {
         Event::DeviceRegistered(e) => {
             sqlx::query(include_str!("../sql/device_registered.sql"))
@@ -79,80 +76,6 @@ pub(crate) async fn apply(
                 .execute(&mut *tx)
                 .await?;
         }
-        Event::DeliverySucceeded(DeliverySucceeded {
-            notification_id,
-            priority,
-            device_id,
-            customer_id,
-            attempt,
-            fcm_message_id,
-            ..
-        }) => {
-            inbox_of = outcome(
-                tx,
-                Outcome {
-                    notification_id: notification_id.0,
-                    priority: *priority,
-                    device_id: device_id.as_str(),
-                    customer_id: Some(customer_id.as_str()),
-                    result: "succeeded",
-                    reason: None,
-                    error_code: None,
-                    attempt: *attempt,
-                    fcm_message_id: Some(fcm_message_id),
-                },
-                at,
-                sequence,
-            )
-            .await?;
-        }
-        Event::DeliveryExpired(e) => {
-            inbox_of = outcome(
-                tx,
-                Outcome {
-                    notification_id: e.notification_id.0,
-                    priority: e.priority,
-                    device_id: e.device_id.as_str(),
-                    customer_id: Some(e.customer_id.as_str()),
-                    result: "expired",
-                    reason: None,
-                    error_code: None,
-                    attempt: e.attempt,
-                    fcm_message_id: None,
-                },
-                at,
-                sequence,
-            )
-            .await?;
-        }
-        Event::DeliveryFailed(DeliveryFailed {
-            notification_id,
-            priority,
-            device_id,
-            customer_id,
-            attempt,
-            reason,
-            error_code,
-            ..
-        }) => {
-            inbox_of = outcome(
-                tx,
-                Outcome {
-                    notification_id: notification_id.0,
-                    priority: *priority,
-                    device_id: device_id.as_str(),
-                    customer_id: Some(customer_id.as_str()),
-                    result: "failed",
-                    reason: Some(*reason),
-                    error_code: error_code.as_deref(),
-                    attempt: *attempt,
-                    fcm_message_id: None,
-                },
-                at,
-                sequence,
-            )
-            .await?;
-        }
         Event::NotificationCanceled(e) => {
             notification_row(
                 tx,
@@ -181,34 +104,11 @@ pub(crate) async fn apply(
                     .await?;
             }
         }
-        Event::TopicDelivery(e) => {
-            let (result, reason, error_code, fcm_message_id) = match &e.outcome {
-                TopicOutcome::Succeeded { fcm_message_id } => {
-                    ("succeeded", None, None, Some(fcm_message_id.as_str()))
-                }
-                TopicOutcome::Failed {
-                    reason, error_code, ..
-                } => ("failed", Some(*reason), error_code.as_deref(), None),
-                TopicOutcome::Expired { .. } => ("expired", None, None, None),
-            };
-            outcome(
-                tx,
-                Outcome {
-                    notification_id: e.notification_id.0,
-                    priority: e.priority,
-                    device_id: TOPIC_DEVICE,
-                    customer_id: None,
-                    result,
-                    reason,
-                    error_code,
-                    attempt: e.attempt,
-                    fcm_message_id,
-                },
-                at,
-                sequence,
-            )
-            .await?;
-        }
+        // Folded in bulk with their neighbours (crate::outcomes).
+        Event::DeliverySucceeded(_)
+        | Event::DeliveryFailed(_)
+        | Event::DeliveryExpired(_)
+        | Event::TopicDelivery(_) => {}
         Event::DeviceRemoved(e) => {
             sqlx::query(include_str!("../sql/device_removed.sql"))
                 .bind(e.device_id.as_str())
@@ -233,7 +133,7 @@ pub(crate) async fn apply(
                 .await?;
         }
     }
-    Ok(inbox_of)
+    Ok(())
 }
 
 /// The columns a notification's row starts with, whichever event creates it.
@@ -270,56 +170,4 @@ async fn notification_row(
         .execute(&mut *tx)
         .await?;
     Ok(())
-}
-
-/// The device id of a topic or condition notification's single delivery row.
-const TOPIC_DEVICE: &str = "~topic";
-
-/// One final outcome of a notification on one device (or its topic).
-struct Outcome<'a> {
-    notification_id: uuid::Uuid,
-    priority: Priority,
-    device_id: &'a str,
-    /// The device's owner; topic outcomes have none (FCM knows the recipients).
-    customer_id: Option<&'a str>,
-    result: &'a str,
-    reason: Option<DeliveryFailure>,
-    error_code: Option<&'a str>,
-    attempt: u32,
-    fcm_message_id: Option<&'a str>,
-}
-
-/// Records the outcome and, for a customer's device, puts the notification in their inbox
-/// unless it is there already (at `sequence`, the event's place in the log). Returns the
-/// customer whose inbox gained the item.
-async fn outcome(
-    tx: &mut PgConnection,
-    o: Outcome<'_>,
-    at: chrono::DateTime<chrono::Utc>,
-    sequence: i64,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query(include_str!("../sql/delivery_outcome.sql"))
-        .bind(o.notification_id)
-        .bind(o.device_id)
-        .bind(o.customer_id)
-        .bind(o.result)
-        .bind(o.reason.map(DeliveryFailure::as_str))
-        .bind(o.error_code)
-        .bind(i32::try_from(o.attempt).unwrap_or(i32::MAX))
-        .bind(o.fcm_message_id)
-        .bind(at)
-        .bind(o.priority.as_str())
-        .execute(&mut *tx)
-        .await?;
-    let Some(customer_id) = o.customer_id else {
-        return Ok(None);
-    };
-    let inserted = sqlx::query(include_str!("../sql/inbox_received.sql"))
-        .bind(customer_id)
-        .bind(o.notification_id)
-        .bind(sequence)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-    Ok((inserted.rows_affected() == 1).then(|| customer_id.to_owned()))
 }

@@ -18,6 +18,7 @@
 //!   away, a lost connection) are retried for as long as they last.
 
 mod apply;
+mod outcomes;
 pub mod rebuild;
 
 use std::{collections::HashSet, time::Duration};
@@ -62,6 +63,9 @@ pub struct Projector {
     refused: Option<(i64, u32)>,
     /// Poison events parked in `XIBAAR_DLQ`, skipped when their batch is retried.
     parked: HashSet<i64>,
+    /// Set when a bulk fold of outcomes was refused: the batch is retried folding each outcome
+    /// on its own, so the refused event can be named (and parked).
+    isolate: bool,
     /// Whether committed batches wake the api's live inbox streams (not for a rebuild's
     /// shadow tables, which nobody reads yet).
     announce: bool,
@@ -70,6 +74,9 @@ pub struct Projector {
 /// Why a batch did not commit.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
+    /// Postgres refused a bulk fold of the outcomes from `first` on; which one is not known.
+    #[error("folding outcomes from sequence {first}: {source}")]
+    RefusedRun { first: i64, source: sqlx::Error },
     /// Postgres refused the event at `sequence`: retrying the same data cannot succeed forever.
     #[error("applying {event_type} at sequence {sequence}: {source}")]
     Refused {
@@ -104,6 +111,23 @@ struct BatchOutcome {
     dead_lettered: u64,
 }
 
+/// A span per event, in the event's trace, only at debug level: a broadcast is millions of
+/// events.
+fn debug_applied(message: &jetstream::Message, envelope: &EventEnvelope, sequence: i64) {
+    let span = tracing::debug_span!("project", sequence);
+    if span.is_disabled() {
+        return;
+    }
+    xibaar_streams::trace::continue_from_headers(&span, message.headers.as_ref());
+    span.in_scope(|| {
+        tracing::debug!(
+            event = envelope.event.event_type(),
+            correlation_id = %envelope.meta.correlation_id,
+            "applied; commits with its batch"
+        )
+    });
+}
+
 /// Customer ids joined by newlines in payloads under Postgres's 8,000-byte notification limit.
 fn notify_payloads(customers: &[String]) -> Vec<String> {
     const MAX: usize = 7_900;
@@ -132,6 +156,7 @@ impl Projector {
             settings,
             refused: None,
             parked: HashSet::new(),
+            isolate: false,
             announce: true,
         }
     }
@@ -234,6 +259,38 @@ impl Projector {
         Ok(reached)
     }
 
+    /// Folds the pending outcomes, in one go or, after a refusal, one at a time.
+    async fn fold(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        run: &mut Vec<outcomes::PendingOutcome>,
+        woken: &mut Vec<String>,
+    ) -> Result<(), BatchError> {
+        let Some(first) = run.first().map(outcomes::PendingOutcome::sequence) else {
+            return Ok(());
+        };
+        match outcomes::apply(tx, run).await {
+            Ok(customers) => {
+                woken.extend(customers);
+                run.clear();
+                Ok(())
+            }
+            Err(source) if refused_for_its_data(&source) && run.len() == 1 => {
+                Err(BatchError::Refused {
+                    sequence: first,
+                    event_type: "a delivery outcome",
+                    source,
+                })
+            }
+            Err(source) if refused_for_its_data(&source) => {
+                Err(BatchError::RefusedRun { first, source })
+            }
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("folding outcomes from sequence {first}"))
+                .into()),
+        }
+    }
+
     async fn checkpoint(&self) -> anyhow::Result<i64> {
         let checkpoint = sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
             .bind(READ_MODELS)
@@ -290,6 +347,11 @@ impl Projector {
                         }
                     }
                 }
+                Err(BatchError::RefusedRun { first, source }) => {
+                    metrics::counter!("xibaar_projector_batch_failures_total").increment(1);
+                    tracing::warn!(first, error = %source, "Postgres refused a bulk fold of outcomes; retrying the batch one outcome at a time");
+                    self.isolate = true;
+                }
                 Err(BatchError::Other(e)) => {
                     metrics::counter!("xibaar_projector_batch_failures_total").increment(1);
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "projecting a batch failed");
@@ -300,6 +362,7 @@ impl Projector {
         };
         // Committed: the parked events are behind the checkpoint now.
         self.refused = None;
+        self.isolate = false;
         self.parked.clear();
         metrics::counter!("xibaar_projector_poison_events_total").increment(parked_now);
         metrics::counter!("xibaar_projector_events_applied_total").increment(outcome.applied);
@@ -324,8 +387,11 @@ impl Projector {
             .context("reading the checkpoint")?
             .unwrap_or(0);
         let mut last = checkpoint;
+        let mut outcome_count = 0;
         // Customers whose inbox gained items in this batch.
         let mut woken: Vec<String> = Vec::new();
+        // Consecutive outcomes not yet folded.
+        let mut run: Vec<outcomes::PendingOutcome> = Vec::new();
         for message in batch {
             let sequence = message
                 .info()
@@ -341,10 +407,28 @@ impl Projector {
                 last = sequence;
                 continue;
             }
-            match EventEnvelope::decode(&message.payload) {
+            let decoded = EventEnvelope::decode(&message.payload);
+            let pending = match &decoded {
+                Ok(Decoded::Known(envelope)) => outcomes::pending(envelope, sequence),
+                _ => None,
+            };
+            // Anything else is applied after the outcomes before it.
+            if pending.is_none() || self.isolate {
+                self.fold(&mut tx, &mut run, &mut woken).await?;
+            }
+            if let Some(pending) = pending {
+                if let Ok(Decoded::Known(envelope)) = &decoded {
+                    debug_applied(message, envelope, sequence);
+                }
+                run.push(pending);
+                outcome_count += 1;
+                last = sequence;
+                continue;
+            }
+            match decoded {
                 Ok(Decoded::Known(envelope)) => {
-                    let inbox_of = match apply::apply(&mut tx, &envelope, sequence).await {
-                        Ok(inbox_of) => inbox_of,
+                    match apply::apply(&mut tx, &envelope).await {
+                        Ok(()) => {}
                         Err(source) if refused_for_its_data(&source) => {
                             return Err(BatchError::Refused {
                                 sequence,
@@ -362,22 +446,7 @@ impl Projector {
                         }
                     };
                     outcome.applied += 1;
-                    woken.extend(inbox_of);
-                    // A span per event only at debug level: a broadcast is millions of events.
-                    let span = tracing::debug_span!("project", sequence);
-                    if !span.is_disabled() {
-                        xibaar_streams::trace::continue_from_headers(
-                            &span,
-                            message.headers.as_ref(),
-                        );
-                        span.in_scope(|| {
-                            tracing::debug!(
-                                event = envelope.event.event_type(),
-                                correlation_id = %envelope.meta.correlation_id,
-                                "applied; commits with its batch"
-                            )
-                        });
-                    }
+                    debug_applied(message, &envelope, sequence);
                 }
                 Ok(Decoded::Unknown {
                     event_type,
@@ -396,6 +465,8 @@ impl Projector {
             }
             last = sequence;
         }
+        self.fold(&mut tx, &mut run, &mut woken).await?;
+        outcome.applied += outcome_count;
         if last != checkpoint {
             let advanced = sqlx::query(include_str!("../sql/checkpoint_advance.sql"))
                 .bind(READ_MODELS)

@@ -1,0 +1,247 @@
+//! The projector over a broadcast-shaped log (device registrations, then notifications to every
+//! device with an outcome per device): events folded per second into the read models, the time
+//! of `projections rebuild` over the same log, and `xibaar replay` to NDJSON as a ratio to a
+//! bare ordered consumer reading the same stream in the same run.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures::StreamExt;
+use xibaar_benches::{scale, xibaar_binary};
+use xibaar_core::{
+    Actor, Audience, Content, CustomerId, DeliveryOptions, DeviceId, Event, EventEnvelope,
+    FcmToken, NotificationId, Platform, Priority,
+    event::{
+        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceRegistered,
+        NotificationAccepted, NotificationFannedOut,
+    },
+};
+use xibaar_projector::{Projector, ProjectorSettings};
+use xibaar_testkit::{NatsServer, Postgres};
+
+const DEVICES: usize = 10_000;
+
+fn envelope(event: Event) -> EventEnvelope {
+    let correlation = event.aggregate_id();
+    EventEnvelope::new(event, correlation, None, Actor::system("benchmark"))
+}
+
+/// Stores about `n` events: `DEVICES` registrations, then broadcasts to every device
+/// (accepted, fanned out, one outcome per device: 95 % sent, 3 % invalid tokens, 2 % expired).
+async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow::Result<u64> {
+    let mut pipeline = xibaar_streams::Pipeline::new(js.clone(), 4_096);
+    let mut publish = async |event: Event| -> anyhow::Result<()> {
+        let envelope = envelope(event);
+        pipeline
+            .publish(
+                envelope.subject(),
+                xibaar_streams::event_headers(&envelope),
+                envelope.to_json()?.into(),
+            )
+            .await?;
+        Ok(())
+    };
+    let device = |d: usize| DeviceId::parse(format!("device-{d:07}")).expect("valid id");
+    let customer = |d: usize| CustomerId::parse(format!("customer-{d:07}")).expect("valid id");
+    for d in 0..DEVICES {
+        publish(Event::DeviceRegistered(DeviceRegistered {
+            device_id: device(d),
+            customer_id: customer(d),
+            token: FcmToken::parse(format!("token-{d:07}"))?,
+            platform: Platform::Android,
+            app_id: "app".into(),
+            app_version: Some("4.2.0".into()),
+            locale: Some("fr-SN".into()),
+        }))
+        .await?;
+    }
+    let broadcasts = n.saturating_sub(DEVICES).div_ceil(DEVICES + 2).max(1);
+    for b in 0..broadcasts {
+        let notification_id = NotificationId::generate();
+        let priority = Priority::ALL[b % 4];
+        publish(Event::NotificationAccepted(NotificationAccepted {
+            notification_id,
+            priority,
+            audience: Audience::Everyone,
+            content: Content {
+                title: format!("Planned outage #{b}"),
+                body: "Power will be off from 09:00 to 11:00 in your area.".into(),
+                data: [("kind".to_owned(), "outage".to_owned())].into(),
+                image_url: None,
+            },
+            category: None,
+            idempotency_key: None,
+            delivery: DeliveryOptions::default(),
+            accepted_at: chrono::Utc::now(),
+        }))
+        .await?;
+        publish(Event::NotificationFannedOut(NotificationFannedOut {
+            notification_id,
+            priority,
+            targeted: DEVICES as u64,
+        }))
+        .await?;
+        for d in 0..DEVICES {
+            let (device_id, customer_id) = (device(d), customer(d));
+            let event = match d % 100 {
+                0..95 => Event::DeliverySucceeded(DeliverySucceeded {
+                    notification_id,
+                    priority,
+                    device_id,
+                    customer_id,
+                    attempt: 1,
+                    fcm_message_id: format!("projects/p/messages/{b}-{d}"),
+                }),
+                95..98 => Event::DeliveryFailed(DeliveryFailed {
+                    notification_id,
+                    priority,
+                    device_id,
+                    customer_id,
+                    attempt: 1,
+                    reason: DeliveryFailure::InvalidToken,
+                    error_code: Some("UNREGISTERED".into()),
+                    detail: "Requested entity was not found.".into(),
+                }),
+                _ => Event::DeliveryExpired(DeliveryExpired {
+                    notification_id,
+                    priority,
+                    device_id,
+                    customer_id,
+                    attempt: 1,
+                    expired_at: chrono::Utc::now(),
+                }),
+            };
+            publish(event).await?;
+        }
+    }
+    Ok(pipeline.flush().await?.last_sequence)
+}
+
+/// Reads the whole stream with a bare ordered consumer, as fast as it comes.
+async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut messages = js
+        .get_stream(xibaar_streams::names::EVENTS)
+        .await?
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    let mut bytes = 0usize;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        bytes += message.payload.len();
+        if message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence
+            >= head
+        {
+            break;
+        }
+    }
+    anyhow::ensure!(bytes > 0);
+    Ok(started.elapsed())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n = scale(1_000_000);
+    let (nats, pg) = tokio::join!(NatsServer::start(), Postgres::start());
+    let (nats, pg) = (nats?, pg?);
+    let database = pg.create_database("xibaar").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database)
+        .await?;
+    xibaar_store::migrate(&pool).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    xibaar_streams::apply(&js, &xibaar_streams::Definitions::builtin()).await?;
+
+    let started = Instant::now();
+    let head = store_log(&js, n).await?;
+    println!(
+        "projector: {head} events stored ({DEVICES} devices, broadcasts to all of them) in {:.1?}",
+        started.elapsed()
+    );
+    let settings = ProjectorSettings::from(&xibaar_config::ProjectorConfig::default());
+    println!(
+        "  batches of up to {} events, {:?} wait",
+        settings.batch_size, settings.batch_wait
+    );
+
+    // Projector throughput: the live runner catching up from sequence 1.
+    let started = Instant::now();
+    let mut projector = Projector::new(js.clone(), pool.clone(), settings.clone());
+    projector.catch_up(head, &mut |_| {}).await?;
+    let projected = started.elapsed();
+    let per_second = head as f64 / projected.as_secs_f64();
+    println!(
+        "  projector: {head} events in {projected:.1?} = {per_second:.0} events/s (target >= 50,000/s: {})",
+        if per_second >= 50_000.0 {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+
+    // Rebuild: the same log into shadow tables, then the swap.
+    let started = Instant::now();
+    let report = xibaar_projector::rebuild::rebuild(
+        &js,
+        &pool,
+        xibaar_projector::READ_MODELS,
+        settings,
+        false,
+        &mut |_| {},
+    )
+    .await?;
+    let rebuilt = started.elapsed();
+    let rebuild_rate = head as f64 / rebuilt.as_secs_f64();
+    println!(
+        "  rebuild: {head} events in {rebuilt:.1?} ({rebuild_rate:.0} events/s; tables locked {:.1?} for the swap); 10,000,000 events at this rate: {:.0} s",
+        report.swap_held,
+        10_000_000.0 / rebuild_rate
+    );
+
+    // Replay to NDJSON against a bare ordered consumer of the same stream.
+    let bare = bare_read(&js, head).await?;
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        config.path(),
+        format!(
+            "[nats]\nurl = \"{}\"\n[postgres]\nurl = \"{database}\"\n",
+            nats.url()
+        ),
+    )?;
+    let started = Instant::now();
+    let replay = Command::new(xibaar_binary())
+        .arg("--config")
+        .arg(config.path())
+        .arg("replay")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let output = tokio::task::spawn_blocking(move || replay.wait_with_output()).await??;
+    let replayed = started.elapsed();
+    anyhow::ensure!(output.status.success(), "xibaar replay failed");
+    let lines = output.stdout.iter().filter(|b| **b == b'\n').count();
+    anyhow::ensure!(
+        lines as u64 == head,
+        "replay printed {lines} events of {head}"
+    );
+    let bare_rate = head as f64 / bare.as_secs_f64();
+    let replay_rate = head as f64 / replayed.as_secs_f64();
+    println!("  bare ordered consumer: {head} events in {bare:.1?} = {bare_rate:.0} events/s");
+    println!(
+        "  xibaar replay (NDJSON): {head} events in {replayed:.1?} = {replay_rate:.0} events/s, ratio {:.2} (target >= 0.5)",
+        replay_rate / bare_rate
+    );
+    Ok(())
+}

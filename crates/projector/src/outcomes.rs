@@ -1,0 +1,404 @@
+//! Delivery outcomes, folded in bulk: a broadcast is one outcome event per device, so a batch's
+//! consecutive outcomes are applied with a handful of set-based statements instead of a round
+//! trip per event.
+//!
+//! The rules, applied to the outcomes in stream order exactly as if one at a time:
+//! - one final outcome per notification and device: the first one is kept, except that a
+//!   failure (other than an invalid token) is replaced by a later success or expiry (a job
+//!   retried from the DLQ); a repeated event changes nothing;
+//! - the notification's counters (sent, failed, invalid, expired) move with every kept or
+//!   replaced outcome; it is `completed`, at the time of the outcome that makes the counted
+//!   outcomes reach the targeted devices, once its fan-out is known;
+//! - `daily_stats` moves the same way, per UTC day of the outcome, priority and outcome;
+//! - the first outcome of a notification on a customer's device puts it in their inbox, at the
+//!   event's sequence.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+use xibaar_core::{
+    Event, EventEnvelope, Priority,
+    event::{DeliveryFailure, TopicOutcome},
+};
+
+/// The device id of a topic or condition notification's single delivery row.
+const TOPIC_DEVICE: &str = "~topic";
+
+/// One outcome event, as the fold needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingOutcome {
+    sequence: i64,
+    at: DateTime<Utc>,
+    notification_id: Uuid,
+    priority: Priority,
+    device_id: String,
+    /// The device's owner; topic outcomes have none (FCM knows the recipients).
+    customer_id: Option<String>,
+    outcome: &'static str,
+    reason: Option<&'static str>,
+    error_code: Option<String>,
+    attempts: i32,
+    fcm_message_id: Option<String>,
+}
+
+impl PendingOutcome {
+    pub(crate) fn sequence(&self) -> i64 {
+        self.sequence
+    }
+}
+
+/// The outcome `envelope` records, if it is one.
+pub(crate) fn pending(envelope: &EventEnvelope, sequence: i64) -> Option<PendingOutcome> {
+    let at = envelope.meta.occurred_at;
+    let attempts = |a: u32| i32::try_from(a).unwrap_or(i32::MAX);
+    Some(match &envelope.event {
+        Event::DeliverySucceeded(e) => PendingOutcome {
+            sequence,
+            at,
+            notification_id: e.notification_id.0,
+            priority: e.priority,
+            device_id: e.device_id.to_string(),
+            customer_id: Some(e.customer_id.to_string()),
+            outcome: "succeeded",
+            reason: None,
+            error_code: None,
+            attempts: attempts(e.attempt),
+            fcm_message_id: Some(e.fcm_message_id.clone()),
+        },
+        Event::DeliveryFailed(e) => PendingOutcome {
+            sequence,
+            at,
+            notification_id: e.notification_id.0,
+            priority: e.priority,
+            device_id: e.device_id.to_string(),
+            customer_id: Some(e.customer_id.to_string()),
+            outcome: "failed",
+            reason: Some(e.reason.as_str()),
+            error_code: e.error_code.clone(),
+            attempts: attempts(e.attempt),
+            fcm_message_id: None,
+        },
+        Event::DeliveryExpired(e) => PendingOutcome {
+            sequence,
+            at,
+            notification_id: e.notification_id.0,
+            priority: e.priority,
+            device_id: e.device_id.to_string(),
+            customer_id: Some(e.customer_id.to_string()),
+            outcome: "expired",
+            reason: None,
+            error_code: None,
+            attempts: attempts(e.attempt),
+            fcm_message_id: None,
+        },
+        Event::TopicDelivery(e) => {
+            let (outcome, reason, error_code, fcm_message_id) = match &e.outcome {
+                TopicOutcome::Succeeded { fcm_message_id } => {
+                    ("succeeded", None, None, Some(fcm_message_id.clone()))
+                }
+                TopicOutcome::Failed {
+                    reason, error_code, ..
+                } => ("failed", Some(reason.as_str()), error_code.clone(), None),
+                TopicOutcome::Expired { .. } => ("expired", None, None, None),
+            };
+            PendingOutcome {
+                sequence,
+                at,
+                notification_id: e.notification_id.0,
+                priority: e.priority,
+                device_id: TOPIC_DEVICE.to_owned(),
+                customer_id: None,
+                outcome,
+                reason,
+                error_code,
+                attempts: attempts(e.attempt),
+                fcm_message_id,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// What a kept outcome counts as: `succeeded`, `failed`, `invalid` or `expired`.
+fn class(outcome: &str, reason: Option<&str>) -> &'static str {
+    match (outcome, reason) {
+        ("succeeded", _) => "succeeded",
+        ("expired", _) => "expired",
+        (_, Some(r)) if r == DeliveryFailure::InvalidToken.as_str() => "invalid",
+        _ => "failed",
+    }
+}
+
+/// The final outcome held for one notification and device.
+#[derive(Debug, Clone)]
+struct Held {
+    outcome: String,
+    reason: Option<String>,
+    at: DateTime<Utc>,
+}
+
+impl Held {
+    /// Whether `next` replaces this outcome.
+    fn replaced_by(&self, next: &PendingOutcome) -> bool {
+        self.outcome == "failed"
+            && self.reason.as_deref() != Some(DeliveryFailure::InvalidToken.as_str())
+            && next.outcome != "failed"
+    }
+}
+
+/// A notification's counters as the run moves them.
+#[derive(Debug, Default)]
+struct Counters {
+    targeted: Option<i64>,
+    total: i64,
+    sent: i64,
+    failed: i64,
+    invalid: i64,
+    expired: i64,
+    completed_at: Option<DateTime<Utc>>,
+    completed: bool,
+}
+
+impl Counters {
+    fn add(&mut self, class: &str, by: i64) {
+        self.total += by;
+        match class {
+            "succeeded" => self.sent += by,
+            "failed" => self.failed += by,
+            "invalid" => self.invalid += by,
+            _ => self.expired += by,
+        }
+    }
+}
+
+type NotificationRow = (Uuid, Option<i64>, i64, Option<DateTime<Utc>>);
+type HeldRow = (Uuid, String, String, Option<String>, DateTime<Utc>);
+
+/// Applies `run` (outcomes in stream order) through `tx`; returns the customers whose inbox
+/// gained an item.
+pub(crate) async fn apply(
+    tx: &mut PgConnection,
+    run: &[PendingOutcome],
+) -> Result<Vec<String>, sqlx::Error> {
+    if run.is_empty() {
+        return Ok(Vec::new());
+    }
+    // What the read models hold now for the run's notifications and devices.
+    let (keys_n, keys_d): (Vec<Uuid>, Vec<&str>) = run
+        .iter()
+        .map(|o| (o.notification_id, o.device_id.as_str()))
+        .unzip();
+    let held_rows: Vec<HeldRow> = sqlx::query_as(
+        "SELECT d.notification_id, d.device_id, d.outcome, d.reason, d.occurred_at \
+         FROM deliveries d \
+         JOIN (SELECT DISTINCT * FROM UNNEST($1::uuid[], $2::text[])) k(n, dev) \
+           ON d.notification_id = k.n AND d.device_id = k.dev",
+    )
+    .bind(&keys_n)
+    .bind(&keys_d)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut held: HashMap<(Uuid, String), Held> = held_rows
+        .into_iter()
+        .map(|(n, d, outcome, reason, at)| {
+            (
+                n,
+                d,
+                Held {
+                    outcome,
+                    reason,
+                    at,
+                },
+            )
+        })
+        .map(|(n, d, h)| ((n, d), h))
+        .collect();
+    let mut notification_ids = keys_n.clone();
+    notification_ids.sort_unstable();
+    notification_ids.dedup();
+    let rows: Vec<NotificationRow> = sqlx::query_as(
+        "SELECT notification_id, targeted, sent + failed + invalid + expired, completed_at \
+         FROM notifications WHERE notification_id = ANY($1)",
+    )
+    .bind(&notification_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut counters: HashMap<Uuid, Counters> = rows
+        .into_iter()
+        .map(|(id, targeted, total, completed_at)| {
+            (
+                id,
+                Counters {
+                    targeted,
+                    total,
+                    completed_at,
+                    ..Counters::default()
+                },
+            )
+        })
+        .collect();
+
+    // The fold, one outcome at a time.
+    let mut written: HashMap<(Uuid, String), &PendingOutcome> = HashMap::new();
+    let mut daily: HashMap<(NaiveDate, Priority, &'static str), i64> = HashMap::new();
+    let mut inbox: HashMap<(&str, Uuid), &PendingOutcome> = HashMap::new();
+    for o in run {
+        if let Some(customer) = &o.customer_id {
+            inbox
+                .entry((customer.as_str(), o.notification_id))
+                .or_insert(o);
+        }
+        let key = (o.notification_id, o.device_id.clone());
+        let previous = match held.get(&key) {
+            None => None,
+            Some(h) if h.replaced_by(o) => Some(h.clone()),
+            Some(_) => continue,
+        };
+        let new_class = class(o.outcome, o.reason);
+        *daily
+            .entry((o.at.date_naive(), o.priority, new_class))
+            .or_default() += 1;
+        if let Some(p) = &previous {
+            *daily
+                .entry((
+                    p.at.date_naive(),
+                    o.priority,
+                    class(&p.outcome, p.reason.as_deref()),
+                ))
+                .or_default() -= 1;
+        }
+        if let Some(c) = counters.get_mut(&o.notification_id) {
+            c.add(new_class, 1);
+            if let Some(p) = &previous {
+                c.add(class(&p.outcome, p.reason.as_deref()), -1);
+            }
+            if c.targeted.is_some_and(|t| c.total >= t) {
+                c.completed = true;
+                c.completed_at = c.completed_at.or(Some(o.at));
+            }
+        }
+        held.insert(
+            key.clone(),
+            Held {
+                outcome: o.outcome.to_owned(),
+                reason: o.reason.map(str::to_owned),
+                at: o.at,
+            },
+        );
+        written.insert(key, o);
+    }
+
+    // The writes: one statement per table.
+    if !written.is_empty() {
+        let rows: Vec<&PendingOutcome> = written.into_values().collect();
+        sqlx::query(
+            "INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, \
+                                     error_code, attempts, fcm_message_id, occurred_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                  $6::text[], $7::int[], $8::text[], $9::timestamptz[]) \
+             ON CONFLICT (notification_id, device_id) DO UPDATE \
+             SET outcome = excluded.outcome, reason = excluded.reason, \
+                 error_code = excluded.error_code, attempts = excluded.attempts, \
+                 fcm_message_id = excluded.fcm_message_id, occurred_at = excluded.occurred_at",
+        )
+        .bind(rows.iter().map(|o| o.notification_id).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|o| o.device_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|o| o.customer_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|o| o.outcome).collect::<Vec<_>>())
+        .bind(rows.iter().map(|o| o.reason).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|o| o.error_code.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|o| o.attempts).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|o| o.fcm_message_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|o| o.at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let moved: Vec<(&Uuid, &Counters)> = counters
+        .iter()
+        .filter(|(_, c)| {
+            c.sent != 0 || c.failed != 0 || c.invalid != 0 || c.expired != 0 || c.completed
+        })
+        .collect();
+    if !moved.is_empty() {
+        sqlx::query(
+            "UPDATE notifications n \
+             SET sent = n.sent + u.sent, failed = n.failed + u.failed, \
+                 invalid = n.invalid + u.invalid, expired = n.expired + u.expired, \
+                 status = CASE WHEN u.completed THEN 'completed' ELSE n.status END, \
+                 completed_at = u.completed_at \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                         $6::bool[], $7::timestamptz[]) \
+                  u(id, sent, failed, invalid, expired, completed, completed_at) \
+             WHERE n.notification_id = u.id",
+        )
+        .bind(moved.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(moved.iter().map(|(_, c)| c.sent).collect::<Vec<_>>())
+        .bind(moved.iter().map(|(_, c)| c.failed).collect::<Vec<_>>())
+        .bind(moved.iter().map(|(_, c)| c.invalid).collect::<Vec<_>>())
+        .bind(moved.iter().map(|(_, c)| c.expired).collect::<Vec<_>>())
+        .bind(moved.iter().map(|(_, c)| c.completed).collect::<Vec<_>>())
+        .bind(
+            moved
+                .iter()
+                .map(|(_, c)| c.completed_at)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !daily.is_empty() {
+        // Rows whose changes cancel out are written too (with 0), as one at a time would.
+        let rows: Vec<_> = daily.into_iter().collect();
+        sqlx::query(
+            "INSERT INTO daily_stats (day, priority, outcome, deliveries) \
+             SELECT * FROM UNNEST($1::date[], $2::text[], $3::text[], $4::bigint[]) \
+             ON CONFLICT (day, priority, outcome) DO UPDATE \
+             SET deliveries = daily_stats.deliveries + excluded.deliveries",
+        )
+        .bind(rows.iter().map(|((d, _, _), _)| *d).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|((_, p, _), _)| p.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|((_, _, c), _)| *c).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut woken = Vec::new();
+    if !inbox.is_empty() {
+        let rows: Vec<_> = inbox.into_iter().collect();
+        woken = sqlx::query_scalar(
+            "INSERT INTO inbox (customer_id, notification_id, position, received_at) \
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[]) \
+             ON CONFLICT (customer_id, notification_id) DO NOTHING \
+             RETURNING customer_id",
+        )
+        .bind(rows.iter().map(|((c, _), _)| *c).collect::<Vec<_>>())
+        .bind(rows.iter().map(|((_, n), _)| *n).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, o)| o.sequence).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, o)| o.at).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    }
+    Ok(woken)
+}
