@@ -170,7 +170,13 @@ async fn main() -> anyhow::Result<()> {
         "projector: {head} events stored ({DEVICES} devices, broadcasts to all of them) in {:.1?}",
         started.elapsed()
     );
-    let settings = ProjectorSettings::from(&xibaar_config::ProjectorConfig::default());
+    let mut settings = ProjectorSettings::from(&xibaar_config::ProjectorConfig::default());
+    if let Some(size) = std::env::var("XIBAAR_BENCH_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        settings.batch_size = size;
+    }
     println!(
         "  batches of up to {} events, {:?} wait",
         settings.batch_size, settings.batch_wait
