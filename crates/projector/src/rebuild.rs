@@ -119,20 +119,7 @@ pub async fn rebuild(
     let mut applied = 0;
     for _ in 0..2 {
         let head = events_head(js).await?;
-        progress(Progress {
-            phase: Phase::Replaying,
-            applied_through: applied,
-            head,
-        });
-        applied = projector
-            .catch_up(head, &mut |through| {
-                progress(Progress {
-                    phase: Phase::Replaying,
-                    applied_through: through,
-                    head,
-                })
-            })
-            .await?;
+        applied = phase(&mut projector, Phase::Replaying, applied, head, progress).await?;
     }
 
     // The swap.
@@ -158,20 +145,7 @@ pub async fn rebuild(
     // The shadow must hold at least what the live tables hold; more is fine (the live
     // projector skips what the swapped-in checkpoint covers).
     let head = live_checkpoint.max(applied);
-    progress(Progress {
-        phase: Phase::Swapping,
-        applied_through: applied,
-        head,
-    });
-    applied = projector
-        .catch_up(head, &mut |through| {
-            progress(Progress {
-                phase: Phase::Swapping,
-                applied_through: through,
-                head,
-            })
-        })
-        .await?;
+    applied = phase(&mut projector, Phase::Swapping, applied, head, progress).await?;
     let mut moves =
         format!("DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE; CREATE SCHEMA {RETIRED_SCHEMA};");
     for table in TABLES {
@@ -208,6 +182,30 @@ pub async fn rebuild(
         elapsed: started.elapsed(),
         swap_held,
     })
+}
+
+/// Brings the shadow from `applied` up to `head`, reporting progress in `phase`.
+async fn phase(
+    projector: &mut Projector,
+    phase: Phase,
+    applied: u64,
+    head: u64,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> anyhow::Result<u64> {
+    progress(Progress {
+        phase,
+        applied_through: applied,
+        head,
+    });
+    projector
+        .catch_up(head, &mut |through| {
+            progress(Progress {
+                phase,
+                applied_through: through,
+                head,
+            })
+        })
+        .await
 }
 
 async fn events_head(js: &jetstream::Context) -> anyhow::Result<u64> {

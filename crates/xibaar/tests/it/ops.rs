@@ -43,15 +43,7 @@ async fn health_probes_and_metrics_answer() {
         .send(&crate::support::notification("low", &["nobody"], "t"), None)
         .await;
     assert_eq!(accepted.status(), 202);
-    let metrics = p
-        .http
-        .get(format!("{}/metrics", p.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains(
             "xibaar_api_notifications_accepted_total{priority=\"low\",replayed=\"false\"} 1"

@@ -113,15 +113,7 @@ async fn v1_and_v2_events_project_alike_and_an_unknown_type_does_not_stop_the_pr
         ]
     );
     // The unknown event was passed over and counted, not parked.
-    let metrics = p
-        .http
-        .get(format!("{}/metrics", p.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics
             .lines()
@@ -174,15 +166,7 @@ async fn a_poison_event_is_retried_then_parked_with_its_error_and_the_projection
             .as_str(),
         "xibaar.evt.device.poisoned.registered"
     );
-    let metrics = p
-        .http
-        .get(format!("{}/metrics", p.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics
             .lines()

@@ -419,6 +419,18 @@ filter = "warn"
         .unwrap_or_else(|| panic!("the projection did not reach sequence {head}"));
     }
 
+    /// The in-process roles' Prometheus exposition.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The sequence of the last message in `stream`.
     pub async fn stream_head(&self, stream: &str) -> u64 {
         self.jetstream()
