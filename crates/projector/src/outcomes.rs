@@ -204,8 +204,7 @@ pub(crate) async fn apply(
         .into_iter()
         .map(|(n, d, outcome, reason, at)| {
             (
-                n,
-                d,
+                (n, d),
                 Held {
                     outcome,
                     reason,
@@ -213,7 +212,6 @@ pub(crate) async fn apply(
                 },
             )
         })
-        .map(|(n, d, h)| ((n, d), h))
         .collect();
     let mut notification_ids = keys_n.clone();
     notification_ids.sort_unstable();

@@ -85,7 +85,9 @@ pub async fn rebuild(
     );
     let started = Instant::now();
     // Held for the whole rebuild on its own connection: one rebuild at a time.
+    // Closed (and the lock with it) when the rebuild ends, however it ends.
     let mut guard = live.acquire().await.context("connecting to Postgres")?;
+    guard.close_on_drop();
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(REBUILD_LOCK)
         .fetch_one(&mut *guard)
@@ -167,10 +169,6 @@ pub async fn rebuild(
         cleanup.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
     }
     sqlx::raw_sql(AssertSqlSafe(cleanup)).execute(live).await?;
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut *guard)
-        .await?;
     progress(Progress {
         phase: Phase::Done,
         applied_through: applied,
