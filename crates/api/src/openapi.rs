@@ -222,7 +222,6 @@ pub fn json() -> &'static str {
 }
 
 /// `GET /openapi.json`.
-#[allow(clippy::unused_async)]
 pub async fn serve() -> impl axum::response::IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],

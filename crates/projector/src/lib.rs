@@ -111,6 +111,19 @@ struct BatchOutcome {
     dead_lettered: u64,
 }
 
+/// The sequence of the last event in `XIBAAR_EVENTS`: where a projection caught up is.
+pub async fn events_head(js: &jetstream::Context) -> anyhow::Result<u64> {
+    Ok(js
+        .get_stream(names::EVENTS)
+        .await
+        .context("opening XIBAAR_EVENTS")?
+        .get_info()
+        .await
+        .context("reading XIBAAR_EVENTS")?
+        .state
+        .last_sequence)
+}
+
 /// A span per event, in the event's trace, only at debug level: a broadcast is millions of
 /// events.
 fn debug_applied(message: &jetstream::Message, envelope: &EventEnvelope, sequence: i64) {

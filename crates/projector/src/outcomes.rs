@@ -51,73 +51,69 @@ impl PendingOutcome {
 
 /// The outcome `envelope` records, if it is one.
 pub(crate) fn pending(envelope: &EventEnvelope, sequence: i64) -> Option<PendingOutcome> {
-    let at = envelope.meta.occurred_at;
-    let attempts = |a: u32| i32::try_from(a).unwrap_or(i32::MAX);
-    Some(match &envelope.event {
-        Event::DeliverySucceeded(e) => PendingOutcome {
-            sequence,
-            at,
-            notification_id: e.notification_id.0,
-            priority: e.priority,
-            device_id: e.device_id.to_string(),
-            customer_id: Some(e.customer_id.to_string()),
-            outcome: "succeeded",
-            reason: None,
-            error_code: None,
-            attempts: attempts(e.attempt),
-            fcm_message_id: Some(e.fcm_message_id.clone()),
-        },
-        Event::DeliveryFailed(e) => PendingOutcome {
-            sequence,
-            at,
-            notification_id: e.notification_id.0,
-            priority: e.priority,
-            device_id: e.device_id.to_string(),
-            customer_id: Some(e.customer_id.to_string()),
-            outcome: "failed",
-            reason: Some(e.reason.as_str()),
-            error_code: e.error_code.clone(),
-            attempts: attempts(e.attempt),
-            fcm_message_id: None,
-        },
-        Event::DeliveryExpired(e) => PendingOutcome {
-            sequence,
-            at,
-            notification_id: e.notification_id.0,
-            priority: e.priority,
-            device_id: e.device_id.to_string(),
-            customer_id: Some(e.customer_id.to_string()),
-            outcome: "expired",
-            reason: None,
-            error_code: None,
-            attempts: attempts(e.attempt),
-            fcm_message_id: None,
-        },
-        Event::TopicDelivery(e) => {
-            let (outcome, reason, error_code, fcm_message_id) = match &e.outcome {
-                TopicOutcome::Succeeded { fcm_message_id } => {
-                    ("succeeded", None, None, Some(fcm_message_id.clone()))
-                }
-                TopicOutcome::Failed {
-                    reason, error_code, ..
-                } => ("failed", Some(reason.as_str()), error_code.clone(), None),
-                TopicOutcome::Expired { .. } => ("expired", None, None, None),
-            };
-            PendingOutcome {
-                sequence,
-                at,
-                notification_id: e.notification_id.0,
-                priority: e.priority,
-                device_id: TOPIC_DEVICE.to_owned(),
-                customer_id: None,
-                outcome,
-                reason,
-                error_code,
-                attempts: attempts(e.attempt),
-                fcm_message_id,
-            }
-        }
-        _ => return None,
+    let device = |device_id: &xibaar_core::DeviceId, customer_id: &xibaar_core::CustomerId| {
+        (device_id.to_string(), Some(customer_id.to_string()))
+    };
+    // (notification, priority, (device, owner), attempt, (outcome, reason, error, message id))
+    let (notification_id, priority, (device_id, customer_id), attempt, result) =
+        match &envelope.event {
+            Event::DeliverySucceeded(e) => (
+                e.notification_id,
+                e.priority,
+                device(&e.device_id, &e.customer_id),
+                e.attempt,
+                ("succeeded", None, None, Some(e.fcm_message_id.clone())),
+            ),
+            Event::DeliveryFailed(e) => (
+                e.notification_id,
+                e.priority,
+                device(&e.device_id, &e.customer_id),
+                e.attempt,
+                (
+                    "failed",
+                    Some(e.reason.as_str()),
+                    e.error_code.clone(),
+                    None,
+                ),
+            ),
+            Event::DeliveryExpired(e) => (
+                e.notification_id,
+                e.priority,
+                device(&e.device_id, &e.customer_id),
+                e.attempt,
+                ("expired", None, None, None),
+            ),
+            // FCM knows a topic's recipients: one row, no owner.
+            Event::TopicDelivery(e) => (
+                e.notification_id,
+                e.priority,
+                (TOPIC_DEVICE.to_owned(), None),
+                e.attempt,
+                match &e.outcome {
+                    TopicOutcome::Succeeded { fcm_message_id } => {
+                        ("succeeded", None, None, Some(fcm_message_id.clone()))
+                    }
+                    TopicOutcome::Failed {
+                        reason, error_code, ..
+                    } => ("failed", Some(reason.as_str()), error_code.clone(), None),
+                    TopicOutcome::Expired { .. } => ("expired", None, None, None),
+                },
+            ),
+            _ => return None,
+        };
+    let (outcome, reason, error_code, fcm_message_id) = result;
+    Some(PendingOutcome {
+        sequence,
+        at: envelope.meta.occurred_at,
+        notification_id: notification_id.0,
+        priority,
+        device_id,
+        customer_id,
+        outcome,
+        reason,
+        error_code,
+        attempts: i32::try_from(attempt).unwrap_or(i32::MAX),
+        fcm_message_id,
     })
 }
 

@@ -20,7 +20,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use sqlx::{AssertSqlSafe, PgPool, postgres::PgPoolOptions};
 
-use crate::{Projector, ProjectorSettings, READ_MODELS};
+use crate::{Projector, ProjectorSettings, READ_MODELS, events_head};
 
 /// Where the shadow tables are built.
 pub const SHADOW_SCHEMA: &str = "xibaar_rebuild";
@@ -204,16 +204,4 @@ async fn phase(
             })
         })
         .await
-}
-
-async fn events_head(js: &jetstream::Context) -> anyhow::Result<u64> {
-    Ok(js
-        .get_stream(xibaar_streams::names::EVENTS)
-        .await
-        .context("opening XIBAAR_EVENTS")?
-        .get_info()
-        .await
-        .context("reading XIBAAR_EVENTS")?
-        .state
-        .last_sequence)
 }

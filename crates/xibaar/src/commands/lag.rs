@@ -107,13 +107,7 @@ pub async fn projection_lag(
     js: &async_nats::jetstream::Context,
     pool: &sqlx::PgPool,
 ) -> anyhow::Result<Vec<ProjectionLag>> {
-    let head = js
-        .get_stream(xibaar_streams::names::EVENTS)
-        .await?
-        .get_info()
-        .await?
-        .state
-        .last_sequence;
+    let head = xibaar_projector::events_head(js).await?;
     let rows: Vec<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT projection, last_sequence, updated_at FROM projection_checkpoints ORDER BY projection",
     )

@@ -14,15 +14,7 @@ use crate::support::{Pipeline, notification};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_serves_its_checked_in_openapi_document_and_a_docs_page() {
     let p = Pipeline::start().await;
-    let served: Value = p
-        .http
-        .get(format!("{}/openapi.json", p.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served = p.get_json("/openapi.json", None).await;
     let file = workspace_root().join("schemas/openapi.json");
     let checked_in: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     assert_eq!(served, checked_in);

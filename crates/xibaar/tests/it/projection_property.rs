@@ -252,7 +252,7 @@ async fn project_under_faults(p: &Pipeline, url: &str, rng: &mut StdRng, events:
             let _ = task.await;
         }
     }
-    let head = p.stream_head("XIBAAR_EVENTS").await;
+    let head = p.events_head().await;
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let mut projector = Projector::new(js, pool, settings(rng));
     projector.catch_up(head, &mut |_| {}).await.unwrap();
@@ -260,7 +260,7 @@ async fn project_under_faults(p: &Pipeline, url: &str, rng: &mut StdRng, events:
 
 /// The pure fold: one event per transaction, in order, never interrupted.
 async fn fold(p: &Pipeline, url: &str) {
-    let head = p.stream_head("XIBAAR_EVENTS").await;
+    let head = p.events_head().await;
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let mut projector = Projector::new(
         p.jetstream().await,

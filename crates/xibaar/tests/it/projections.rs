@@ -213,7 +213,7 @@ async fn daily_stats_count_each_outcome_per_day_and_priority_as_the_deliveries_d
         ]
     );
     // The projection has caught up with the log.
-    let head = p.stream_head("XIBAAR_EVENTS").await;
+    let head = p.events_head().await;
     let status = eventually(Duration::from_secs(10), || async {
         let (ok, out) = p.cli(&["projections", "status", "--json"]);
         assert!(ok, "{out}");
@@ -232,19 +232,12 @@ async fn daily_stats_count_each_outcome_per_day_and_priority_as_the_deliveries_d
     );
     // A range past today is empty; a reversed one is refused.
     let reports = p.token("reports", &[xibaar_api::scopes::READ]);
-    let empty: serde_json::Value = p
-        .http
-        .get(format!(
-            "{}/v1/stats/daily?from=2020-01-01&to=2020-01-31",
-            p.api
-        ))
-        .bearer_auth(&reports)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let empty = p
+        .get_json(
+            "/v1/stats/daily?from=2020-01-01&to=2020-01-31",
+            Some(&reports),
+        )
+        .await;
     assert_eq!(empty["days"], json!([]));
     let reversed = p
         .http

@@ -348,16 +348,8 @@ filter = "warn"
     /// `daily_stats` as the API serves it, and as a fold of `deliveries` would have it:
     /// `(day, priority, outcome, deliveries)` rows, which must be equal.
     pub async fn daily_stats(&self) -> (Vec<Value>, Vec<Value>) {
-        let served: Value = self
-            .http
-            .get(format!("{}/v1/stats/daily", self.api))
-            .bearer_auth(self.token("reports", &[xibaar_api::scopes::READ]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let reports = self.token("reports", &[xibaar_api::scopes::READ]);
+        let served = self.get_json("/v1/stats/daily", Some(&reports)).await;
         let folded: Vec<(chrono::NaiveDate, String, String, i64)> = sqlx::query_as(
             "SELECT (d.occurred_at AT TIME ZONE 'UTC')::date, n.priority, \
                     CASE WHEN d.outcome = 'failed' AND d.reason = 'invalid_token' THEN 'invalid' ELSE d.outcome END, \
@@ -404,7 +396,7 @@ filter = "warn"
 
     /// Waits until the projection in `pool` has applied every event stored so far.
     pub async fn wait_projected(&self, pool: &sqlx::PgPool) {
-        let head = self.stream_head("XIBAAR_EVENTS").await;
+        let head = self.events_head().await;
         eventually(Duration::from_secs(60), || async {
             let checkpoint: Option<i64> = sqlx::query_scalar(
                 "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
@@ -431,18 +423,20 @@ filter = "warn"
             .unwrap()
     }
 
-    /// The sequence of the last message in `stream`.
-    pub async fn stream_head(&self, stream: &str) -> u64 {
-        self.jetstream()
-            .await
-            .get_stream(stream)
+    /// The sequence of the last event in `XIBAAR_EVENTS`.
+    pub async fn events_head(&self) -> u64 {
+        xibaar_projector::events_head(&self.jetstream().await)
             .await
             .unwrap()
-            .get_info()
-            .await
-            .unwrap()
-            .state
-            .last_sequence
+    }
+
+    /// `GET` of an api path, with a bearer token when given, as JSON.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        let mut request = self.http.get(format!("{}{path}", self.api));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().json().await.unwrap()
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
