@@ -120,6 +120,83 @@ async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow::Res
     Ok(pipeline.flush().await?.last_sequence)
 }
 
+type DeliveryRow = (
+    uuid::Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i32,
+    Option<String>,
+    chrono::DateTime<chrono::Utc>,
+);
+type InboxRow = (String, uuid::Uuid, i64, chrono::DateTime<chrono::Utc>);
+
+/// The floor Postgres sets on this machine: the two rows every delivery outcome leaves (its
+/// `deliveries` row and the customer's `inbox` item), copied from the projected tables into empty
+/// tables of the same definition (same keys, indexes and checks) by plain bulk inserts of `batch`
+/// rows a transaction, with nothing read, no conflict handling and no decoding: what no
+/// projector of these read models can beat. Returns the outcomes written and the time taken.
+async fn postgres_floor(pool: &sqlx::PgPool, batch: usize) -> anyhow::Result<(usize, Duration)> {
+    sqlx::raw_sql(
+        "CREATE TABLE floor_deliveries (LIKE deliveries INCLUDING ALL); \
+         CREATE TABLE floor_inbox (LIKE inbox INCLUDING ALL);",
+    )
+    .execute(pool)
+    .await?;
+    let deliveries: Vec<DeliveryRow> = sqlx::query_as(
+        "SELECT notification_id, device_id, customer_id, outcome, reason, error_code, attempts, \
+                fcm_message_id, occurred_at \
+         FROM deliveries ORDER BY notification_id, device_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut inbox: Vec<InboxRow> = sqlx::query_as(
+        "SELECT customer_id, notification_id, position, received_at FROM inbox ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await?;
+    let started = Instant::now();
+    for (d, i) in deliveries.chunks(batch).zip(inbox.chunks_mut(batch)) {
+        i.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO floor_deliveries (notification_id, device_id, customer_id, outcome, \
+                                           reason, error_code, attempts, fcm_message_id, occurred_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                  $6::text[], $7::int[], $8::text[], $9::timestamptz[])",
+        )
+        .bind(d.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.4.as_deref()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.5.as_deref()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.6).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.7.as_deref()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.8).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO floor_inbox (customer_id, notification_id, position, received_at) \
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[])",
+        )
+        .bind(i.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(i.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(i.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(i.iter().map(|r| r.3).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let elapsed = started.elapsed();
+    sqlx::raw_sql("DROP TABLE floor_deliveries; DROP TABLE floor_inbox;")
+        .execute(pool)
+        .await?;
+    Ok((deliveries.len(), elapsed))
+}
+
 /// Reads the whole stream with a bare ordered consumer, as fast as it comes.
 async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Result<Duration> {
     let started = Instant::now();
@@ -195,6 +272,15 @@ async fn main() -> anyhow::Result<()> {
         } else {
             "not met"
         }
+    );
+
+    let (outcomes, floor) = postgres_floor(&pool, settings.batch_size).await?;
+    let floor_rate = outcomes as f64 / floor.as_secs_f64();
+    let outcome_share = outcomes as f64 / head as f64;
+    println!(
+        "  Postgres floor: the {outcomes} outcomes' deliveries and inbox rows by bare bulk inserts in {floor:.1?} = {floor_rate:.0} outcomes/s, at most {:.0} events/s of this log; projector = {:.2} of the floor",
+        floor_rate / outcome_share,
+        per_second / (floor_rate / outcome_share)
     );
 
     // Rebuild: the same log into shadow tables, then the swap.

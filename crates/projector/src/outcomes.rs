@@ -286,7 +286,11 @@ pub(crate) async fn apply(
 
     // The writes: one statement per table.
     if !written.is_empty() {
-        let rows: Vec<&PendingOutcome> = written.into_values().collect();
+        // In key order: the rows land next to each other in the index instead of all over it.
+        let mut rows: Vec<&PendingOutcome> = written.into_values().collect();
+        rows.sort_unstable_by(|a, b| {
+            (a.notification_id, &a.device_id).cmp(&(b.notification_id, &b.device_id))
+        });
         sqlx::query(
             "INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, \
                                      error_code, attempts, fcm_message_id, occurred_at) \
@@ -380,7 +384,8 @@ pub(crate) async fn apply(
     }
     let mut woken = Vec::new();
     if !inbox.is_empty() {
-        let rows: Vec<_> = inbox.into_iter().collect();
+        let mut rows: Vec<_> = inbox.into_iter().collect();
+        rows.sort_unstable_by_key(|(key, _)| *key);
         woken = sqlx::query_scalar(
             "INSERT INTO inbox (customer_id, notification_id, position, received_at) \
              SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[]) \
