@@ -64,6 +64,25 @@ pub struct Authenticator {
     hs256: Option<DecodingKey>,
     /// `kid` → the one algorithm the key verifies, and the key.
     keys: HashMap<String, (Algorithm, DecodingKey)>,
+    /// Tokens already verified, by their exact text: a client sends the same token with every
+    /// request until it expires, and checking its signature and claims again took an eighth of
+    /// the api's time per send. Any change to a token's text misses; the time claims are
+    /// checked again on every use; the keys never change while the api runs.
+    verified: quick_cache::sync::Cache<String, Verified>,
+}
+
+/// Seconds of clock difference accepted on `exp` and `nbf`.
+const LEEWAY_SECONDS: i64 = 30;
+
+/// Verified tokens kept (a few hundred bytes each).
+const VERIFIED_TOKENS: usize = 50_000;
+
+/// A token whose signature and claims were checked, and its time claims.
+#[derive(Clone)]
+struct Verified {
+    caller: Caller,
+    exp: i64,
+    nbf: Option<i64>,
 }
 
 impl Authenticator {
@@ -74,6 +93,7 @@ impl Authenticator {
             audience: audience.to_owned(),
             hs256: None,
             keys: HashMap::new(),
+            verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
         }
     }
 
@@ -133,8 +153,25 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        self.verify_at(token, chrono::Utc::now().timestamp())
+    }
+
+    /// [`Authenticator::verify`] at `now` (seconds since the epoch) for a token verified
+    /// before; a new token is checked against the real clock.
+    fn verify_at(&self, token: &str, now: i64) -> Result<Caller, ApiError> {
         let invalid =
             |why: String| ApiError::Unauthorized(format!("the bearer token is not valid: {why}"));
+        if let Some(known) = self.verified.get(token) {
+            // The same tests, with the same leeway, as the full check below.
+            if known.exp < now - LEEWAY_SECONDS {
+                self.verified.remove(token);
+                return Err(invalid("ExpiredSignature".into()));
+            }
+            if known.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECONDS) {
+                return Err(invalid("ImmatureSignature".into()));
+            }
+            return Ok(known.caller);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
         let key = match header.alg {
             Algorithm::HS256 => self
@@ -165,10 +202,10 @@ impl Authenticator {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECONDS.unsigned_abs();
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Caller {
+        let caller = Caller {
             subject: data.claims.sub,
             scopes: data
                 .claims
@@ -176,7 +213,16 @@ impl Authenticator {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
-        })
+        };
+        self.verified.insert(
+            token.to_owned(),
+            Verified {
+                caller: caller.clone(),
+                exp: data.claims.exp,
+                nbf: data.claims.nbf,
+            },
+        );
+        Ok(caller)
     }
 }
 
@@ -270,5 +316,88 @@ impl FromRequestParts<AppState> for Caller {
             let _ = slot.0.set(budget);
         }
         Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"a-secret-of-thirty-two-bytes-or-more";
+
+    fn sign(claims: &Claims) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("signs")
+    }
+
+    fn claims(exp: i64, nbf: Option<i64>) -> Claims {
+        Claims {
+            sub: "customer-1".into(),
+            scope: String::new(),
+            iss: "xibaar".into(),
+            aud: "xibaar-api".into(),
+            exp,
+            iat: chrono::Utc::now().timestamp(),
+            nbf,
+        }
+    }
+
+    fn message(result: Result<Caller, ApiError>) -> String {
+        match result {
+            Err(ApiError::Unauthorized(why)) => why,
+            Err(other) => panic!("expected 401, got {other:?}"),
+            Ok(caller) => panic!("accepted for {}", caller.subject),
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_still_refused_once_expired_or_before_its_nbf_and_any_change_misses() {
+        let auth = Authenticator::hs256(SECRET, "xibaar", "xibaar-api");
+        let now = chrono::Utc::now().timestamp();
+        let token = sign(&claims(now + 60, Some(now - 10)));
+        assert_eq!(auth.verify(&token).expect("valid").subject, "customer-1");
+        assert_eq!(auth.verify(&token).expect("cached").subject, "customer-1");
+
+        // Inside the leeway, as the full check allows.
+        assert!(
+            auth.verify_at(&token, now + 60 + LEEWAY_SECONDS - 1)
+                .is_ok()
+        );
+        assert!(
+            auth.verify_at(&token, now - 10 - LEEWAY_SECONDS + 1)
+                .is_ok()
+        );
+        // Before `nbf`, then after `exp`: refused with the full check's words.
+        let fresh = Authenticator::hs256(SECRET, "xibaar", "xibaar-api");
+        let immature = sign(&claims(now + 3_600, Some(now + 3_600)));
+        assert_eq!(
+            message(auth.verify_at(&token, now - 10 - LEEWAY_SECONDS - 1)),
+            message(fresh.verify(&immature))
+        );
+        let expired = sign(&claims(now - 3_600, None));
+        assert_eq!(
+            message(auth.verify_at(&token, now + 60 + LEEWAY_SECONDS + 1)),
+            message(fresh.verify(&expired))
+        );
+        // Forgotten once expired: the full check decides again.
+        assert!(auth.verify(&token).is_ok());
+
+        // A token whose payload or signature changed is a token never seen.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let other = sign(&Claims {
+            sub: "customer-2".into(),
+            ..claims(now + 60, None)
+        });
+        parts[1] = other.split('.').nth(1).expect("payload").to_owned();
+        message(auth.verify(&parts.join(".")));
+        // One character inside the signature (not the last, whose low bits are padding).
+        let at = token.len() - 10;
+        let flipped = if &token[at..=at] == "A" { "B" } else { "A" };
+        let tampered = format!("{}{flipped}{}", &token[..at], &token[at + 1..]);
+        message(auth.verify(&tampered));
     }
 }
