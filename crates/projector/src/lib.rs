@@ -71,6 +71,84 @@ pub struct Projector {
     announce: bool,
 }
 
+/// An event of a batch, read and decoded ahead of its transaction.
+struct Item {
+    message: jetstream::Message,
+    sequence: i64,
+    decoded: Result<Decoded, xibaar_core::event::DecodeError>,
+    /// The delivery outcome it records, if it is one.
+    pending: Option<outcomes::PendingOutcome>,
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads `messages` into batches bounded by size and time, decodes them, and hands them over
+/// one at a time; catching up stops after the batch that reaches `until`.
+async fn read_batches(
+    mut messages: impl futures::Stream<
+        Item = Result<jetstream::Message, jetstream::consumer::pull::OrderedError>,
+    > + Unpin,
+    settings: ProjectorSettings,
+    until: Option<u64>,
+    batches: tokio::sync::mpsc::Sender<Vec<Item>>,
+) {
+    let item = |message: jetstream::Message| -> Option<Item> {
+        let Ok(info) = message.info() else {
+            tracing::error!(subject = %message.subject, "message without JetStream metadata; skipped");
+            return None;
+        };
+        let sequence = i64::try_from(info.stream_sequence).ok()?;
+        let decoded = EventEnvelope::decode(&message.payload);
+        let pending = match &decoded {
+            Ok(Decoded::Known(envelope)) => outcomes::pending(envelope, sequence),
+            _ => None,
+        };
+        Some(Item {
+            message,
+            sequence,
+            decoded,
+            pending,
+        })
+    };
+    loop {
+        let mut batch = match messages.next().await {
+            None => return,
+            Some(Ok(m)) => item(m).into_iter().collect::<Vec<_>>(),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed; retrying");
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + settings.batch_wait;
+        let reached = |batch: &[Item]| {
+            until.is_some_and(|u| batch.last().is_some_and(|i| i.sequence as u64 >= u))
+        };
+        while batch.len() < settings.batch_size && !reached(&batch) {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(m))) => batch.extend(item(m)),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed")
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let done = reached(&batch);
+        if !batch.is_empty() && batches.send(batch).await.is_err() {
+            return;
+        }
+        if done {
+            return;
+        }
+    }
+}
+
 /// Why a batch did not commit.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
@@ -219,7 +297,7 @@ impl Projector {
             return Ok(reached);
         }
         let start_sequence = checkpoint + 1;
-        let mut messages = self
+        let messages = self
             .js
             .get_stream(names::EVENTS)
             .await
@@ -234,41 +312,27 @@ impl Projector {
             .await
             .context("reading XIBAAR_EVENTS")?;
         tracing::info!(start_sequence, "projector running");
+        // The next batch is read and decoded while this one is in Postgres.
+        let (batches, mut ready) = tokio::sync::mpsc::channel(1);
+        let reader = AbortOnDrop(tokio::spawn(read_batches(
+            messages,
+            self.settings.clone(),
+            until,
+            batches,
+        )));
         loop {
-            let first = tokio::select! {
+            let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                next = messages.next() => next,
+                batch = ready.recv() => batch,
             };
-            let Some(first) = first else { break };
-            let mut batch = match first {
-                Ok(m) => vec![m],
-                Err(e) => {
-                    tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed; retrying");
-                    continue;
-                }
-            };
-            let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
-            while batch.len() < self.settings.batch_size {
-                // Catching up stops at `until`: nothing past it waits for the batch timer.
-                if let (Some(u), Some(last)) = (until, batch.last())
-                    && last.info().is_ok_and(|i| i.stream_sequence >= u)
-                {
-                    break;
-                }
-                match tokio::time::timeout_at(deadline, messages.next()).await {
-                    Ok(Some(Ok(m))) => batch.push(m),
-                    Ok(Some(Err(e))) => {
-                        tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed")
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            let Some(batch) = batch else { break };
             reached = self.commit_batch(&batch).await;
             progress(reached);
             if until.is_some_and(|u| reached >= u) {
                 break;
             }
         }
+        drop(reader);
         Ok(reached)
     }
 
@@ -314,7 +378,7 @@ impl Projector {
 
     /// Applies the batch, retrying until it commits (Postgres may be away for a while); a
     /// poison event is parked after [`POISON_ATTEMPTS`] refusals.
-    async fn commit_batch(&mut self, batch: &[jetstream::Message]) -> u64 {
+    async fn commit_batch(&mut self, batch: &[Item]) -> u64 {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut parked_now = 0;
@@ -341,13 +405,10 @@ impl Projector {
                     let reason = format!(
                         "the projector could not apply {event_type} (refused {attempts} times): {source}"
                     );
-                    let Some(message) = batch.iter().find(|m| {
-                        m.info()
-                            .is_ok_and(|i| i64::try_from(i.stream_sequence) == Ok(sequence))
-                    }) else {
+                    let Some(item) = batch.iter().find(|i| i.sequence == sequence) else {
                         continue;
                     };
-                    match xibaar_streams::dlq::dead_letter(&self.js, message, &reason).await {
+                    match xibaar_streams::dlq::dead_letter(&self.js, &item.message, &reason).await {
                         Ok(()) => {
                             tracing::error!(sequence, event = event_type, error = %source, "poison event parked in XIBAAR_DLQ; the projection goes on without it");
                             self.parked.insert(sequence);
@@ -390,7 +451,7 @@ impl Projector {
         u64::try_from(outcome.checkpoint).unwrap_or(0)
     }
 
-    async fn apply_batch(&self, batch: &[jetstream::Message]) -> Result<BatchOutcome, BatchError> {
+    async fn apply_batch(&self, batch: &[Item]) -> Result<BatchOutcome, BatchError> {
         let mut outcome = BatchOutcome::default();
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
         let checkpoint: i64 = sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
@@ -405,12 +466,8 @@ impl Projector {
         let mut woken: Vec<String> = Vec::new();
         // Consecutive outcomes not yet folded.
         let mut run: Vec<outcomes::PendingOutcome> = Vec::new();
-        for message in batch {
-            let sequence = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?
-                .stream_sequence;
-            let sequence = i64::try_from(sequence).context("sequence out of range")?;
+        for item in batch {
+            let (message, sequence) = (&item.message, item.sequence);
             if sequence <= last {
                 outcome.already_applied += 1;
                 continue;
@@ -420,17 +477,13 @@ impl Projector {
                 last = sequence;
                 continue;
             }
-            let decoded = EventEnvelope::decode(&message.payload);
-            let pending = match &decoded {
-                Ok(Decoded::Known(envelope)) => outcomes::pending(envelope, sequence),
-                _ => None,
-            };
+            let (decoded, pending) = (&item.decoded, item.pending.clone());
             // Anything else is applied after the outcomes before it.
             if pending.is_none() || self.isolate {
                 self.fold(&mut tx, &mut run, &mut woken).await?;
             }
             if let Some(pending) = pending {
-                if let Ok(Decoded::Known(envelope)) = &decoded {
+                if let Ok(Decoded::Known(envelope)) = decoded {
                     debug_applied(message, envelope, sequence);
                 }
                 run.push(pending);
@@ -440,7 +493,7 @@ impl Projector {
             }
             match decoded {
                 Ok(Decoded::Known(envelope)) => {
-                    match apply::apply(&mut tx, &envelope).await {
+                    match apply::apply(&mut tx, envelope).await {
                         Ok(()) => {}
                         Err(source) if refused_for_its_data(&source) => {
                             return Err(BatchError::Refused {
@@ -459,7 +512,7 @@ impl Projector {
                         }
                     };
                     outcome.applied += 1;
-                    debug_applied(message, &envelope, sequence);
+                    debug_applied(message, envelope, sequence);
                 }
                 Ok(Decoded::Unknown {
                     event_type,

@@ -77,14 +77,19 @@ async fn each_customer_sees_only_their_inbox_and_marks_only_their_items() {
         titles,
         HashSet::from(["For Alice 0", "For Alice 1", "For Alice 2"])
     );
-    let received: Vec<&str> = items
+    // Newest first: in the order the items reached the log (their stream position), which two
+    // concurrent pushes' own timestamps need not follow to the microsecond.
+    let listed: Vec<&str> = items
         .iter()
-        .map(|i| i["received_at"].as_str().unwrap())
+        .map(|i| i["notification_id"].as_str().unwrap())
         .collect();
-    assert!(
-        received.windows(2).all(|w| w[0] >= w[1]),
-        "newest first: {received:?}"
-    );
+    let by_position: Vec<String> = sqlx::query_scalar(
+        "SELECT notification_id::text FROM inbox WHERE customer_id = 'alice' ORDER BY position DESC",
+    )
+    .fetch_all(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!(listed, by_position, "newest first");
     assert_eq!(page["items"][0]["body"], "Planned maintenance tonight");
     assert_eq!(page["items"][0]["data"]["kind"], "outage");
     assert_eq!(page["items"][0]["read_at"], Value::Null);
@@ -307,9 +312,13 @@ async fn the_live_stream_pushes_new_items_and_resumes_after_the_last_event_id() 
     wait_inbox(&p, "dave", 4).await;
     let resumed = open(Some(first[0].0.clone())).await.unwrap();
     let missed = read_events(resumed, 2).await;
-    let titles: Vec<&str> = missed.iter().map(|(_, t)| t.as_str()).collect();
-    assert_eq!(titles, ["Missed 0", "Missed 1"]);
-    assert!(missed[0].0.parse::<i64>().unwrap() > first[0].0.parse::<i64>().unwrap());
+    // Both, in the order they reached the log (two notifications sent back to back are pushed
+    // concurrently, so either may arrive first), after the last one seen.
+    let titles: HashSet<&str> = missed.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(titles, HashSet::from(["Missed 0", "Missed 1"]));
+    let ids: Vec<i64> = missed.iter().map(|(id, _)| id.parse().unwrap()).collect();
+    assert!(ids[0] < ids[1], "in stream order: {ids:?}");
+    assert!(ids[0] > first[0].0.parse::<i64>().unwrap());
 
     let bad = open(Some("yesterday".into())).await.unwrap();
     assert_eq!(bad.status(), 422);
