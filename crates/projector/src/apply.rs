@@ -136,6 +136,71 @@ pub(crate) async fn apply(
     Ok(())
 }
 
+/// Applies a run of `device.registered` events (in stream order) in one round trip, each as
+/// [`apply`] would.
+pub(crate) async fn devices_registered(
+    tx: &mut PgConnection,
+    run: &[&EventEnvelope],
+) -> Result<(), sqlx::Error> {
+    let registrations: Vec<_> = run
+        .iter()
+        .filter_map(|envelope| match &envelope.event {
+            Event::DeviceRegistered(e) => Some((e, envelope.meta.occurred_at)),
+            _ => None,
+        })
+        .collect();
+    sqlx::query(
+        "SELECT xibaar_devices_registered($1::text[], $2::text[], $3::text[], $4::text[], \
+                                          $5::text[], $6::timestamptz[], $7::text[], $8::text[])",
+    )
+    .bind(
+        registrations
+            .iter()
+            .map(|(e, _)| e.device_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        registrations
+            .iter()
+            .map(|(e, _)| e.customer_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        registrations
+            .iter()
+            .map(|(e, _)| e.token.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        registrations
+            .iter()
+            .map(|(e, _)| e.platform.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        registrations
+            .iter()
+            .map(|(e, _)| e.app_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(registrations.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+    .bind(
+        registrations
+            .iter()
+            .map(|(e, _)| e.app_version.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        registrations
+            .iter()
+            .map(|(e, _)| e.locale.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// The columns a notification's row starts with, whichever event creates it.
 struct NotificationRow<'a> {
     id: NotificationId,

@@ -31,7 +31,7 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use xibaar_core::{Decoded, EventEnvelope};
+use xibaar_core::{Decoded, Event, EventEnvelope};
 use xibaar_streams::names;
 
 /// The read models this runner maintains, as named in `projection_checkpoints`.
@@ -63,8 +63,8 @@ pub struct Projector {
     refused: Option<(i64, u32)>,
     /// Poison events parked in `XIBAAR_DLQ`, skipped when their batch is retried.
     parked: HashSet<i64>,
-    /// Set when a bulk fold of outcomes was refused: the batch is retried folding each outcome
-    /// on its own, so the refused event can be named (and parked).
+    /// Set when a bulk statement (outcomes, device registrations) was refused: the batch is
+    /// retried applying each event on its own, so the refused event can be named (and parked).
     isolate: bool,
     /// Whether committed batches wake the api's live inbox streams (not for a rebuild's
     /// shadow tables, which nobody reads yet).
@@ -149,11 +149,35 @@ async fn read_batches(
     }
 }
 
+/// What a failed bulk statement over a run of `len` events of `event_type` from `first` on
+/// means for the batch.
+fn run_refused(
+    source: sqlx::Error,
+    first: i64,
+    len: usize,
+    event_type: &'static str,
+) -> BatchError {
+    match source {
+        source if refused_for_its_data(&source) && len == 1 => BatchError::Refused {
+            sequence: first,
+            event_type,
+            source,
+        },
+        source if refused_for_its_data(&source) => BatchError::RefusedRun { first, source },
+        e => anyhow::Error::new(e)
+            .context(format!(
+                "applying {event_type} events from sequence {first}"
+            ))
+            .into(),
+    }
+}
+
 /// Why a batch did not commit.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
-    /// Postgres refused a bulk fold of the outcomes from `first` on; which one is not known.
-    #[error("folding outcomes from sequence {first}: {source}")]
+    /// Postgres refused a bulk statement over the events from `first` on (outcomes or device
+    /// registrations); which one is not known.
+    #[error("applying a run of events from sequence {first}: {source}")]
     RefusedRun { first: i64, source: sqlx::Error },
     /// Postgres refused the event at `sequence`: retrying the same data cannot succeed forever.
     #[error("applying {event_type} at sequence {sequence}: {source}")]
@@ -346,26 +370,30 @@ impl Projector {
         let Some(first) = run.first().map(outcomes::PendingOutcome::sequence) else {
             return Ok(());
         };
-        match outcomes::apply(tx, run).await {
-            Ok(customers) => {
-                woken.extend(customers);
-                run.clear();
-                Ok(())
-            }
-            Err(source) if refused_for_its_data(&source) && run.len() == 1 => {
-                Err(BatchError::Refused {
-                    sequence: first,
-                    event_type: "a delivery outcome",
-                    source,
-                })
-            }
-            Err(source) if refused_for_its_data(&source) => {
-                Err(BatchError::RefusedRun { first, source })
-            }
-            Err(e) => Err(anyhow::Error::new(e)
-                .context(format!("folding outcomes from sequence {first}"))
-                .into()),
-        }
+        let customers = outcomes::apply(tx, run)
+            .await
+            .map_err(|e| run_refused(e, first, run.len(), "a delivery outcome"))?;
+        woken.extend(customers);
+        run.clear();
+        Ok(())
+    }
+
+    /// Applies the pending device registrations in one call, or, after a refusal, one at a
+    /// time.
+    async fn register(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        run: &mut Vec<(i64, &EventEnvelope)>,
+    ) -> Result<(), BatchError> {
+        let Some(&(first, _)) = run.first() else {
+            return Ok(());
+        };
+        let envelopes: Vec<&EventEnvelope> = run.iter().map(|(_, e)| *e).collect();
+        apply::devices_registered(tx, &envelopes)
+            .await
+            .map_err(|e| run_refused(e, first, run.len(), "device.registered"))?;
+        run.clear();
+        Ok(())
     }
 
     async fn checkpoint(&self) -> anyhow::Result<i64> {
@@ -423,7 +451,7 @@ impl Projector {
                 }
                 Err(BatchError::RefusedRun { first, source }) => {
                     metrics::counter!("xibaar_projector_batch_failures_total").increment(1);
-                    tracing::warn!(first, error = %source, "Postgres refused a bulk fold of outcomes; retrying the batch one outcome at a time");
+                    tracing::warn!(first, error = %source, "Postgres refused a bulk statement; retrying the batch one event at a time");
                     self.isolate = true;
                 }
                 Err(BatchError::Other(e)) => {
@@ -464,8 +492,10 @@ impl Projector {
         let mut outcome_count = 0;
         // Customers whose inbox gained items in this batch.
         let mut woken: Vec<String> = Vec::new();
-        // Consecutive outcomes not yet folded.
+        // Consecutive outcomes not yet folded, or consecutive device registrations not yet
+        // applied (never both: each kind flushes the other first).
         let mut run: Vec<outcomes::PendingOutcome> = Vec::new();
+        let mut registrations: Vec<(i64, &EventEnvelope)> = Vec::new();
         for item in batch {
             let (message, sequence) = (&item.message, item.sequence);
             if sequence <= last {
@@ -478,9 +508,27 @@ impl Projector {
                 continue;
             }
             let (decoded, pending) = (&item.decoded, item.pending.clone());
-            // Anything else is applied after the outcomes before it.
+            let registration = match decoded {
+                Ok(Decoded::Known(envelope))
+                    if !self.isolate && matches!(envelope.event, Event::DeviceRegistered(_)) =>
+                {
+                    Some(envelope.as_ref())
+                }
+                _ => None,
+            };
+            // Anything else is applied after the outcomes or registrations before it.
             if pending.is_none() || self.isolate {
                 self.fold(&mut tx, &mut run, &mut woken).await?;
+            }
+            if registration.is_none() {
+                self.register(&mut tx, &mut registrations).await?;
+            }
+            if let Some(envelope) = registration {
+                debug_applied(message, envelope, sequence);
+                registrations.push((sequence, envelope));
+                outcome.applied += 1;
+                last = sequence;
+                continue;
             }
             if let Some(pending) = pending {
                 if let Ok(Decoded::Known(envelope)) = decoded {
@@ -532,6 +580,7 @@ impl Projector {
             last = sequence;
         }
         self.fold(&mut tx, &mut run, &mut woken).await?;
+        self.register(&mut tx, &mut registrations).await?;
         outcome.applied += outcome_count;
         if last != checkpoint {
             let advanced = sqlx::query(include_str!("../sql/checkpoint_advance.sql"))
