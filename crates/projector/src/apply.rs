@@ -1,9 +1,11 @@
 //! One event other than a delivery outcome, folded into the read models inside the batch's
 //! transaction. Outcomes are folded in bulk by [`crate::outcomes`].
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use xibaar_core::{
     Actor, Audience, Category, Content, Event, EventEnvelope, NotificationId, Priority,
+    event::DeviceRegistered,
 };
 
 /// Applies `envelope` to the read models through `tx`.
@@ -13,19 +15,7 @@ pub(crate) async fn apply(
 ) -> Result<(), sqlx::Error> {
     let at = envelope.meta.occurred_at;
     match &envelope.event {
-        Event::DeviceRegistered(e) => {
-            sqlx::query(include_str!("../sql/device_registered.sql"))
-                .bind(e.device_id.as_str())
-                .bind(e.customer_id.as_str())
-                .bind(e.token.as_str())
-                .bind(e.platform.as_str())
-                .bind(&e.app_id)
-                .bind(at)
-                .bind(e.app_version.as_deref())
-                .bind(e.locale.as_deref())
-                .execute(&mut *tx)
-                .await?;
-        }
+        Event::DeviceRegistered(_) => devices_registered(tx, &[envelope]).await?,
         Event::DeviceTokenInvalidated(e) => {
             sqlx::query(include_str!("../sql/device_token_invalidated.sql"))
                 .bind(e.device_id.as_str())
@@ -136,66 +126,36 @@ pub(crate) async fn apply(
     Ok(())
 }
 
-/// Applies a run of `device.registered` events (in stream order) in one round trip, each as
-/// [`apply`] would.
+/// Applies a run of `device.registered` events (in stream order) in one round trip, each in
+/// turn: a token belongs to one device, so registering it again (by another customer, or under
+/// another device id) moves it, and the device that held it before no longer receives its
+/// pushes.
 pub(crate) async fn devices_registered(
     tx: &mut PgConnection,
     run: &[&EventEnvelope],
 ) -> Result<(), sqlx::Error> {
-    let registrations: Vec<_> = run
+    let registrations: Vec<(&DeviceRegistered, DateTime<Utc>)> = run
         .iter()
         .filter_map(|envelope| match &envelope.event {
             Event::DeviceRegistered(e) => Some((e, envelope.meta.occurred_at)),
             _ => None,
         })
         .collect();
+    let text = |field: fn(&DeviceRegistered) -> Option<&str>| -> Vec<Option<&str>> {
+        registrations.iter().map(|(e, _)| field(e)).collect()
+    };
     sqlx::query(
         "SELECT xibaar_devices_registered($1::text[], $2::text[], $3::text[], $4::text[], \
                                           $5::text[], $6::timestamptz[], $7::text[], $8::text[])",
     )
-    .bind(
-        registrations
-            .iter()
-            .map(|(e, _)| e.device_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        registrations
-            .iter()
-            .map(|(e, _)| e.customer_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        registrations
-            .iter()
-            .map(|(e, _)| e.token.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        registrations
-            .iter()
-            .map(|(e, _)| e.platform.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        registrations
-            .iter()
-            .map(|(e, _)| e.app_id.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(text(|e| Some(e.device_id.as_str())))
+    .bind(text(|e| Some(e.customer_id.as_str())))
+    .bind(text(|e| Some(e.token.as_str())))
+    .bind(text(|e| Some(e.platform.as_str())))
+    .bind(text(|e| Some(e.app_id.as_str())))
     .bind(registrations.iter().map(|(_, at)| *at).collect::<Vec<_>>())
-    .bind(
-        registrations
-            .iter()
-            .map(|(e, _)| e.app_version.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        registrations
-            .iter()
-            .map(|(e, _)| e.locale.as_deref())
-            .collect::<Vec<_>>(),
-    )
+    .bind(text(|e| e.app_version.as_deref()))
+    .bind(text(|e| e.locale.as_deref()))
     .execute(&mut *tx)
     .await?;
     Ok(())

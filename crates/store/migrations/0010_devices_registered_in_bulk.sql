@@ -1,8 +1,9 @@
--- A run of device registrations applied in one call, one after the other exactly as
--- `device_registered.sql` applies each: a token belongs to one device, so registering it moves
--- it. (A set-based statement would see every registration's delete before any upsert, which
--- differs when one device of the run takes another's old token.) Tables are found through the
--- caller's search_path, so a rebuild's shadow schema works alike.
+-- Device registrations, applied one after the other in one call (the projector passes a run of
+-- them, or a single one): a token belongs to one device, so registering it again (by another
+-- customer, or under another device id) moves it, and the device that held it before no longer
+-- receives its pushes. (A set-based statement would see every registration's delete before any
+-- upsert, which differs when one device of the run takes another's old token.) Tables are found
+-- through the caller's search_path, so a rebuild's shadow schema works alike.
 CREATE FUNCTION xibaar_devices_registered(
     device_ids   TEXT[],
     customer_ids TEXT[],
