@@ -28,3 +28,35 @@ pub fn xibaar_binary() -> PathBuf {
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("target/release/xibaar"))
 }
+
+/// A benchmark's own nats-server and PostgreSQL, with the read models migrated in a database
+/// `xibaar` reached through a pool of `max_connections`.
+pub struct Servers {
+    pub nats: xibaar_testkit::NatsServer,
+    pub pg: xibaar_testkit::Postgres,
+    /// The database's URL.
+    pub database: String,
+    pub pool: sqlx::PgPool,
+}
+
+impl Servers {
+    pub async fn start(max_connections: u32) -> anyhow::Result<Self> {
+        let (nats, pg) = tokio::join!(
+            xibaar_testkit::NatsServer::start(),
+            xibaar_testkit::Postgres::start()
+        );
+        let (nats, pg) = (nats?, pg?);
+        let database = pg.create_database("xibaar").await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(&database)
+            .await?;
+        xibaar_store::migrate(&pool).await?;
+        Ok(Self {
+            nats,
+            pg,
+            database,
+            pool,
+        })
+    }
+}

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 use hyper_util::rt::TokioIo;
-use xibaar_benches::{percentile, scale, xibaar_binary};
+use xibaar_benches::{Servers, percentile, scale, xibaar_binary};
 use xibaar_core::CustomerId;
-use xibaar_testkit::{KillOnDrop, NatsServer, Postgres};
+use xibaar_testkit::KillOnDrop;
 
 const IN_FLIGHT: usize = 64;
 const SECRET: &str = "benchmark-secret-0123456789abcdef0123";
@@ -150,14 +150,12 @@ async fn main() -> anyhow::Result<()> {
         "api benchmark ({} cores, {IN_FLIGHT} requests in flight, the api as its own release process)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let (nats, pg) = tokio::join!(NatsServer::start(), Postgres::start());
-    let (nats, pg) = (nats?, pg?);
-    let database = pg.create_database("xibaar").await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&database)
-        .await?;
-    xibaar_store::migrate(&pool).await?;
+    let Servers {
+        nats,
+        pg: _pg,
+        database,
+        pool,
+    } = Servers::start(10).await?;
     let client = async_nats::connect(nats.url()).await?;
     let js = xibaar::startup::jetstream(client);
     xibaar_streams::apply(&js, &xibaar_streams::Definitions::builtin()).await?;

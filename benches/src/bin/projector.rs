@@ -10,7 +10,7 @@ use std::{
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
-use xibaar_benches::{scale, xibaar_binary};
+use xibaar_benches::{Servers, scale, xibaar_binary};
 use xibaar_core::{
     Actor, Audience, Content, CustomerId, DeliveryOptions, DeviceId, Event, EventEnvelope,
     FcmToken, NotificationId, Platform, Priority,
@@ -20,7 +20,6 @@ use xibaar_core::{
     },
 };
 use xibaar_projector::{Projector, ProjectorSettings};
-use xibaar_testkit::{NatsServer, Postgres};
 
 const DEVICES: usize = 10_000;
 
@@ -230,14 +229,12 @@ async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Re
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = scale(1_000_000);
-    let (nats, pg) = tokio::join!(NatsServer::start(), Postgres::start());
-    let (nats, pg) = (nats?, pg?);
-    let database = pg.create_database("xibaar").await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&database)
-        .await?;
-    xibaar_store::migrate(&pool).await?;
+    let Servers {
+        nats,
+        pg: _pg,
+        database,
+        pool,
+    } = Servers::start(4).await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     xibaar_streams::apply(&js, &xibaar_streams::Definitions::builtin()).await?;
 

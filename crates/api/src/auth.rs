@@ -14,6 +14,7 @@ use std::{collections::HashMap, collections::HashSet, path::Path};
 use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    errors::ErrorKind,
     jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm},
 };
 use serde::{Deserialize, Serialize};
@@ -162,13 +163,14 @@ impl Authenticator {
         let invalid =
             |why: String| ApiError::Unauthorized(format!("the bearer token is not valid: {why}"));
         if let Some(known) = self.verified.get(token) {
-            // The same tests, with the same leeway, as the full check below.
+            // The same tests, with the same leeway and words, as the full check below.
+            let refused = |kind| invalid(jsonwebtoken::errors::Error::from(kind).to_string());
             if known.exp < now - LEEWAY_SECONDS {
                 self.verified.remove(token);
-                return Err(invalid("ExpiredSignature".into()));
+                return Err(refused(ErrorKind::ExpiredSignature));
             }
             if known.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECONDS) {
-                return Err(invalid("ImmatureSignature".into()));
+                return Err(refused(ErrorKind::ImmatureSignature));
             }
             return Ok(known.caller);
         }

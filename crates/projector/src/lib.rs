@@ -80,15 +80,6 @@ struct Item {
     pending: Option<outcomes::PendingOutcome>,
 }
 
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Reads `messages` into batches bounded by size and time, decodes them, and hands them over
 /// one at a time; catching up stops after the batch that reaches `until`.
 async fn read_batches(
@@ -338,7 +329,7 @@ impl Projector {
         tracing::info!(start_sequence, "projector running");
         // The next batch is read and decoded while this one is in Postgres.
         let (batches, mut ready) = tokio::sync::mpsc::channel(1);
-        let reader = AbortOnDrop(tokio::spawn(read_batches(
+        let reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_batches(
             messages,
             self.settings.clone(),
             until,
@@ -364,10 +355,10 @@ impl Projector {
     async fn fold(
         &self,
         tx: &mut sqlx::PgConnection,
-        run: &mut Vec<outcomes::PendingOutcome>,
+        run: &mut Vec<&outcomes::PendingOutcome>,
         woken: &mut Vec<String>,
     ) -> Result<(), BatchError> {
-        let Some(first) = run.first().map(outcomes::PendingOutcome::sequence) else {
+        let Some(first) = run.first().map(|o| o.sequence()) else {
             return Ok(());
         };
         let customers = outcomes::apply(tx, run)
@@ -489,12 +480,11 @@ impl Projector {
             .context("reading the checkpoint")?
             .unwrap_or(0);
         let mut last = checkpoint;
-        let mut outcome_count = 0;
         // Customers whose inbox gained items in this batch.
         let mut woken: Vec<String> = Vec::new();
         // Consecutive outcomes not yet folded, or consecutive device registrations not yet
         // applied (never both: each kind flushes the other first).
-        let mut run: Vec<outcomes::PendingOutcome> = Vec::new();
+        let mut run: Vec<&outcomes::PendingOutcome> = Vec::new();
         let mut registrations: Vec<(i64, &EventEnvelope)> = Vec::new();
         for item in batch {
             let (message, sequence) = (&item.message, item.sequence);
@@ -507,7 +497,7 @@ impl Projector {
                 last = sequence;
                 continue;
             }
-            let (decoded, pending) = (&item.decoded, item.pending.clone());
+            let (decoded, pending) = (&item.decoded, item.pending.as_ref());
             let registration = match decoded {
                 Ok(Decoded::Known(envelope))
                     if !self.isolate && matches!(envelope.event, Event::DeviceRegistered(_)) =>
@@ -535,7 +525,7 @@ impl Projector {
                     debug_applied(message, envelope, sequence);
                 }
                 run.push(pending);
-                outcome_count += 1;
+                outcome.applied += 1;
                 last = sequence;
                 continue;
             }
@@ -581,7 +571,6 @@ impl Projector {
         }
         self.fold(&mut tx, &mut run, &mut woken).await?;
         self.register(&mut tx, &mut registrations).await?;
-        outcome.applied += outcome_count;
         if last != checkpoint {
             let advanced = sqlx::query(include_str!("../sql/checkpoint_advance.sql"))
                 .bind(READ_MODELS)

@@ -176,7 +176,7 @@ type HeldRow = (Uuid, String, String, Option<String>, DateTime<Utc>);
 /// gained an item.
 pub(crate) async fn apply(
     tx: &mut PgConnection,
-    run: &[PendingOutcome],
+    run: &[&PendingOutcome],
 ) -> Result<Vec<String>, sqlx::Error> {
     if run.is_empty() {
         return Ok(Vec::new());
