@@ -289,16 +289,58 @@ impl Content {
     /// Bytes of the payload as FCM counts it: the notification and data objects, including the
     /// notification id Xibaar adds to the data.
     pub fn fcm_payload_bytes(&self) -> usize {
-        let mut data = self.data.clone();
-        data.insert(
-            NOTIFICATION_ID_DATA_KEY.to_owned(),
-            uuid::Uuid::nil().to_string(),
-        );
-        let payload = serde_json::json!({
-            "notification": { "title": self.title, "body": self.body, "image": self.image_url },
-            "data": data,
-        });
-        serde_json::to_vec(&payload).map_or(usize::MAX, |v| v.len())
+        /// Counts what would be written; the payload itself is never built.
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        /// The data as the FCM client sends it: the notification id in place of any value
+        /// the content gives that key.
+        struct Data<'a>(&'a BTreeMap<String, String>);
+        impl Serialize for Data<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let nil = uuid::Uuid::nil();
+                let mut map = serializer.serialize_map(None)?;
+                for (key, value) in self.0 {
+                    if key != NOTIFICATION_ID_DATA_KEY {
+                        map.serialize_entry(key, value)?;
+                    }
+                }
+                map.serialize_entry(NOTIFICATION_ID_DATA_KEY, &nil)?;
+                map.end()
+            }
+        }
+        #[derive(Serialize)]
+        struct Notification<'a> {
+            title: &'a str,
+            body: &'a str,
+            image: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            notification: Notification<'a>,
+            data: Data<'a>,
+        }
+        let payload = Payload {
+            notification: Notification {
+                title: &self.title,
+                body: &self.body,
+                image: self.image_url.as_deref(),
+            },
+            data: Data(&self.data),
+        };
+        let mut counter = Counter(0);
+        match serde_json::to_writer(&mut counter, &payload) {
+            Ok(()) => counter.0,
+            Err(_) => usize::MAX,
+        }
     }
 
     /// Checks the content against FCM's rules for a message to `audience` (topic and condition
@@ -343,23 +385,26 @@ impl Content {
         // NUL cannot be stored in Postgres text: the read models (inbox, status) could not
         // hold the notification.
         let texts = [
-            ("content.title".to_owned(), self.title.as_str()),
-            ("content.body".to_owned(), self.body.as_str()),
+            ("content.title", self.title.as_str()),
+            ("content.body", self.body.as_str()),
             (
-                "content.image_url".to_owned(),
+                "content.image_url",
                 self.image_url.as_deref().unwrap_or_default(),
             ),
         ];
-        let data = self.data.iter().flat_map(|(k, v)| {
-            [
-                (format!("content.data.{k}"), k.as_str()),
-                (format!("content.data.{k}"), v.as_str()),
-            ]
-        });
-        for (field, text) in texts.into_iter().chain(data) {
+        for (field, text) in texts {
             if text.contains('\0') {
                 violations.push(FieldViolation::new(
-                    field.escape_default().to_string(),
+                    field,
+                    "must not contain the NUL character",
+                ));
+            }
+        }
+        for (key, value) in &self.data {
+            if key.contains('\0') || value.contains('\0') {
+                let field = format!("content.data.{key}").escape_default().to_string();
+                violations.push(FieldViolation::new(
+                    field,
                     "must not contain the NUL character",
                 ));
             }
@@ -471,6 +516,30 @@ mod tests {
             other => panic!("expected TooLarge, got {other:?}"),
         }
         assert!(content("fine").validate().is_ok());
+    }
+
+    #[test]
+    fn the_counted_fcm_payload_size_is_that_of_the_payload_written_out() {
+        let mut c = content("Line one\nline \"two\" \u{e9}t\u{e9} \u{1f50c}");
+        c.image_url = Some("https://example.com/a.png".into());
+        c.data.insert("kind".into(), "bill\tdue".into());
+        c.data
+            .insert(NOTIFICATION_ID_DATA_KEY.into(), "set by the client".into());
+        for content in [content("plain"), c] {
+            let mut data = content.data.clone();
+            data.insert(
+                NOTIFICATION_ID_DATA_KEY.to_owned(),
+                uuid::Uuid::nil().to_string(),
+            );
+            let written = serde_json::to_vec(&serde_json::json!({
+                "notification": {
+                    "title": content.title, "body": content.body, "image": content.image_url,
+                },
+                "data": data,
+            }))
+            .unwrap();
+            assert_eq!(content.fcm_payload_bytes(), written.len());
+        }
     }
 
     #[test]
