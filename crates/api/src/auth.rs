@@ -9,7 +9,7 @@
 //! and `alg: none` or any other algorithm is refused. So a token signed with HMAC over an RSA
 //! public key (algorithm confusion) never meets that key as an HMAC secret.
 
-use std::{collections::HashMap, collections::HashSet, path::Path};
+use std::{collections::HashMap, collections::HashSet, path::Path, sync::Arc};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{
@@ -207,15 +207,14 @@ impl Authenticator {
         validation.leeway = LEEWAY_SECONDS.unsigned_abs();
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|e| invalid(e.to_string()))?;
-        let caller = Caller {
-            subject: data.claims.sub,
-            scopes: data
-                .claims
+        let caller = Caller::new(
+            data.claims.sub,
+            data.claims
                 .scope
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
-        };
+        );
         self.verified.insert(
             token.to_owned(),
             Verified {
@@ -254,14 +253,31 @@ pub fn mint(
     )
 }
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request. Shared with the verified-token cache: a request
+/// takes its caller for the cost of one reference count.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub struct Caller(Arc<Identity>);
+
+/// Who a verified token names.
+#[derive(Debug)]
+pub struct Identity {
     pub subject: String,
     pub scopes: HashSet<String>,
 }
 
+impl std::ops::Deref for Caller {
+    type Target = Identity;
+
+    fn deref(&self) -> &Identity {
+        &self.0
+    }
+}
+
 impl Caller {
+    pub fn new(subject: String, scopes: HashSet<String>) -> Self {
+        Self(Arc::new(Identity { subject, scopes }))
+    }
+
     pub fn require(&self, scope: &str) -> Result<(), ApiError> {
         if self.scopes.contains(scope) {
             Ok(())

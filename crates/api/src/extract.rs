@@ -42,6 +42,11 @@ where
                 ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
             }
         })?;
+        // Most bodies are valid: read them straight, and only read a refused body again with
+        // its path tracked, to name the field in the problem.
+        if let Ok(value) = serde_json::from_slice::<T>(&bytes) {
+            return Ok(ApiJson(value));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
             let path = e.path().to_string();

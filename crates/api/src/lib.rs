@@ -16,12 +16,30 @@ use std::{sync::Arc, time::Duration};
 use async_nats::jetstream;
 use axum::{Router, extract::DefaultBodyLimit};
 use sqlx::PgPool;
-use tower_http::trace::TraceLayer;
+use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
 pub use auth::{Authenticator, Caller, mint, scopes};
 
+/// What every request shares, behind one reference count: a request clones its handle a few
+/// times on its way through the router, which costs one atomic increment each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub js: jetstream::Context,
     pub pool: PgPool,
     pub auth: Arc<Authenticator>,
@@ -39,7 +57,10 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     routes::router()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(limit::budget_layer))
-        .layer(axum::middleware::from_fn(traceparent_header))
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::HeaderName::from_static(xibaar_streams::trace::TRACEPARENT),
+            traceparent_header,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
@@ -64,16 +85,8 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
 }
 
 /// Answers with the request's `traceparent`, so a client can quote the trace of what it sent.
-async fn traceparent_header(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let traceparent = xibaar_streams::trace::current_traceparent();
-    let mut response = next.run(request).await;
-    if let Some(value) = traceparent.and_then(|tp| axum::http::HeaderValue::try_from(tp).ok()) {
-        response
-            .headers_mut()
-            .insert(xibaar_streams::trace::TRACEPARENT, value);
-    }
-    response
+/// Runs inside the request's span (the trace layer enters it while the response is made).
+fn traceparent_header<B>(_: &axum::http::Response<B>) -> Option<axum::http::HeaderValue> {
+    xibaar_streams::trace::current_traceparent()
+        .and_then(|tp| axum::http::HeaderValue::try_from(tp).ok())
 }

@@ -130,10 +130,10 @@ mod tests {
     use super::*;
 
     fn caller(subject: &str, scopes: &[&str]) -> Caller {
-        Caller {
-            subject: subject.into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        }
+        Caller::new(
+            subject.into(),
+            scopes.iter().map(|s| (*s).to_owned()).collect(),
+        )
     }
 
     #[test]

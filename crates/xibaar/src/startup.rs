@@ -203,7 +203,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
                 .with_jwks_file(path)
                 .context("configuration key `auth.jwks_file`")?;
         }
-        let state = xibaar_api::AppState {
+        let state = xibaar_api::AppState::new(xibaar_api::Shared {
             js: js.clone(),
             pool: pool.clone(),
             auth: Arc::new(auth),
@@ -214,7 +214,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             publish_timeout: Duration::from_secs(5),
             ops: xibaar_api::ops::spawn_collector(client.clone(), js.clone(), shutdown.clone()),
             inbox: Default::default(),
-        };
+        });
         state
             .inbox
             .clone()

@@ -4,8 +4,8 @@ use async_nats::HeaderMap as NatsHeaders;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use axum::{
     Json,
-    extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{FromRequestParts, Path, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -95,9 +95,21 @@ pub struct Timeline {
     pub events: Vec<serde_json::Value>,
 }
 
+/// The `Idempotency-Key` header as sent, checked by [`idempotency_key`] once the caller's scope
+/// is: only this header is taken from the request, not a copy of them all.
+pub struct IdempotencyHeader(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get("idempotency-key").cloned()))
+    }
+}
+
 /// Client-chosen key: a retry with the same key names the same notification.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+fn idempotency_key(header: IdempotencyHeader) -> Result<Option<String>, ApiError> {
+    let Some(value) = header.0 else {
         return Ok(None);
     };
     let key = value
@@ -127,11 +139,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    key: IdempotencyHeader,
     ApiJson(request): ApiJson<SendRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(scopes::SEND)?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(key)?;
     let mut violations = request.audience.validate().err().unwrap_or_default();
     match request.content.validate_for(&request.audience) {
         Ok(()) => {}

@@ -101,7 +101,7 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
     // answer and close before the client has finished writing, which the client reports as a
     // reset instead of the answer.
     let app = xibaar_api::app(
-        xibaar_api::AppState {
+        xibaar_api::AppState::new(xibaar_api::Shared {
             js: p.jetstream().await,
             pool: p.pool.clone(),
             auth: std::sync::Arc::new(xibaar_api::Authenticator::hs256(
@@ -116,7 +116,7 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
             ops: xibaar_api::ops::idle_view(),
             inbox: Default::default(),
             publish_timeout: std::time::Duration::from_secs(5),
-        },
+        }),
         p.config.api.max_body_bytes,
     );
     let huge = format!("{{\"pad\": \"{}\"}}", "z".repeat(2 * 1024 * 1024));

@@ -13,7 +13,7 @@ use crate::support::{Pipeline, SECRET};
 async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
     let p = Pipeline::start().await;
     let app = xibaar_api::app(
-        xibaar_api::AppState {
+        xibaar_api::AppState::new(xibaar_api::Shared {
             js: p.jetstream().await,
             pool: p.pool.clone(),
             auth: Arc::new(xibaar_api::Authenticator::hs256(
@@ -28,7 +28,7 @@ async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
             ops: xibaar_api::ops::idle_view(),
             inbox: Default::default(),
             publish_timeout: Duration::from_secs(5),
-        },
+        }),
         p.config.api.max_body_bytes,
     );
     let get = |token: String| {
