@@ -20,6 +20,33 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// CPU time (user and system, all threads) process `pid` has used so far, from
+/// `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and
+    // stime are the 14th and 15th of the line, the 12th and 13th after it.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat: {stat}"))?;
+    let mut fields = after.split_whitespace().skip(11);
+    let mut ticks = || -> anyhow::Result<u64> {
+        Ok(fields
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
+            .parse()?)
+    };
+    let ticks = ticks()? + ticks()?;
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(per_second > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(std::time::Duration::from_secs_f64(
+        ticks as f64 / per_second as f64,
+    ))
+}
+
 /// The release `xibaar` binary beside this benchmark.
 pub fn xibaar_binary() -> PathBuf {
     std::env::current_exe()

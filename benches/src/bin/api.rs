@@ -12,11 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 use hyper_util::rt::TokioIo;
-use xibaar_benches::{Servers, percentile, scale, xibaar_binary};
+use xibaar_benches::{Servers, cpu_time, percentile, scale, xibaar_binary};
 use xibaar_core::CustomerId;
 use xibaar_testkit::KillOnDrop;
 
@@ -142,7 +143,7 @@ fn show(name: &str, f: &Figures, unit: &str) {
     );
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let sends = scale(60_000);
     let reads = scale(40_000);
@@ -192,7 +193,7 @@ filter = "warn"
             nats = nats.url(),
         ),
     )?;
-    let _api = KillOnDrop(
+    let api = KillOnDrop(
         Command::new(xibaar_binary())
             .arg("--config")
             .arg(&config)
@@ -269,10 +270,40 @@ filter = "warn"
             }
         }
     };
+    let processes = [
+        ("load generator", std::process::id()),
+        (
+            "nats-server",
+            nats.pid().context("nats-server is not running")?,
+        ),
+        ("api", api.0.id()),
+    ];
+    let cpu = || -> anyhow::Result<Vec<Duration>> {
+        processes.iter().map(|(_, pid)| cpu_time(*pid)).collect()
+    };
+    let before = cpu()?;
     let baseline = drive(sends, bare).await?;
+    let between = cpu()?;
     let accepted = drive(sends, post).await?;
+    let after = cpu()?;
+    // Where the two cores went: each process' CPU time per operation in either run.
+    let per_operation = |from: &[Duration], to: &[Duration]| {
+        processes
+            .iter()
+            .zip(from.iter().zip(to))
+            .map(|((name, _), (a, b))| {
+                format!("{name} {:.1}", (*b - *a).as_secs_f64() * 1e6 / sends as f64)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     show("bare async-nats publish + ack", &baseline, "msgs");
+    println!(
+        "    CPU µs per message: {}",
+        per_operation(&before, &between)
+    );
     show("POST /v1/notifications (202)", &accepted, "sends");
+    println!("    CPU µs per send: {}", per_operation(&between, &after));
     println!(
         "  ratio {:.2} of the bare publisher; target >= 20,000 sends/s with p99 <= 20 ms: {}",
         accepted.per_second / baseline.per_second,

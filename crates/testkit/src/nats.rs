@@ -90,6 +90,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The HTTP monitoring endpoint (`/jsz`, `/varz`, …).
     pub fn monitoring_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitoring_port)
