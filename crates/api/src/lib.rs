@@ -42,8 +42,8 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub js: jetstream::Context,
     pub pool: PgPool,
-    pub auth: Arc<Authenticator>,
-    pub limits: Arc<limit::RateLimits>,
+    pub auth: Authenticator,
+    pub limits: limit::RateLimits,
     /// How long a publish may wait for JetStream before the request fails with 503.
     pub publish_timeout: Duration,
     /// The ops page's latest figures ([`ops::spawn_collector`]).

@@ -206,11 +206,11 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         let state = xibaar_api::AppState::new(xibaar_api::Shared {
             js: js.clone(),
             pool: pool.clone(),
-            auth: Arc::new(auth),
-            limits: Arc::new(xibaar_api::limit::RateLimits::new(
+            auth,
+            limits: xibaar_api::limit::RateLimits::new(
                 config.api.customer_requests_per_minute,
                 config.api.client_requests_per_minute,
-            )),
+            ),
             publish_timeout: Duration::from_secs(5),
             ops: xibaar_api::ops::spawn_collector(client.clone(), js.clone(), shutdown.clone()),
             inbox: Default::default(),

@@ -104,15 +104,15 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
         xibaar_api::AppState::new(xibaar_api::Shared {
             js: p.jetstream().await,
             pool: p.pool.clone(),
-            auth: std::sync::Arc::new(xibaar_api::Authenticator::hs256(
+            auth: xibaar_api::Authenticator::hs256(
                 crate::support::SECRET.as_bytes(),
                 "xibaar",
                 "xibaar-api",
-            )),
-            limits: std::sync::Arc::new(xibaar_api::limit::RateLimits::new(
+            ),
+            limits: xibaar_api::limit::RateLimits::new(
                 p.config.api.customer_requests_per_minute,
                 p.config.api.client_requests_per_minute,
-            )),
+            ),
             ops: xibaar_api::ops::idle_view(),
             inbox: Default::default(),
             publish_timeout: std::time::Duration::from_secs(5),

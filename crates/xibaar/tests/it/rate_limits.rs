@@ -1,7 +1,7 @@
 //! Per-customer and per-client budgets: 429 with `Retry-After` and `RateLimit-*` headers,
 //! one caller's excess never costs another.
 
-use std::{num::NonZeroU32, sync::Arc, time::Duration};
+use std::{num::NonZeroU32, time::Duration};
 
 use axum::{body::Body, http::Request};
 use serde_json::Value;
@@ -16,15 +16,11 @@ async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
         xibaar_api::AppState::new(xibaar_api::Shared {
             js: p.jetstream().await,
             pool: p.pool.clone(),
-            auth: Arc::new(xibaar_api::Authenticator::hs256(
-                SECRET.as_bytes(),
-                "xibaar",
-                "xibaar-api",
-            )),
-            limits: Arc::new(xibaar_api::limit::RateLimits::new(
+            auth: xibaar_api::Authenticator::hs256(SECRET.as_bytes(), "xibaar", "xibaar-api"),
+            limits: xibaar_api::limit::RateLimits::new(
                 NonZeroU32::new(3).unwrap(),
                 NonZeroU32::new(1000).unwrap(),
-            )),
+            ),
             ops: xibaar_api::ops::idle_view(),
             inbox: Default::default(),
             publish_timeout: Duration::from_secs(5),
