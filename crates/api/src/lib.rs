@@ -41,6 +41,8 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     pub js: jetstream::Context,
+    /// The api's publishes, coalesced into fewer writes ([`xibaar_streams::CoalescingPublisher`]).
+    pub publisher: xibaar_streams::CoalescingPublisher,
     pub pool: PgPool,
     pub auth: Authenticator,
     pub limits: limit::RateLimits,

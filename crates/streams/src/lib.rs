@@ -2,6 +2,7 @@
 //! applying them, connecting, and pipelined publishing.
 
 mod apply;
+mod coalesce;
 mod connect;
 mod definitions;
 pub mod dlq;
@@ -12,6 +13,7 @@ pub mod replay;
 pub mod trace;
 
 pub use apply::{ApplyError, Change, apply};
+pub use coalesce::CoalescingPublisher;
 pub use connect::{ConnectError, connect};
 pub use definitions::{ConsumerDef, DefinitionError, Definitions, StreamDef};
 pub use publish::{

@@ -111,13 +111,21 @@ pub async fn publish_event(
     js: &jetstream::Context,
     envelope: &xibaar_core::EventEnvelope,
 ) -> Result<jetstream::publish::PublishAck, PublishError> {
-    let payload = envelope
+    js.publish_with_headers(
+        envelope.subject(),
+        event_headers(envelope),
+        event_payload(envelope)?,
+    )
+    .await?
+    .await
+}
+
+/// The envelope as stored: its JSON.
+pub(crate) fn event_payload(envelope: &xibaar_core::EventEnvelope) -> Result<Bytes, PublishError> {
+    envelope
         .to_json()
-        .map_err(|e| PublishError::with_source(jetstream::context::PublishErrorKind::Other, e))?;
-    let headers = event_headers(envelope);
-    js.publish_with_headers(envelope.subject(), headers, Bytes::from(payload))
-        .await?
-        .await
+        .map(Bytes::from)
+        .map_err(|e| PublishError::with_source(jetstream::context::PublishErrorKind::Other, e))
 }
 
 /// `Nats-Msg-Id` plus the type and version repeated from the envelope, so consumers can filter

@@ -315,7 +315,9 @@ pub async fn send(
             Some(command.msg_id()),
             Actor::clone(&sent.requested_by),
         );
-        xibaar_streams::publish_event(&state.js, &event)
+        state
+            .publisher
+            .publish_event(&event)
             .await
             .map_err(|e| unavailable(&e))?;
     }
@@ -365,8 +367,8 @@ async fn store(
 ) -> Result<bool, ApiError> {
     let publish = async {
         state
-            .js
-            .publish_with_headers(subject, headers, payload)
+            .publisher
+            .publish(subject, headers, payload)
             .await
             .map_err(|e| unavailable(&e))?
             .await

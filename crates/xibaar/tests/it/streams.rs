@@ -67,3 +67,83 @@ async fn applying_streams_is_idempotent_and_refuses_a_retention_change() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn coalesced_publishes_each_get_their_own_ack_or_error() {
+    use async_nats::{HeaderMap, jetstream::context::PublishErrorKind};
+    use xibaar_streams::CoalescingPublisher;
+
+    let nats = NatsServer::start().await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "COALESCE".into(),
+            subjects: vec!["coalesce.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let publisher = CoalescingPublisher::spawn(js.clone());
+    let with_id = |id: String| {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        headers
+    };
+
+    // 250 publishes from as many tasks at once, 10 of them to a subject no stream takes.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..250u32 {
+        let (publisher, headers) = (publisher.clone(), with_id(format!("m-{i}")));
+        let subject = if i % 25 == 7 {
+            format!("nowhere.{i}")
+        } else {
+            format!("coalesce.{i}")
+        };
+        tasks.spawn(async move {
+            let ack = publisher
+                .publish(subject, headers, i.to_string().into())
+                .await?
+                .await;
+            Ok::<_, async_nats::jetstream::context::PublishError>((i, ack))
+        });
+    }
+    let mut sequences = Vec::new();
+    for (i, ack) in tasks.join_all().await.into_iter().map(Result::unwrap) {
+        match ack {
+            Ok(ack) => {
+                assert_ne!(i % 25, 7, "a publish to no stream was acknowledged");
+                assert!(!ack.duplicate);
+                let stored = stream.get_raw_message(ack.sequence).await.unwrap();
+                assert_eq!(stored.subject.as_str(), format!("coalesce.{i}"));
+                assert_eq!(stored.payload, i.to_string().as_bytes());
+                sequences.push(ack.sequence);
+            }
+            Err(e) => {
+                assert_eq!(i % 25, 7, "publish {i} failed: {e}");
+                assert_eq!(e.kind(), PublishErrorKind::StreamNotFound, "{e}");
+            }
+        }
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=240).collect::<Vec<u64>>());
+
+    // A repeated message id is still recognised as one.
+    let again = publisher
+        .publish("coalesce.3".into(), with_id("m-3".into()), "3".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        js.get_stream("COALESCE")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages,
+        240
+    );
+}
