@@ -22,9 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use bytes::Bytes;
 use chrono::Utc;
-use xibaar_benches::{percentile, scale, xibaar_binary};
+use xibaar_benches::{cpu_time, percentile, scale, xibaar_binary};
 use xibaar_core::{
     Actor, Audience, Command as XCommand, Content, CustomerId, DeliveryOptions, NotificationId,
     Priority, SendNotification,
@@ -36,7 +37,7 @@ const APP_ID: &str = "1:1234567890:android:xibaar";
 const CONCURRENCY: usize = 256;
 
 struct Rig {
-    _nats: NatsServer,
+    nats: NatsServer,
     _pg: Postgres,
     standin: StandIn,
     js: async_nats::jetstream::Context,
@@ -99,7 +100,7 @@ filter = "warn"
             ),
         )?;
         Ok(Self {
-            _nats: nats,
+            nats,
             _pg: pg,
             standin,
             js,
@@ -191,11 +192,31 @@ struct Run {
     /// Pushes per second between 10 % and 90 % of the broadcast (fan-out ramp excluded).
     steady_rate: f64,
     peak_rss_mib: f64,
+    /// CPU µs per push of the dispatcher, nats-server and this process (stand-in, probes).
+    cpu_per_push: [f64; 3],
+}
+
+impl Run {
+    /// Where the two cores went, per push; unlike pushes per second, these shares barely depend
+    /// on how fast the machine runs at the moment.
+    fn cpu_line(&self) -> String {
+        let [dispatcher, nats, bench] = self.cpu_per_push;
+        format!(
+            "    CPU µs per push: dispatcher {dispatcher:.1}, nats-server {nats:.1}, stand-in and benchmark {bench:.1}"
+        )
+    }
 }
 
 /// Broadcasts to every device and waits until the stand-in has `devices` pushes.
 async fn broadcast(rig: &Rig, devices: usize, priority: Priority) -> anyhow::Result<(Run, Child)> {
     let mut dispatcher = rig.spawn_dispatcher()?;
+    let pids = [
+        dispatcher.id(),
+        rig.nats.pid().context("nats-server is not running")?,
+        std::process::id(),
+    ];
+    let cpu = || -> anyhow::Result<Vec<Duration>> { pids.iter().map(|p| cpu_time(*p)).collect() };
+    let before = cpu()?;
     let base = rig.standin.accepted_count();
     let started = Instant::now();
     rig.send(priority, Audience::Everyone, "Tariff change")
@@ -223,6 +244,11 @@ async fn broadcast(rig: &Rig, devices: usize, priority: Priority) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = started.elapsed();
+    let after = cpu()?;
+    let mut cpu_per_push = [0.0; 3];
+    for (slot, (a, b)) in cpu_per_push.iter_mut().zip(before.iter().zip(&after)) {
+        *slot = (*b - *a).as_secs_f64() * 1e6 / devices as f64;
+    }
     let ((a, na), (b, nb)) = (t10.expect("10 %"), t90.expect("90 %"));
     let steady_rate = (nb - na) as f64 / (b - a).as_secs_f64().max(1e-9);
     let peak = peak_rss_mib(dispatcher.id());
@@ -231,6 +257,7 @@ async fn broadcast(rig: &Rig, devices: usize, priority: Priority) -> anyhow::Res
             total,
             steady_rate,
             peak_rss_mib: peak,
+            cpu_per_push,
         },
         dispatcher,
     ))
@@ -339,6 +366,7 @@ async fn main() -> anyhow::Result<()> {
             run.steady_rate / 30_000.0,
             run.peak_rss_mib
         );
+        println!("{}", run.cpu_line());
         peak_rss = peak_rss.max(run.peak_rss_mib);
         drop(rig);
 
@@ -355,6 +383,7 @@ async fn main() -> anyhow::Result<()> {
             run.steady_rate / bound,
             run.peak_rss_mib
         );
+        println!("{}", run.cpu_line());
         peak_rss = peak_rss.max(run.peak_rss_mib);
         drop(rig);
     }
@@ -426,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
         rig.standin.error_count(),
         run.peak_rss_mib
     );
+    println!("{}", run.cpu_line());
     println!(
         "  urgent accept->push while that backlog drained: p50 {:.1} ms, p99 {:.1} ms over {} of {} probes (target p99 <= 100 ms)",
         percentile(&latencies, 50.0),
