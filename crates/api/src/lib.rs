@@ -23,11 +23,23 @@ pub use auth::{Authenticator, Caller, mint, scopes};
 /// What every request shares, behind one reference count: a request clones its handle a few
 /// times on its way through the router, which costs one atomic increment each.
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
+pub struct AppState(Arc<State>);
+
+struct State {
+    shared: Shared,
+    /// The api's publishes to `shared.js`, coalesced into fewer writes.
+    publisher: xibaar_streams::CoalescingPublisher,
+}
 
 impl AppState {
+    /// Also starts the task that queues the api's publishes (on the current runtime).
     pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
+        let publisher = xibaar_streams::CoalescingPublisher::spawn(shared.js.clone());
+        Self(Arc::new(State { shared, publisher }))
+    }
+
+    pub(crate) fn publisher(&self) -> &xibaar_streams::CoalescingPublisher {
+        &self.0.publisher
     }
 }
 
@@ -35,14 +47,12 @@ impl std::ops::Deref for AppState {
     type Target = Shared;
 
     fn deref(&self) -> &Shared {
-        &self.0
+        &self.0.shared
     }
 }
 
 pub struct Shared {
     pub js: jetstream::Context,
-    /// The api's publishes, coalesced into fewer writes ([`xibaar_streams::CoalescingPublisher`]).
-    pub publisher: xibaar_streams::CoalescingPublisher,
     pub pool: PgPool,
     pub auth: Authenticator,
     pub limits: limit::RateLimits,

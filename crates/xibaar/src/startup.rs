@@ -205,7 +205,6 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         }
         let state = xibaar_api::AppState::new(xibaar_api::Shared {
             js: js.clone(),
-            publisher: xibaar_streams::CoalescingPublisher::spawn(js.clone()),
             pool: pool.clone(),
             auth,
             limits: xibaar_api::limit::RateLimits::new(

@@ -50,7 +50,7 @@ async fn store_event(
 ) -> Result<(), ApiError> {
     tokio::time::timeout(
         state.publish_timeout,
-        state.publisher.publish_event(envelope),
+        state.publisher().publish_event(envelope),
     )
     .await
     .map_err(|_| ApiError::Unavailable(format!("timed out storing the {what}; retry")))?

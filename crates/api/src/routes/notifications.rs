@@ -316,7 +316,7 @@ pub async fn send(
             Actor::clone(&sent.requested_by),
         );
         state
-            .publisher
+            .publisher()
             .publish_event(&event)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -367,7 +367,7 @@ async fn store(
 ) -> Result<bool, ApiError> {
     let publish = async {
         state
-            .publisher
+            .publisher()
             .publish(subject, headers, payload)
             .await
             .map_err(|e| unavailable(&e))?

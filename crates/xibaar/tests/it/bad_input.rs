@@ -103,7 +103,6 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
     let app = xibaar_api::app(
         xibaar_api::AppState::new(xibaar_api::Shared {
             js: p.jetstream().await,
-            publisher: xibaar_streams::CoalescingPublisher::spawn(p.jetstream().await),
             pool: p.pool.clone(),
             auth: xibaar_api::Authenticator::hs256(
                 crate::support::SECRET.as_bytes(),

@@ -15,7 +15,6 @@ async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
     let app = xibaar_api::app(
         xibaar_api::AppState::new(xibaar_api::Shared {
             js: p.jetstream().await,
-            publisher: xibaar_streams::CoalescingPublisher::spawn(p.jetstream().await),
             pool: p.pool.clone(),
             auth: xibaar_api::Authenticator::hs256(SECRET.as_bytes(), "xibaar", "xibaar-api"),
             limits: xibaar_api::limit::RateLimits::new(
