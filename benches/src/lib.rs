@@ -47,6 +47,34 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
     ))
 }
 
+/// [`cpu_time`] of each of `pids`, in order.
+pub fn cpu_times(pids: &[u32]) -> anyhow::Result<Vec<std::time::Duration>> {
+    pids.iter().map(|pid| cpu_time(*pid)).collect()
+}
+
+/// CPU µs per operation of each process between two [`cpu_times`] samples.
+pub fn cpu_per_operation(
+    before: &[std::time::Duration],
+    after: &[std::time::Duration],
+    operations: usize,
+) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(a, b)| (*b - *a).as_secs_f64() * 1e6 / operations as f64)
+        .collect()
+}
+
+/// `name 12.3, name 4.5, …`: each process' figure from [`cpu_per_operation`].
+pub fn cpu_shares(names: &[&str], per_operation: &[f64]) -> String {
+    names
+        .iter()
+        .zip(per_operation)
+        .map(|(name, us)| format!("{name} {us:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The release `xibaar` binary beside this benchmark.
 pub fn xibaar_binary() -> PathBuf {
     std::env::current_exe()

@@ -17,7 +17,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 use hyper_util::rt::TokioIo;
-use xibaar_benches::{Servers, cpu_time, percentile, scale, xibaar_binary};
+use xibaar_benches::{
+    Servers, cpu_per_operation, cpu_shares, cpu_times, percentile, scale, xibaar_binary,
+};
 use xibaar_core::CustomerId;
 use xibaar_testkit::KillOnDrop;
 
@@ -270,32 +272,20 @@ filter = "warn"
             }
         }
     };
-    let processes = [
-        ("load generator", std::process::id()),
-        (
-            "nats-server",
-            nats.pid().context("nats-server is not running")?,
-        ),
-        ("api", api.0.id()),
+    let names = ["load generator", "nats-server", "api"];
+    let pids = [
+        std::process::id(),
+        nats.pid().context("nats-server is not running")?,
+        api.0.id(),
     ];
-    let cpu = || -> anyhow::Result<Vec<Duration>> {
-        processes.iter().map(|(_, pid)| cpu_time(*pid)).collect()
-    };
-    let before = cpu()?;
+    let before = cpu_times(&pids)?;
     let baseline = drive(sends, bare).await?;
-    let between = cpu()?;
+    let between = cpu_times(&pids)?;
     let accepted = drive(sends, post).await?;
-    let after = cpu()?;
+    let after = cpu_times(&pids)?;
     // Where the two cores went: each process' CPU time per operation in either run.
     let per_operation = |from: &[Duration], to: &[Duration]| {
-        processes
-            .iter()
-            .zip(from.iter().zip(to))
-            .map(|((name, _), (a, b))| {
-                format!("{name} {:.1}", (*b - *a).as_secs_f64() * 1e6 / sends as f64)
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        cpu_shares(&names, &cpu_per_operation(from, to, sends))
     };
     show("bare async-nats publish + ack", &baseline, "msgs");
     println!(

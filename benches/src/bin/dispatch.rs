@@ -25,7 +25,7 @@ use std::{
 use anyhow::Context;
 use bytes::Bytes;
 use chrono::Utc;
-use xibaar_benches::{cpu_time, percentile, scale, xibaar_binary};
+use xibaar_benches::{cpu_per_operation, cpu_shares, cpu_times, percentile, scale, xibaar_binary};
 use xibaar_core::{
     Actor, Audience, Command as XCommand, Content, CustomerId, DeliveryOptions, NotificationId,
     Priority, SendNotification,
@@ -193,16 +193,19 @@ struct Run {
     steady_rate: f64,
     peak_rss_mib: f64,
     /// CPU µs per push of the dispatcher, nats-server and this process (stand-in, probes).
-    cpu_per_push: [f64; 3],
+    cpu_per_push: Vec<f64>,
 }
 
 impl Run {
     /// Where the two cores went, per push; unlike pushes per second, these shares barely depend
     /// on how fast the machine runs at the moment.
     fn cpu_line(&self) -> String {
-        let [dispatcher, nats, bench] = self.cpu_per_push;
         format!(
-            "    CPU µs per push: dispatcher {dispatcher:.1}, nats-server {nats:.1}, stand-in and benchmark {bench:.1}"
+            "    CPU µs per push: {}",
+            cpu_shares(
+                &["dispatcher", "nats-server", "stand-in and benchmark"],
+                &self.cpu_per_push
+            )
         )
     }
 }
@@ -215,8 +218,7 @@ async fn broadcast(rig: &Rig, devices: usize, priority: Priority) -> anyhow::Res
         rig.nats.pid().context("nats-server is not running")?,
         std::process::id(),
     ];
-    let cpu = || -> anyhow::Result<Vec<Duration>> { pids.iter().map(|p| cpu_time(*p)).collect() };
-    let before = cpu()?;
+    let before = cpu_times(&pids)?;
     let base = rig.standin.accepted_count();
     let started = Instant::now();
     rig.send(priority, Audience::Everyone, "Tariff change")
@@ -244,11 +246,7 @@ async fn broadcast(rig: &Rig, devices: usize, priority: Priority) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = started.elapsed();
-    let after = cpu()?;
-    let mut cpu_per_push = [0.0; 3];
-    for (slot, (a, b)) in cpu_per_push.iter_mut().zip(before.iter().zip(&after)) {
-        *slot = (*b - *a).as_secs_f64() * 1e6 / devices as f64;
-    }
+    let cpu_per_push = cpu_per_operation(&before, &cpu_times(&pids)?, devices);
     let ((a, na), (b, nb)) = (t10.expect("10 %"), t90.expect("90 %"));
     let steady_rate = (nb - na) as f64 / (b - a).as_secs_f64().max(1e-9);
     let peak = peak_rss_mib(dispatcher.id());
