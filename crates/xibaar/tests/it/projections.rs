@@ -390,8 +390,15 @@ async fn a_rebuild_from_sequence_1_equals_the_live_built_tables_row_for_row_whil
     })
     .await
     .expect("every notification completes");
-    p.wait_projected(&p.pool).await;
-    p.wait_projected(&control).await;
+    // Both at the same head: an event stored between the two waits would reach only one.
+    loop {
+        let head = p.events_head().await;
+        p.wait_projected(&p.pool).await;
+        p.wait_projected(&control).await;
+        if p.events_head().await == head {
+            break;
+        }
+    }
     let (rebuilt, live) = (read_models(&p.pool).await, read_models(&control).await);
     assert!(
         rebuilt["deliveries"].as_array().unwrap().len() > 100,
