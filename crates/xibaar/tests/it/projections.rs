@@ -390,14 +390,17 @@ async fn a_rebuild_from_sequence_1_equals_the_live_built_tables_row_for_row_whil
     })
     .await
     .expect("every notification completes");
-    // Both at the same head: an event stored between the two waits would reach only one.
+    // Both at the same head, one that no longer moves: an event stored between two separate
+    // waits would reach only one of them.
+    let mut head = p.events_head().await;
     loop {
-        let head = p.events_head().await;
-        p.wait_projected(&p.pool).await;
-        p.wait_projected(&control).await;
-        if p.events_head().await == head {
+        p.wait_projected_to(&p.pool, head).await;
+        p.wait_projected_to(&control, head).await;
+        let now = p.events_head().await;
+        if now == head {
             break;
         }
+        head = now;
     }
     let (rebuilt, live) = (read_models(&p.pool).await, read_models(&control).await);
     assert!(

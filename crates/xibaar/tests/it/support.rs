@@ -396,7 +396,11 @@ filter = "warn"
 
     /// Waits until the projection in `pool` has applied every event stored so far.
     pub async fn wait_projected(&self, pool: &sqlx::PgPool) {
-        let head = self.events_head().await;
+        self.wait_projected_to(pool, self.events_head().await).await;
+    }
+
+    /// Waits until the projection in `pool` has applied the events up to sequence `head`.
+    pub async fn wait_projected_to(&self, pool: &sqlx::PgPool, head: u64) {
         eventually(Duration::from_secs(60), || async {
             let checkpoint: Option<i64> = sqlx::query_scalar(
                 "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
