@@ -70,12 +70,12 @@ async fn applying_streams_is_idempotent_and_refuses_a_retention_change() {
 
 #[tokio::test]
 async fn coalesced_publishes_each_get_their_own_ack_or_error() {
-    use async_nats::{HeaderMap, jetstream::context::PublishErrorKind};
+    use async_nats::jetstream::context::PublishErrorKind;
     use xibaar_streams::CoalescingPublisher;
 
     let nats = NatsServer::start().await.unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let stream = js
+    let mut stream = js
         .create_stream(async_nats::jetstream::stream::Config {
             name: "COALESCE".into(),
             subjects: vec!["coalesce.>".into()],
@@ -84,16 +84,12 @@ async fn coalesced_publishes_each_get_their_own_ack_or_error() {
         .await
         .unwrap();
     let publisher = CoalescingPublisher::spawn(js.clone());
-    let with_id = |id: String| {
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        headers
-    };
+    let with_id = |id: &str| xibaar_streams::traced_headers(id, "test", None);
 
     // 250 publishes from as many tasks at once, 10 of them to a subject no stream takes.
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..250u32 {
-        let (publisher, headers) = (publisher.clone(), with_id(format!("m-{i}")));
+        let (publisher, headers) = (publisher.clone(), with_id(&format!("m-{i}")));
         let subject = if i % 25 == 7 {
             format!("nowhere.{i}")
         } else {
@@ -129,21 +125,11 @@ async fn coalesced_publishes_each_get_their_own_ack_or_error() {
 
     // A repeated message id is still recognised as one.
     let again = publisher
-        .publish("coalesce.3".into(), with_id("m-3".into()), "3".into())
+        .publish("coalesce.3".into(), with_id("m-3"), "3".into())
         .await
         .unwrap()
         .await
         .unwrap();
     assert!(again.duplicate);
-    assert_eq!(
-        js.get_stream("COALESCE")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages,
-        240
-    );
+    assert_eq!(stream.info().await.unwrap().state.messages, 240);
 }
