@@ -69,6 +69,11 @@ pub struct Projector {
     /// Whether committed batches wake the api's live inbox streams (not for a rebuild's
     /// shadow tables, which nobody reads yet).
     announce: bool,
+    /// The checkpoint this runner committed last: the next batch starts from it without
+    /// reading it again. Forgotten when a batch fails, so a checkpoint moved by someone else (a
+    /// second runner, a rebuild's swap) is read again; until then the compare-and-set refuses
+    /// the batch.
+    committed: Option<i64>,
 }
 
 /// An event of a batch, read and decoded ahead of its transaction.
@@ -184,11 +189,17 @@ enum BatchError {
 /// Whether Postgres refused the statement because of its data (SQLSTATE classes 22, data
 /// exception, and 23, integrity constraint violation), as opposed to being unavailable, busy
 /// or in conflict with another transaction.
+///
+/// A unique violation (23505) is such a conflict: every statement of the projector settles
+/// conflicts itself (`ON CONFLICT`) except the insert of new `deliveries` rows, whose absence
+/// its own transaction has just read, so only another runner writing the same rows meanwhile
+/// makes it fail. The batch is retried (and the compare-and-set on the checkpoint then sorts
+/// the two runners out); the event is not to blame.
 fn refused_for_its_data(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code != "23505" && (code.starts_with("22") || code.starts_with("23"))
+        }),
         _ => false,
     }
 }
@@ -264,6 +275,7 @@ impl Projector {
             parked: HashSet::new(),
             isolate: false,
             announce: true,
+            committed: None,
         }
     }
 
@@ -294,7 +306,10 @@ impl Projector {
     ) -> anyhow::Result<u64> {
         let checkpoint = loop {
             match self.checkpoint().await {
-                Ok(c) => break u64::try_from(c).unwrap_or(0),
+                Ok(c) => {
+                    self.committed = Some(c);
+                    break u64::try_from(c).unwrap_or(0);
+                }
                 Err(e) => {
                     tracing::warn!(
                         error = format!("{e:#}"),
@@ -402,7 +417,11 @@ impl Projector {
         let mut delay = Duration::from_millis(100);
         let mut parked_now = 0;
         let outcome = loop {
-            match self.apply_batch(batch).await {
+            let result = self.apply_batch(batch).await;
+            if result.is_err() {
+                self.committed = None;
+            }
+            match result {
                 Ok(outcome) => break outcome,
                 Err(BatchError::Refused {
                     sequence,
@@ -454,6 +473,7 @@ impl Projector {
             }
         };
         // Committed: the parked events are behind the checkpoint now.
+        self.committed = Some(outcome.checkpoint);
         self.refused = None;
         self.isolate = false;
         self.parked.clear();
@@ -473,12 +493,15 @@ impl Projector {
     async fn apply_batch(&self, batch: &[Item]) -> Result<BatchOutcome, BatchError> {
         let mut outcome = BatchOutcome::default();
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
-        let checkpoint: i64 = sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
-            .bind(READ_MODELS)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("reading the checkpoint")?
-            .unwrap_or(0);
+        let checkpoint: i64 = match self.committed {
+            Some(checkpoint) => checkpoint,
+            None => sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
+                .bind(READ_MODELS)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("reading the checkpoint")?
+                .unwrap_or(0),
+        };
         let mut last = checkpoint;
         // Customers whose inbox gained items in this batch.
         let mut woken: Vec<String> = Vec::new();
@@ -593,10 +616,11 @@ impl Projector {
         if !self.announce {
             woken.clear();
         }
-        for customers in notify_payloads(&woken) {
-            sqlx::query("SELECT pg_notify($1, $2)")
+        let payloads = notify_payloads(&woken);
+        if !payloads.is_empty() {
+            sqlx::query("SELECT pg_notify($1, payload) FROM UNNEST($2::text[]) payload")
                 .bind(xibaar_store::INBOX_CHANNEL)
-                .bind(customers)
+                .bind(payloads)
                 .execute(&mut *tx)
                 .await
                 .context("announcing new inbox items")?;

@@ -420,3 +420,100 @@ async fn a_rebuild_from_sequence_1_equals_the_live_built_tables_row_for_row_whil
     .unwrap();
     assert!(schemas.is_empty(), "{schemas:?}");
 }
+
+/// The projector inserts a broadcast's new `deliveries` rows without `ON CONFLICT`, having read
+/// in its transaction that they are absent. Another writer inserting the same row meanwhile
+/// (here a transaction held open across the projector's batch) makes that insert fail: the batch
+/// is retried and folds the event over the row now there. Nothing is parked, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_row_inserted_by_another_writer_during_a_batch_is_folded_over_not_parked() {
+    use xibaar_core::{
+        Actor, CustomerId, DeviceId, Event, EventEnvelope, NotificationId, Priority,
+        event::DeliverySucceeded,
+    };
+    let p = Pipeline::start().await;
+    let notification_id = NotificationId::generate();
+    // The other writer: a failed attempt's row, uncommitted while the event is projected.
+    let mut other = p.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, \
+                                 attempts, occurred_at) \
+         VALUES ($1, 'phone-1', 'c1', 'failed', 'unavailable', 1, now())",
+    )
+    .bind(notification_id.0)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let envelope = EventEnvelope::new(
+        Event::DeliverySucceeded(DeliverySucceeded {
+            notification_id,
+            priority: Priority::High,
+            device_id: DeviceId::parse("phone-1").unwrap(),
+            customer_id: CustomerId::parse("c1").unwrap(),
+            attempt: 2,
+            fcm_message_id: "projects/p/messages/race".into(),
+        }),
+        notification_id.to_string(),
+        None,
+        Actor::system("test"),
+    );
+    xibaar_streams::publish_event(&p.jetstream().await, &envelope)
+        .await
+        .unwrap();
+    // The projector's insert now waits on the other writer's row.
+    let head = p.events_head().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let checkpoint: Option<i64> = sqlx::query_scalar(
+        "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
+    )
+    .fetch_optional(&p.pool)
+    .await
+    .unwrap();
+    assert!(
+        checkpoint.unwrap_or(0) < head as i64,
+        "the batch committed past an uncommitted conflicting row"
+    );
+    other.commit().await.unwrap();
+    p.wait_projected_to(&p.pool, head).await;
+
+    // The success replaced the failure, as it would have had the row come first.
+    let row: (String, Option<String>, i32, Option<String>) = sqlx::query_as(
+        "SELECT outcome, reason, attempts, fcm_message_id FROM deliveries \
+         WHERE notification_id = $1 AND device_id = 'phone-1'",
+    )
+    .bind(notification_id.0)
+    .fetch_one(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "succeeded".to_owned(),
+            None,
+            2,
+            Some("projects/p/messages/race".to_owned())
+        )
+    );
+    let inbox: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inbox WHERE customer_id = 'c1' AND notification_id = $1",
+    )
+    .bind(notification_id.0)
+    .fetch_one(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!(inbox, 1);
+    let metrics = p.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("xibaar_projector_batch_failures_total ")),
+        "the conflict failed a batch: {metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("xibaar_projector_poison_events_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert_eq!(p.stream_messages("XIBAAR_DLQ").await, 0);
+}
