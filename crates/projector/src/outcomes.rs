@@ -334,16 +334,16 @@ pub(crate) async fn apply(
     // (`refused_for_its_data` does not count it against the event).
     if !written.is_empty() {
         // In key order: the rows land next to each other in the index instead of all over it.
-        let mut rows: Vec<(&(Uuid, String), &PendingOutcome)> =
-            written.iter().map(|(k, o)| (k, *o)).collect();
-        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let (stored, fresh): (Vec<_>, Vec<_>) = rows
-            .into_iter()
-            .partition(|(key, _)| held.get(*key).is_some_and(|h| h.stored));
-        let (stored, fresh): (Vec<&PendingOutcome>, Vec<&PendingOutcome>) = (
-            stored.into_iter().map(|(_, o)| o).collect(),
-            fresh.into_iter().map(|(_, o)| o).collect(),
-        );
+        let mut rows: Vec<_> = written.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let (mut fresh, mut stored) = (Vec::new(), Vec::new());
+        for (key, o) in rows {
+            if held.get(&key).is_some_and(|h| h.stored) {
+                stored.push(o);
+            } else {
+                fresh.push(o);
+            }
+        }
         for (rows, statement) in [(fresh, DELIVERIES_INSERT), (stored, DELIVERIES_UPDATE)] {
             if rows.is_empty() {
                 continue;

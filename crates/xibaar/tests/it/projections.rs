@@ -7,7 +7,7 @@ use xibaar_testkit::eventually;
 
 use xibaar_fcm_standin::{ErrorRule, ScriptedError};
 
-use crate::support::{Pipeline, notification, read_models};
+use crate::support::{Pipeline, checkpoint, notification, read_models};
 
 /// title, status, send_at, category
 type Row = (
@@ -463,14 +463,8 @@ async fn a_delivery_row_inserted_by_another_writer_during_a_batch_is_folded_over
     // The projector's insert now waits on the other writer's row.
     let head = p.events_head().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let checkpoint: Option<i64> = sqlx::query_scalar(
-        "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
-    )
-    .fetch_optional(&p.pool)
-    .await
-    .unwrap();
     assert!(
-        checkpoint.unwrap_or(0) < head as i64,
+        checkpoint(&p.pool).await < head as i64,
         "the batch committed past an uncommitted conflicting row"
     );
     other.commit().await.unwrap();

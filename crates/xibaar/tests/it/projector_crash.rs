@@ -6,7 +6,7 @@ use std::{
 use futures::StreamExt;
 use xibaar_testkit::eventually;
 
-use crate::support::{Pipeline, notification};
+use crate::support::{Pipeline, checkpoint, notification};
 
 /// The real `xibaar projector` process; SIGKILLed on drop.
 struct ProjectorProcess(Child);
@@ -44,17 +44,6 @@ impl Drop for ProjectorProcess {
     }
 }
 
-async fn checkpoint(p: &Pipeline) -> i64 {
-    sqlx::query_scalar(
-        "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
-    )
-    .fetch_optional(&p.pool)
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_projector_mid_stream_converges_without_double_counts() {
     let p = Pipeline::start_roles(xibaar::Roles {
@@ -90,9 +79,9 @@ async fn killing_the_projector_mid_stream_converges_without_double_counts() {
     // Kill it while it is projecting, twice.
     let mut projector = Some(projector);
     for round in 0..2 {
-        let before = checkpoint(&p).await;
+        let before = checkpoint(&p.pool).await;
         eventually(Duration::from_secs(30), || async {
-            (checkpoint(&p).await > before + 50).then_some(())
+            (checkpoint(&p.pool).await > before + 50).then_some(())
         })
         .await
         .unwrap_or_else(|| panic!("the projector made no progress in round {round}"));
@@ -103,13 +92,13 @@ async fn killing_the_projector_mid_stream_converges_without_double_counts() {
     // 5 registrations + 400 × (accepted, fanned_out, succeeded).
     let expected_events = 5 + 400 * 3;
     let converged = eventually(Duration::from_secs(60), || async {
-        (checkpoint(&p).await == expected_events).then_some(())
+        (checkpoint(&p.pool).await == expected_events).then_some(())
     })
     .await;
     assert!(
         converged.is_some(),
         "checkpoint stuck at {}",
-        checkpoint(&p).await
+        checkpoint(&p.pool).await
     );
     assert_eq!(
         p.stream_messages("XIBAAR_EVENTS").await,

@@ -402,14 +402,7 @@ filter = "warn"
     /// Waits until the projection in `pool` has applied the events up to sequence `head`.
     pub async fn wait_projected_to(&self, pool: &sqlx::PgPool, head: u64) {
         eventually(Duration::from_secs(60), || async {
-            let checkpoint: Option<i64> = sqlx::query_scalar(
-                "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
-            )
-            .fetch_optional(pool)
-            .await
-            .ok()
-            .flatten();
-            (checkpoint.unwrap_or(0) as u64 >= head).then_some(())
+            (checkpoint(pool).await as u64 >= head).then_some(())
         })
         .await
         .unwrap_or_else(|| panic!("the projection did not reach sequence {head}"));
@@ -453,6 +446,18 @@ filter = "warn"
         let mut stream = js.get_stream(stream).await.unwrap();
         stream.info().await.unwrap().state.messages
     }
+}
+
+/// The `read_models` checkpoint in `pool` (0 before the first batch, or when unreadable).
+pub async fn checkpoint(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT last_sequence FROM projection_checkpoints WHERE projection = 'read_models'",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(0)
 }
 
 pub fn notification(priority: &str, customers: &[&str], title: &str) -> Value {
