@@ -218,6 +218,10 @@ pub struct FcmApp {
 pub struct DispatcherConfig {
     /// Devices read from the registry per query during fan-out.
     pub fanout_page_size: u32,
+    /// Most delivery jobs a high-, normal- or low-priority fan-out lets wait in its lane: past
+    /// it, the fan-out publishes more only as the senders take them. Urgent fan-outs are never
+    /// held back.
+    pub fanout_max_backlog: u64,
     /// Delivery attempts before a job is dead-lettered.
     pub max_attempts: NonZeroU32,
     #[serde(with = "humantime_serde")]
@@ -230,6 +234,7 @@ impl Default for DispatcherConfig {
     fn default() -> Self {
         Self {
             fanout_page_size: 1000,
+            fanout_max_backlog: 50_000,
             max_attempts: NonZeroU32::new(8).expect("non-zero"),
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
@@ -362,6 +367,9 @@ impl Config {
         }
         if self.dispatcher.fanout_page_size == 0 {
             return invalid("dispatcher.fanout_page_size", "must be at least 1");
+        }
+        if self.dispatcher.fanout_max_backlog == 0 {
+            return invalid("dispatcher.fanout_max_backlog", "must be at least 1");
         }
         if self.dispatcher.retry_base_delay > self.dispatcher.retry_max_delay {
             return invalid(

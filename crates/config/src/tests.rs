@@ -51,6 +51,10 @@ fn an_invalid_value_fails_with_its_key() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.hs256_secret"), "{err}");
+        let err = Config::from_toml("[dispatcher]\nfanout_max_backlog = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dispatcher.fanout_max_backlog"), "{err}");
         Ok(())
     });
 }

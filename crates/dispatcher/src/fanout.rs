@@ -10,14 +10,24 @@
 //! the last device published and the jobs so far. A fan-out restarted after a crash (or after the
 //! duplicate window has passed) resumes after that device: nobody is skipped, and at most the
 //! unrecorded last page is published again, which the duplicate window absorbs.
+//!
+//! Pacing: a high-, normal- or low-priority fan-out publishes a page only while its lane holds
+//! fewer than `max_backlog` jobs not yet acked by the senders, so a million-device broadcast is
+//! expanded as fast as it is sent instead of in one burst that competes with urgent work for
+//! the CPU, the NATS connection and the deliveries stream. Urgent fan-outs are never held back.
+//! A fan-out held back at shutdown hands its command back; it resumes after its last recorded
+//! device.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, kv};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
 use bytes::Bytes;
 use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use xibaar_core::{
-    Actor, Audience, Command, DeliveryJob, Event, EventEnvelope, SendNotification, TopicJob,
+    Actor, Audience, Command, DeliveryJob, Event, EventEnvelope, Priority, SendNotification,
+    TopicJob,
     event::{FcmTarget, NotificationAccepted, NotificationFannedOut},
     job::{DEVICE_JOB_TYPE, TOPIC_JOB_TYPE},
     notification::preference_filter,
@@ -29,6 +39,10 @@ use xibaar_streams::publish_event;
 
 /// How many publishes are in flight at once during a fan-out.
 const PUBLISH_WINDOW: usize = 1024;
+/// How often a held-back fan-out looks at its lane's backlog again.
+const PACING_POLL: Duration = Duration::from_millis(250);
+/// How often a long fan-out tells JetStream it is still working on its command.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanOutError {
@@ -38,6 +52,79 @@ pub enum FanOutError {
     /// NATS or Postgres failed: try again later.
     #[error("{0}")]
     Transient(String),
+    /// Shutdown came while the fan-out was held back: hand the command back, to resume after
+    /// the last recorded device.
+    #[error("held back at shutdown")]
+    Interrupted,
+}
+
+/// Holds high-, normal- and low-priority fan-outs back while their lane is full.
+pub struct Pacing {
+    /// The senders' consumers on `XIBAAR_DELIVERIES`, in [`Priority::ALL`] order.
+    pub senders: [PullConsumer; 4],
+    /// Jobs a lane may hold (published, not yet acked) before a fan-out waits.
+    pub max_backlog: u64,
+    pub shutdown: CancellationToken,
+}
+
+impl Pacing {
+    /// Waits until the lane of `priority` has room for `jobs` more, drawing on `room` (jobs
+    /// known to fit since the backlog was last read) before reading the backlog again. A lane
+    /// under its limit takes a whole page, so it holds at most `max_backlog` plus a page per
+    /// fan-out.
+    async fn admit(
+        &self,
+        priority: Priority,
+        jobs: u64,
+        room: &mut u64,
+        heartbeat: &mut Heartbeat<'_>,
+    ) -> Result<(), FanOutError> {
+        if priority == Priority::Urgent {
+            return Ok(());
+        }
+        if *room >= jobs {
+            *room -= jobs;
+            return Ok(());
+        }
+        let consumer = &self.senders[priority.rank()];
+        let mut held_since = None;
+        let backlog = loop {
+            let info = consumer.get_info().await.map_err(|e| {
+                FanOutError::Transient(format!("reading the {priority} lane's backlog: {e}"))
+            })?;
+            let backlog = info.num_pending + info.num_ack_pending as u64;
+            if backlog < self.max_backlog {
+                break backlog;
+            }
+            held_since.get_or_insert_with(Instant::now);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(FanOutError::Interrupted),
+                _ = tokio::time::sleep(PACING_POLL) => {}
+            }
+            heartbeat.beat().await;
+        };
+        if let Some(since) = held_since {
+            metrics::histogram!("xibaar_dispatcher_fanout_hold_seconds", "priority" => priority.as_str())
+                .record(since.elapsed().as_secs_f64());
+        }
+        *room = (self.max_backlog - backlog).saturating_sub(jobs);
+        Ok(())
+    }
+}
+
+/// Progress acks for a command whose fan-out outlasts the ack wait.
+struct Heartbeat<'a> {
+    command: &'a jetstream::Message,
+    last: Instant,
+}
+
+impl Heartbeat<'_> {
+    async fn beat(&mut self) {
+        if self.last.elapsed() > HEARTBEAT {
+            let _ = self.command.ack_with(AckKind::Progress).await;
+            self.last = Instant::now();
+        }
+    }
 }
 
 pub struct FanOut {
@@ -46,6 +133,7 @@ pub struct FanOut {
     pub page_size: u32,
     /// The fan-out progress bucket.
     pub progress: kv::Store,
+    pub pacing: Pacing,
 }
 
 /// Claims `key` for a fan-out: `Ok(None)` when the notification was canceled, otherwise the
@@ -234,13 +322,20 @@ impl FanOut {
         // device.
         let traceparent = xibaar_streams::trace::current_traceparent();
         let mut after = resumed.after;
-        let mut last_progress = tokio::time::Instant::now();
+        let mut heartbeat = Heartbeat {
+            command,
+            last: Instant::now(),
+        };
+        let mut room = 0;
         loop {
             let page = match prefetched.take() {
                 Some(page) => page,
                 None => self.page(send, opted_in_to, after.as_ref()).await?,
             };
             let Some(last) = page.last() else { break };
+            self.pacing
+                .admit(send.priority, page.len() as u64, &mut room, &mut heartbeat)
+                .await?;
             after = Some(last.device_id.clone());
             let full_page = page.len() == self.page_size as usize;
             for recipient in page {
@@ -285,10 +380,7 @@ impl FanOut {
                 .await
                 .map_err(|e| FanOutError::Transient(format!("recording fan-out progress: {e}")))?;
             // A large audience takes longer than the ack wait: tell JetStream we are alive.
-            if last_progress.elapsed() > Duration::from_secs(10) {
-                let _ = command.ack_with(AckKind::Progress).await;
-                last_progress = tokio::time::Instant::now();
-            }
+            heartbeat.beat().await;
             if !full_page {
                 break;
             }

@@ -24,7 +24,7 @@ use xibaar_core::Priority;
 use xibaar_fcm::FcmClient;
 use xibaar_streams::{consumers, names, trace};
 
-pub use fanout::{FanOut, FanOutError};
+pub use fanout::{FanOut, FanOutError, Pacing};
 pub use mux::PriorityMux;
 pub use sender::{Marker, Outcome, RetryPolicy, Sender};
 pub use xibaar_streams::fanout::{FanOutState, Progress};
@@ -39,6 +39,7 @@ const RECORDING_FACTOR: usize = 4;
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
     pub fanout_page_size: u32,
+    pub fanout_max_backlog: u64,
     pub send_concurrency: usize,
     pub retry: RetryPolicy,
 }
@@ -47,6 +48,7 @@ impl DispatcherSettings {
     pub fn from_config(config: &xibaar_config::Config) -> Self {
         Self {
             fanout_page_size: config.dispatcher.fanout_page_size,
+            fanout_max_backlog: config.dispatcher.fanout_max_backlog,
             send_concurrency: config.fcm.concurrency,
             retry: RetryPolicy {
                 max_attempts: config.dispatcher.max_attempts.get(),
@@ -92,11 +94,32 @@ impl Dispatcher {
                     names::FANOUT_BUCKET
                 )
             })?;
+        let deliveries = self
+            .js
+            .get_stream(names::DELIVERIES)
+            .await
+            .context("opening XIBAAR_DELIVERIES")?;
+        let mut senders = Vec::new();
+        for priority in Priority::ALL {
+            let consumer: PullConsumer = deliveries
+                .get_consumer(&consumers::sender(priority))
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the {priority} sender consumer: {e}"))?;
+            senders.push(consumer);
+        }
+        let senders: [PullConsumer; 4] = senders
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("four sender consumers"))?;
         let fanout = Arc::new(FanOut {
             js: self.js.clone(),
             pool: self.pool.clone(),
             page_size: self.settings.fanout_page_size,
             progress,
+            pacing: Pacing {
+                senders: senders.clone(),
+                max_backlog: self.settings.fanout_max_backlog,
+                shutdown: shutdown.clone(),
+            },
         });
         let mut tasks = JoinSet::new();
         for priority in Priority::ALL {
@@ -140,18 +163,9 @@ impl Dispatcher {
             retry: self.settings.retry.clone(),
             sent,
         });
-        let deliveries = self
-            .js
-            .get_stream(names::DELIVERIES)
-            .await
-            .context("opening XIBAAR_DELIVERIES")?;
         let mut lanes = Vec::new();
-        for priority in Priority::ALL {
+        for (priority, consumer) in Priority::ALL.into_iter().zip(senders) {
             let name = consumers::sender(priority);
-            let consumer: PullConsumer = deliveries
-                .get_consumer(&name)
-                .await
-                .map_err(|e| anyhow::anyhow!("opening the {priority} sender consumer: {e}"))?;
             // A small buffer per lane: buffered jobs wait while more urgent ones go first, and a
             // job must not outwait its ack deadline in the buffer.
             let batch = self.settings.send_concurrency.clamp(1, 256);
@@ -236,6 +250,10 @@ async fn fanout_lane(
                         }
                         Err(e) => tracing::error!(error = %e, "parking a command in XIBAAR_DLQ failed; it will be redelivered"),
                     }
+                }
+                Err(FanOutError::Interrupted) => {
+                    tracing::info!(%priority, "fan-out held back at shutdown; handed back, it resumes after its last recorded device");
+                    lane::hand_back(&message).await;
                 }
                 Err(FanOutError::Transient(reason)) => {
                     tracing::warn!(%reason, "fan-out failed; the command will be retried");

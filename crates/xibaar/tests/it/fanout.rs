@@ -60,3 +60,119 @@ async fn a_restarted_fan_out_resumes_after_the_last_recorded_device() {
         serde_json::json!({ "after": "d000099", "published": 100 })
     );
 }
+
+/// A low-priority broadcast is expanded only as fast as its lane drains: the jobs waiting for
+/// the senders never pass the backlog limit plus one page. Stopped while held back, the
+/// dispatcher hands the command back at once, and the next start finishes the broadcast
+/// without repeating a push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_fan_out_waits_for_its_lane_to_drain_and_hands_back_at_shutdown() {
+    const DEVICES: usize = 1_000;
+    const MAX_BACKLOG: u64 = 100;
+    const PAGE: u64 = 25;
+    let p = Pipeline::start_roles(xibaar::Roles {
+        api: true,
+        dispatcher: false,
+        projector: true,
+    })
+    .await;
+    p.seed_devices(DEVICES).await;
+    // Four pushes in flight at 20 ms each: about 200 pushes/s, five seconds for the audience.
+    p.standin.set_latency(Duration::from_millis(20));
+    let (max_backlog, page) = (MAX_BACKLOG.to_string(), PAGE.to_string());
+    let paced = [
+        (
+            "XIBAAR_DISPATCHER__FANOUT_MAX_BACKLOG",
+            max_backlog.as_str(),
+        ),
+        ("XIBAAR_DISPATCHER__FANOUT_PAGE_SIZE", page.as_str()),
+        ("XIBAAR_FCM__CONCURRENCY", "4"),
+    ];
+    let mut dispatcher = p.spawn_dispatcher(&paced);
+
+    let body = serde_json::json!({
+        "priority": "low",
+        "audience": { "kind": "everyone" },
+        "content": { "title": "Energy tips", "body": "Save on your winter bill" },
+    });
+    let response = p.send(&body, None).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["notification_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The low lane's backlog (published, not yet acked), sampled while half the audience is
+    // pushed.
+    let js = p.jetstream().await;
+    let lane: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("XIBAAR_DELIVERIES")
+        .await
+        .unwrap()
+        .get_consumer(&xibaar_streams::consumers::sender(
+            xibaar_core::Priority::Low,
+        ))
+        .await
+        .unwrap();
+    let mut highest = 0;
+    let mut samples = 0;
+    while p.standin.accepted_count() < DEVICES as u64 / 2 {
+        let info = lane.get_info().await.unwrap();
+        highest = highest.max(info.num_pending + info.num_ack_pending as u64);
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        highest < MAX_BACKLOG + PAGE,
+        "the lane held {highest} jobs, over the limit of {MAX_BACKLOG} plus a page"
+    );
+    assert!(
+        highest >= MAX_BACKLOG - PAGE,
+        "the lane was filled up to its limit ({highest} jobs at most in {samples} samples)"
+    );
+
+    // Stopped while held back: the dispatcher exits at once, the fan-out half done.
+    let stopping = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &dispatcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = eventually(Duration::from_secs(20), || {
+        let exit = dispatcher.try_wait().unwrap();
+        async move { exit }
+    })
+    .await
+    .expect("the dispatcher exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "a held-back fan-out does not hold up shutdown ({:?})",
+        stopping.elapsed()
+    );
+    let progress = js.get_key_value("XIBAAR_FANOUT").await.unwrap();
+    let recorded = progress.get(&id).await.unwrap().expect("progress recorded");
+    let recorded: serde_json::Value = serde_json::from_slice(&recorded).unwrap();
+    let published = recorded["published"].as_u64().unwrap();
+    assert!(
+        published < DEVICES as u64,
+        "the fan-out was stopped part-way ({recorded})"
+    );
+
+    // The next start (no limit to speak of) resumes the fan-out and finishes the broadcast.
+    let mut dispatcher = p.spawn_dispatcher(&[]);
+    let status = p.wait_completed(&id, Duration::from_secs(60)).await;
+    dispatcher.kill().unwrap();
+    dispatcher.wait().unwrap();
+    assert_eq!(status["sent"], DEVICES);
+    assert_eq!(status["targeted"], DEVICES);
+    let mut tokens: Vec<String> = p
+        .standin
+        .received()
+        .into_iter()
+        .map(|r| r.token.unwrap())
+        .collect();
+    tokens.sort();
+    let expected: Vec<String> = (0..DEVICES).map(|i| format!("tok-{i:06}")).collect();
+    assert_eq!(tokens, expected, "every device once, none twice");
+}
