@@ -95,10 +95,25 @@ pub struct Servers {
 }
 
 impl Servers {
+    /// `XIBAAR_BENCH_PG` sets Postgres settings on top of the test server's, as
+    /// `name=value,name=value` (for example `shared_buffers=2GB`).
     pub async fn start(max_connections: u32) -> anyhow::Result<Self> {
+        let settings = std::env::var("XIBAAR_BENCH_PG").unwrap_or_default();
+        let settings: Vec<(&str, &str)> = settings
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.split_once('=')
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .ok_or_else(|| anyhow::anyhow!("XIBAAR_BENCH_PG: {s:?} is not name=value"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if !settings.is_empty() {
+            println!("  Postgres settings: {settings:?}");
+        }
         let (nats, pg) = tokio::join!(
             xibaar_testkit::NatsServer::start(),
-            xibaar_testkit::Postgres::start()
+            xibaar_testkit::Postgres::start_with(&settings)
         );
         let (nats, pg) = (nats?, pg?);
         let database = pg.create_database("xibaar").await?;

@@ -196,6 +196,51 @@ async fn postgres_floor(pool: &sqlx::PgPool, batch: usize) -> anyhow::Result<(us
     Ok((deliveries.len(), elapsed))
 }
 
+/// Whether the server times statements (`XIBAAR_BENCH_PG=shared_preload_libraries=pg_stat_statements`);
+/// if so, its counts start from zero now.
+async fn statement_timing(pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+    let preloaded: String = sqlx::query_scalar("SHOW shared_preload_libraries")
+        .fetch_one(pool)
+        .await?;
+    if !preloaded.contains("pg_stat_statements") {
+        return Ok(false);
+    }
+    sqlx::raw_sql(
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();",
+    )
+    .execute(pool)
+    .await?;
+    Ok(true)
+}
+
+/// Where Postgres spent the projector's run: the statements taking the most time, as a share
+/// of the run's wall-clock time.
+async fn print_statements(pool: &sqlx::PgPool, run: Duration) -> anyhow::Result<()> {
+    let rows: Vec<(String, i64, f64, i64)> = sqlx::query_as(
+        "SELECT regexp_replace(left(query, 90), '\\s+', ' ', 'g'), calls, total_exec_time, rows \
+         FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    let busy: f64 = sqlx::query_scalar("SELECT sum(total_exec_time) FROM pg_stat_statements")
+        .fetch_one(pool)
+        .await?;
+    let run_ms = run.as_secs_f64() * 1000.0;
+    println!(
+        "  statements: {:.1} s executing = {:.0} % of the run (top 10 by time):",
+        busy / 1000.0,
+        100.0 * busy / run_ms
+    );
+    for (query, calls, ms, rows) in rows {
+        println!(
+            "    {:>5.1} s {:>4.1} % {calls:>7} calls {rows:>9} rows  {query}",
+            ms / 1000.0,
+            100.0 * ms / run_ms
+        );
+    }
+    Ok(())
+}
+
 /// Reads the whole stream with a bare ordered consumer, as fast as it comes.
 async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Result<Duration> {
     let started = Instant::now();
@@ -257,6 +302,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Projector throughput: the live runner catching up from sequence 1.
+    let statements = statement_timing(&pool).await?;
     let started = Instant::now();
     let mut projector = Projector::new(js.clone(), pool.clone(), settings.clone());
     let mut registrations = None;
@@ -283,6 +329,10 @@ async fn main() -> anyhow::Result<()> {
             "not met"
         }
     );
+
+    if statements {
+        print_statements(&pool, projected).await?;
+    }
 
     let (outcomes, floor) = postgres_floor(&pool, settings.batch_size).await?;
     let floor_rate = outcomes as f64 / floor.as_secs_f64();

@@ -22,6 +22,8 @@ pub struct Postgres {
     dir: PathBuf,
     port: u16,
     durable: bool,
+    /// Server settings (`-c name=value`) on top of the defaults.
+    settings: Vec<(String, String)>,
 }
 
 /// The Unix user servers run as: ourselves, or `nobody` when we are root.
@@ -116,6 +118,12 @@ fn initdb(tools: &Tools, data: &Path) -> anyhow::Result<()> {
 impl Postgres {
     /// A throwaway server for a test: fsync off, data in a temporary directory.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// A throwaway server with `settings` (such as `("shared_buffers", "2GB")`) on top of the
+    /// defaults.
+    pub async fn start_with(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let tools = Tools::get()?;
         let template = template_dir(tools)?;
         let temp = tempfile::Builder::new().prefix("xibaar-pg-").tempdir()?;
@@ -135,6 +143,10 @@ impl Postgres {
             dir,
             port: 0,
             durable: false,
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         pg.launch(None).await?;
         Ok(pg)
@@ -153,6 +165,7 @@ impl Postgres {
             dir: dir.to_owned(),
             port: 0,
             durable: true,
+            settings: Vec::new(),
         };
         pg.launch(port).await?;
         Ok(pg)
@@ -185,6 +198,9 @@ impl Postgres {
             if !self.durable {
                 cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
                     .args(["-c", "full_page_writes=off"]);
+            }
+            for (name, value) in &self.settings {
+                cmd.arg("-c").arg(format!("{name}={value}"));
             }
             let mut child = process::spawn_owned(&mut cmd).context("starting postgres")?;
             match wait_ready(port, &mut child).await {
