@@ -13,10 +13,10 @@
 //!
 //! Pacing: a high-, normal- or low-priority fan-out publishes a page only while its lane holds
 //! fewer than `max_backlog` jobs not yet acked by the senders, so a million-device broadcast is
-//! expanded as fast as it is sent instead of in one burst that competes with urgent work for
-//! the CPU, the NATS connection and the deliveries stream. Urgent fan-outs are never held back.
-//! A fan-out held back at shutdown hands its command back; it resumes after its last recorded
-//! device.
+//! expanded as it is sent instead of being stored as a million jobs at once, and its later
+//! pages are read from the registry close to their sending time. Urgent fan-outs are never held
+//! back. A fan-out held back at shutdown hands its command back; it resumes after its last
+//! recorded device.
 
 use std::time::Duration;
 

@@ -36,6 +36,51 @@ pub const TABLES: [&str; 7] = [
     "inbox",
     "daily_stats",
 ];
+/// Attempts at locking the live tables for the swap when Postgres breaks a deadlock.
+const LOCK_ATTEMPTS: u32 = 10;
+
+/// Begins the swap's transaction holding every live table exclusively.
+///
+/// `LOCK TABLE` takes the tables one after the other, and a live projector's batch takes the
+/// ones it writes as it goes, the checkpoint last: the swap can hold the checkpoint and wait
+/// for `inbox` while the batch holds `inbox` and waits for the checkpoint. Postgres breaks such
+/// a deadlock by failing one of the two; the batch is retried by its runner, and the lock is
+/// retried here (nothing was done under it yet).
+async fn lock_live_tables(
+    live: &PgPool,
+) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let tables = TABLES.map(|t| format!("public.{t}")).join(", ");
+    let mut attempt = 1;
+    loop {
+        let mut tx = live.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '60s'")
+            .execute(&mut *tx)
+            .await?;
+        let locked = sqlx::query(AssertSqlSafe(format!(
+            "LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
+        )))
+        .execute(&mut *tx)
+        .await;
+        match locked {
+            Ok(_) => return Ok(tx),
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("40P01") && attempt < LOCK_ATTEMPTS =>
+            {
+                tracing::warn!(
+                    attempt,
+                    "locking the live read models deadlocked with a live batch; retrying"
+                );
+                drop(tx);
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("locking the live read models"));
+            }
+        }
+    }
+}
+
 /// Serialises rebuilds of one database (a session advisory lock key).
 const REBUILD_LOCK: i64 = 0x7869_6261_6172_0001;
 
@@ -125,17 +170,7 @@ pub async fn rebuild(
     }
 
     // The swap.
-    let mut tx = live.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '60s'")
-        .execute(&mut *tx)
-        .await?;
-    let tables = TABLES.map(|t| format!("public.{t}")).join(", ");
-    sqlx::query(AssertSqlSafe(format!(
-        "LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
-    )))
-    .execute(&mut *tx)
-    .await
-    .context("locking the live read models")?;
+    let mut tx = lock_live_tables(live).await?;
     let held = Instant::now();
     let live_checkpoint: i64 = sqlx::query_scalar(
         "SELECT coalesce(max(last_sequence), 0) FROM public.projection_checkpoints WHERE projection = $1",

@@ -511,3 +511,65 @@ async fn a_delivery_row_inserted_by_another_writer_during_a_batch_is_folded_over
     );
     assert_eq!(p.stream_messages("XIBAAR_DLQ").await, 0);
 }
+
+/// The swap takes the live tables one after the other, and a live batch takes the checkpoint
+/// last: each can hold what the other waits for. Postgres then fails the swap's lock (it waited
+/// first, so it finds the deadlock first); the rebuild takes the lock again and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_whose_lock_deadlocks_with_a_live_batch_takes_it_again() {
+    let p = Pipeline::start().await;
+    p.wait_projected(&p.pool).await;
+
+    // As a live batch that has written inbox items and not yet reached its checkpoint.
+    let mut batch = p.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE inbox IN ROW EXCLUSIVE MODE")
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    let rebuilding = tokio::task::spawn_blocking({
+        let config = p.config_path.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
+                .arg("--config")
+                .arg(config)
+                .args(["projections", "rebuild", "read_models"])
+                .output()
+                .unwrap()
+        }
+    });
+    // The swap holds the checkpoint and waits for `inbox`.
+    eventually(Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'inbox' AND l.mode = 'AccessExclusiveLock' AND NOT l.granted",
+        )
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await
+    .expect("the swap waits for the batch's table");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The batch advances the checkpoint: it waits for the swap, which waits for it.
+    let live: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(last_sequence), 0) FROM projection_checkpoints \
+         WHERE projection = 'read_models'",
+    )
+    .fetch_one(&mut *batch)
+    .await
+    .expect("the swap's lock, not the batch, gave way");
+    batch.commit().await.unwrap();
+
+    let out = rebuilding.await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("rebuilt read_models from sequence 1"),
+        "{stdout}"
+    );
+    assert!(checkpoint(&p.pool).await >= live);
+}
