@@ -22,12 +22,7 @@ async fn cancel(p: &Pipeline, id: &str, token: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canceled_notifications_send_nothing_and_late_cancels_are_refused() {
-    let p = Pipeline::start_roles(xibaar::Roles {
-        api: true,
-        dispatcher: false,
-        projector: true,
-    })
-    .await;
+    let p = Pipeline::start_without_dispatcher().await;
     p.register_device("c1", "phone-1", "tok-1").await;
     p.wait_for_devices(1).await;
     let office = p.back_office();

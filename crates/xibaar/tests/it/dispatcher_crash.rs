@@ -1,13 +1,9 @@
-use std::{
-    collections::HashMap,
-    process::{Child, Command},
-    time::Duration,
-};
+use std::{collections::HashMap, process::Child, time::Duration};
 
 use async_nats::jetstream::consumer::pull;
 use xibaar_testkit::eventually;
 
-use crate::support::Pipeline;
+use crate::support::{Pipeline, stop_gracefully};
 
 const DEVICES: usize = 100_000;
 const CONCURRENCY: usize = 64;
@@ -23,12 +19,7 @@ fn spawn_dispatcher(p: &Pipeline) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_in_flight_window() {
-    let p = Pipeline::start_roles(xibaar::Roles {
-        api: true,
-        dispatcher: false,
-        projector: true,
-    })
-    .await;
+    let p = Pipeline::start_without_dispatcher().await;
     // Jobs held by the killed process come back after the ack wait; keep the test short.
     let js = p.jetstream().await;
     let stream = js.get_stream("XIBAAR_DELIVERIES").await.unwrap();
@@ -97,12 +88,7 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_dispatcher_finishes_its_pushes_and_hands_back_the_rest() {
     const DEVICES: usize = 5_000;
-    let p = Pipeline::start_roles(xibaar::Roles {
-        api: true,
-        dispatcher: false,
-        projector: true,
-    })
-    .await;
+    let p = Pipeline::start_without_dispatcher().await;
     p.seed_devices(DEVICES).await;
     p.standin.set_latency(Duration::from_millis(2));
     let mut dispatcher = spawn_dispatcher(&p);
@@ -124,18 +110,7 @@ async fn a_stopped_dispatcher_finishes_its_pushes_and_hands_back_the_rest() {
     .expect("pushes started");
 
     let stopping = std::time::Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &dispatcher.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exit = eventually(Duration::from_secs(20), || {
-        let exit = dispatcher.try_wait().unwrap();
-        async move { exit }
-    })
-    .await
-    .expect("the dispatcher exits after SIGTERM");
-    assert!(exit.success(), "{exit:?}");
+    stop_gracefully(&mut dispatcher).await;
     let at_stop = standin.accepted_count();
     println!("stopped in {:?} after {at_stop} pushes", stopping.elapsed());
     assert!(at_stop < DEVICES as u64, "stopped mid-broadcast");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use xibaar_core::NotificationId;
 use xibaar_testkit::eventually;
 
-use crate::support::Pipeline;
+use crate::support::{Pipeline, stop_gracefully};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_fan_out_resumes_after_the_last_recorded_device() {
@@ -43,13 +43,7 @@ async fn a_restarted_fan_out_resumes_after_the_last_recorded_device() {
     .expect("the remaining 40 devices were reached");
     assert_eq!(status["targeted"], 100, "the recorded 60 count as targeted");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut tokens: Vec<String> = p
-        .standin
-        .received()
-        .into_iter()
-        .map(|r| r.token.unwrap())
-        .collect();
-    tokens.sort();
+    let tokens = p.pushed_tokens();
     let expected: Vec<String> = (60..100).map(|i| format!("tok-{i:06}")).collect();
     assert_eq!(tokens, expected, "exactly the devices after the cursor");
 
@@ -70,12 +64,7 @@ async fn a_bulk_fan_out_waits_for_its_lane_to_drain_and_hands_back_at_shutdown()
     const DEVICES: usize = 1_000;
     const MAX_BACKLOG: u64 = 100;
     const PAGE: u64 = 25;
-    let p = Pipeline::start_roles(xibaar::Roles {
-        api: true,
-        dispatcher: false,
-        projector: true,
-    })
-    .await;
+    let p = Pipeline::start_without_dispatcher().await;
     p.seed_devices(DEVICES).await;
     // Four pushes in flight at 20 ms each: about 200 pushes/s, five seconds for the audience.
     p.standin.set_latency(Duration::from_millis(20));
@@ -133,18 +122,7 @@ async fn a_bulk_fan_out_waits_for_its_lane_to_drain_and_hands_back_at_shutdown()
 
     // Stopped while held back: the dispatcher exits at once, the fan-out half done.
     let stopping = std::time::Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &dispatcher.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exit = eventually(Duration::from_secs(20), || {
-        let exit = dispatcher.try_wait().unwrap();
-        async move { exit }
-    })
-    .await
-    .expect("the dispatcher exits after SIGTERM");
-    assert!(exit.success(), "{exit:?}");
+    stop_gracefully(&mut dispatcher).await;
     assert!(
         stopping.elapsed() < Duration::from_secs(10),
         "a held-back fan-out does not hold up shutdown ({:?})",
@@ -166,13 +144,7 @@ async fn a_bulk_fan_out_waits_for_its_lane_to_drain_and_hands_back_at_shutdown()
     dispatcher.wait().unwrap();
     assert_eq!(status["sent"], DEVICES);
     assert_eq!(status["targeted"], DEVICES);
-    let mut tokens: Vec<String> = p
-        .standin
-        .received()
-        .into_iter()
-        .map(|r| r.token.unwrap())
-        .collect();
-    tokens.sort();
+    let tokens = p.pushed_tokens();
     let expected: Vec<String> = (0..DEVICES).map(|i| format!("tok-{i:06}")).collect();
     assert_eq!(tokens, expected, "every device once, none twice");
 }

@@ -66,12 +66,7 @@ async fn metric(p: &Pipeline, stream: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_dispatcher_shows_as_backlog_and_age_until_it_resumes() {
-    let p = Pipeline::start_roles(xibaar::Roles {
-        api: true,
-        dispatcher: false,
-        projector: true,
-    })
-    .await;
+    let p = Pipeline::start_without_dispatcher().await;
     let started = Instant::now();
     let sends = PRIORITIES
         .iter()

@@ -346,32 +346,13 @@ async fn a_rebuild_from_sequence_1_equals_the_live_built_tables_row_for_row_whil
     p.wait_projected(&p.pool).await;
 
     // Rebuild while more traffic arrives.
-    let rebuilding = tokio::task::spawn_blocking({
-        let config = p.config_path.clone();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
-                .arg("--config")
-                .arg(config)
-                .args(["projections", "rebuild", "read_models"])
-                .output()
-                .unwrap()
-        }
-    });
+    let rebuilding = p.spawn_rebuild();
     let mut round = 2;
     while !rebuilding.is_finished() {
         traffic(&p, 12, round).await;
         round += 1;
     }
-    let out = rebuilding.await.unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("rebuilt read_models from sequence 1"),
-        "{stdout}"
-    );
+    let stderr = Pipeline::rebuilt(rebuilding).await;
     assert!(
         stderr.contains("Replaying: "),
         "progress on stderr: {stderr}"
@@ -526,17 +507,7 @@ async fn a_rebuild_whose_lock_deadlocks_with_a_live_batch_takes_it_again() {
         .execute(&mut *batch)
         .await
         .unwrap();
-    let rebuilding = tokio::task::spawn_blocking({
-        let config = p.config_path.clone();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
-                .arg("--config")
-                .arg(config)
-                .args(["projections", "rebuild", "read_models"])
-                .output()
-                .unwrap()
-        }
-    });
+    let rebuilding = p.spawn_rebuild();
     // The swap holds the checkpoint and waits for `inbox`.
     eventually(Duration::from_secs(30), || async {
         let waiting: i64 = sqlx::query_scalar(
@@ -561,15 +532,6 @@ async fn a_rebuild_whose_lock_deadlocks_with_a_live_batch_takes_it_again() {
     .expect("the swap's lock, not the batch, gave way");
     batch.commit().await.unwrap();
 
-    let out = rebuilding.await.unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("rebuilt read_models from sequence 1"),
-        "{stdout}"
-    );
+    Pipeline::rebuilt(rebuilding).await;
     assert!(checkpoint(&p.pool).await >= live);
 }

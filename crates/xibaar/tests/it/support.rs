@@ -43,6 +43,16 @@ impl Pipeline {
         Self::start_roles(Roles::ALL).await
     }
 
+    /// The api and the projector in this process; the test starts dispatchers itself.
+    pub async fn start_without_dispatcher() -> Self {
+        Self::start_roles(Roles {
+            api: true,
+            dispatcher: false,
+            projector: true,
+        })
+        .await
+    }
+
     pub async fn start_roles(roles: Roles) -> Self {
         let (nats, pg, standin) = tokio::join!(
             NatsServer::start(),
@@ -195,6 +205,48 @@ filter = "warn"
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
+    }
+
+    /// Starts `xibaar projections rebuild read_models` on this pipeline's configuration; its
+    /// output once it exits.
+    pub fn spawn_rebuild(&self) -> tokio::task::JoinHandle<std::process::Output> {
+        let config = self.config_path.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
+                .arg("--config")
+                .arg(config)
+                .args(["projections", "rebuild", "read_models"])
+                .output()
+                .unwrap()
+        })
+    }
+
+    /// Waits for a rebuild started by [`Pipeline::spawn_rebuild`], checks that it succeeded,
+    /// and returns its stderr (the progress).
+    pub async fn rebuilt(rebuilding: tokio::task::JoinHandle<std::process::Output>) -> String {
+        let out = rebuilding.await.unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("rebuilt read_models from sequence 1"),
+            "{stdout}"
+        );
+        stderr.into_owned()
+    }
+
+    /// The tokens the stand-in has accepted pushes for, sorted (a token twice if pushed twice).
+    pub fn pushed_tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self
+            .standin
+            .received()
+            .into_iter()
+            .map(|r| r.token.unwrap())
+            .collect();
+        tokens.sort();
+        tokens
     }
 
     /// Runs the `xibaar` binary with this pipeline's configuration: success, stdout + stderr.
@@ -496,4 +548,20 @@ pub async fn read_models(pool: &sqlx::PgPool) -> std::collections::BTreeMap<&'st
         out.insert(table, rows);
     }
     out
+}
+
+/// Sends SIGTERM to `child` and waits (up to 20 s) for it to exit successfully.
+pub async fn stop_gracefully(child: &mut std::process::Child) {
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let exit = eventually(Duration::from_secs(20), || {
+        let exit = child.try_wait().unwrap();
+        async move { exit }
+    })
+    .await
+    .expect("the process exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
 }
