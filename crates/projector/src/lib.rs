@@ -502,6 +502,26 @@ impl Projector {
                 .context("reading the checkpoint")?
                 .unwrap_or(0),
         };
+        // Every event of the batch past the checkpoint is applied, skipped or parked: the batch
+        // ends at its last sequence. The checkpoint is advanced first, so that the batch, like
+        // a rebuild's swap, takes the checkpoint before the tables (the two cannot wait for
+        // each other) and a second runner is refused before any work.
+        let end = batch.iter().map(|i| i.sequence).fold(checkpoint, i64::max);
+        if end != checkpoint {
+            let advanced = sqlx::query(include_str!("../sql/checkpoint_advance.sql"))
+                .bind(READ_MODELS)
+                .bind(checkpoint)
+                .bind(end)
+                .execute(&mut *tx)
+                .await
+                .context("advancing the checkpoint")?;
+            if advanced.rows_affected() != 1 {
+                return Err(anyhow::anyhow!(
+                    "the checkpoint moved under us (another projector is running); batch rolled back"
+                )
+                .into());
+            }
+        }
         let mut last = checkpoint;
         // Customers whose inbox gained items in this batch.
         let mut woken: Vec<String> = Vec::new();
@@ -594,21 +614,6 @@ impl Projector {
         }
         self.fold(&mut tx, &mut run, &mut woken).await?;
         self.register(&mut tx, &mut registrations).await?;
-        if last != checkpoint {
-            let advanced = sqlx::query(include_str!("../sql/checkpoint_advance.sql"))
-                .bind(READ_MODELS)
-                .bind(checkpoint)
-                .bind(last)
-                .execute(&mut *tx)
-                .await
-                .context("advancing the checkpoint")?;
-            if advanced.rows_affected() != 1 {
-                return Err(anyhow::anyhow!(
-                    "the checkpoint moved under us (another projector is running); batch rolled back"
-                )
-                .into());
-            }
-        }
         // Delivered by Postgres at commit, never for a batch rolled back: the api's live streams
         // wake and read the new items from the table.
         woken.sort_unstable();
@@ -627,9 +632,9 @@ impl Projector {
         }
         tx.commit().await.context("committing the batch")?;
         if self.announce {
-            metrics::gauge!("xibaar_projector_checkpoint_sequence").set(last as f64);
+            metrics::gauge!("xibaar_projector_checkpoint_sequence").set(end as f64);
         }
-        outcome.checkpoint = last;
+        outcome.checkpoint = end;
         Ok(outcome)
     }
 }

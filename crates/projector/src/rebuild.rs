@@ -41,11 +41,11 @@ const LOCK_ATTEMPTS: u32 = 10;
 
 /// Begins the swap's transaction holding every live table exclusively.
 ///
-/// `LOCK TABLE` takes the tables one after the other, and a live projector's batch takes the
-/// ones it writes as it goes, the checkpoint last: the swap can hold the checkpoint and wait
-/// for `inbox` while the batch holds `inbox` and waits for the checkpoint. Postgres breaks such
-/// a deadlock by failing one of the two; the batch is retried by its runner, and the lock is
-/// retried here (nothing was done under it yet).
+/// `LOCK TABLE` takes the tables one after the other. A live batch takes the checkpoint first,
+/// as the swap does, so the two only queue; but another transaction may hold one table and
+/// then want one the swap already holds (an api query reads `inbox`, then `notifications`).
+/// Postgres breaks such a deadlock by failing one of the two; the lock is then taken again
+/// here (nothing was done under it yet).
 async fn lock_live_tables(
     live: &PgPool,
 ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {

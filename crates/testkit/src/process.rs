@@ -51,8 +51,13 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// SIGTERM (or SIGINT) and wait up to `grace`, then SIGKILL.
-pub fn stop_gracefully(child: &mut Child, signal: i32, grace: std::time::Duration) {
+/// SIGTERM (or SIGINT) and wait up to `grace`, then SIGKILL. The exit status if the process
+/// exited by itself within `grace`.
+pub fn stop_gracefully(
+    child: &mut Child,
+    signal: i32,
+    grace: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
     #[allow(unsafe_code)]
     // SAFETY: kill(2) on a pid we own and have not reaped.
     unsafe {
@@ -60,12 +65,13 @@ pub fn stop_gracefully(child: &mut Child, signal: i32, grace: std::time::Duratio
     }
     let deadline = std::time::Instant::now() + grace;
     while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     kill_now(child);
+    None
 }
 
 /// Makes `path` (a directory tree) owned by `uid:gid`.

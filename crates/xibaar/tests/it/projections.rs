@@ -493,15 +493,16 @@ async fn a_delivery_row_inserted_by_another_writer_during_a_batch_is_folded_over
     assert_eq!(p.stream_messages("XIBAAR_DLQ").await, 0);
 }
 
-/// The swap takes the live tables one after the other, and a live batch takes the checkpoint
-/// last: each can hold what the other waits for. Postgres then fails the swap's lock (it waited
-/// first, so it finds the deadlock first); the rebuild takes the lock again and finishes.
+/// The swap takes the live tables one after the other; a transaction holding one of them and
+/// then wanting one the swap holds makes each wait for the other. Postgres then fails the
+/// swap's lock (it waited first, so it finds the deadlock first); the rebuild takes the lock
+/// again and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_whose_lock_deadlocks_with_a_live_batch_takes_it_again() {
+async fn a_rebuild_whose_lock_deadlocks_with_another_transaction_takes_it_again() {
     let p = Pipeline::start().await;
     p.wait_projected(&p.pool).await;
 
-    // As a live batch that has written inbox items and not yet reached its checkpoint.
+    // A transaction that holds `inbox` and will want the checkpoint table next.
     let mut batch = p.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE inbox IN ROW EXCLUSIVE MODE")
         .execute(&mut *batch)
@@ -522,7 +523,7 @@ async fn a_rebuild_whose_lock_deadlocks_with_a_live_batch_takes_it_again() {
     .await
     .expect("the swap waits for the batch's table");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // The batch advances the checkpoint: it waits for the swap, which waits for it.
+    // It reads the checkpoint: it waits for the swap, which waits for it.
     let live: i64 = sqlx::query_scalar(
         "SELECT coalesce(max(last_sequence), 0) FROM projection_checkpoints \
          WHERE projection = 'read_models'",

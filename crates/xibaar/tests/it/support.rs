@@ -552,16 +552,9 @@ pub async fn read_models(pool: &sqlx::PgPool) -> std::collections::BTreeMap<&'st
 
 /// Sends SIGTERM to `child` and waits (up to 20 s) for it to exit successfully.
 pub async fn stop_gracefully(child: &mut std::process::Child) {
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
-    let exit = eventually(Duration::from_secs(20), || {
-        let exit = child.try_wait().unwrap();
-        async move { exit }
+    let exit = tokio::task::block_in_place(|| {
+        xibaar_testkit::stop_gracefully(child, libc::SIGTERM, Duration::from_secs(20))
     })
-    .await
     .expect("the process exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
 }
