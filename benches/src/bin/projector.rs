@@ -21,6 +21,10 @@ use xibaar_core::{
 };
 use xibaar_projector::{Projector, ProjectorSettings};
 
+/// The projector runs in this process: it gets the allocator it has in the `xibaar` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEVICES: usize = 10_000;
 
 fn envelope(event: Event) -> EventEnvelope {
