@@ -357,8 +357,8 @@ impl Projector {
             };
             let Some(batch) = batch else { break };
             reached = self.commit_batch(&batch).await;
-            // Freeing a batch's thousand messages and decoded events takes a tenth of this
-            // loop's time; another thread does it while the next batch is in Postgres.
+            // Freeing a batch (its messages and decoded events) took a quarter of this loop's
+            // CPU time in a profile; another thread does it while the next batch is in Postgres.
             tokio::task::spawn_blocking(move || drop(batch));
             progress(reached);
             if until.is_some_and(|u| reached >= u) {
