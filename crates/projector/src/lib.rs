@@ -538,9 +538,10 @@ impl Projector {
                 outcome.already_applied += 1;
                 continue;
             }
+            // Every path below applies, skips or parks the event, or fails the whole batch.
+            last = sequence;
             if self.parked.contains(&sequence) {
                 outcome.dead_lettered += 1;
-                last = sequence;
                 continue;
             }
             let (decoded, pending) = (&item.decoded, item.pending.as_ref());
@@ -563,7 +564,6 @@ impl Projector {
                 debug_applied(message, envelope, sequence);
                 registrations.push((sequence, envelope));
                 outcome.applied += 1;
-                last = sequence;
                 continue;
             }
             if let Some(pending) = pending {
@@ -572,7 +572,6 @@ impl Projector {
                 }
                 run.push(pending);
                 outcome.applied += 1;
-                last = sequence;
                 continue;
             }
             match decoded {
@@ -613,7 +612,6 @@ impl Projector {
                     outcome.dead_lettered += 1;
                 }
             }
-            last = sequence;
         }
         self.fold(&mut tx, &mut run, &mut woken).await?;
         self.register(&mut tx, &mut registrations).await?;

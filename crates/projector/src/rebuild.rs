@@ -68,7 +68,7 @@ async fn lock_live_tables(
             {
                 tracing::warn!(
                     attempt,
-                    "locking the live read models deadlocked with a live batch; retrying"
+                    "locking the live read models deadlocked with another transaction; retrying"
                 );
                 drop(tx);
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;

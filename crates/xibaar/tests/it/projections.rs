@@ -503,9 +503,9 @@ async fn a_rebuild_whose_lock_deadlocks_with_another_transaction_takes_it_again(
     p.wait_projected(&p.pool).await;
 
     // A transaction that holds `inbox` and will want the checkpoint table next.
-    let mut batch = p.pool.begin().await.unwrap();
+    let mut other = p.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE inbox IN ROW EXCLUSIVE MODE")
-        .execute(&mut *batch)
+        .execute(&mut *other)
         .await
         .unwrap();
     let rebuilding = p.spawn_rebuild();
@@ -521,17 +521,17 @@ async fn a_rebuild_whose_lock_deadlocks_with_another_transaction_takes_it_again(
         (waiting > 0).then_some(())
     })
     .await
-    .expect("the swap waits for the batch's table");
+    .expect("the swap waits for the other transaction's table");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // It reads the checkpoint: it waits for the swap, which waits for it.
     let live: i64 = sqlx::query_scalar(
         "SELECT coalesce(max(last_sequence), 0) FROM projection_checkpoints \
          WHERE projection = 'read_models'",
     )
-    .fetch_one(&mut *batch)
+    .fetch_one(&mut *other)
     .await
-    .expect("the swap's lock, not the batch, gave way");
-    batch.commit().await.unwrap();
+    .expect("the swap's lock, not the other transaction, gave way");
+    other.commit().await.unwrap();
 
     Pipeline::rebuilt(rebuilding).await;
     assert!(checkpoint(&p.pool).await >= live);
