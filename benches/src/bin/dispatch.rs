@@ -1,7 +1,9 @@
 //! The dispatcher (the release `xibaar dispatcher` binary, its own process) against real
 //! nats-server, PostgreSQL and the FCM stand-in. Prints figures and ratios:
 //!
-//! 1. baseline: the bare FCM client pushing straight at a zero-latency stand-in;
+//! 1. baseline: the bare FCM client pushing straight at a zero-latency stand-in; then the
+//!    JetStream floor (the stream writes, pull and ack every push needs, with nothing else), and
+//!    the bound the two together set on these cores;
 //! 2. sustained pushes/s through the whole dispatcher (fan-out, jobs, sender, outcome events,
 //!    sent-markers) at zero stand-in latency, as a ratio to the baseline;
 //! 3. the same at 50 ms stand-in latency, as a ratio to what the FCM concurrency allows;
@@ -276,24 +278,10 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// The bare FCM client: `n` pushes at `CONCURRENCY` in flight, nothing else.
-async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<f64> {
-    use futures::StreamExt;
-    let key = dir.join("bare.json");
-    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri())?;
-    let client = Arc::new(xibaar_fcm::FcmClient::new(&xibaar_config::FcmConfig {
-        endpoint: standin.url(),
-        concurrency: CONCURRENCY,
-        rate_limit_per_minute: std::num::NonZeroU32::new(u32::MAX).expect("non-zero"),
-        apps: vec![xibaar_config::FcmApp {
-            app_id: APP_ID.into(),
-            project_id: "xibaar-local".into(),
-            service_account_file: key,
-        }],
-        ..xibaar_config::FcmConfig::default()
-    })?);
-    let job = |i: usize| xibaar_core::DeliveryJob {
-        notification_id: NotificationId::generate(),
+/// The delivery job of device `i`, as the fan-out writes it.
+fn bench_job(i: usize, notification_id: NotificationId) -> xibaar_core::DeliveryJob {
+    xibaar_core::DeliveryJob {
+        notification_id,
         priority: Priority::Low,
         device_id: xibaar_core::DeviceId::parse(format!("d{i:07}")).expect("valid"),
         customer_id: CustomerId::parse(format!("c{i}")).expect("valid"),
@@ -310,11 +298,135 @@ async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<
         delivery: DeliveryOptions::default(),
         correlation_id: "bench".into(),
         accepted_at: Utc::now(),
+    }
+}
+
+/// The JetStream floor: the work nats-server does for every push, with no FCM, no Postgres
+/// and no dispatcher. Each of `n` delivery jobs is stored (pipelined, with its `Nats-Msg-Id`,
+/// as the fan-out publishes), pulled from the low lane's durable consumer, then its
+/// sent-marker is put and its `delivery.succeeded` event stored side by side, and it is acked:
+/// the writes the sender makes per push, `CONCURRENCY` jobs at a time. Returns pushes/s and CPU
+/// µs per push of nats-server and of this process (publisher and consumer).
+async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
+    use futures::StreamExt;
+    use xibaar_core::{
+        Actor, Event, EventEnvelope, event::DeliverySucceeded, job::DEVICE_JOB_TYPE,
     };
+    let consumer: async_nats::jetstream::consumer::PullConsumer = rig
+        .js
+        .get_stream(xibaar_streams::names::DELIVERIES)
+        .await?
+        .get_consumer(&xibaar_streams::consumers::sender(Priority::Low))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sent = rig
+        .js
+        .get_key_value(xibaar_streams::names::SENT_BUCKET)
+        .await?;
+    let pids = [
+        rig.nats.pid().context("nats-server is not running")?,
+        std::process::id(),
+    ];
+    let before = cpu_times(&pids)?;
+    let started = Instant::now();
+    let publisher = {
+        let js = rig.js.clone();
+        tokio::spawn(async move {
+            let notification_id = NotificationId::generate();
+            let mut pipeline = xibaar_streams::Pipeline::new(js, 1_024);
+            for i in 0..n {
+                let job = bench_job(i, notification_id);
+                let headers = xibaar_streams::headers(&job.msg_id(), DEVICE_JOB_TYPE);
+                pipeline
+                    .publish(job.subject(), headers, serde_json::to_vec(&job)?.into())
+                    .await?;
+            }
+            pipeline.flush().await?;
+            anyhow::Ok(())
+        })
+    };
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(CONCURRENCY)
+        .messages()
+        .await?;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let handle = |message: async_nats::jetstream::Message| {
+        let (js, sent) = (rig.js.clone(), sent.clone());
+        async move {
+            let job: xibaar_core::DeliveryJob = serde_json::from_slice(&message.payload)?;
+            let fcm_message_id = format!("projects/xibaar-local/messages/0:{}", job.device_id);
+            let marker =
+                serde_json::json!({"sent": {"fcm_message_id": fcm_message_id, "attempt": 1}});
+            let envelope = EventEnvelope::new(
+                Event::DeliverySucceeded(DeliverySucceeded {
+                    notification_id: job.notification_id,
+                    priority: job.priority,
+                    device_id: job.device_id.clone(),
+                    customer_id: job.customer_id.clone(),
+                    attempt: 1,
+                    fcm_message_id,
+                }),
+                job.correlation_id.as_str(),
+                None,
+                Actor::system("sender"),
+            );
+            let key = format!("{}.{}", job.notification_id, job.device_id);
+            let (stored, recorded) = tokio::join!(
+                sent.put(key, serde_json::to_vec(&marker)?.into()),
+                xibaar_streams::publish_event(&js, &envelope)
+            );
+            stored?;
+            recorded?;
+            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(())
+        }
+    };
+    let (mut pulled, mut done) = (0usize, 0usize);
+    while done < n {
+        tokio::select! {
+            message = messages.next(), if pulled < n && in_flight.len() < CONCURRENCY => match message {
+                Some(message) => {
+                    pulled += 1;
+                    in_flight.push(handle(message.map_err(|e| anyhow::anyhow!("{e}"))?));
+                }
+                None => anyhow::bail!("the consumer ended after {pulled} of {n} jobs"),
+            },
+            Some(handled) = in_flight.next() => {
+                handled?;
+                done += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    publisher.await??;
+    let cpu = cpu_per_operation(&before, &cpu_times(&pids)?, n);
+    Ok((n as f64 / elapsed.as_secs_f64(), cpu))
+}
+
+/// The bare FCM client: `n` pushes at `CONCURRENCY` in flight, nothing else. Returns pushes/s
+/// and CPU µs per push of this process (the client and the stand-in).
+async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<(f64, f64)> {
+    use futures::StreamExt;
+    let key = dir.join("bare.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri())?;
+    let client = Arc::new(xibaar_fcm::FcmClient::new(&xibaar_config::FcmConfig {
+        endpoint: standin.url(),
+        concurrency: CONCURRENCY,
+        rate_limit_per_minute: std::num::NonZeroU32::new(u32::MAX).expect("non-zero"),
+        apps: vec![xibaar_config::FcmApp {
+            app_id: APP_ID.into(),
+            project_id: "xibaar-local".into(),
+            service_account_file: key,
+        }],
+        ..xibaar_config::FcmConfig::default()
+    })?);
+    let job = |i: usize| bench_job(i, NotificationId::generate());
     // Warm up the connection and the access token.
     client
         .send(APP_ID, &xibaar_fcm::Message::for_job(&job(0)))
         .await?;
+    let before = cpu_times(&[std::process::id()])?;
     let started = Instant::now();
     let results: Vec<_> = futures::stream::iter(0..n)
         .map(|i| {
@@ -329,7 +441,8 @@ async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         anyhow::bail!("bare client send failed: {e}");
     }
-    Ok(n as f64 / elapsed.as_secs_f64())
+    let cpu = cpu_per_operation(&before, &cpu_times(&[std::process::id()])?, n)[0];
+    Ok((n as f64 / elapsed.as_secs_f64(), cpu))
 }
 
 #[tokio::main]
@@ -349,9 +462,23 @@ async fn main() -> anyhow::Result<()> {
     if !only_million {
         // 1 + 2: zero latency, no quota.
         let rig = Rig::start(unlimited, unlimited).await?;
-        let baseline = bare_client(&rig.standin, rig.dir.path(), sustained_n).await?;
+        let (baseline, client_cpu) = bare_client(&rig.standin, rig.dir.path(), sustained_n).await?;
         println!(
-            "  bare FCM client, {sustained_n} pushes, {CONCURRENCY} in flight: {baseline:>9.0} pushes/s"
+            "  bare FCM client, {sustained_n} pushes, {CONCURRENCY} in flight: {baseline:>9.0} pushes/s; CPU µs per push (client and stand-in) {client_cpu:.1}"
+        );
+        let (floor_rate, floor_cpu) = jetstream_floor(&rig, sustained_n).await?;
+        println!(
+            "  JetStream floor, {sustained_n} jobs (stored, pulled, marker, event, ack; no FCM): {floor_rate:>9.0} pushes/s; CPU µs per push: {}",
+            cpu_shares(&["nats-server", "benchmark"], &floor_cpu)
+        );
+        // nats-server's share of the floor and the bare client's are work every push needs; a
+        // dispatcher adds its own to them, so on these cores no dispatcher can go faster.
+        let cores = std::thread::available_parallelism()?.get() as f64;
+        let bound = cores * 1e6 / (floor_cpu[0] + client_cpu);
+        println!(
+            "  CPU bound on {cores} cores: nats-server's {:.1} + the client's and stand-in's {client_cpu:.1} µs per push allow at most {bound:>9.0} pushes/s = {:.2} of the 30,000/s target",
+            floor_cpu[0],
+            bound / 30_000.0
         );
         rig.seed(sustained_n).await?;
         let (run, dispatcher) = broadcast(&rig, sustained_n, Priority::Normal).await?;
