@@ -309,9 +309,8 @@ fn bench_job(i: usize, notification_id: NotificationId) -> xibaar_core::Delivery
 /// µs per push of nats-server and of this process (publisher and consumer).
 async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
     use futures::StreamExt;
-    use xibaar_core::{
-        Actor, Event, EventEnvelope, event::DeliverySucceeded, job::DEVICE_JOB_TYPE,
-    };
+    use xibaar_core::{Actor, EventEnvelope, job::DEVICE_JOB_TYPE};
+    use xibaar_dispatcher::{Job, Marker};
     let consumer: async_nats::jetstream::consumer::PullConsumer = rig
         .js
         .get_stream(xibaar_streams::names::DELIVERIES)
@@ -356,24 +355,18 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
         async move {
             let job: xibaar_core::DeliveryJob = serde_json::from_slice(&message.payload)?;
             let fcm_message_id = format!("projects/xibaar-local/messages/0:{}", job.device_id);
-            let marker =
-                serde_json::json!({"sent": {"fcm_message_id": fcm_message_id, "attempt": 1}});
+            let marker = Marker::Sent {
+                fcm_message_id: fcm_message_id.clone(),
+                attempt: 1,
+            };
             let envelope = EventEnvelope::new(
-                Event::DeliverySucceeded(DeliverySucceeded {
-                    notification_id: job.notification_id,
-                    priority: job.priority,
-                    device_id: job.device_id.clone(),
-                    customer_id: job.customer_id.clone(),
-                    attempt: 1,
-                    fcm_message_id,
-                }),
+                job.succeeded(1, fcm_message_id),
                 job.correlation_id.as_str(),
                 None,
                 Actor::system("sender"),
             );
-            let key = format!("{}.{}", job.notification_id, job.device_id);
             let (stored, recorded) = tokio::join!(
-                sent.put(key, serde_json::to_vec(&marker)?.into()),
+                sent.put(job.marker(), marker.encode()),
                 xibaar_streams::publish_event(&js, &envelope)
             );
             stored?;

@@ -26,7 +26,7 @@ use xibaar_streams::{consumers, names, trace};
 
 pub use fanout::{FanOut, FanOutError, Pacing};
 pub use mux::PriorityMux;
-pub use sender::{Marker, Outcome, RetryPolicy, Sender};
+pub use sender::{Job, Marker, Outcome, RetryPolicy, Sender};
 pub use xibaar_streams::fanout::{FanOutState, Progress};
 
 /// Commands fanned out at once per priority level.

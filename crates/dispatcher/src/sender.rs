@@ -93,7 +93,7 @@ impl Marker {
             })
     }
 
-    fn encode(&self) -> bytes::Bytes {
+    pub fn encode(&self) -> bytes::Bytes {
         serde_json::to_vec(self)
             .expect("a marker always serializes")
             .into()
@@ -383,8 +383,10 @@ impl Sender {
     }
 }
 
-/// What the sender needs of a job, device or topic.
-trait Job: serde::de::DeserializeOwned {
+/// What the sender needs of a job, device or topic: its marker key and the events it records
+/// (public so that the dispatcher benchmark's JetStream floor writes exactly what the sender
+/// writes).
+pub trait Job: serde::de::DeserializeOwned {
     const KIND: &'static str;
     fn app_id(&self) -> &str;
     fn delivery(&self) -> &DeliveryOptions;
