@@ -11,9 +11,7 @@
 //!   outcomes reach the targeted devices, once its fan-out is known;
 //! - `daily_stats` moves the same way, per UTC day of the outcome, priority and outcome;
 //! - the first outcome of a notification on a customer's device puts it in their inbox, at the
-//!   event's sequence: as an `inbox` row, or, for a broadcast (known as one by then), as the
-//!   sequence and time of the device's first outcome on its `deliveries` row, where the
-//!   `inbox_items` view finds it (a broadcast writes no row per customer; see migration 0012).
+//!   event's sequence.
 
 use std::collections::HashMap;
 
@@ -159,8 +157,6 @@ struct Counters {
     expired: i64,
     completed_at: Option<DateTime<Utc>>,
     completed: bool,
-    /// Whether it went to a broadcast audience: its inbox items are read from `deliveries`.
-    broadcast: bool,
 }
 
 impl Counters {
@@ -175,28 +171,25 @@ impl Counters {
     }
 }
 
-/// New `deliveries` rows, as arrays in key order; a broadcast's rows with the position and time
-/// of their first outcome.
+/// New `deliveries` rows, as arrays in key order.
 const DELIVERIES_INSERT: &str = "\
     INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, error_code, \
-                            attempts, fcm_message_id, occurred_at, position, received_at) \
+                            attempts, fcm_message_id, occurred_at) \
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::int[], $8::text[], $9::timestamptz[], $10::bigint[], \
-                         $11::timestamptz[])";
+                         $7::int[], $8::text[], $9::timestamptz[])";
 
-/// Replaced `deliveries` rows, in the same arrays as [`DELIVERIES_INSERT`] (the last two,
-/// the first outcome's, are left as they are).
+/// Replaced `deliveries` rows, in the same arrays as [`DELIVERIES_INSERT`].
 const DELIVERIES_UPDATE: &str = "\
     UPDATE deliveries d \
     SET outcome = u.outcome, reason = u.reason, error_code = u.error_code, \
         attempts = u.attempts, fcm_message_id = u.fcm_message_id, occurred_at = u.occurred_at \
     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                $7::int[], $8::text[], $9::timestamptz[], $10::bigint[], $11::timestamptz[]) \
+                $7::int[], $8::text[], $9::timestamptz[]) \
          u(notification_id, device_id, customer_id, outcome, reason, error_code, attempts, \
-           fcm_message_id, occurred_at, position, received_at) \
+           fcm_message_id, occurred_at) \
     WHERE d.notification_id = u.notification_id AND d.device_id = u.device_id";
 
-type NotificationRow = (Uuid, Option<i64>, i64, Option<DateTime<Utc>>, bool);
+type NotificationRow = (Uuid, Option<i64>, i64, Option<DateTime<Utc>>);
 type HeldRow = (Uuid, String, String, Option<String>, DateTime<Utc>);
 
 /// Applies `run` (outcomes in stream order) through `tx`; returns the customers whose inbox
@@ -261,8 +254,7 @@ pub(crate) async fn apply(
         })
         .collect();
     let rows: Vec<NotificationRow> = sqlx::query_as(
-        "SELECT notification_id, targeted, sent + failed + invalid + expired, completed_at, \
-                broadcast \
+        "SELECT notification_id, targeted, sent + failed + invalid + expired, completed_at \
          FROM notifications WHERE notification_id = ANY($1)",
     )
     .bind(&notification_ids)
@@ -270,14 +262,13 @@ pub(crate) async fn apply(
     .await?;
     let mut counters: HashMap<Uuid, Counters> = rows
         .into_iter()
-        .map(|(id, targeted, total, completed_at, broadcast)| {
+        .map(|(id, targeted, total, completed_at)| {
             (
                 id,
                 Counters {
                     targeted,
                     total,
                     completed_at,
-                    broadcast,
                     ..Counters::default()
                 },
             )
@@ -286,15 +277,10 @@ pub(crate) async fn apply(
 
     // The fold, one outcome at a time.
     let mut written: HashMap<(Uuid, String), &PendingOutcome> = HashMap::new();
-    // The first outcome of each new row of a broadcast: its customer's item, if it is their first.
-    let mut first: HashMap<(Uuid, String), &PendingOutcome> = HashMap::new();
     let mut daily: HashMap<(NaiveDate, Priority, &'static str), i64> = HashMap::new();
     let mut inbox: HashMap<(&str, Uuid), &PendingOutcome> = HashMap::new();
     for o in run {
-        let broadcast = counters
-            .get(&o.notification_id)
-            .is_some_and(|c| c.broadcast);
-        if let (Some(customer), false) = (&o.customer_id, broadcast) {
+        if let Some(customer) = &o.customer_id {
             inbox
                 .entry((customer.as_str(), o.notification_id))
                 .or_insert(o);
@@ -305,9 +291,6 @@ pub(crate) async fn apply(
             Some(h) if h.replaced_by(o) => Some(h.clone()),
             Some(_) => continue,
         };
-        if broadcast && o.customer_id.is_some() && !held.get(&key).is_some_and(|h| h.stored) {
-            first.entry(key.clone()).or_insert(o);
-        }
         let new_class = class(o.outcome, o.reason);
         *daily
             .entry((o.at.date_naive(), o.priority, new_class))
@@ -353,46 +336,44 @@ pub(crate) async fn apply(
         // In key order: the rows land next to each other in the index instead of all over it.
         let mut rows: Vec<_> = written.into_iter().collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        // Each row with the first outcome of a broadcast's new row (its position and time).
         let (mut fresh, mut stored) = (Vec::new(), Vec::new());
         for (key, o) in rows {
             if held.get(&key).is_some_and(|h| h.stored) {
-                stored.push((o, None));
+                stored.push(o);
             } else {
-                fresh.push((o, first.get(&key).copied()));
+                fresh.push(o);
             }
         }
         for (rows, statement) in [(fresh, DELIVERIES_INSERT), (stored, DELIVERIES_UPDATE)] {
             if rows.is_empty() {
                 continue;
             }
-            let column = |f: fn(&PendingOutcome) -> Option<&str>| {
-                rows.iter().map(|(o, _)| f(o)).collect::<Vec<_>>()
-            };
             sqlx::query(statement)
+                .bind(rows.iter().map(|o| o.notification_id).collect::<Vec<_>>())
                 .bind(
                     rows.iter()
-                        .map(|(o, _)| o.notification_id)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(column(|o| Some(o.device_id.as_str())))
-                .bind(column(|o| o.customer_id.as_deref()))
-                .bind(column(|o| Some(o.outcome)))
-                .bind(column(|o| o.reason))
-                .bind(column(|o| o.error_code.as_deref()))
-                .bind(rows.iter().map(|(o, _)| o.attempts).collect::<Vec<_>>())
-                .bind(column(|o| o.fcm_message_id.as_deref()))
-                .bind(rows.iter().map(|(o, _)| o.at).collect::<Vec<_>>())
-                .bind(
-                    rows.iter()
-                        .map(|(_, f)| f.map(|f| f.sequence))
+                        .map(|o| o.device_id.as_str())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     rows.iter()
-                        .map(|(_, f)| f.map(|f| f.at))
+                        .map(|o| o.customer_id.as_deref())
                         .collect::<Vec<_>>(),
                 )
+                .bind(rows.iter().map(|o| o.outcome).collect::<Vec<_>>())
+                .bind(rows.iter().map(|o| o.reason).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|o| o.error_code.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|o| o.attempts).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|o| o.fcm_message_id.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|o| o.at).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -450,14 +431,7 @@ pub(crate) async fn apply(
         .execute(&mut *tx)
         .await?;
     }
-    // A broadcast's new rows wake their customers: the item is new unless another of their
-    // devices had it first, and a live stream woken for nothing finds nothing newer.
-    let mut woken: Vec<String> = first
-        .values()
-        .filter_map(|o| o.customer_id.clone())
-        .collect();
-    woken.sort_unstable();
-    woken.dedup();
+    let mut woken = Vec::new();
     if !inbox.is_empty() {
         // In key order (notification, then customer): a broadcast's items are side by side.
         // Items the customer has already (through another of their devices) are left out by
@@ -467,7 +441,7 @@ pub(crate) async fn apply(
         // this one can make an item conflict, and that fails the batch, which is retried.
         let mut rows: Vec<_> = inbox.into_iter().collect();
         rows.sort_unstable_by_key(|((customer, notification), _)| (*notification, *customer));
-        let added: Vec<String> = sqlx::query_scalar(
+        woken = sqlx::query_scalar(
             "INSERT INTO inbox (customer_id, notification_id, position, received_at) \
              SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[]) \
                   u(customer_id, notification_id, position, received_at) \
@@ -482,7 +456,6 @@ pub(crate) async fn apply(
         .bind(rows.iter().map(|(_, o)| o.at).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
-        woken.extend(added);
     }
     Ok(woken)
 }

@@ -27,19 +27,15 @@ pub const SHADOW_SCHEMA: &str = "xibaar_rebuild";
 /// Where the replaced tables go at the swap.
 pub const RETIRED_SCHEMA: &str = "xibaar_retired";
 /// The tables of the `read_models` projection, its checkpoint included, swapped as one.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 7] = [
     "projection_checkpoints",
     "devices",
     "preferences",
     "notifications",
     "deliveries",
     "inbox",
-    "inbox_reads",
     "daily_stats",
 ];
-/// The views over those tables, swapped with them: each side's views read its own tables, and
-/// a view left behind would go with the tables it reads.
-pub const VIEWS: [&str; 2] = ["inbox_broadcast_items", "inbox_items"];
 /// Attempts at locking the live tables for the swap when Postgres breaks a deadlock.
 const LOCK_ATTEMPTS: u32 = 10;
 
@@ -193,12 +189,6 @@ pub async fn rebuild(
         moves.push_str(&format!(
             "ALTER TABLE public.{table} SET SCHEMA {RETIRED_SCHEMA};\
              ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA public;"
-        ));
-    }
-    for view in VIEWS {
-        moves.push_str(&format!(
-            "ALTER VIEW public.{view} SET SCHEMA {RETIRED_SCHEMA};\
-             ALTER VIEW {SHADOW_SCHEMA}.{view} SET SCHEMA public;"
         ));
     }
     sqlx::raw_sql(AssertSqlSafe(moves))

@@ -284,7 +284,7 @@ pub async fn inbox_after(
 pub async fn inbox_summary(pool: &PgPool, customer: &CustomerId) -> Result<(i64, i64), StoreError> {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE read_at IS NULL), coalesce(max(position), 0)::BIGINT \
-         FROM inbox_items WHERE customer_id = $1",
+         FROM inbox WHERE customer_id = $1",
     )
     .bind(customer.as_str())
     .fetch_one(pool)
@@ -299,7 +299,7 @@ pub async fn inbox_holds(
     notification: NotificationId,
 ) -> Result<bool, StoreError> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM inbox_items WHERE customer_id = $1 AND notification_id = $2)",
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE customer_id = $1 AND notification_id = $2)",
     )
     .bind(customer.as_str())
     .bind(notification.0)

@@ -521,17 +521,15 @@ pub fn notification(priority: &str, customers: &[&str], title: &str) -> Value {
 }
 
 /// Every read-model table in `pool`, row by row in key order (the checkpoint without the time
-/// it was written), and every customer's inbox as the api reads it (`inbox_items`).
+/// it was written).
 pub async fn read_models(pool: &sqlx::PgPool) -> std::collections::BTreeMap<&'static str, Value> {
-    const TABLES: [(&str, &str); 9] = [
+    const TABLES: [(&str, &str); 7] = [
         ("projection_checkpoints", "projection"),
         ("devices", "device_id"),
         ("preferences", "customer_id, category"),
         ("notifications", "notification_id"),
         ("deliveries", "notification_id, device_id"),
         ("inbox", "customer_id, notification_id"),
-        ("inbox_reads", "customer_id, notification_id"),
-        ("inbox_items", "customer_id, notification_id"),
         ("daily_stats", "day, priority, outcome"),
     ];
     let mut out = std::collections::BTreeMap::new();
