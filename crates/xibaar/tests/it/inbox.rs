@@ -330,3 +330,85 @@ async fn the_live_stream_pushes_new_items_and_resumes_after_the_last_event_id() 
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_each_inbox_once_whatever_the_devices_and_reads_like_any_item() {
+    let p = Pipeline::start().await;
+    p.register_device("frank", "frank-phone", "tok-frank-1")
+        .await;
+    p.register_device("frank", "frank-tablet", "tok-frank-2")
+        .await;
+    p.register_device("gina", "gina-phone", "tok-gina").await;
+    p.wait_for_devices(3).await;
+    send_to(&p, "frank", 1, "Bill").await;
+    wait_inbox(&p, "frank", 1).await;
+    let live = p
+        .http
+        .get(format!("{}/v1/me/stream", p.api))
+        .bearer_auth(p.token("gina", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let broadcast = |title: &str| {
+        serde_json::json!({
+            "priority": "high",
+            "audience": { "kind": "everyone" },
+            "content": { "title": title, "body": "Power is back", "data": {} },
+        })
+    };
+    let outage = p.accept(&broadcast("Outage over")).await;
+    // Gina's live stream is woken by a broadcast as by any item.
+    assert_eq!(read_events(live, 1).await[0].1, "Outage over");
+    wait_inbox(&p, "frank", 2).await;
+
+    // One item for Frank's two phones.
+    let (_, page) = get(&p, "frank", "/v1/me/inbox").await;
+    let titles: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["Outage over", "Bill 0"], "newest first, once each");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inbox WHERE customer_id = 'frank' AND notification_id = $1::uuid",
+    )
+    .bind(&outage)
+    .fetch_one(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(unread(&p, "frank").await, 2);
+
+    // Reading it marks it for Frank only; Gina's "read all" covers hers; someone without a
+    // device never had it.
+    assert_eq!(
+        post(&p, "frank", &format!("/v1/me/inbox/{outage}/read")).await,
+        202
+    );
+    assert_eq!(
+        post(&p, "henry", &format!("/v1/me/inbox/{outage}/read")).await,
+        404
+    );
+    assert_eq!(post(&p, "gina", "/v1/me/inbox/read-all").await, 202);
+    let read = eventually(Duration::from_secs(10), || async {
+        (unread(&p, "frank").await == 1 && unread(&p, "gina").await == 0).then_some(())
+    })
+    .await;
+    assert!(read.is_some(), "the read marks were projected");
+    let (_, unread_page) = get(&p, "frank", "/v1/me/inbox?unread=true").await;
+    assert_eq!(unread_page["items"][0]["title"], "Bill 0");
+    assert_eq!(unread_page["items"].as_array().unwrap().len(), 1);
+
+    // The next broadcast arrives unread, above the cursor of the last page.
+    p.accept(&broadcast("Planned works")).await;
+    wait_inbox(&p, "gina", 2).await;
+    assert_eq!(unread(&p, "gina").await, 1);
+    let (_, page) = get(&p, "gina", "/v1/me/inbox?limit=1").await;
+    assert_eq!(page["items"][0]["title"], "Planned works");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next) = get(&p, "gina", &format!("/v1/me/inbox?limit=1&cursor={cursor}")).await;
+    assert_eq!(next["items"][0]["title"], "Outage over");
+    assert!(next["items"][0]["read_at"].is_string());
+}

@@ -87,7 +87,15 @@ fn history(rng: &mut StdRng, len: usize) -> Vec<Event> {
                     data: Default::default(),
                     image_url: None,
                 };
-                let audience = Audience::Everyone;
+                let audience = match rng.random_range(0..3) {
+                    0 => Audience::Everyone,
+                    1 => Audience::Category {
+                        category: Category::Outage,
+                    },
+                    _ => Audience::Customers {
+                        customer_ids: (0..CUSTOMERS).map(customer).collect(),
+                    },
+                };
                 let category = rng.random_bool(0.5).then_some(Category::Outage);
                 match rng.random_range(0..3) {
                     0 => Event::NotificationScheduled(NotificationScheduled {
