@@ -10,7 +10,7 @@ mod tools;
 
 pub use nats::NatsServer;
 pub use postgres::Postgres;
-pub use process::{KillOnDrop, stop_gracefully};
+pub use process::{KillOnDrop, spawn_owned, stop_gracefully};
 pub use tools::{Tools, workspace_root};
 
 /// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.

@@ -51,6 +51,20 @@ impl Drop for KillOnDrop {
     }
 }
 
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// SIGTERM (or SIGINT) and wait up to `grace`, then SIGKILL. The exit status if the process
 /// exited by itself within `grace`.
 pub fn stop_gracefully(

@@ -278,10 +278,23 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             result = Err(e);
         }
     }
-    // Outcome events and acks still buffered in the client go out before we exit.
-    let _ = client.flush().await;
+    // Acks and messages still buffered in the client go out before we exit, unless NATS is
+    // unreachable: then they wait for no one (a flush waits for a reconnection), and the jobs
+    // they would have acked come back after their ack wait, where the sent-markers keep them
+    // from being pushed twice.
+    match tokio::time::timeout(FINAL_FLUSH, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "flushing the NATS connection failed"),
+        Err(_) => tracing::warn!(
+            waited = ?FINAL_FLUSH,
+            "NATS unreachable at shutdown; buffered acks and messages dropped (their jobs come back after the ack wait)"
+        ),
+    }
     result
 }
+
+/// How long the last flush of the NATS connection may take at shutdown.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 /// How often the lag gauges are refreshed.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -289,34 +302,48 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 async fn collect_lag(js: jetstream::Context, pool: Option<PgPool>, shutdown: CancellationToken) {
     let definitions = Definitions::builtin();
     loop {
-        match xibaar_streams::lag::consumer_lag(&js, &definitions).await {
-            Ok(report) => xibaar_streams::lag::export(&report),
-            Err(e) => tracing::debug!(error = %e, "collecting consumer lag failed"),
-        }
-        match js.get_stream(xibaar_streams::names::DLQ).await {
-            Ok(dlq) => match dlq.get_info().await {
-                Ok(info) => metrics::gauge!("xibaar_dlq_depth").set(info.state.messages as f64),
-                Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
-        }
-        if let Some(pool) = &pool {
-            match crate::commands::lag::projection_lag(&js, pool).await {
-                Ok(lags) => {
-                    for lag in lags {
-                        metrics::gauge!("xibaar_projection_gap_events", "projection" => lag.projection)
-                            .set(lag.gap as f64);
-                    }
-                }
-                Err(e) => tracing::debug!(
-                    error = format!("{e:#}"),
-                    "reading projection checkpoints failed"
-                ),
-            }
+        // With NATS away each request waits for its timeout, a round of them for minutes: a
+        // shutdown does not wait for the round to end.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = collect_lag_once(&js, pool.as_ref(), &definitions) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(LAG_INTERVAL) => {}
+        }
+    }
+}
+
+/// One refresh of the lag gauges.
+async fn collect_lag_once(
+    js: &jetstream::Context,
+    pool: Option<&PgPool>,
+    definitions: &Definitions,
+) {
+    match xibaar_streams::lag::consumer_lag(js, definitions).await {
+        Ok(report) => xibaar_streams::lag::export(&report),
+        Err(e) => tracing::debug!(error = %e, "collecting consumer lag failed"),
+    }
+    match js.get_stream(xibaar_streams::names::DLQ).await {
+        Ok(dlq) => match dlq.get_info().await {
+            Ok(info) => metrics::gauge!("xibaar_dlq_depth").set(info.state.messages as f64),
+            Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
+        },
+        Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
+    }
+    if let Some(pool) = pool {
+        match crate::commands::lag::projection_lag(js, pool).await {
+            Ok(lags) => {
+                for lag in lags {
+                    metrics::gauge!("xibaar_projection_gap_events", "projection" => lag.projection)
+                        .set(lag.gap as f64);
+                }
+            }
+            Err(e) => tracing::debug!(
+                error = format!("{e:#}"),
+                "reading projection checkpoints failed"
+            ),
         }
     }
 }
@@ -341,7 +368,13 @@ async fn publish_heartbeats(client: async_nats::Client, role: &str, shutdown: Ca
         };
         match serde_json::to_vec(&heartbeat) {
             Ok(payload) => {
-                if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+                // A publish waits for room in the client's buffer, which fills while NATS is
+                // away: a shutdown does not wait for it.
+                let published = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    published = client.publish(subject.clone(), payload.into()) => published,
+                };
+                if let Err(e) = published {
                     tracing::debug!(error = %e, "publishing the ops heartbeat failed");
                 }
             }

@@ -1,14 +1,14 @@
-use std::{collections::HashMap, process::Child, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use async_nats::jetstream::consumer::pull;
-use xibaar_testkit::eventually;
+use xibaar_testkit::{KillOnDrop, eventually};
 
 use crate::support::{Pipeline, stop_gracefully};
 
 const DEVICES: usize = 100_000;
 const CONCURRENCY: usize = 64;
 
-fn spawn_dispatcher(p: &Pipeline) -> Child {
+fn spawn_dispatcher(p: &Pipeline) -> KillOnDrop {
     let concurrency = CONCURRENCY.to_string();
     p.spawn_dispatcher(&[
         ("XIBAAR_FCM__CONCURRENCY", concurrency.as_str()),
@@ -133,4 +133,38 @@ async fn a_stopped_dispatcher_finishes_its_pushes_and_hands_back_the_rest() {
         per_token.values().all(|n| *n == 1),
         "a graceful stop repeats no push"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_told_to_stop_while_nats_is_down_exits_within_its_grace() {
+    const DEVICES: usize = 2_000;
+    let mut p = Pipeline::start_without_dispatcher().await;
+    p.seed_devices(DEVICES).await;
+    p.standin.set_latency(Duration::from_millis(5));
+    let mut dispatcher = spawn_dispatcher(&p);
+    let body = serde_json::json!({
+        "priority": "normal",
+        "audience": { "kind": "everyone" },
+        "content": { "title": "Meter visit", "body": "A technician visits tomorrow" },
+    });
+    p.accept(&body).await;
+    let standin = &p.standin;
+    eventually(Duration::from_secs(30), || async {
+        (standin.accepted_count() > 200).then_some(())
+    })
+    .await
+    .expect("pushes started");
+
+    // NATS goes away mid-broadcast, then the operator stops the dispatcher. Its last acks
+    // cannot go out (those jobs come back after their ack wait), but it must not wait for NATS
+    // forever: a stop that hangs is a stop nobody can rely on.
+    p.nats.kill();
+    let stopping = std::time::Instant::now();
+    let exited = tokio::task::block_in_place(|| {
+        xibaar_testkit::stop_gracefully(&mut dispatcher, libc::SIGTERM, Duration::from_secs(40))
+    });
+    let took = stopping.elapsed();
+    println!("stopped in {took:?}: {exited:?}");
+    let exited = exited.unwrap_or_else(|| panic!("still running {took:?} after SIGTERM"));
+    assert!(exited.success(), "{exited:?}");
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use xibaar::Roles;
 use xibaar_config::Config;
 use xibaar_fcm_standin::{StandIn, StandInConfig};
-use xibaar_testkit::{NatsServer, Postgres, eventually};
+use xibaar_testkit::{KillOnDrop, NatsServer, Postgres, eventually};
 
 pub const APP_ID: &str = "1:1234567890:android:xibaar";
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -183,28 +183,31 @@ filter = "warn"
 
     /// Starts `xibaar dispatcher` as its own process on this pipeline's configuration, with its
     /// own ops port and `env` on top; its output is discarded.
-    pub fn spawn_dispatcher(&self, env: &[(&str, &str)]) -> std::process::Child {
+    pub fn spawn_dispatcher(&self, env: &[(&str, &str)]) -> KillOnDrop {
         self.spawn_role("dispatcher", env, std::process::Stdio::null())
     }
 
     /// Starts `xibaar <role>` as its own process on this pipeline's configuration, with its own
-    /// ops port and `env` on top, its log lines (stdout) going to `log`.
+    /// ops port and `env` on top, its log lines (stdout) going to `log`. The process is killed
+    /// when the returned value is dropped (a failed assertion included) and when the test's
+    /// process dies: a role left running could take the jobs of a later test's servers that
+    /// happen to get its ports.
     pub fn spawn_role(
         &self,
         role: &str,
         env: &[(&str, &str)],
         log: impl Into<std::process::Stdio>,
-    ) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
+    ) -> KillOnDrop {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"));
+        command
             .arg("--config")
             .arg(&self.config_path)
             .arg(role)
             .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{}", free_port()))
             .envs(env.iter().copied())
             .stdout(log)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+            .stderr(std::process::Stdio::null());
+        KillOnDrop(xibaar_testkit::spawn_owned(&mut command).unwrap())
     }
 
     /// Starts `xibaar projections rebuild read_models` on this pipeline's configuration; its

@@ -74,7 +74,7 @@ async fn one_notification_is_one_trace_across_api_dispatcher_fcm_call_events_and
         .into_iter()
         .map(|role| {
             let log = std::fs::File::create(logs.path().join(format!("{role}.log"))).unwrap();
-            KillOnDrop(p.spawn_role(role, &env, log))
+            p.spawn_role(role, &env, log)
         })
         .collect();
     let up = eventually(Duration::from_secs(30), || async {
