@@ -280,8 +280,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     // Acks and messages still buffered in the client go out before we exit, unless NATS is
     // unreachable: then they wait for no one (a flush waits for a reconnection), and the jobs
-    // they would have acked come back after their ack wait, where the sent-markers keep them
-    // from being pushed twice.
+    // they would have acked come back after their ack wait (those whose sent-marker was
+    // stored are not pushed again).
     match tokio::time::timeout(FINAL_FLUSH, client.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "flushing the NATS connection failed"),
