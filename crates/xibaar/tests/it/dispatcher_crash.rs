@@ -85,29 +85,52 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
     );
 }
 
+/// Seeds `devices`, starts a dispatcher against a stand-in answering in `latency`, sends an
+/// `everyone` notification of `priority` and waits (30 s at most) until FCM has accepted more
+/// than `pushed` of its pushes; the dispatcher and the notification's id.
+async fn broadcast_under_way(
+    p: &Pipeline,
+    devices: usize,
+    latency: Duration,
+    priority: &str,
+    content: serde_json::Value,
+    pushed: u64,
+) -> (KillOnDrop, String) {
+    p.seed_devices(devices).await;
+    p.standin.set_latency(latency);
+    let dispatcher = spawn_dispatcher(p);
+    let id = p
+        .accept(&serde_json::json!({
+            "priority": priority,
+            "audience": { "kind": "everyone" },
+            "content": content,
+        }))
+        .await;
+    let standin = &p.standin;
+    eventually(Duration::from_secs(30), || async {
+        (standin.accepted_count() > pushed).then_some(())
+    })
+    .await
+    .expect("pushes started");
+    (dispatcher, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_dispatcher_finishes_its_pushes_and_hands_back_the_rest() {
     const DEVICES: usize = 5_000;
     let p = Pipeline::start_without_dispatcher().await;
-    p.seed_devices(DEVICES).await;
-    p.standin.set_latency(Duration::from_millis(2));
-    let mut dispatcher = spawn_dispatcher(&p);
-    let body = serde_json::json!({
-        "priority": "high",
-        "audience": { "kind": "everyone" },
-        "content": { "title": "Bill ready", "body": "Your November bill is ready" },
-    });
-    let response = p.send(&body, None).await;
-    let id = response.json::<serde_json::Value>().await.unwrap()["notification_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let content =
+        serde_json::json!({ "title": "Bill ready", "body": "Your November bill is ready" });
+    let (mut dispatcher, id) = broadcast_under_way(
+        &p,
+        DEVICES,
+        Duration::from_millis(2),
+        "high",
+        content,
+        1_000,
+    )
+    .await;
     let standin = &p.standin;
-    eventually(Duration::from_secs(30), || async {
-        (standin.accepted_count() > 1_000).then_some(())
-    })
-    .await
-    .expect("pushes started");
 
     let stopping = std::time::Instant::now();
     stop_gracefully(&mut dispatcher).await;
@@ -137,23 +160,11 @@ async fn a_stopped_dispatcher_finishes_its_pushes_and_hands_back_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_told_to_stop_while_nats_is_down_exits_within_its_grace() {
-    const DEVICES: usize = 2_000;
     let mut p = Pipeline::start_without_dispatcher().await;
-    p.seed_devices(DEVICES).await;
-    p.standin.set_latency(Duration::from_millis(5));
-    let mut dispatcher = spawn_dispatcher(&p);
-    let body = serde_json::json!({
-        "priority": "normal",
-        "audience": { "kind": "everyone" },
-        "content": { "title": "Meter visit", "body": "A technician visits tomorrow" },
-    });
-    p.accept(&body).await;
-    let standin = &p.standin;
-    eventually(Duration::from_secs(30), || async {
-        (standin.accepted_count() > 200).then_some(())
-    })
-    .await
-    .expect("pushes started");
+    let content =
+        serde_json::json!({ "title": "Meter visit", "body": "A technician visits tomorrow" });
+    let (mut dispatcher, _) =
+        broadcast_under_way(&p, 2_000, Duration::from_millis(5), "normal", content, 200).await;
 
     // NATS goes away mid-broadcast, then the operator stops the dispatcher. Its last acks
     // cannot go out (those jobs come back after their ack wait), but it must not wait for NATS

@@ -241,6 +241,22 @@ async fn pages_hold_every_item_exactly_once_while_new_items_arrive() {
     assert!(newest.iter().all(|t| t.starts_with("Outage")), "{newest:?}");
 }
 
+/// Opens `customer`'s live stream, resuming after `last_event_id` if given.
+async fn open_stream(
+    p: &Pipeline,
+    customer: &str,
+    last_event_id: Option<String>,
+) -> reqwest::Response {
+    let mut request = p
+        .http
+        .get(format!("{}/v1/me/stream", p.api))
+        .bearer_auth(p.token(customer, &[]));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    request.send().await.unwrap()
+}
+
 /// Reads `n` events of an SSE response: `(id, notification title)`.
 async fn read_events(mut response: reqwest::Response, n: usize) -> Vec<(String, String)> {
     let mut buffer = String::new();
@@ -285,17 +301,7 @@ async fn the_live_stream_pushes_new_items_and_resumes_after_the_last_event_id() 
     send_to(&p, "dave", 1, "Before the stream").await;
     wait_inbox(&p, "dave", 1).await;
 
-    let open = |last_event_id: Option<String>| {
-        let mut request = p
-            .http
-            .get(format!("{}/v1/me/stream", p.api))
-            .bearer_auth(p.token("dave", &[]));
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id);
-        }
-        request.send()
-    };
-    let live = open(None).await.unwrap();
+    let live = open_stream(&p, "dave", None).await;
     assert_eq!(live.status(), 200);
     assert_eq!(
         live.headers()["content-type"].to_str().unwrap(),
@@ -310,7 +316,7 @@ async fn the_live_stream_pushes_new_items_and_resumes_after_the_last_event_id() 
     // Disconnected, two more arrive; resuming from the last id delivers exactly those.
     send_to(&p, "dave", 2, "Missed").await;
     wait_inbox(&p, "dave", 4).await;
-    let resumed = open(Some(first[0].0.clone())).await.unwrap();
+    let resumed = open_stream(&p, "dave", Some(first[0].0.clone())).await;
     let missed = read_events(resumed, 2).await;
     // Both, in the order they reached the log (two notifications sent back to back are pushed
     // concurrently, so either may arrive first), after the last one seen.
@@ -320,7 +326,7 @@ async fn the_live_stream_pushes_new_items_and_resumes_after_the_last_event_id() 
     assert!(ids[0] < ids[1], "in stream order: {ids:?}");
     assert!(ids[0] > first[0].0.parse::<i64>().unwrap());
 
-    let bad = open(Some("yesterday".into())).await.unwrap();
+    let bad = open_stream(&p, "dave", Some("yesterday".into())).await;
     assert_eq!(bad.status(), 422);
     let anonymous = p
         .http
@@ -342,13 +348,7 @@ async fn a_broadcast_reaches_each_inbox_once_whatever_the_devices_and_reads_like
     p.wait_for_devices(3).await;
     send_to(&p, "frank", 1, "Bill").await;
     wait_inbox(&p, "frank", 1).await;
-    let live = p
-        .http
-        .get(format!("{}/v1/me/stream", p.api))
-        .bearer_auth(p.token("gina", &[]))
-        .send()
-        .await
-        .unwrap();
+    let live = open_stream(&p, "gina", None).await;
     assert_eq!(live.status(), 200);
     let broadcast = |title: &str| {
         serde_json::json!({
