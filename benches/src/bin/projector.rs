@@ -10,9 +10,9 @@ use std::{
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
-use xibaar_benches::{Servers, scale, xibaar_binary};
+use xibaar_benches::{Phase, PhaseCost, Servers, scale, xibaar_binary};
 use xibaar_core::{
-    Actor, Audience, Content, CustomerId, DeliveryOptions, DeviceId, Event, EventEnvelope,
+    Actor, Audience, Content, CustomerId, Decoded, DeliveryOptions, DeviceId, Event, EventEnvelope,
     FcmToken, NotificationId, Platform, Priority,
     event::{
         DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceRegistered,
@@ -140,8 +140,15 @@ type InboxRow = (String, uuid::Uuid, i64, chrono::DateTime<chrono::Utc>);
 /// `deliveries` row and the customer's `inbox` item), copied from the projected tables into empty
 /// tables of the same definition (same keys, indexes and checks) by plain bulk inserts of `batch`
 /// rows a transaction, with nothing read, no conflict handling and no decoding: what no
-/// projector of these read models can beat. Returns the outcomes written and the time taken.
-async fn postgres_floor(pool: &sqlx::PgPool, batch: usize) -> anyhow::Result<(usize, Duration)> {
+/// projector of these read models can beat. With `inbox` false only the `deliveries` rows are
+/// written, which shows what the inbox items cost. Returns the outcomes written and what the
+/// machine spent on the inserts.
+async fn postgres_floor(
+    pool: &sqlx::PgPool,
+    processes: &Processes,
+    batch: usize,
+    inbox: bool,
+) -> anyhow::Result<(usize, PhaseCost)> {
     sqlx::raw_sql(
         "CREATE TABLE floor_deliveries (LIKE deliveries INCLUDING ALL); \
          CREATE TABLE floor_inbox (LIKE inbox INCLUDING ALL);",
@@ -155,14 +162,17 @@ async fn postgres_floor(pool: &sqlx::PgPool, batch: usize) -> anyhow::Result<(us
     )
     .fetch_all(pool)
     .await?;
-    let mut inbox: Vec<InboxRow> = sqlx::query_as(
+    let mut items: Vec<InboxRow> = sqlx::query_as(
         "SELECT customer_id, notification_id, position, received_at FROM inbox ORDER BY position",
     )
     .fetch_all(pool)
     .await?;
-    let started = Instant::now();
-    for (d, i) in deliveries.chunks(batch).zip(inbox.chunks_mut(batch)) {
-        i.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    if !inbox {
+        items.clear();
+    }
+    let phase = processes.start()?;
+    let mut items = items.chunks_mut(batch);
+    for d in deliveries.chunks(batch) {
         let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO floor_deliveries (notification_id, device_id, customer_id, outcome, \
@@ -181,23 +191,26 @@ async fn postgres_floor(pool: &sqlx::PgPool, batch: usize) -> anyhow::Result<(us
         .bind(d.iter().map(|r| r.8).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO floor_inbox (customer_id, notification_id, position, received_at) \
-             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[])",
-        )
-        .bind(i.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-        .bind(i.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(i.iter().map(|r| r.2).collect::<Vec<_>>())
-        .bind(i.iter().map(|r| r.3).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        if let Some(i) = items.next() {
+            i.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            sqlx::query(
+                "INSERT INTO floor_inbox (customer_id, notification_id, position, received_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[])",
+            )
+            .bind(i.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+            .bind(i.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(i.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(i.iter().map(|r| r.3).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
     }
-    let elapsed = started.elapsed();
+    let cost = phase.finish()?;
     sqlx::raw_sql("DROP TABLE floor_deliveries; DROP TABLE floor_inbox;")
         .execute(pool)
         .await?;
-    Ok((deliveries.len(), elapsed))
+    Ok((deliveries.len(), cost))
 }
 
 /// Whether the server times statements (`XIBAAR_BENCH_PG=shared_preload_libraries=pg_stat_statements`);
@@ -245,9 +258,16 @@ async fn print_statements(pool: &sqlx::PgPool, run: Duration) -> anyhow::Result<
     Ok(())
 }
 
-/// Reads the whole stream with a bare ordered consumer, as fast as it comes.
-async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Result<Duration> {
-    let started = Instant::now();
+/// Reads the whole stream with a bare ordered consumer, as fast as it comes; with `decode`,
+/// also decodes every event as the projector's reader does (the least any projector does
+/// before it folds anything).
+async fn bare_read(
+    js: &async_nats::jetstream::Context,
+    processes: &Processes,
+    head: u64,
+    decode: bool,
+) -> anyhow::Result<PhaseCost> {
+    let phase = processes.start()?;
     let mut messages = js
         .get_stream(xibaar_streams::names::EVENTS)
         .await?
@@ -258,10 +278,13 @@ async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Re
         .await?
         .messages()
         .await?;
-    let mut bytes = 0usize;
+    let (mut bytes, mut decoded) = (0usize, 0u64);
     while let Some(message) = messages.next().await {
         let message = message?;
         bytes += message.payload.len();
+        if decode && matches!(EventEnvelope::decode(&message.payload)?, Decoded::Known(_)) {
+            decoded += 1;
+        }
         if message
             .info()
             .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -272,7 +295,28 @@ async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Re
         }
     }
     anyhow::ensure!(bytes > 0);
-    Ok(started.elapsed())
+    anyhow::ensure!(!decode || decoded == head, "decoded {decoded} of {head}");
+    phase.finish()
+}
+
+/// The processes a phase's CPU time is split by: nats-server and this one (the rest is
+/// Postgres, nearly all of it).
+struct Processes {
+    pids: [u32; 2],
+}
+
+impl Processes {
+    const NAMES: [&str; 2] = ["nats-server", "this process"];
+
+    fn start(&self) -> anyhow::Result<Phase> {
+        Phase::start(&self.pids)
+    }
+}
+
+/// `41.2 µs of CPU per event (nats-server 9.1, this process 12.0, the rest 20.1), 1.52 cores
+/// busy`.
+fn cpu(cost: &PhaseCost, events: u64) -> String {
+    cost.describe(events, &Processes::NAMES)
 }
 
 #[tokio::main]
@@ -285,6 +329,13 @@ async fn main() -> anyhow::Result<()> {
         pool,
     } = Servers::start(4).await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let processes = Processes {
+        pids: [
+            nats.pid()
+                .ok_or_else(|| anyhow::anyhow!("nats-server is not running"))?,
+            std::process::id(),
+        ],
+    };
     xibaar_streams::apply(&js, &xibaar_streams::Definitions::builtin()).await?;
 
     let started = Instant::now();
@@ -307,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Projector throughput: the live runner catching up from sequence 1.
     let statements = statement_timing(&pool).await?;
+    let phase = processes.start()?;
     let started = Instant::now();
     let mut projector = Projector::new(js.clone(), pool.clone(), settings.clone());
     let mut registrations = None;
@@ -318,6 +370,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     let projected = started.elapsed();
+    let projector_cost = phase.finish()?;
     if let Some(r) = registrations {
         println!(
             "  of which the {DEVICES} device registrations: {r:.1?} = {:.0} events/s",
@@ -333,21 +386,31 @@ async fn main() -> anyhow::Result<()> {
             "not met"
         }
     );
+    println!("    {}", cpu(&projector_cost, head));
 
     if statements {
         print_statements(&pool, projected).await?;
     }
 
-    let (outcomes, floor) = postgres_floor(&pool, settings.batch_size).await?;
-    let floor_rate = outcomes as f64 / floor.as_secs_f64();
+    let (outcomes, floor) = postgres_floor(&pool, &processes, settings.batch_size, true).await?;
+    let floor_rate = outcomes as f64 / floor.wall.as_secs_f64();
     let outcome_share = outcomes as f64 / head as f64;
     println!(
-        "  Postgres floor: the {outcomes} outcomes' deliveries and inbox rows by bare bulk inserts in {floor:.1?} = {floor_rate:.0} outcomes/s, at most {:.0} events/s of this log; projector = {:.2} of the floor",
+        "  Postgres floor: the {outcomes} outcomes' deliveries and inbox rows by bare bulk inserts in {:.1?} = {floor_rate:.0} outcomes/s, at most {:.0} events/s of this log; projector = {:.2} of the floor",
+        floor.wall,
         floor_rate / outcome_share,
         per_second / (floor_rate / outcome_share)
     );
-
+    println!("    {}", cpu(&floor, head));
+    let (_, deliveries_only) =
+        postgres_floor(&pool, &processes, settings.batch_size, false).await?;
+    println!(
+        "    the deliveries rows alone: {:.1?}, {}",
+        deliveries_only.wall,
+        cpu(&deliveries_only, head)
+    );
     // Rebuild: the same log into shadow tables, then the swap.
+    let phase = processes.start()?;
     let started = Instant::now();
     let report = xibaar_projector::rebuild::rebuild(
         &js,
@@ -359,15 +422,18 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let rebuilt = started.elapsed();
+    let rebuild_cost = phase.finish()?;
     let rebuild_rate = head as f64 / rebuilt.as_secs_f64();
     println!(
         "  rebuild: {head} events in {rebuilt:.1?} ({rebuild_rate:.0} events/s; tables locked {:.1?} for the swap); 10,000,000 events at this rate: {:.0} s",
         report.swap_held,
         10_000_000.0 / rebuild_rate
     );
+    println!("    {}", cpu(&rebuild_cost, head));
 
     // Replay to NDJSON against a bare ordered consumer of the same stream.
-    let bare = bare_read(&js, head).await?;
+    let bare = bare_read(&js, &processes, head, false).await?;
+    let decoding = bare_read(&js, &processes, head, true).await?;
     let config = tempfile::NamedTempFile::new()?;
     std::fs::write(
         config.path(),
@@ -376,7 +442,7 @@ async fn main() -> anyhow::Result<()> {
             nats.url()
         ),
     )?;
-    let started = Instant::now();
+    let phase = processes.start()?;
     let replay = Command::new(xibaar_binary())
         .arg("--config")
         .arg(config.path())
@@ -385,19 +451,43 @@ async fn main() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let output = tokio::task::spawn_blocking(move || replay.wait_with_output()).await??;
-    let replayed = started.elapsed();
+    let replay_cost = phase.finish()?;
+    let replayed = replay_cost.wall;
     anyhow::ensure!(output.status.success(), "xibaar replay failed");
     let lines = output.stdout.iter().filter(|b| **b == b'\n').count();
     anyhow::ensure!(
         lines as u64 == head,
         "replay printed {lines} events of {head}"
     );
-    let bare_rate = head as f64 / bare.as_secs_f64();
+    let bare_rate = head as f64 / bare.wall.as_secs_f64();
     let replay_rate = head as f64 / replayed.as_secs_f64();
-    println!("  bare ordered consumer: {head} events in {bare:.1?} = {bare_rate:.0} events/s");
     println!(
-        "  xibaar replay (NDJSON): {head} events in {replayed:.1?} = {replay_rate:.0} events/s, ratio {:.2} (target >= 0.5)",
-        replay_rate / bare_rate
+        "  bare ordered consumer: {head} events in {:.1?} = {bare_rate:.0} events/s; {}",
+        bare.wall,
+        cpu(&bare, head)
+    );
+    println!(
+        "    decoding every event as well: {:.1?} = {:.0} events/s; {}",
+        decoding.wall,
+        head as f64 / decoding.wall.as_secs_f64(),
+        cpu(&decoding, head)
+    );
+    println!(
+        "  xibaar replay (NDJSON): {head} events in {replayed:.1?} = {replay_rate:.0} events/s, ratio {:.2} (target >= 0.5); {}",
+        replay_rate / bare_rate,
+        cpu(&replay_cost, head)
+    );
+
+    // What any projector of these read models spends per event at the least: reading and
+    // decoding the stream, and the rows' bare inserts; the two cores give at most this rate.
+    let least = decoding.cpu_per(head) + floor.cpu_per(head);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "  least CPU per event of any projector of these read models: decoding {:.1} + bare inserts {:.1} = {least:.1} µs; {cores} cores at 100 % = at most {:.0} events/s (the projector spends {:.1} µs)",
+        decoding.cpu_per(head),
+        floor.cpu_per(head),
+        cores * 1e6 / least,
+        projector_cost.cpu_per(head)
     );
     Ok(())
 }
