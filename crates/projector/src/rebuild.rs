@@ -36,6 +36,16 @@ pub const TABLES: [&str; 7] = [
     "inbox",
     "daily_stats",
 ];
+/// `schema.table, …` for every table of [`TABLES`].
+fn qualified(schema: &str) -> String {
+    TABLES.map(|t| format!("{schema}.{t}")).join(", ")
+}
+
+/// `statement(table)` for every table of [`TABLES`], one after the other.
+fn for_each_table(statement: impl Fn(&str) -> String) -> String {
+    TABLES.iter().map(|t| statement(t)).collect()
+}
+
 /// Attempts at locking the live tables for the swap when Postgres breaks a deadlock.
 const LOCK_ATTEMPTS: u32 = 10;
 
@@ -49,7 +59,7 @@ const LOCK_ATTEMPTS: u32 = 10;
 async fn lock_live_tables(
     live: &PgPool,
 ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let tables = TABLES.map(|t| format!("public.{t}")).join(", ");
+    let tables = qualified("public");
     let mut attempt = 1;
     loop {
         let mut tx = live.begin().await?;
@@ -159,14 +169,31 @@ pub async fn rebuild(
     xibaar_store::migrate(&shadow)
         .await
         .context("creating the shadow tables")?;
+    // No autovacuum on the shadow tables while they fill: the swap must lock them, and a lock
+    // request waiting on an autovacuum worker cancels it only after `deadlock_timeout` (1 s
+    // by default), per table, while the live tables are already held (a swap once held them
+    // 2 s so). They are analysed here instead, and get autovacuum back at the swap.
+    sqlx::raw_sql(AssertSqlSafe(for_each_table(|t| {
+        format!("ALTER TABLE {SHADOW_SCHEMA}.{t} SET (autovacuum_enabled = false);")
+    })))
+    .execute(live)
+    .await
+    .context("turning autovacuum off on the shadow tables")?;
 
     let mut projector = Projector::new(js.clone(), shadow.clone(), settings);
     projector.announce = false;
     // Replay to the head, then to the head again: what arrived meanwhile is small.
     let mut applied = 0;
+    // Each pass ends with the statistics autovacuum would have gathered: the second pass's
+    // statements, and the swapped-in tables, are planned with them.
+    let analyze = format!("ANALYZE {}", qualified(SHADOW_SCHEMA));
     for _ in 0..2 {
         let head = events_head(js).await?;
         applied = phase(&mut projector, Phase::Replaying, applied, head, progress).await?;
+        sqlx::raw_sql(AssertSqlSafe(analyze.clone()))
+            .execute(live)
+            .await
+            .context("analysing the shadow tables")?;
     }
 
     // The swap.
@@ -185,12 +212,13 @@ pub async fn rebuild(
     applied = phase(&mut projector, Phase::Swapping, applied, head, progress).await?;
     let mut moves =
         format!("DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE; CREATE SCHEMA {RETIRED_SCHEMA};");
-    for table in TABLES {
-        moves.push_str(&format!(
-            "ALTER TABLE public.{table} SET SCHEMA {RETIRED_SCHEMA};\
-             ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA public;"
-        ));
-    }
+    moves.push_str(&for_each_table(|t| {
+        format!(
+            "ALTER TABLE public.{t} SET SCHEMA {RETIRED_SCHEMA};\
+             ALTER TABLE {SHADOW_SCHEMA}.{t} SET SCHEMA public;\
+             ALTER TABLE public.{t} RESET (autovacuum_enabled);"
+        )
+    }));
     sqlx::raw_sql(AssertSqlSafe(moves))
         .execute(&mut *tx)
         .await
