@@ -2,10 +2,14 @@
 //! that roles other than the projector need (the device registry for fan-out, notification
 //! status for the api).
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool, SqlStr,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::PgPoolOptions,
+};
 use xibaar_core::{
     Audience, Category, CustomerId, DeviceId, FcmToken, NotificationId, Platform, Priority,
 };
@@ -39,9 +43,50 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
         .map_err(StoreError::Connect)
 }
 
+/// `sqlx::FromRow` for a struct read from the columns named like its fields. (The derive needs
+/// sqlx's proc-macro crate, which `build.rs` explains the cost of; the compiler still checks
+/// that every field is listed.)
+macro_rules! from_row {
+    ($type:ident { $($field:ident),* $(,)? }) => {
+        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $type {
+            fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row;
+                Ok(Self { $($field: row.try_get(stringify!($field))?),* })
+            }
+        }
+    };
+}
+
+/// Every file of `migrations/`, by name, with its text (see `build.rs`).
+const MIGRATION_FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// The migrations compiled into the binary, as `sqlx::migrate!` would make them of the same
+/// files: version and description from the name (`0001_read_models.sql` is 1, "read models"),
+/// the text's checksum, no transaction when the text starts with `-- no-transaction`. The
+/// databases record each applied migration's checksum, so these must stay alike (a test
+/// compares them with what sqlx reads from the folder).
+fn migrations() -> Vec<Migration> {
+    MIGRATION_FILES
+        .iter()
+        .map(|(name, sql)| {
+            let (version, rest) = name
+                .split_once('_')
+                .expect("migration files are named VERSION_DESCRIPTION.sql");
+            let kind = MigrationType::from_filename(rest);
+            Migration::new(
+                version.parse().expect("a migration's version is a number"),
+                Cow::Owned(rest.trim_end_matches(kind.suffix()).replace('_', " ")),
+                kind,
+                SqlStr::from_static(sql),
+                sql.starts_with("-- no-transaction"),
+            )
+        })
+        .collect()
+}
+
 /// Applies the migrations compiled into the binary.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    Migrator::with_migrations(migrations()).run(pool).await?;
     Ok(())
 }
 
@@ -135,7 +180,7 @@ pub async fn audience_page(
     rows.into_iter().map(recipient).collect()
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
     #[schema(value_type = DeviceId)]
     pub device_id: String,
@@ -152,6 +197,18 @@ pub struct DeviceView {
     pub updated_at: DateTime<Utc>,
 }
 
+from_row!(DeviceView {
+    device_id,
+    customer_id,
+    platform,
+    app_id,
+    app_version,
+    locale,
+    status,
+    registered_at,
+    updated_at,
+});
+
 pub async fn devices_of_customer(
     pool: &PgPool,
     customer: &CustomerId,
@@ -164,7 +221,7 @@ pub async fn devices_of_customer(
 }
 
 /// What the api shows for `GET /v1/notifications/{id}`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct NotificationStatus {
     pub notification_id: uuid::Uuid,
     #[schema(value_type = Priority)]
@@ -186,6 +243,23 @@ pub struct NotificationStatus {
     pub fanned_out_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
 }
+
+from_row!(NotificationStatus {
+    notification_id,
+    priority,
+    title,
+    requested_by,
+    status,
+    targeted,
+    sent,
+    failed,
+    invalid,
+    expired,
+    accepted_at,
+    send_at,
+    fanned_out_at,
+    completed_at,
+});
 
 pub async fn notification_status(
     pool: &PgPool,
@@ -227,7 +301,7 @@ pub async fn preferences_of_customer(
 pub const INBOX_CHANNEL: &str = "xibaar_inbox";
 
 /// One notification in a customer's inbox.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct InboxItem {
     pub notification_id: uuid::Uuid,
     /// Where the item sits in the inbox's order; the cursor and live stream id are made of it.
@@ -245,6 +319,18 @@ pub struct InboxItem {
     pub received_at: DateTime<Utc>,
     pub read_at: Option<DateTime<Utc>>,
 }
+
+from_row!(InboxItem {
+    notification_id,
+    position,
+    title,
+    body,
+    data,
+    category,
+    priority,
+    received_at,
+    read_at,
+});
 
 /// Up to `limit` items below position `before` (from the newest when `None`), newest first.
 pub async fn inbox_page(
@@ -325,7 +411,7 @@ pub async fn device_owned_by(
 }
 
 /// Deliveries of one UTC day, priority and outcome.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct DailyStat {
     pub day: chrono::NaiveDate,
     #[schema(value_type = Priority)]
@@ -334,6 +420,13 @@ pub struct DailyStat {
     pub outcome: String,
     pub deliveries: i64,
 }
+
+from_row!(DailyStat {
+    day,
+    priority,
+    outcome,
+    deliveries,
+});
 
 /// Every row of `daily_stats` from `from` to `to` (inclusive), by day, priority and outcome.
 pub async fn daily_stats(
@@ -351,4 +444,45 @@ pub async fn daily_stats(
     .fetch_all(pool)
     .await
     .map_err(query_err("reading daily statistics"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded migrations are what `sqlx::migrate!` made of the same folder in earlier
+    /// builds, checksums included: a database migrated by one build is accepted by the next.
+    #[test]
+    fn embedded_migrations_match_what_sqlx_reads_from_the_folder() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        // What `sqlx::migrate!` itself calls on the folder.
+        let mut read: Vec<Migration> = sqlx::migrate::resolve_blocking(&folder)
+            .expect("reading migrations/")
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        read.sort();
+        let embedded = migrations();
+        assert_eq!(embedded.len(), read.len());
+        assert!(read.len() >= 11, "{}", read.len());
+        for (e, r) in embedded.iter().zip(&read) {
+            assert_eq!(
+                (
+                    e.version,
+                    &e.description,
+                    e.migration_type,
+                    &e.checksum,
+                    e.no_tx
+                ),
+                (
+                    r.version,
+                    &r.description,
+                    r.migration_type,
+                    &r.checksum,
+                    r.no_tx
+                ),
+            );
+            assert_eq!(e.sql.as_str(), r.sql.as_str());
+        }
+    }
 }
