@@ -42,9 +42,12 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
     });
     let id = p.accept(&body).await;
 
+    // Killed once a tenth is pushed: well under way, and far from done even when the suite's
+    // other tests leave the broadcast a fraction of the two cores (a CI run once pushed fewer
+    // than a quarter in 30 s).
     let standin = &p.standin;
-    eventually(Duration::from_secs(30), || async {
-        (standin.accepted_count() > DEVICES as u64 / 4).then_some(())
+    eventually(Duration::from_secs(60), || async {
+        (standin.accepted_count() > DEVICES as u64 / 10).then_some(())
     })
     .await
     .expect("pushes started");
