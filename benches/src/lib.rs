@@ -165,17 +165,12 @@ impl PhaseCost {
         // The processes' times and the machine's are read at slightly different moments, in
         // ticks of 10 ms: when the named processes did nearly everything, the difference can
         // come out a little below zero.
-        let rest = (self.cpu_per(items) - self.processes.iter().map(per).sum::<f64>()).max(0.0);
-        let shares: Vec<String> = names
-            .iter()
-            .zip(&self.processes)
-            .map(|(name, d)| format!("{name} {:.1}", per(d)))
-            .chain(std::iter::once(format!("the rest {rest:.1}")))
-            .collect();
+        let per_process: Vec<f64> = self.processes.iter().map(per).collect();
+        let rest = (self.cpu_per(items) - per_process.iter().sum::<f64>()).max(0.0);
         format!(
-            "{:.1} µs of CPU per event ({}), {:.2} cores busy",
+            "{:.1} µs of CPU per event ({}, the rest {rest:.1}), {:.2} cores busy",
             self.cpu_per(items),
-            shares.join(", "),
+            cpu_shares(names, &per_process),
             self.cores()
         )
     }

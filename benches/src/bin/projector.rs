@@ -162,14 +162,15 @@ async fn postgres_floor(
     )
     .fetch_all(pool)
     .await?;
-    let mut items: Vec<InboxRow> = sqlx::query_as(
-        "SELECT customer_id, notification_id, position, received_at FROM inbox ORDER BY position",
-    )
-    .fetch_all(pool)
-    .await?;
-    if !inbox {
-        items.clear();
-    }
+    let mut items: Vec<InboxRow> = if inbox {
+        sqlx::query_as(
+            "SELECT customer_id, notification_id, position, received_at FROM inbox ORDER BY position",
+        )
+        .fetch_all(pool)
+        .await?
+    } else {
+        Vec::new()
+    };
     let phase = processes.start()?;
     let mut items = items.chunks_mut(batch);
     for d in deliveries.chunks(batch) {
@@ -369,8 +370,8 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
-    let projected = started.elapsed();
     let projector_cost = phase.finish()?;
+    let projected = projector_cost.wall;
     if let Some(r) = registrations {
         println!(
             "  of which the {DEVICES} device registrations: {r:.1?} = {:.0} events/s",
@@ -411,7 +412,6 @@ async fn main() -> anyhow::Result<()> {
     );
     // Rebuild: the same log into shadow tables, then the swap.
     let phase = processes.start()?;
-    let started = Instant::now();
     let report = xibaar_projector::rebuild::rebuild(
         &js,
         &pool,
@@ -421,8 +421,8 @@ async fn main() -> anyhow::Result<()> {
         &mut |_| {},
     )
     .await?;
-    let rebuilt = started.elapsed();
     let rebuild_cost = phase.finish()?;
+    let rebuilt = rebuild_cost.wall;
     let rebuild_rate = head as f64 / rebuilt.as_secs_f64();
     println!(
         "  rebuild: {head} events in {rebuilt:.1?} ({rebuild_rate:.0} events/s; tables locked {:.1?} for the swap); 10,000,000 events at this rate: {:.0} s",
