@@ -206,6 +206,10 @@ pub struct DeviceRegistered {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeviceTokenInvalidated {
     pub device_id: DeviceId,
+    /// The device's owner. Events recorded before devices belonged to their customer lack it;
+    /// the token alone names the device then (a token is held by one device at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
     /// The token FCM refused; a device that has since registered a new token stays active.
     pub token: FcmToken,
     pub error_code: String,
@@ -380,9 +384,18 @@ impl Event {
             Event::NotificationAccepted(e) => Some(e.notification_id.to_string()),
             Event::NotificationScheduled(e) => Some(e.notification_id.to_string()),
             Event::NotificationFannedOut(e) => Some(e.notification_id.to_string()),
-            Event::DeliverySucceeded(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
-            Event::DeliveryFailed(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
-            Event::DeliveryExpired(e) => Some(format!("{}/{}", e.notification_id, e.device_id)),
+            Event::DeliverySucceeded(e) => Some(format!(
+                "{}/{}/{}",
+                e.notification_id, e.customer_id, e.device_id
+            )),
+            Event::DeliveryFailed(e) => Some(format!(
+                "{}/{}/{}",
+                e.notification_id, e.customer_id, e.device_id
+            )),
+            Event::DeliveryExpired(e) => Some(format!(
+                "{}/{}/{}",
+                e.notification_id, e.customer_id, e.device_id
+            )),
             Event::DeviceTokenInvalidated(e) => {
                 Some(format!("{}/{}", e.device_id, e.token.as_str()))
             }

@@ -35,9 +35,22 @@ impl DeliveryJob {
         subject::delivery(self.priority, self.notification_id, &self.device_id)
     }
 
-    /// Deterministic, so a fan-out resumed after a crash publishes each job once.
+    /// Deterministic, so a fan-out resumed after a crash publishes each job once. Device ids
+    /// are unique within a customer only, so the customer is part of it.
     pub fn msg_id(&self) -> String {
-        format!("{}:{}", self.notification_id, self.device_id)
+        format!(
+            "{}:{}:{}",
+            self.notification_id, self.customer_id, self.device_id
+        )
+    }
+
+    /// The job's key in `XIBAAR_SENT`: `<notification>.<customer>.<device>` (`.` can occur in
+    /// none of the three).
+    pub fn marker_key(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.notification_id, self.customer_id, self.device_id
+        )
     }
 }
 

@@ -23,8 +23,16 @@ const MAX_BODY_CHARS: usize = 2000;
 pub enum Audience {
     /// Every active device of each listed customer.
     Customers { customer_ids: Vec<CustomerId> },
-    /// One device, whoever owns it.
-    Device { device_id: DeviceId },
+    /// One device of one customer. A device id is the app's name for a phone within its
+    /// customer, so the customer is part of the address. Commands accepted before devices
+    /// belonged to their customer lack it: those reach every device of that id.
+    Device {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(required = true, value_type = CustomerId)]
+        #[schemars(required, with = "CustomerId")]
+        customer_id: Option<CustomerId>,
+        device_id: DeviceId,
+    },
     /// Every active device.
     Everyone,
     /// Every active device of the customers opted in to `category` (see [`Category`] for the
@@ -443,6 +451,12 @@ impl Audience {
                     format!("must name at most {MAX_AUDIENCE_CUSTOMERS} customers"),
                 )])
             }
+            Audience::Device {
+                customer_id: None, ..
+            } => Err(vec![FieldViolation::new(
+                "audience.customer_id",
+                "is required: a device id names a phone within one customer",
+            )]),
             Audience::Topic { app_id, topic } => {
                 let mut v = app_violation(app_id);
                 if !valid_topic(topic) {

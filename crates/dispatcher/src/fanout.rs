@@ -141,6 +141,7 @@ pub struct FanOut {
 async fn claim(progress: &kv::Store, key: &str) -> Result<Option<Progress>, FanOutError> {
     let fresh = Progress {
         after: None,
+        after_customer: None,
         published: 0,
     };
     let transient =
@@ -232,8 +233,12 @@ impl FanOut {
         &self,
         send: &SendNotification,
         opted_in_to: Option<xibaar_core::Category>,
-        after: Option<&xibaar_core::DeviceId>,
+        at: &Progress,
     ) -> Result<Vec<xibaar_store::Recipient>, FanOutError> {
+        let after = at.after.as_ref().map(|device_id| xibaar_store::PageAfter {
+            device_id,
+            customer_id: at.after_customer.as_ref(),
+        });
         xibaar_store::audience_page(
             &self.pool,
             &send.audience,
@@ -309,7 +314,7 @@ impl FanOut {
         let mut pipeline = Pipeline::new(self.js.clone(), PUBLISH_WINDOW);
         let key = send.notification_id.to_string();
         let opted_in_to = preference_filter(send.priority, send.category);
-        let start = async { self.page(send, opted_in_to, resumed.after.as_ref()).await };
+        let start = async { self.page(send, opted_in_to, &resumed).await };
         let (stored, first) = tokio::join!(accepted, start);
         stored?;
         let first = first?;
@@ -321,7 +326,7 @@ impl FanOut {
         // Every job of the fan-out is in its trace: read the span's traceparent once, not per
         // device.
         let traceparent = xibaar_streams::trace::current_traceparent();
-        let mut after = resumed.after;
+        let mut position = resumed;
         let mut heartbeat = Heartbeat {
             command,
             last: Instant::now(),
@@ -330,13 +335,14 @@ impl FanOut {
         loop {
             let page = match prefetched.take() {
                 Some(page) => page,
-                None => self.page(send, opted_in_to, after.as_ref()).await?,
+                None => self.page(send, opted_in_to, &position).await?,
             };
             let Some(last) = page.last() else { break };
             self.pacing
                 .admit(send.priority, page.len() as u64, &mut room, &mut heartbeat)
                 .await?;
-            after = Some(last.device_id.clone());
+            position.after = Some(last.device_id.clone());
+            position.after_customer = Some(last.customer_id.clone());
             let full_page = page.len() == self.page_size as usize;
             for recipient in page {
                 let job = DeliveryJob {
@@ -371,10 +377,8 @@ impl FanOut {
                 .flush()
                 .await
                 .map_err(|e| FanOutError::Transient(format!("storing delivery jobs: {e}")))?;
-            let progress = FanOutState::Progress(Progress {
-                after: after.clone(),
-                published: targeted,
-            });
+            position.published = targeted;
+            let progress = FanOutState::Progress(position.clone());
             self.progress
                 .put(key.as_str(), progress.encode())
                 .await

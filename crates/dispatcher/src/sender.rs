@@ -17,7 +17,7 @@
 //! and its outcome is one `delivery.topic` event.
 //!
 //! Effectively once: right after FCM accepts a push, a sent-marker
-//! (`XIBAAR_SENT/<notification>.<device>` → FCM's message name) is stored. A redelivered job
+//! (`XIBAAR_SENT/<notification>.<customer>.<device>` → FCM's message name) is stored. A redelivered job
 //! (the sender died before its ack) whose marker exists is not pushed again; its outcome is
 //! recorded from the marker. Duplicates after a hard crash are thus limited to pushes FCM
 //! accepted in the instant before their marker was stored.
@@ -70,7 +70,7 @@ pub struct Sender {
     pub sent: kv::Store,
 }
 
-/// The value under `XIBAAR_SENT/<notification>.<device>`.
+/// The value under `XIBAAR_SENT/<notification>.<customer>.<device>`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Marker {
@@ -420,7 +420,7 @@ impl Job for DeliveryJob {
         &self.correlation_id
     }
     fn marker(&self) -> String {
-        format!("{}.{}", self.notification_id, self.device_id)
+        self.marker_key()
     }
     fn message(&self) -> Message {
         Message::for_job(self)
@@ -466,6 +466,7 @@ impl Job for DeliveryJob {
     fn token_invalidated(&self, error_code: &str) -> Option<Event> {
         Some(Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
             device_id: self.device_id.clone(),
+            customer_id: Some(self.customer_id.clone()),
             token: self.token.clone(),
             error_code: error_code.to_owned(),
         }))

@@ -21,6 +21,7 @@ pub(crate) async fn apply(
                 .bind(e.device_id.as_str())
                 .bind(e.token.as_str())
                 .bind(at)
+                .bind(e.customer_id.as_ref().map(xibaar_core::CustomerId::as_str))
                 .execute(&mut *tx)
                 .await?;
         }

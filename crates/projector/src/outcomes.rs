@@ -187,10 +187,21 @@ const DELIVERIES_UPDATE: &str = "\
                 $7::int[], $8::text[], $9::timestamptz[]) \
          u(notification_id, device_id, customer_id, outcome, reason, error_code, attempts, \
            fcm_message_id, occurred_at) \
-    WHERE d.notification_id = u.notification_id AND d.device_id = u.device_id";
+    WHERE d.notification_id = u.notification_id AND d.device_id = u.device_id \
+      AND d.customer_id IS NOT DISTINCT FROM u.customer_id";
 
 type NotificationRow = (Uuid, Option<i64>, i64, Option<DateTime<Utc>>);
-type HeldRow = (Uuid, String, String, Option<String>, DateTime<Utc>);
+type HeldRow = (
+    Uuid,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+);
+/// A `deliveries` row's key: notification, device, customer (none for a topic's row). Device
+/// ids are unique within a customer only.
+type Key = (Uuid, String, Option<String>);
 
 /// Applies `run` (outcomes in stream order) through `tx`; returns the customers whose inbox
 /// gained an item.
@@ -220,7 +231,7 @@ pub(crate) async fn apply(
         devices.sort_unstable();
         devices.dedup();
         sqlx::query_as(
-            "SELECT notification_id, device_id, outcome, reason, occurred_at \
+            "SELECT notification_id, device_id, customer_id, outcome, reason, occurred_at \
              FROM deliveries WHERE notification_id = ANY($1) AND device_id = ANY($2)",
         )
         .bind(&notification_ids)
@@ -229,7 +240,8 @@ pub(crate) async fn apply(
         .await?
     } else {
         sqlx::query_as(
-            "SELECT d.notification_id, d.device_id, d.outcome, d.reason, d.occurred_at \
+            "SELECT d.notification_id, d.device_id, d.customer_id, d.outcome, d.reason, \
+                    d.occurred_at \
          FROM deliveries d \
          JOIN (SELECT DISTINCT * FROM UNNEST($1::uuid[], $2::text[])) k(n, dev) \
            ON d.notification_id = k.n AND d.device_id = k.dev",
@@ -239,11 +251,11 @@ pub(crate) async fn apply(
         .fetch_all(&mut *tx)
         .await?
     };
-    let mut held: HashMap<(Uuid, String), Held> = held_rows
+    let mut held: HashMap<Key, Held> = held_rows
         .into_iter()
-        .map(|(n, d, outcome, reason, at)| {
+        .map(|(n, d, c, outcome, reason, at)| {
             (
-                (n, d),
+                (n, d, c),
                 Held {
                     outcome,
                     reason,
@@ -276,7 +288,7 @@ pub(crate) async fn apply(
         .collect();
 
     // The fold, one outcome at a time.
-    let mut written: HashMap<(Uuid, String), &PendingOutcome> = HashMap::new();
+    let mut written: HashMap<Key, &PendingOutcome> = HashMap::new();
     let mut daily: HashMap<(NaiveDate, Priority, &'static str), i64> = HashMap::new();
     let mut inbox: HashMap<(&str, Uuid), &PendingOutcome> = HashMap::new();
     for o in run {
@@ -285,7 +297,11 @@ pub(crate) async fn apply(
                 .entry((customer.as_str(), o.notification_id))
                 .or_insert(o);
         }
-        let key = (o.notification_id, o.device_id.clone());
+        let key = (
+            o.notification_id,
+            o.device_id.clone(),
+            o.customer_id.clone(),
+        );
         let previous = match held.get(&key) {
             None => None,
             Some(h) if h.replaced_by(o) => Some(h.clone()),

@@ -1,5 +1,6 @@
 -- The customers' devices first (index devices_active_by_customer), then the page: walking the
 -- primary key in device order and filtering would read the whole registry for a short list.
+-- Pages follow (device_id, customer_id) after ($2, $6), the last device and its customer.
 -- $4: the category whose opt-outs apply (NULL: none); $5: its default for customers who never chose.
 WITH theirs AS MATERIALIZED (
     SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id
@@ -11,6 +12,6 @@ WITH theirs AS MATERIALIZED (
 )
 SELECT device_id, customer_id, token, platform, app_id
 FROM theirs
-WHERE device_id > $2
-ORDER BY device_id
+WHERE (device_id, customer_id) > ($2, $6)
+ORDER BY device_id, customer_id
 LIMIT $3

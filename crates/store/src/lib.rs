@@ -129,18 +129,49 @@ fn recipient(
     })
 }
 
-/// One page of an audience's active devices, in device id order, after `after`. With
-/// `opted_in_to`, customers opted out of that category (or, for opt-in categories, who never
-/// opted in) are left out.
+/// Where a page of an audience starts: after this device of this customer, in the registry's
+/// key order (device id, then customer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageAfter<'a> {
+    pub device_id: &'a DeviceId,
+    /// `None` in a fan-out recorded before devices belonged to their customer: the page then
+    /// starts after every device of that id, as it did then.
+    pub customer_id: Option<&'a CustomerId>,
+}
+
+/// One page of an audience's active devices, in (device id, customer) order, after `after`.
+/// With `opted_in_to`, customers opted out of that category (or, for opt-in categories, who
+/// never opted in) are left out.
 #[tracing::instrument(skip_all, fields(limit))]
 pub async fn audience_page(
     pool: &PgPool,
     audience: &Audience,
     opted_in_to: Option<Category>,
-    after: Option<&DeviceId>,
+    after: Option<PageAfter<'_>>,
     limit: u32,
 ) -> Result<Vec<Recipient>, StoreError> {
-    let after = after.map_or("", DeviceId::as_str);
+    let started = after.is_some();
+    let (after, after_customer) = match after {
+        None => (String::new(), String::new()),
+        Some(PageAfter {
+            device_id,
+            customer_id: Some(customer),
+        }) => (device_id.to_string(), customer.to_string()),
+        Some(PageAfter {
+            device_id,
+            customer_id: None,
+        }) => {
+            // After every customer's device of that id: the greatest customer holding it
+            // (compared in the database's collation, as the pages are).
+            let last: Option<String> =
+                sqlx::query_scalar("SELECT max(customer_id) FROM devices WHERE device_id = $1")
+                    .bind(device_id.as_str())
+                    .fetch_one(pool)
+                    .await
+                    .map_err(query_err("resuming an audience"))?;
+            (device_id.to_string(), last.unwrap_or_default())
+        }
+    };
     let category = opted_in_to.map(Category::as_str);
     let default_in = opted_in_to.is_none_or(Category::default_opted_in);
     let rows: Vec<RecipientRow> = match audience {
@@ -148,28 +179,34 @@ pub async fn audience_page(
             let ids: Vec<&str> = customer_ids.iter().map(CustomerId::as_str).collect();
             sqlx::query_as(include_str!("../sql/audience_customers.sql"))
                 .bind(ids)
-                .bind(after)
+                .bind(&after)
                 .bind(i64::from(limit))
                 .bind(category)
                 .bind(default_in)
+                .bind(&after_customer)
                 .fetch_all(pool)
                 .await
         }
-        Audience::Device { device_id } if after.is_empty() => {
+        Audience::Device {
+            device_id,
+            customer_id,
+        } if !started => {
             sqlx::query_as(include_str!("../sql/audience_device.sql"))
                 .bind(device_id.as_str())
                 .bind(category)
                 .bind(default_in)
+                .bind(customer_id.as_ref().map(CustomerId::as_str))
                 .fetch_all(pool)
                 .await
         }
         Audience::Device { .. } => Ok(Vec::new()),
         Audience::Everyone | Audience::Category { .. } => {
             sqlx::query_as(include_str!("../sql/audience_everyone.sql"))
-                .bind(after)
+                .bind(&after)
                 .bind(i64::from(limit))
                 .bind(category)
                 .bind(default_in)
+                .bind(&after_customer)
                 .fetch_all(pool)
                 .await
         }

@@ -7,6 +7,10 @@ pub struct Progress {
     /// The last device whose job is stored; the next page starts after it. `None`: the fan-out
     /// has claimed the notification and stored nothing yet.
     pub after: Option<xibaar_core::DeviceId>,
+    /// That device's customer (device ids are unique within a customer only). Absent in
+    /// progress recorded before devices belonged to their customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_customer: Option<xibaar_core::CustomerId>,
     /// Jobs stored so far.
     pub published: u64,
 }

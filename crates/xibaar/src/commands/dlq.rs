@@ -237,7 +237,7 @@ async fn retry(
     let marker = match kind.as_str() {
         DEVICE_JOB_TYPE => serde_json::from_slice::<DeliveryJob>(&message.payload)
             .ok()
-            .map(|j| format!("{}.{}", j.notification_id, j.device_id)),
+            .map(|j| j.marker_key()),
         TOPIC_JOB_TYPE => serde_json::from_slice::<TopicJob>(&message.payload)
             .ok()
             .map(|j| format!("{}.~topic", j.notification_id)),

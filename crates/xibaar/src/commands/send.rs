@@ -11,11 +11,12 @@ use super::mint_token;
 
 #[derive(Args)]
 pub struct SendArgs {
-    /// Customer ids to notify (repeatable).
-    #[arg(long = "customer", conflicts_with_all = ["device", "everyone", "topic", "condition"])]
+    /// Customer ids to notify (repeatable); with --device, the device's customer.
+    #[arg(long = "customer", conflicts_with_all = ["everyone", "topic", "condition"])]
     pub customers: Vec<String>,
-    /// One device id.
-    #[arg(long, conflicts_with_all = ["everyone", "topic", "condition"])]
+    /// One device of the customer given with --customer (a device id names a phone within its
+    /// customer).
+    #[arg(long, requires = "customers", conflicts_with_all = ["everyone", "topic", "condition"])]
     pub device: Option<String>,
     /// Every active device (with --category: every customer opted in to it).
     #[arg(long, conflicts_with_all = ["topic", "condition"])]
@@ -71,12 +72,15 @@ pub async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
             None => json!({ "kind": "everyone" }),
         }
     } else if let Some(device) = &args.device {
-        json!({ "kind": "device", "device_id": device })
+        let [customer] = args.customers.as_slice() else {
+            bail!("--device names a phone of one customer: give exactly one --customer with it");
+        };
+        json!({ "kind": "device", "customer_id": customer, "device_id": device })
     } else if !args.customers.is_empty() {
         json!({ "kind": "customers", "customer_ids": args.customers })
     } else {
         bail!(
-            "say who to notify: --customer ID (repeatable), --device ID, --everyone, --topic or --condition"
+            "say who to notify: --customer ID (repeatable), --customer ID --device ID, --everyone, --topic or --condition"
         );
     };
     let data: serde_json::Map<String, Value> = args

@@ -64,6 +64,10 @@ fn history(rng: &mut StdRng, len: usize) -> Vec<Event> {
             }),
             18..21 => Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
                 device_id: device(rng.random_range(0..DEVICES)),
+                // Events recorded before devices belonged to their customer have none.
+                customer_id: rng
+                    .random_bool(0.7)
+                    .then(|| customer(rng.random_range(0..CUSTOMERS))),
                 token: FcmToken::parse(format!("tok-{}", rng.random_range(0..TOKENS))).unwrap(),
                 error_code: "UNREGISTERED".into(),
             }),
