@@ -2,7 +2,9 @@
 //! JetStream) and serves read models. It never calls FCM, and it keeps accepting work while
 //! Postgres is down: only reads need Postgres.
 
+pub mod accept;
 pub mod auth;
+mod examples;
 mod extract;
 pub mod limit;
 pub mod live;
@@ -40,6 +42,15 @@ impl AppState {
 
     pub(crate) fn publisher(&self) -> &xibaar_streams::CoalescingPublisher {
         &self.0.publisher
+    }
+
+    /// What accepting a notification writes to.
+    pub fn commands(&self) -> accept::CommandStore<'_> {
+        accept::CommandStore {
+            js: &self.js,
+            publisher: &self.0.publisher,
+            publish_timeout: self.publish_timeout,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod ids;
 pub mod job;
 pub mod notification;
 pub mod priority;
+pub mod request;
 pub mod schema;
 pub mod subject;
 
@@ -18,3 +19,4 @@ pub use ids::{CustomerId, DeviceId, FcmToken, InvalidId, NotificationId};
 pub use job::{DeliveryJob, TopicJob};
 pub use notification::{Audience, Category, Content, ContentError, DeliveryOptions, Platform};
 pub use priority::{Priority, UnknownPriority};
+pub use request::{RequestError, SendRequest};

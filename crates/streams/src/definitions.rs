@@ -50,7 +50,7 @@ pub enum DefinitionError {
 }
 
 /// `(file name, contents)` of the definitions shipped with this build.
-const BUILTIN_STREAMS: [(&str, &str); 9] = [
+const BUILTIN_STREAMS: [(&str, &str); 10] = [
     (
         "XIBAAR_CMD_URGENT.json",
         include_str!("../../../streams/XIBAAR_CMD_URGENT.json"),
@@ -82,6 +82,10 @@ const BUILTIN_STREAMS: [(&str, &str); 9] = [
     (
         "KV_XIBAAR_FANOUT.json",
         include_str!("../../../streams/KV_XIBAAR_FANOUT.json"),
+    ),
+    (
+        "KV_XIBAAR_IDEMPOTENCY.json",
+        include_str!("../../../streams/KV_XIBAAR_IDEMPOTENCY.json"),
     ),
     (
         "XIBAAR_DLQ.json",

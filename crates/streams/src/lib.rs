@@ -40,4 +40,6 @@ pub mod names {
     pub const SENT_BUCKET: &str = "XIBAAR_SENT";
     /// Fan-out progress per notification (stream `KV_XIBAAR_FANOUT`).
     pub const FANOUT_BUCKET: &str = "XIBAAR_FANOUT";
+    /// Idempotency claims per keyed notification (stream `KV_XIBAAR_IDEMPOTENCY`).
+    pub const IDEMPOTENCY_BUCKET: &str = "XIBAAR_IDEMPOTENCY";
 }
