@@ -203,7 +203,7 @@ impl Postgres {
                 cmd.arg("-c").arg(format!("{name}={value}"));
             }
             let mut child = process::spawn_owned(&mut cmd).context("starting postgres")?;
-            match wait_ready(port, &mut child).await {
+            match wait_ready(port, &self.dir.join("data"), &mut child).await {
                 Ok(()) => {
                     self.child = Some(child);
                     self.port = port;
@@ -212,8 +212,10 @@ impl Postgres {
                 Err(e) => {
                     process::kill_now(&mut child);
                     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    let taken = format!("{e:#}").contains(PORT_TAKEN);
                     last_error = Some(e.context(format!("postgres log:\n{log}")));
-                    if !log.contains("could not bind") && !log.contains("already in use") {
+                    if !taken && !log.contains("could not bind") && !log.contains("already in use")
+                    {
                         break;
                     }
                 }
@@ -268,16 +270,33 @@ impl Postgres {
     }
 }
 
-async fn wait_ready(port: u16, child: &mut Child) -> anyhow::Result<()> {
+/// Says the port was taken by another server between choosing it and binding it.
+const PORT_TAKEN: &str = "already in use by another server";
+
+/// Waits until the server of `data` accepts connections on `port`. The port was free when
+/// chosen, but another test's server may have bound it since: a server answering there with
+/// another data directory is not this one.
+async fn wait_ready(port: u16, data: &Path, child: &mut Child) -> anyhow::Result<()> {
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ours = data.canonicalize().unwrap_or_else(|_| data.to_owned());
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("postgres exited with {status}");
         }
         match PgConnection::connect(&url).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                let serving: String = sqlx::query_scalar("SHOW data_directory")
+                    .fetch_one(&mut conn)
+                    .await?;
                 let _ = conn.close().await;
+                let serving = Path::new(&serving);
+                let serving = serving
+                    .canonicalize()
+                    .unwrap_or_else(|_| serving.to_owned());
+                if serving != ours {
+                    bail!("port {port} is {PORT_TAKEN} ({})", serving.display());
+                }
                 return Ok(());
             }
             Err(e) if tokio::time::Instant::now() > deadline => {
