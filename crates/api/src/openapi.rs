@@ -19,7 +19,11 @@ use crate::{ops, problem::Problem, routes};
     info(
         title = "Xibaar",
         description = "Push notifications for the utility's customer app: devices, inbox, preferences and live updates for customers; sending, status and audit for back-office clients. Every change is an event in the log; reads come from its read models.\n\nAuthenticate with a bearer JWT: a customer's token has the customer id as `sub` and no scope; a back-office client's token carries scopes (`notifications:send`, `notifications:read`, `audit:read`, `ops:read`). Every error is an RFC 9457 problem.",
-        license(name = "Apache-2.0"),
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+        version = "1.1.0",
+    ),
+    servers(
+        (url = "http://127.0.0.1:8080", description = "The local pipeline of `scripts/run-local`; a deployment serves the same paths at its own address"),
     ),
     paths(
         routes::notifications::send,
@@ -48,14 +52,12 @@ use crate::{ops, problem::Problem, routes};
         routes::preferences::CategoryChoices,
         Problem,
     )),
-    modifiers(&BearerAuth, &CommonProblems),
+    modifiers(&BearerAuth, &CommonProblems, &BodyExamples),
     tags(
-        (name = "notifications", description = "Back-office sending and status"),
-        (name = "devices", description = "The caller's devices and their FCM tokens"),
-        (name = "inbox", description = "The caller's notifications and live updates"),
-        (name = "preferences", description = "Which categories the caller receives"),
-        (name = "audit", description = "Timelines from the event log"),
-        (name = "ops", description = "Operational figures"),
+        (name = "customer-app", description = "The customer's app, with the customer's own token: devices, inbox, live updates and category choices"),
+        (name = "back-office", description = "Back-office and internal systems, with scoped client tokens: sending, status, cancellation and daily figures"),
+        (name = "audit", description = "Auditors: timelines read from the event log (scope `audit:read`)"),
+        (name = "ops", description = "Operators: live figures (scope `ops:read`) and the ops page"),
     )
 )]
 struct ApiDoc;
@@ -148,10 +150,18 @@ impl Modify for CommonProblems {
     fn modify(&self, openapi: &mut Document) {
         let components = openapi.components.get_or_insert_with(Default::default);
         for (status, name, description) in PROBLEMS {
+            let mut example = crate::examples::for_schema("Problem").unwrap_or_default();
+            example["status"] = status.parse::<u16>().unwrap_or_default().into();
+            example["title"] = description.into();
+            if status != "422" {
+                example["detail"] = description.to_lowercase().into();
+                example["errors"] = serde_json::Value::Null;
+            }
             let mut response = ResponseBuilder::new().description(description).content(
                 "application/problem+json",
                 ContentBuilder::new()
                     .schema(Some(Ref::from_schema_name("Problem")))
+                    .example(Some(example))
                     .build(),
             );
             if matches!(status, "429" | "503") {
@@ -175,6 +185,59 @@ impl Modify for CommonProblems {
             .flatten()
             {
                 add_problems(operation);
+            }
+        }
+    }
+}
+
+/// Puts an example on every request and response body that has none (`crate::examples`).
+struct BodyExamples;
+
+impl Modify for BodyExamples {
+    fn modify(&self, openapi: &mut Document) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let id = operation.operation_id.clone().unwrap_or_default();
+                let bodies = operation
+                    .request_body
+                    .iter_mut()
+                    .filter_map(|b| match b {
+                        RefOr::T(b) => Some(b),
+                        RefOr::Ref(_) => None,
+                    })
+                    .flat_map(|b| b.content.iter_mut())
+                    .chain(
+                        operation
+                            .responses
+                            .responses
+                            .values_mut()
+                            .filter_map(|r| match r {
+                                RefOr::T(r) => Some(r),
+                                RefOr::Ref(_) => None,
+                            })
+                            .flat_map(|r| r.content.iter_mut()),
+                    );
+                for (content_type, content) in bodies {
+                    let RefOr::T(content) = content else { continue };
+                    if content.example.is_some() {
+                        continue;
+                    }
+                    let schema = match &content.schema {
+                        Some(RefOr::Ref(r)) => r.ref_location.rsplit('/').next(),
+                        _ => None,
+                    };
+                    content.example = schema
+                        .and_then(crate::examples::for_schema)
+                        .or_else(|| crate::examples::for_media_type(content_type, &id));
+                }
             }
         }
     }

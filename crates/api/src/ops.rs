@@ -355,7 +355,7 @@ async fn jetstream_figures(
 }
 
 /// The latest operational figures.
-#[utoipa::path(get, path = "/v1/ops/snapshot", tag = "ops",
+#[utoipa::path(get, path = "/v1/ops/snapshot", operation_id = "getOpsSnapshot", tag = "ops",
     responses((status = 200, description = "Throughput, FCM answers, lag, DLQ depth and processes, refreshed every 2 s", body = OpsSnapshot)),
     security(("bearer" = ["ops:read"])))]
 pub async fn snapshot(
@@ -367,7 +367,7 @@ pub async fn snapshot(
 }
 
 /// Every new snapshot as Server-Sent Events (`event: snapshot`, data: an `OpsSnapshot`).
-#[utoipa::path(get, path = "/v1/ops/stream", tag = "ops",
+#[utoipa::path(get, path = "/v1/ops/stream", operation_id = "streamOps", tag = "ops",
     responses((status = 200, description = "An endless stream of `snapshot` events", content_type = "text/event-stream", body = String)),
     security(("bearer" = ["ops:read"])))]
 pub async fn stream(
@@ -388,8 +388,9 @@ pub async fn stream(
 ///
 /// It holds no figures itself; its script reads them from
 /// `/v1/ops/stream` with the operator's token, so the page can be public.
-#[utoipa::path(get, path = "/ops", tag = "ops",
-    responses((status = 200, description = "The ops page (HTML); it asks for a token with `ops:read`", content_type = "text/html", body = String)))]
+#[utoipa::path(get, path = "/ops", operation_id = "getOpsPage", tag = "ops",
+    responses((status = 200, description = "The ops page (HTML); it asks for a token with `ops:read`", content_type = "text/html", body = String)),
+    security(()))]
 pub async fn page() -> impl IntoResponse {
     (
         [

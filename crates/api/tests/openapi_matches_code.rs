@@ -82,3 +82,95 @@ fn collect_refs(value: &Value, refs: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Generated clients name their methods after operation ids: an id changed or used twice
+/// breaks every client built on the document, so the list is fixed here. A new operation adds
+/// its line; an existing line never changes within `/v1` (docs/api.md).
+const OPERATION_IDS: [(&str, &str, &str); 18] = [
+    ("post", "/v1/notifications", "sendNotification"),
+    ("get", "/v1/notifications/{id}", "getNotificationStatus"),
+    ("delete", "/v1/notifications/{id}", "cancelNotification"),
+    (
+        "get",
+        "/v1/notifications/{id}/timeline",
+        "getNotificationTimeline",
+    ),
+    ("post", "/v1/devices", "registerDevice"),
+    ("get", "/v1/devices", "listDevices"),
+    ("delete", "/v1/devices/{id}", "removeDevice"),
+    ("get", "/v1/me/inbox", "listInbox"),
+    ("get", "/v1/me/inbox/unread-count", "getUnreadCount"),
+    ("post", "/v1/me/inbox/{id}/read", "markInboxItemRead"),
+    ("post", "/v1/me/inbox/read-all", "markAllInboxRead"),
+    ("get", "/v1/me/stream", "streamInbox"),
+    ("get", "/v1/me/preferences", "getPreferences"),
+    ("put", "/v1/me/preferences", "changePreferences"),
+    ("get", "/v1/stats/daily", "getDailyStats"),
+    ("get", "/v1/ops/snapshot", "getOpsSnapshot"),
+    ("get", "/v1/ops/stream", "streamOps"),
+    ("get", "/ops", "getOpsPage"),
+];
+
+#[test]
+fn operation_ids_are_unique_and_never_change() {
+    let doc: Value = serde_json::from_str(xibaar_api::openapi::json()).unwrap();
+    let mut found = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            found.push((method.clone(), path.clone(), id.to_owned()));
+        }
+    }
+    let mut ids: Vec<&str> = found.iter().map(|(_, _, id)| id.as_str()).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "an operationId is used twice: {found:?}");
+    let mut expected: Vec<(String, String, String)> = OPERATION_IDS
+        .iter()
+        .map(|(m, p, id)| ((*m).to_owned(), (*p).to_owned(), (*id).to_owned()))
+        .collect();
+    expected.sort();
+    found.sort();
+    assert_eq!(found, expected, "operation ids are part of the contract");
+}
+
+#[test]
+fn every_operation_has_a_tag_for_its_audience_and_security_or_explicitly_none() {
+    let doc: Value = serde_json::from_str(xibaar_api::openapi::json()).unwrap();
+    let audiences = ["customer-app", "back-office", "audit", "ops"];
+    assert!(!doc["servers"].as_array().unwrap().is_empty());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let tags = op["tags"].as_array().unwrap();
+            assert!(
+                tags.len() == 1 && audiences.contains(&tags[0].as_str().unwrap()),
+                "{method} {path}: {tags:?}"
+            );
+            assert!(
+                op["security"].is_array(),
+                "{method} {path} says nothing of security"
+            );
+            for (status, response) in op["responses"].as_object().unwrap() {
+                for (media, content) in response["content"].as_object().into_iter().flatten() {
+                    assert!(
+                        content.get("example").is_some(),
+                        "{method} {path} {status} {media} has no example"
+                    );
+                }
+            }
+            for (media, content) in op["requestBody"]["content"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    content.get("example").is_some(),
+                    "{method} {path} body {media} has no example"
+                );
+            }
+        }
+    }
+}

@@ -17,6 +17,10 @@ pub struct Tools {
     pub pg_bin_dir: PathBuf,
     /// The OpenAPI fuzzer the api's property test runs.
     pub schemathesis: PathBuf,
+    /// The tools venv's Python, with the official Firebase Admin SDK installed.
+    pub python: PathBuf,
+    /// `node_modules/.bin` of the pinned npm tools (redocly, openapi-typescript, tsc).
+    pub npm_bin: PathBuf,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -71,6 +75,8 @@ impl Tools {
             nats_server,
             pg_bin_dir,
             schemathesis,
+            python: venv.join("bin/python"),
+            npm_bin: root.join(".xibaar/tools/npm/node_modules/.bin"),
         })
     }
 }

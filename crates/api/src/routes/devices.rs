@@ -73,7 +73,7 @@ fn valid_locale(tag: &str) -> bool {
 /// Registers the caller's device or refreshes its token.
 ///
 /// A token registered before by another customer (or under another device id) moves here.
-#[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = RegisterDevice,
+#[utoipa::path(post, path = "/v1/devices", operation_id = "registerDevice", tag = "customer-app", request_body = RegisterDevice,
     responses((status = 202, description = "The registration is stored", body = DeviceChanged)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.subject))]
@@ -134,7 +134,7 @@ pub async fn register(
 }
 
 /// The caller's devices, active and invalidated.
-#[utoipa::path(get, path = "/v1/devices", tag = "devices",
+#[utoipa::path(get, path = "/v1/devices", operation_id = "listDevices", tag = "customer-app",
     responses((status = 200, description = "The caller's devices", body = DeviceList)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -151,7 +151,7 @@ pub async fn list(
 /// Removes one of the caller's devices: it receives nothing more.
 ///
 /// Another customer's device is not found (404).
-#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices",
+#[utoipa::path(delete, path = "/v1/devices/{id}", operation_id = "removeDevice", tag = "customer-app",
     params(("id" = DeviceId, Path, description = "The device id")),
     responses(
         (status = 202, description = "The removal is stored", body = DeviceChanged),

@@ -103,7 +103,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 }
 
 /// The caller's inbox, newest first, a page at a time.
-#[utoipa::path(get, path = "/v1/me/inbox", tag = "inbox", params(ListQuery),
+#[utoipa::path(get, path = "/v1/me/inbox", operation_id = "listInbox", tag = "customer-app", params(ListQuery),
     responses((status = 200, description = "One page", body = InboxPage)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -140,7 +140,7 @@ pub async fn list(
 }
 
 /// How many items of the caller's inbox are unread.
-#[utoipa::path(get, path = "/v1/me/inbox/unread-count", tag = "inbox",
+#[utoipa::path(get, path = "/v1/me/inbox/unread-count", operation_id = "getUnreadCount", tag = "customer-app",
     responses((status = 200, description = "The unread count", body = UnreadCount)),
     security(("bearer" = [])))]
 pub async fn unread_count(
@@ -161,7 +161,7 @@ fn not_in_inbox() -> ApiError {
 }
 
 /// Marks one item of the caller's inbox read.
-#[utoipa::path(post, path = "/v1/me/inbox/{id}/read", tag = "inbox",
+#[utoipa::path(post, path = "/v1/me/inbox/{id}/read", operation_id = "markInboxItemRead", tag = "customer-app",
     params(("id" = uuid::Uuid, Path, description = "The notification id")),
     responses(
         (status = 202, description = "The read mark is stored", body = ItemMarked),
@@ -204,7 +204,7 @@ pub async fn mark_read(
 }
 
 /// Marks every item of the caller's inbox read, up to the newest one now.
-#[utoipa::path(post, path = "/v1/me/inbox/read-all", tag = "inbox",
+#[utoipa::path(post, path = "/v1/me/inbox/read-all", operation_id = "markAllInboxRead", tag = "customer-app",
     responses((status = 202, description = "The read mark is stored", body = AllMarked)),
     security(("bearer" = [])))]
 pub async fn mark_all_read(
@@ -249,7 +249,7 @@ struct Live {
 /// Every new inbox item as an `event: inbox_item` (data: an `InboxItem`) whose `id` resumes
 /// the stream (`Last-Event-ID`) exactly after it. Without `Last-Event-ID` it starts at the
 /// newest item the customer has now.
-#[utoipa::path(get, path = "/v1/me/stream", tag = "inbox",
+#[utoipa::path(get, path = "/v1/me/stream", operation_id = "streamInbox", tag = "customer-app",
     params(("Last-Event-ID" = Option<i64>, Header, description = "The id of the last event received")),
     responses((status = 200, description = "An endless stream of `inbox_item` events", content_type = "text/event-stream", body = String)),
     security(("bearer" = [])))]

@@ -66,7 +66,7 @@ pub struct PreferencesChange {
 /// The caller's choice for every category.
 ///
 /// What they chose, else the category's default (marketing is opt-in, the others opt-out).
-#[utoipa::path(get, path = "/v1/me/preferences", tag = "preferences",
+#[utoipa::path(get, path = "/v1/me/preferences", operation_id = "getPreferences", tag = "customer-app",
     responses((status = 200, description = "Every category and whether the caller receives it", body = Preferences)),
     security(("bearer" = [])))]
 pub async fn show(
@@ -83,7 +83,7 @@ pub async fn show(
 /// Opts in to or out of categories.
 ///
 /// Urgent outage notices reach every customer regardless.
-#[utoipa::path(put, path = "/v1/me/preferences", tag = "preferences", request_body = ChangePreferences,
+#[utoipa::path(put, path = "/v1/me/preferences", operation_id = "changePreferences", tag = "customer-app", request_body = ChangePreferences,
     responses((status = 202, description = "The change is stored", body = PreferencesChange)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.subject))]

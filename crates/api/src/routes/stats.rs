@@ -39,7 +39,7 @@ pub struct DailyStats {
 /// Deliveries per UTC day, priority and outcome.
 ///
 /// Needs the scope `notifications:read`. At most 366 days per request.
-#[utoipa::path(get, path = "/v1/stats/daily", tag = "notifications", params(DailyQuery),
+#[utoipa::path(get, path = "/v1/stats/daily", operation_id = "getDailyStats", tag = "back-office", params(DailyQuery),
     responses((status = 200, description = "The range's figures", body = DailyStats)),
     security(("bearer" = ["notifications:read"])))]
 pub async fn daily(
