@@ -18,7 +18,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Query, State},
     routing::{get, post},
 };
 pub use errors::ScriptedError;
@@ -185,13 +185,45 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn messages(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    let received = shared.received();
-    let last: Vec<_> = received.iter().rev().take(100).collect();
+/// `GET /__standin/messages?after=N&limit=M`: a cursor over every recorded message.
+#[derive(Deserialize)]
+struct Page {
+    /// Messages already read: the page starts with the message numbered `after + 1`.
+    #[serde(default)]
+    after: usize,
+    #[serde(default = "default_page")]
+    limit: usize,
+}
+
+fn default_page() -> usize {
+    1000
+}
+
+const MAX_PAGE: usize = 10_000;
+
+/// The recorded messages after the cursor (each with its number `seq`, from 1), the cursor to
+/// ask with next, how many are recorded, and the counts of accepted messages and errors.
+async fn messages(
+    State(shared): State<Arc<Shared>>,
+    Query(page): Query<Page>,
+) -> Json<serde_json::Value> {
+    let (messages, recorded) = shared.received_page(page.after, page.limit.min(MAX_PAGE));
+    let next = page.after.min(recorded) + messages.len();
+    let messages: Vec<serde_json::Value> = messages
+        .into_iter()
+        .zip(page.after + 1..)
+        .map(|(m, seq)| {
+            let mut value = serde_json::to_value(m).unwrap_or_default();
+            value["seq"] = seq.into();
+            value
+        })
+        .collect();
     Json(serde_json::json!({
         "accepted": shared.accepted_count(),
         "errors": shared.error_count(),
-        "last": last,
+        "recorded": recorded,
+        "next": next,
+        "messages": messages,
     }))
 }
 

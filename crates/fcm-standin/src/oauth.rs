@@ -14,7 +14,18 @@ use serde_json::json;
 
 use crate::state::Shared;
 
-const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Scopes Google grants FCM access with: the narrow one Xibaar asks for, and `cloud-platform`,
+/// which Google's own libraries (firebase-admin) ask for among others.
+const FCM_SCOPES: [&str; 2] = [
+    "https://www.googleapis.com/auth/firebase.messaging",
+    "https://www.googleapis.com/auth/cloud-platform",
+];
+/// The audience Google documents for service-account assertions, which google-auth signs for
+/// whatever `token_uri` it posts to; the stand-in also accepts its own token URL.
+const GOOGLE_TOKEN_URIS: [&str; 2] = [
+    "https://oauth2.googleapis.com/token",
+    "https://www.googleapis.com/oauth2/v4/token",
+];
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 #[derive(Deserialize)]
@@ -51,7 +62,9 @@ pub(crate) async fn token(
             .into_response();
     }
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&[&shared.token_uri]);
+    let mut audiences = vec![shared.token_uri.as_str()];
+    audiences.extend(GOOGLE_TOKEN_URIS);
+    validation.set_audience(&audiences);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
     validation.leeway = 60;
     for account in &shared.accounts {
@@ -63,7 +76,7 @@ pub(crate) async fn token(
         match jsonwebtoken::decode::<Claims>(&req.assertion, &key, &validation) {
             Ok(data) => {
                 let claims = data.claims;
-                if !claims.scope.split(' ').any(|s| s == FCM_SCOPE) {
+                if !claims.scope.split(' ').any(|s| FCM_SCOPES.contains(&s)) {
                     return invalid_grant("Invalid OAuth scope or ID token audience provided.");
                 }
                 if claims.exp - claims.iat > 3600 {

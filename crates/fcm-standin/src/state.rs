@@ -211,6 +211,15 @@ impl Shared {
         lock(&self.received).clone()
     }
 
+    /// Up to `limit` recorded messages after the first `after`, and how many are recorded in
+    /// all. Only the page is copied under the lock, so a reader can follow any rate.
+    pub(crate) fn received_page(&self, after: usize, limit: usize) -> (Vec<Received>, usize) {
+        let received = lock(&self.received);
+        let start = after.min(received.len());
+        let end = start.saturating_add(limit).min(received.len());
+        (received[start..end].to_vec(), received.len())
+    }
+
     pub(crate) fn accepted_count(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }

@@ -379,3 +379,59 @@ async fn an_open_circuit_refuses_without_calling_fcm_and_a_probe_closes_it() {
     );
     assert!(client.paused_for().is_none());
 }
+
+#[tokio::test]
+async fn the_standins_record_is_read_completely_with_a_cursor_while_pushes_arrive() {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&standin, dir.path());
+    let sent = 3_000;
+    use futures::StreamExt;
+    let pushes = futures::stream::iter(0..sent)
+        .map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .send(APP, &message(&format!("t-{i}"), Priority::Normal))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>();
+    let http = reqwest::Client::new();
+    let read = async {
+        // Pages of at most 500 while the pushes arrive, until every push is read.
+        let (mut after, mut tokens) = (0_u64, Vec::new());
+        while tokens.len() < sent {
+            let page: serde_json::Value = http
+                .get(format!(
+                    "{}/__standin/messages?after={after}&limit=500",
+                    standin.url()
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for m in page["messages"].as_array().unwrap() {
+                assert_eq!(m["seq"], after + 1, "numbered without gaps");
+                after += 1;
+                tokens.push(m["token"].as_str().unwrap().to_owned());
+            }
+            assert_eq!(page["next"], after);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokens
+    };
+    let ((), mut tokens) = tokio::join!(
+        async {
+            pushes.await;
+        },
+        read
+    );
+    tokens.sort_by_key(|t| t[2..].parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..sent).map(|i| format!("t-{i}")).collect();
+    assert_eq!(tokens, expected, "every push read exactly once");
+}
