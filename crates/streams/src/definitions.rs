@@ -298,7 +298,7 @@ mod tests {
             names(&loaded),
             "a file in streams/ is not compiled in"
         );
-        assert_eq!(builtin.streams.len(), 9);
+        assert_eq!(builtin.streams.len(), 10);
         let deliveries = builtin.stream("XIBAAR_DELIVERIES").unwrap();
         assert_eq!(deliveries.consumers.len(), 4);
     }
