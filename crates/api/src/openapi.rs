@@ -174,20 +174,22 @@ impl Modify for CommonProblems {
                 .responses
                 .insert(name.to_owned(), RefOr::T(response.build()));
         }
-        for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                add_problems(operation);
-            }
-        }
+        operations_mut(openapi).for_each(add_problems);
     }
+}
+
+/// Every operation of the document (the api uses these four methods).
+fn operations_mut(openapi: &mut Document) -> impl Iterator<Item = &mut Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
 
 /// Puts an example on every request and response body that has none (`crate::examples`).
@@ -195,49 +197,39 @@ struct BodyExamples;
 
 impl Modify for BodyExamples {
     fn modify(&self, openapi: &mut Document) {
-        for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let id = operation.operation_id.clone().unwrap_or_default();
-                let bodies = operation
-                    .request_body
-                    .iter_mut()
-                    .filter_map(|b| match b {
-                        RefOr::T(b) => Some(b),
-                        RefOr::Ref(_) => None,
-                    })
-                    .flat_map(|b| b.content.iter_mut())
-                    .chain(
-                        operation
-                            .responses
-                            .responses
-                            .values_mut()
-                            .filter_map(|r| match r {
-                                RefOr::T(r) => Some(r),
-                                RefOr::Ref(_) => None,
-                            })
-                            .flat_map(|r| r.content.iter_mut()),
-                    );
-                for (content_type, content) in bodies {
-                    let RefOr::T(content) = content else { continue };
-                    if content.example.is_some() {
-                        continue;
-                    }
-                    let schema = match &content.schema {
-                        Some(RefOr::Ref(r)) => r.ref_location.rsplit('/').next(),
-                        _ => None,
-                    };
-                    content.example = schema
-                        .and_then(crate::examples::for_schema)
-                        .or_else(|| crate::examples::for_media_type(content_type, &id));
+        for operation in operations_mut(openapi) {
+            let id = operation.operation_id.clone().unwrap_or_default();
+            let bodies = operation
+                .request_body
+                .iter_mut()
+                .filter_map(|b| match b {
+                    RefOr::T(b) => Some(b),
+                    RefOr::Ref(_) => None,
+                })
+                .flat_map(|b| b.content.iter_mut())
+                .chain(
+                    operation
+                        .responses
+                        .responses
+                        .values_mut()
+                        .filter_map(|r| match r {
+                            RefOr::T(r) => Some(r),
+                            RefOr::Ref(_) => None,
+                        })
+                        .flat_map(|r| r.content.iter_mut()),
+                );
+            for (content_type, content) in bodies {
+                let RefOr::T(content) = content else { continue };
+                if content.example.is_some() {
+                    continue;
                 }
+                let schema = match &content.schema {
+                    Some(RefOr::Ref(r)) => r.ref_location.rsplit('/').next(),
+                    _ => None,
+                };
+                content.example = schema
+                    .and_then(crate::examples::for_schema)
+                    .or_else(|| crate::examples::for_media_type(content_type, &id));
             }
         }
     }
