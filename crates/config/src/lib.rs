@@ -60,6 +60,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
+    /// A server URL, or several separated by commas (the seeds of a cluster): a role starts
+    /// while any of them answers, and learns the rest of the cluster from it.
     pub url: String,
     /// A `.creds` file (JWT + nkey seed) for NATS accounts.
     pub credentials_file: Option<PathBuf>,
@@ -109,6 +111,11 @@ pub struct ApiConfig {
     pub customer_requests_per_minute: NonZeroU32,
     /// Requests per minute per back-office client (tokens with scopes); more get 429.
     pub client_requests_per_minute: NonZeroU32,
+    /// How long a request may wait for JetStream to store what it writes, retrying through a
+    /// stream leader's election (about 5 s after a node is lost), before answering 503. Keep it
+    /// under the load balancer's and clients' request timeouts.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -119,6 +126,7 @@ impl Default for ApiConfig {
             customer_requests_per_minute: NonZeroU32::new(120).expect("non-zero"),
             // A back office announcing an outage sends in bursts; 20,000 a second.
             client_requests_per_minute: NonZeroU32::new(1_200_000).expect("non-zero"),
+            publish_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -320,11 +328,21 @@ impl Config {
                 message: message.to_owned(),
             })
         };
-        if !(self.nats.url.starts_with("nats://")
-            || self.nats.url.starts_with("tls://")
-            || self.nats.url.starts_with("ws"))
-        {
-            return invalid("nats.url", "must start with nats://, tls:// or ws(s)://");
+        let servers: Vec<&str> = self.nats.url.split(',').map(str::trim).collect();
+        for server in &servers {
+            let parsed = url::Url::parse(server);
+            let ok = parsed.as_ref().is_ok_and(|u| {
+                matches!(u.scheme(), "nats" | "tls" | "ws" | "wss") && u.host_str().is_some()
+            });
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "nats.url",
+                    message: format!(
+                        "`{server}` is not a server URL: give nats://host:port, tls://, ws:// or \
+                         wss://, several separated by commas"
+                    ),
+                });
+            }
         }
         if !matches!(self.nats.stream_replicas, 1..=5) {
             return invalid("nats.stream_replicas", "must be between 1 and 5");

@@ -41,6 +41,24 @@ fn an_unknown_key_fails_with_its_name() {
 }
 
 #[test]
+fn a_cluster_is_named_by_several_urls_and_a_bad_one_is_named_in_the_error() {
+    Jail::expect_with(|_| {
+        let config =
+            Config::from_toml("[nats]\nurl = \"nats://a:4222, nats://b:4222,nats://c:4222\"\n")
+                .unwrap();
+        assert!(config.nats.url.contains("nats://b:4222"));
+        let err = Config::from_toml("[nats]\nurl = \"nats://a:4222,nats://b:42x22\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nats.url") && err.contains("nats://b:42x22"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn an_invalid_value_fails_with_its_key() {
     Jail::expect_with(|_| {
         let err = Config::from_toml("[api]\nlisten = \"not an address\"\n")

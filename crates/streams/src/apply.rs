@@ -51,6 +51,16 @@ pub enum ApplyError {
     },
 }
 
+impl ApplyError {
+    /// Whether waiting may help: JetStream unreachable, a leader being elected, a cluster not
+    /// formed yet (too few servers for the replicas) all pass; a change JetStream can never
+    /// make does not. A server's refusal is taken as passing: a definition it refuses for good
+    /// then keeps the role from starting (its startup probe fails) and is logged every 5 s.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ApplyError::Server { .. })
+    }
+}
+
 fn server_err<E: std::error::Error + Send + Sync + 'static>(
     name: &str,
     action: &'static str,

@@ -88,6 +88,69 @@ impl CoalescingPublisher {
     }
 }
 
+impl CoalescingPublisher {
+    /// Publishes until JetStream confirms the store or `within` has passed, retrying what
+    /// passes by itself: no stream found for the subject and timeouts (a stream's leader being
+    /// elected after a node was lost), a broken connection (the client moving to another
+    /// node), the ack window full. Only for messages JetStream deduplicates (a `Nats-Msg-Id`),
+    /// or whose repetition is harmless: a retry may follow a store whose ack was lost.
+    pub async fn publish_stored(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        within: std::time::Duration,
+    ) -> Result<PublishAck, PublishError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut backoff = crate::retry::Backoff::for_nats();
+        loop {
+            let attempt = async {
+                self.publish(subject.clone(), headers.clone(), payload.clone())
+                    .await?
+                    .await
+            };
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(e)) if passes(&e) => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(PublishError::new(PublishErrorKind::TimedOut)),
+            };
+            let wait = backoff.next_delay();
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(error = %error, retry_in = ?wait, "JetStream did not store a message; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// [`CoalescingPublisher::publish_stored`] of an event (its id is its `Nats-Msg-Id`).
+    pub async fn publish_event_stored(
+        &self,
+        envelope: &xibaar_core::EventEnvelope,
+        within: std::time::Duration,
+    ) -> Result<PublishAck, PublishError> {
+        self.publish_stored(
+            envelope.subject(),
+            crate::event_headers(envelope),
+            crate::publish::event_payload(envelope)?,
+            within,
+        )
+        .await
+    }
+}
+
+/// Whether a failed publish may succeed when tried again shortly.
+fn passes(e: &PublishError) -> bool {
+    matches!(
+        e.kind(),
+        PublishErrorKind::StreamNotFound
+            | PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxAckPending
+    )
+}
+
 fn stopped() -> PublishError {
     PublishError::with_source(
         PublishErrorKind::Other,

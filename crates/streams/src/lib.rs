@@ -10,11 +10,12 @@ pub mod fanout;
 pub mod lag;
 mod publish;
 pub mod replay;
+pub mod retry;
 pub mod trace;
 
 pub use apply::{ApplyError, Change, apply};
 pub use coalesce::CoalescingPublisher;
-pub use connect::{ConnectError, connect};
+pub use connect::{ConnectError, connect, server_list};
 pub use definitions::{ConsumerDef, DefinitionError, Definitions, StreamDef};
 pub use publish::{
     Pipeline, PipelineSummary, event_headers, headers, publish_event, traced_headers,

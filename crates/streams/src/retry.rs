@@ -1,0 +1,125 @@
+//! Retrying what NATS refuses for a while (a node lost, a stream leader being elected, the
+//! cluster still forming): waits that grow, with jitter so that many processes do not retry in
+//! step, up to a bound; and warnings at a bounded rate, so a loop retrying for seconds logs a
+//! line a second with how many it held back, not thousands.
+
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+
+/// Jittered exponential waits between `min` and `max`, for as long as the failures last.
+pub struct Backoff {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+    max: Duration,
+}
+
+impl std::fmt::Debug for Backoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backoff").finish_non_exhaustive()
+    }
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        Self {
+            delays: builder.build(),
+            builder,
+            max,
+        }
+    }
+
+    /// The waits of a NATS operation that failed: 50 ms, doubling, at most 2 s.
+    pub fn for_nats() -> Self {
+        Self::new(Duration::from_millis(50), Duration::from_secs(2))
+    }
+
+    /// How long to wait before the next try.
+    pub fn next_delay(&mut self) -> Duration {
+        // Without a maximum number of tries the iterator never ends.
+        self.delays.next().unwrap_or(self.max)
+    }
+
+    /// After a success: the next failure waits the least again.
+    pub fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
+}
+
+/// Lets a repeated warning through at most once per interval and counts the ones held back.
+#[derive(Debug)]
+pub struct WarnEvery {
+    every: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl WarnEvery {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// One a second.
+    pub fn second() -> Self {
+        Self::new(Duration::from_secs(1))
+    }
+
+    /// `Some(n)` when this occurrence may be logged, `n` being how many were held back since the
+    /// last one logged; `None` when it is to be held back.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_grow_within_their_bounds_and_start_again_after_a_success() {
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.next_delay()).collect();
+        // With jitter, each wait is between the step's delay and twice it, capped.
+        assert!(
+            waits.iter().all(|w| *w >= Duration::from_millis(10)),
+            "{waits:?}"
+        );
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_millis(400)),
+            "{waits:?}"
+        );
+        assert!(waits[8] >= Duration::from_millis(200), "{waits:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_warning_is_let_through_once_per_interval_with_the_count_held_back() {
+        let mut warn = WarnEvery::new(Duration::from_millis(50));
+        assert_eq!(warn.allow(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(warn.allow(), None);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(warn.allow(), Some(1000));
+    }
+}
