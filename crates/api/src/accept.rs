@@ -251,9 +251,10 @@ async fn schedule(
         Some(command.msg_id()),
         Actor::clone(&sent.requested_by),
     );
-    tokio::time::timeout(store.publish_timeout, store.publisher.publish_event(&event))
+    store
+        .publisher
+        .publish_event_stored(&event, store.publish_timeout)
         .await
-        .map_err(|_| unavailable(&"timed out waiting for JetStream"))?
         .map_err(|e| unavailable(&e))?;
     Ok(())
 }
@@ -274,18 +275,13 @@ async fn publish(
     headers: NatsHeaders,
     payload: Bytes,
 ) -> Result<bool, AcceptError> {
-    let publish = async {
-        store
-            .publisher
-            .publish(subject, headers, payload)
-            .await
-            .map_err(|e| unavailable(&e))?
-            .await
-            .map_err(|e| unavailable(&e))
-    };
-    let ack = tokio::time::timeout(store.publish_timeout, publish)
+    // Every command carries its `Nats-Msg-Id` (a schedule, one per notification subject), so a
+    // store retried through a leader election is stored once.
+    let ack = store
+        .publisher
+        .publish_stored(subject, headers, payload, store.publish_timeout)
         .await
-        .map_err(|_| unavailable(&"timed out waiting for JetStream"))??;
+        .map_err(|e| unavailable(&e))?;
     Ok(ack.duplicate)
 }
 

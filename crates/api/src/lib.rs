@@ -67,7 +67,8 @@ pub struct Shared {
     pub pool: PgPool,
     pub auth: Authenticator,
     pub limits: limit::RateLimits,
-    /// How long a publish may wait for JetStream before the request fails with 503.
+    /// How long a request may wait for JetStream to store what it writes, retrying through a
+    /// leader election, before it fails with 503.
     pub publish_timeout: Duration,
     /// The ops page's latest figures ([`ops::spawn_collector`]).
     pub ops: ops::OpsView,

@@ -39,6 +39,10 @@ async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut handed_back = 0u64;
+    // While NATS refuses (a node lost, a leader being elected), pull again after a growing,
+    // jittered wait, and say so once a second, not at every try.
+    let mut backoff = xibaar_streams::retry::Backoff::for_nats();
+    let mut warn = xibaar_streams::retry::WarnEvery::second();
     while !shutdown.is_cancelled() {
         // Pull no more than the channel can take, so pulled messages do not wait long unseen.
         let room = tx.capacity().max(1).min(batch);
@@ -51,10 +55,13 @@ async fn run(
         {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(lane = %name, error = %e, "pull request failed; retrying");
+                let wait = backoff.next_delay();
+                if let Some(held_back) = warn.allow() {
+                    tracing::warn!(lane = %name, error = %e, retry_in = ?wait, held_back, "pull request failed; retrying");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                 }
             }
         };
@@ -62,10 +69,18 @@ async fn run(
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(lane = %name, error = %e, "pulling failed; retrying");
+                    let wait = backoff.next_delay();
+                    if let Some(held_back) = warn.allow() {
+                        tracing::warn!(lane = %name, error = %e, retry_in = ?wait, held_back, "pulling failed; retrying");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                     break;
                 }
             };
+            backoff.reset();
             if shutdown.is_cancelled() {
                 hand_back(&message).await;
                 handed_back += 1;

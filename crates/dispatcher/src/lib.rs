@@ -14,7 +14,7 @@ mod sender;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -59,6 +59,16 @@ impl DispatcherSettings {
     }
 }
 
+/// What [`Dispatcher::open`] finds.
+struct Opened {
+    progress: kv::Store,
+    /// The sender consumers on `XIBAAR_DELIVERIES`, by priority.
+    senders: [PullConsumer; 4],
+    /// The dispatcher consumers of the command streams, by priority.
+    commands: [PullConsumer; 4],
+    sent: kv::Store,
+}
+
 pub struct Dispatcher {
     js: jetstream::Context,
     pool: PgPool,
@@ -81,9 +91,8 @@ impl Dispatcher {
         }
     }
 
-    /// Runs fan-out and sending until `shutdown`; then stops pulling and lets in-flight work
-    /// finish (or hands it back to JetStream) before returning.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// The buckets and consumers the dispatcher works with.
+    async fn open(&self) -> anyhow::Result<Opened> {
         let progress = self
             .js
             .get_key_value(names::FANOUT_BUCKET)
@@ -100,29 +109,13 @@ impl Dispatcher {
             .await
             .context("opening XIBAAR_DELIVERIES")?;
         let mut senders = Vec::new();
+        let mut commands = Vec::new();
         for priority in Priority::ALL {
             let consumer: PullConsumer = deliveries
                 .get_consumer(&consumers::sender(priority))
                 .await
                 .map_err(|e| anyhow::anyhow!("opening the {priority} sender consumer: {e}"))?;
             senders.push(consumer);
-        }
-        let senders: [PullConsumer; 4] = senders
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("four sender consumers"))?;
-        let fanout = Arc::new(FanOut {
-            js: self.js.clone(),
-            pool: self.pool.clone(),
-            page_size: self.settings.fanout_page_size,
-            progress,
-            pacing: Pacing {
-                senders: senders.clone(),
-                max_backlog: self.settings.fanout_max_backlog,
-                shutdown: shutdown.clone(),
-            },
-        });
-        let mut tasks = JoinSet::new();
-        for priority in Priority::ALL {
             let consumer: PullConsumer = self
                 .js
                 .get_stream(priority.command_stream())
@@ -136,6 +129,67 @@ impl Dispatcher {
                         priority.command_stream()
                     )
                 })?;
+            commands.push(consumer);
+        }
+        let sent = self
+            .js
+            .get_key_value(names::SENT_BUCKET)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("opening the sent-marker bucket {}: {e}", names::SENT_BUCKET)
+            })?;
+        let four = |_| anyhow::anyhow!("four consumers");
+        Ok(Opened {
+            progress,
+            senders: senders.try_into().map_err(four)?,
+            commands: commands.try_into().map_err(four)?,
+            sent,
+        })
+    }
+
+    /// Runs fan-out and sending until `shutdown`; then stops pulling and lets in-flight work
+    /// finish (or hands it back to JetStream) before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // A dispatcher started while its NATS node is down, or before the cluster has formed
+        // or elected its leaders, waits for them instead of exiting.
+        let mut backoff = xibaar_streams::retry::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
+        let mut warn = xibaar_streams::retry::WarnEvery::new(std::time::Duration::from_secs(5));
+        let Opened {
+            progress,
+            senders,
+            commands,
+            sent,
+        } = loop {
+            match self.open().await {
+                Ok(opened) => break opened,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    if let Some(held_back) = warn.allow() {
+                        tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, held_back, "JetStream not ready; waiting");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        };
+        let fanout = Arc::new(FanOut {
+            js: self.js.clone(),
+            pool: self.pool.clone(),
+            page_size: self.settings.fanout_page_size,
+            progress,
+            pacing: Pacing {
+                senders: senders.clone(),
+                max_backlog: self.settings.fanout_max_backlog,
+                shutdown: shutdown.clone(),
+            },
+        });
+        let mut tasks = JoinSet::new();
+        for (priority, consumer) in Priority::ALL.into_iter().zip(commands) {
             let commands = lane::spawn(
                 format!("{}.{}", priority.command_stream(), consumers::DISPATCHER),
                 consumer,
@@ -150,13 +204,6 @@ impl Dispatcher {
                 shutdown.clone(),
             ));
         }
-        let sent = self
-            .js
-            .get_key_value(names::SENT_BUCKET)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("opening the sent-marker bucket {}: {e}", names::SENT_BUCKET)
-            })?;
         let sender = Arc::new(Sender {
             js: self.js.clone(),
             fcm: self.fcm.clone(),

@@ -113,12 +113,23 @@ async fn read_batches(
             pending,
         })
     };
+    // While NATS refuses (a node lost, a leader being elected), read again after a growing,
+    // jittered wait, and say so once a second.
+    let mut backoff = xibaar_streams::retry::Backoff::for_nats();
+    let mut warn = xibaar_streams::retry::WarnEvery::second();
     loop {
         let mut batch = match messages.next().await {
             None => return,
-            Some(Ok(m)) => item(m).into_iter().collect::<Vec<_>>(),
+            Some(Ok(m)) => {
+                backoff.reset();
+                item(m).into_iter().collect::<Vec<_>>()
+            }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed; retrying");
+                let wait = backoff.next_delay();
+                if let Some(held_back) = warn.allow() {
+                    tracing::warn!(error = %e, retry_in = ?wait, held_back, "pull from XIBAAR_EVENTS failed; retrying");
+                }
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -130,7 +141,10 @@ async fn read_batches(
             match tokio::time::timeout_at(deadline, messages.next()).await {
                 Ok(Some(Ok(m))) => batch.extend(item(m)),
                 Ok(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "pull from XIBAAR_EVENTS failed")
+                    if let Some(held_back) = warn.allow() {
+                        tracing::warn!(error = %e, held_back, "pull from XIBAAR_EVENTS failed");
+                    }
+                    break;
                 }
                 Ok(None) | Err(_) => break,
             }

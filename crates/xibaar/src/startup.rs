@@ -73,6 +73,43 @@ pub async fn apply_streams(
     Ok(xibaar_streams::apply(js, &defs).await?)
 }
 
+/// Applies the stream definitions, waiting while JetStream cannot answer: the role's node is
+/// down, the cluster has not formed, or a stream's leader is being elected. A definition
+/// JetStream refuses (a retention change, a bad value) stops the start at once.
+async fn apply_streams_when_ready(
+    js: &jetstream::Context,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<xibaar_streams::Change>> {
+    let mut backoff =
+        xibaar_streams::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut warn = xibaar_streams::retry::WarnEvery::new(Duration::from_secs(5));
+    loop {
+        match apply_streams(js, config).await {
+            Ok(changes) => return Ok(changes),
+            Err(e) if !waiting_helps(&e) => return Err(e.context("applying streams")),
+            Err(e) => {
+                let wait = backoff.next_delay();
+                if let Some(held_back) = warn.allow() {
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, held_back, "JetStream not ready; waiting to apply the streams");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped before JetStream was ready"),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Whether an error applying the streams may pass by itself.
+fn waiting_helps(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<xibaar_streams::ApplyError>() {
+        Some(e) => e.is_transient(),
+        None => true,
+    }
+}
+
 /// Migrates, retrying while Postgres is unreachable (it may start after us).
 async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
@@ -176,10 +213,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
 
     if config.nats.apply_streams_on_start {
-        for change in apply_streams(&js, &config)
-            .await
-            .context("applying streams")?
-        {
+        for change in apply_streams_when_ready(&js, &config, &shutdown).await? {
             tracing::debug!(%change, "stream definitions");
         }
     }
@@ -211,7 +245,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
                 config.api.customer_requests_per_minute,
                 config.api.client_requests_per_minute,
             ),
-            publish_timeout: Duration::from_secs(5),
+            publish_timeout: config.api.publish_timeout,
             ops: xibaar_api::ops::spawn_collector(client.clone(), js.clone(), shutdown.clone()),
             inbox: Default::default(),
         });

@@ -48,16 +48,16 @@ async fn store_event(
     envelope: &xibaar_core::EventEnvelope,
     what: &str,
 ) -> Result<(), ApiError> {
-    tokio::time::timeout(
-        state.publish_timeout,
-        state.publisher().publish_event(envelope),
-    )
-    .await
-    .map_err(|_| ApiError::Unavailable(format!("timed out storing the {what}; retry")))?
-    .map_err(|e| {
-        tracing::warn!(error = %e, "storing the {what} failed");
-        ApiError::Unavailable(format!("the {what} could not be stored; retry"))
-    })?;
+    state
+        .publisher()
+        .publish_event_stored(envelope, state.publish_timeout)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "storing the {what} failed");
+            ApiError::Unavailable(format!(
+                "JetStream did not confirm the {what} in time, so it may or may not be stored; retry"
+            ))
+        })?;
     Ok(())
 }
 
