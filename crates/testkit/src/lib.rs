@@ -3,11 +3,13 @@
 //! parallel. Children are killed when their handle drops (also on panic) and, through
 //! `PR_SET_PDEATHSIG`, when the test process itself dies.
 
+mod cluster;
 mod nats;
 mod postgres;
 mod process;
 mod tools;
 
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 pub use process::{KillOnDrop, spawn_owned, stop_gracefully};

@@ -172,7 +172,7 @@ async fn a_dispatcher_told_to_stop_while_nats_is_down_exits_within_its_grace() {
     // NATS goes away mid-broadcast, then the operator stops the dispatcher. Its last acks
     // cannot go out (those jobs come back after their ack wait), but it must not wait for NATS
     // forever: a stop that hangs is a stop nobody can rely on.
-    p.nats.kill();
+    p.nats.server().kill();
     let stopping = std::time::Instant::now();
     let exited = tokio::task::block_in_place(|| {
         xibaar_testkit::stop_gracefully(&mut dispatcher, libc::SIGTERM, Duration::from_secs(40))

@@ -6,6 +6,7 @@ mod audit;
 mod bad_input;
 mod cancel;
 mod cli;
+mod cluster;
 mod deploy_files;
 mod devices;
 mod dispatcher_crash;

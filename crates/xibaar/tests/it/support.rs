@@ -9,13 +9,51 @@ use tokio_util::sync::CancellationToken;
 use xibaar::Roles;
 use xibaar_config::Config;
 use xibaar_fcm_standin::{StandIn, StandInConfig};
-use xibaar_testkit::{KillOnDrop, NatsServer, Postgres, eventually};
+use xibaar_testkit::{KillOnDrop, NatsCluster, NatsServer, Postgres, eventually};
 
 pub const APP_ID: &str = "1:1234567890:android:xibaar";
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 
+/// The NATS a pipeline runs on: one server, or a three-node cluster with every stream at three
+/// replicas.
+pub enum Nats {
+    Server(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// What `nats.url` says: the server, or every node of the cluster.
+    pub fn url(&self) -> String {
+        match self {
+            Nats::Server(s) => s.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    pub fn server(&mut self) -> &mut NatsServer {
+        match self {
+            Nats::Server(s) => s,
+            Nats::Cluster(_) => panic!("this pipeline runs on a cluster"),
+        }
+    }
+
+    pub fn cluster(&self) -> &NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::Server(_) => panic!("this pipeline runs on one server"),
+        }
+    }
+
+    fn replicas(&self) -> usize {
+        match self {
+            Nats::Server(_) => 1,
+            Nats::Cluster(_) => 3,
+        }
+    }
+}
+
 pub struct Pipeline {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub pg: Postgres,
     pub standin: StandIn,
     /// Holds the config and key files for the pipeline's lifetime.
@@ -54,12 +92,23 @@ impl Pipeline {
     }
 
     pub async fn start_roles(roles: Roles) -> Self {
-        let (nats, pg, standin) = tokio::join!(
-            NatsServer::start(),
-            Postgres::start(),
-            StandIn::start(StandInConfig::default())
-        );
-        let (nats, pg, standin) = (nats.unwrap(), pg.unwrap(), standin.unwrap());
+        let nats = NatsServer::start().await.unwrap();
+        Self::start_on(Nats::Server(nats), roles).await
+    }
+
+    /// The roles on `nats`, which may be a cluster still forming (or with a node down): they
+    /// start when JetStream answers.
+    pub async fn start_on(nats: Nats, roles: Roles) -> Self {
+        let mut pipeline = Self::prepare_on(nats).await;
+        pipeline.start_in_process(roles).await;
+        pipeline
+    }
+
+    /// Postgres, the stand-in and the configuration on `nats`, no role started yet.
+    pub async fn prepare_on(nats: Nats) -> Self {
+        let (pg, standin) =
+            tokio::join!(Postgres::start(), StandIn::start(StandInConfig::default()));
+        let (pg, standin) = (pg.unwrap(), standin.unwrap());
         let database = pg.create_database("xibaar").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("service-account.json");
@@ -70,6 +119,7 @@ impl Pipeline {
             r#"
 [nats]
 url = "{nats}"
+stream_replicas = {replicas}
 [postgres]
 url = "{database}"
 [api]
@@ -95,6 +145,7 @@ format = "text"
 filter = "warn"
 "#,
             nats = nats.url(),
+            replicas = nats.replicas(),
             fcm = standin.url(),
             key = key.display(),
         );
@@ -102,7 +153,7 @@ filter = "warn"
         std::fs::write(&config_path, &toml).unwrap();
         let config = Config::from_toml(&toml).unwrap();
         let pool = sqlx::PgPool::connect(&database).await.unwrap();
-        let mut pipeline = Self {
+        Self {
             nats,
             pg,
             standin,
@@ -115,12 +166,11 @@ filter = "warn"
             http: reqwest::Client::new(),
             shutdown: CancellationToken::new(),
             roles: None,
-        };
-        pipeline.start_in_process(roles).await;
-        pipeline
+        }
     }
 
-    async fn start_in_process(&mut self, roles: Roles) {
+    /// Runs `roles` in this process; returns once they report started.
+    pub async fn start_in_process(&mut self, roles: Roles) {
         self.shutdown = CancellationToken::new();
         let task = tokio::spawn(xibaar::run(
             self.config.clone(),
@@ -492,7 +542,9 @@ filter = "warn"
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
+        let url = self.nats.url();
+        let servers: Vec<&str> = url.split(',').collect();
+        async_nats::jetstream::new(async_nats::connect(servers).await.unwrap())
     }
 
     /// Messages currently stored in `stream`.

@@ -1,0 +1,235 @@
+//! A real three-node nats-server cluster on loopback: each node with its own `server_name`,
+//! client, monitoring and cluster ports and store, one `cluster.name`, routes listing all three.
+//! Nodes can be killed (-9) and started again on the same ports and store, one at a time or
+//! before the cluster has ever formed.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+
+use crate::{process, tools::Tools};
+
+/// One node: its ports and store never change, so a restart rejoins as itself.
+#[derive(Debug)]
+struct Node {
+    name: String,
+    client_port: u16,
+    monitoring_port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    /// The running process; behind a lock so a test can kill and start nodes while the
+    /// pipeline on the cluster is shared by its tasks.
+    child: Mutex<Option<Child>>,
+}
+
+impl Node {
+    fn running(&self) -> bool {
+        self.child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+}
+
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    _temp: tempfile::TempDir,
+}
+
+/// Ports free now. The cluster routes need every node's port before any node starts, so they
+/// are chosen ahead; one taken in between makes that node fail to start, and the cluster is
+/// laid out again on other ports.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+impl NatsCluster {
+    /// Three nodes, started and formed: every node answers, and JetStream has a meta leader.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            let cluster = Self::lay_out()?;
+            match cluster.start_all().await {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the cluster did not form")))
+    }
+
+    /// Three nodes configured, none started: for starting roles before the cluster forms.
+    pub fn lay_out() -> anyhow::Result<Self> {
+        let temp = tempfile::Builder::new()
+            .prefix("xibaar-nats-cluster-")
+            .tempdir()?;
+        let ports = free_ports(9)?;
+        let routes: Vec<String> = (0..3)
+            .map(|i| format!("nats-route://127.0.0.1:{}", ports[6 + i]))
+            .collect();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let name = format!("n{}", i + 1);
+            let dir = temp.path().join(&name);
+            std::fs::create_dir_all(&dir)?;
+            let config = dir.join("nats-server.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\n\
+                     listen: 127.0.0.1:{client}\n\
+                     http: 127.0.0.1:{http}\n\
+                     jetstream {{ store_dir: {store:?} }}\n\
+                     cluster {{\n  name: xibaar-test\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n",
+                    client = ports[i],
+                    http = ports[3 + i],
+                    store = dir.join("jetstream").display().to_string(),
+                    route = ports[6 + i],
+                    routes = routes.join(", "),
+                ),
+            )?;
+            nodes.push(Node {
+                name,
+                client_port: ports[i],
+                monitoring_port: ports[3 + i],
+                config,
+                log: dir.join("nats-server.log"),
+                child: Mutex::new(None),
+            });
+        }
+        Ok(Self { nodes, _temp: temp })
+    }
+
+    async fn start_all(&self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.start_node(i).await?;
+        }
+        self.wait_formed().await
+    }
+
+    /// Starts node `i` (0, 1 or 2) on its ports and store; returns once it accepts clients.
+    pub async fn start_node(&self, i: usize) -> anyhow::Result<()> {
+        let tools = Tools::get()?;
+        let node = &self.nodes[i];
+        if node.running() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut command = Command::new(&tools.nats_server);
+        command
+            .arg("-c")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = process::spawn_owned(&mut command)
+            .with_context(|| format!("starting {}", node.name))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                bail!("{} exited with {status}; its log:\n{log}", node.name);
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", node.client_port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                process::kill_now(&mut child);
+                bail!("{} did not accept clients", node.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        *node.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        Ok(())
+    }
+
+    /// Waits until JetStream answers through every running node (a meta leader is elected).
+    pub async fn wait_formed(&self) -> anyhow::Result<()> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !node.running() {
+                continue;
+            }
+            let client = async_nats::connect(self.node_url(i)).await?;
+            let js = async_nats::jetstream::new(client);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while js.query_account().await.is_err() {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("JetStream did not answer through {}", node.name);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node's URL, comma-separated, as `nats.url` names a cluster.
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.node_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// The node's `server_name` (`n1`, `n2`, `n3`), as stream infos name their leader.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// The index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    pub fn monitoring_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].monitoring_port)
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].running()
+    }
+
+    /// SIGKILL, as a crash or a lost server would.
+    pub fn kill(&self, i: usize) {
+        let child = self.nodes[i]
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut child) = child {
+            process::kill_now(&mut child);
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
