@@ -12,7 +12,8 @@ async fn a_restarted_fan_out_resumes_after_the_last_recorded_device() {
     let p = Pipeline::start().await;
     p.seed_devices(100).await;
 
-    // As a fan-out that stored the first 60 jobs and then died would have left it.
+    // As a fan-out that stored the first 60 jobs and then died would have left it (in the
+    // shape of the version before devices belonged to their customer: a device id alone).
     let id = NotificationId::from_idempotency_key("billing", "tariff-resume");
     let js = p.jetstream().await;
     let progress = js.get_key_value("XIBAAR_FANOUT").await.unwrap();
@@ -51,7 +52,7 @@ async fn a_restarted_fan_out_resumes_after_the_last_recorded_device() {
     let recorded: serde_json::Value = serde_json::from_slice(&recorded).unwrap();
     assert_eq!(
         recorded,
-        serde_json::json!({ "after": "d000099", "published": 100 })
+        serde_json::json!({ "after": "d000099", "after_customer": "c99", "published": 100 })
     );
 }
 
