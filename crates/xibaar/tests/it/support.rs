@@ -580,10 +580,10 @@ pub fn notification(priority: &str, customers: &[&str], title: &str) -> Value {
 pub async fn read_models(pool: &sqlx::PgPool) -> std::collections::BTreeMap<&'static str, Value> {
     const TABLES: [(&str, &str); 7] = [
         ("projection_checkpoints", "projection"),
-        ("devices", "device_id"),
+        ("devices", "device_id, customer_id"),
         ("preferences", "customer_id, category"),
         ("notifications", "notification_id"),
-        ("deliveries", "notification_id, device_id"),
+        ("deliveries", "notification_id, device_id, customer_id"),
         ("inbox", "customer_id, notification_id"),
         ("daily_stats", "day, priority, outcome"),
     ];
