@@ -82,6 +82,10 @@ impl Default for NatsConfig {
     }
 }
 
+/// The Postgres of a local development machine, when neither `postgres.url` nor
+/// `postgres.url_file` is given.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/xibaar";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
@@ -94,7 +98,9 @@ pub struct PostgresConfig {
 impl Default for PostgresConfig {
     fn default() -> Self {
         Self {
-            url: Some(Secret::new("postgres://postgres@127.0.0.1:5432/xibaar")),
+            // Neither set: the local default of `postgres_url`. A default here would make
+            // `url_file` alone (the way a deployment names a secret file) two urls.
+            url: None,
             url_file: None,
             max_connections: 10,
         }
@@ -347,8 +353,8 @@ impl Config {
         if !matches!(self.nats.stream_replicas, 1..=5) {
             return invalid("nats.stream_replicas", "must be between 1 and 5");
         }
-        if self.postgres.url.is_some() == self.postgres.url_file.is_some() {
-            return invalid("postgres.url", "give exactly one of url and url_file");
+        if self.postgres.url.is_some() && self.postgres.url_file.is_some() {
+            return invalid("postgres.url", "give one of url and url_file, not both");
         }
         if self.postgres.max_connections == 0 {
             return invalid("postgres.max_connections", "must be at least 1");
@@ -402,16 +408,14 @@ impl Config {
     }
 
     /// The Postgres URL, read from `postgres.url_file` when configured that way.
+    /// `postgres.url`, or the content of `postgres.url_file`, or a local server's default.
     pub fn postgres_url(&self) -> Result<Secret, ConfigError> {
         secret::resolve(
             "postgres.url",
             self.postgres.url.as_ref(),
             self.postgres.url_file.as_deref(),
-        )?
-        .ok_or(ConfigError::Invalid {
-            key: "postgres.url",
-            message: "is required".into(),
-        })
+        )
+        .map(|url| url.unwrap_or_else(|| Secret::new(DEFAULT_POSTGRES_URL)))
     }
 
     /// The HS256 secret for API tokens, if one is configured.

@@ -99,3 +99,105 @@ fn the_shipped_example_is_valid() {
         Ok(())
     });
 }
+
+#[test]
+fn a_secret_file_alone_names_the_postgres_url_and_both_are_refused() {
+    Jail::expect_with(|jail| {
+        jail.create_file("pg-url", "postgres://xibaar:s3cret@db:5432/xibaar\n")?;
+        jail.set_env("XIBAAR_POSTGRES__URL_FILE", "pg-url");
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(
+            config.postgres_url().unwrap().expose(),
+            "postgres://xibaar:s3cret@db:5432/xibaar"
+        );
+        let err = Config::from_toml("[postgres]\nurl = \"postgres://a@b/c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres.url"), "{err}");
+        Ok(())
+    });
+    Jail::expect_with(|_| {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(
+            config.postgres_url().unwrap().expose(),
+            DEFAULT_POSTGRES_URL
+        );
+        Ok(())
+    });
+}
+
+/// `KEY=value` lines of an environment file, comments and blank lines left out.
+fn env_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=value");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_compose_deployment_names_only_settings_the_code_knows_and_every_one_of_them() {
+    let env = include_str!("../../../deploy/compose/xibaar.env.example");
+    let toml = include_str!("../../../deploy/compose/xibaar.toml");
+    Jail::expect_with(|jail| {
+        let lines = env_lines(env);
+        for (key, value) in &lines {
+            jail.set_env(key, value);
+        }
+        // Unknown keys are refused (deny_unknown_fields), so a typo fails here.
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.nats.stream_replicas, 3);
+        assert_eq!(config.nats.url.split(',').count(), 3);
+        assert_eq!(config.fcm.apps.len(), 1);
+        // Every scalar key of the example configuration is listed, commented out or not.
+        let example = include_str!("../../../deploy/xibaar.example.toml");
+        let listed = env.to_owned();
+        let mut section = String::new();
+        for line in example.lines() {
+            let line = line.trim().trim_start_matches("# ");
+            if line.starts_with("[[") {
+                section.clear();
+            } else if let Some(s) = line.strip_prefix('[') {
+                section = s.trim_end_matches(']').to_uppercase();
+            } else if let Some((key, _)) = line.split_once(" = ")
+                && !section.is_empty()
+                && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                let name = format!("XIBAAR_{section}__{}", key.to_uppercase());
+                let secret_file = name.ends_with("_FILE")
+                    || name == "XIBAAR_POSTGRES__URL"
+                    || name == "XIBAAR_AUTH__HS256_SECRET"
+                    || name == "XIBAAR_AUTH__JWKS_FILE"
+                    || name == "XIBAAR_NATS__CREDENTIALS_FILE";
+                assert!(
+                    listed.contains(&name) || secret_file,
+                    "{name} is not in deploy/compose/xibaar.env.example"
+                );
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn the_kubernetes_configuration_loads() {
+    let manifest = include_str!("../../../deploy/k8s/config.yaml");
+    // The TOML is the block under `xibaar.toml: |`, indented four spaces.
+    let toml: String = manifest
+        .split("xibaar.toml: |\n")
+        .nth(1)
+        .expect("the ConfigMap holds xibaar.toml")
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Jail::expect_with(|_| {
+        let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.nats.stream_replicas, 3);
+        assert_eq!(config.api.listen.port(), 8080);
+        Ok(())
+    });
+}
