@@ -11,7 +11,7 @@ use crate::{Roles, commands, startup};
 #[derive(Parser)]
 #[command(
     name = "xibaar",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XIBAAR_COMMIT"), ")"),
     about = "Event-sourced push notifications on NATS JetStream"
 )]
 pub struct Cli {
@@ -56,6 +56,13 @@ pub enum Command {
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+    /// Asks this process's ops listener (`ops.listen`) for a health probe: exit 0 when it
+    /// answers 200, 1 otherwise. For container health checks, where no HTTP client is shipped.
+    Health {
+        /// `live`, `ready` or `startup`.
+        #[arg(long, default_value = "ready", value_parser = ["live", "ready", "startup"])]
+        probe: String,
     },
     /// Dead letters: list, show, retry, drop.
     Dlq {
@@ -160,6 +167,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => commands::replay::run_replay(&config, args).await,
         Command::Audit { command } => commands::replay::run_audit(&config, command).await,
         Command::Dlq { command } => commands::dlq::run(&config, command).await,
+        Command::Health { probe } => commands::health(&config, &probe).await,
         Command::Projections {
             command: ProjectionsCommand::Status { json },
         } => commands::lag::projections_status(&config, json).await,

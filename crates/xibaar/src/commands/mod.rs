@@ -97,3 +97,24 @@ pub fn mint_token(
         ttl,
     )?)
 }
+
+/// `xibaar health`: the probe's answer from the ops listener of this configuration.
+pub async fn health(config: &Config, probe: &str) -> anyhow::Result<()> {
+    let mut addr = config.ops.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/health/{probe}");
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    println!("{body}");
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(())
+}
