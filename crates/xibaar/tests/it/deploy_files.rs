@@ -111,3 +111,170 @@ fn dashboard_and_alerts_use_only_metrics_the_code_exports() {
         .collect();
     assert!(unknown.is_empty(), "not exported by any role: {unknown:?}");
 }
+
+/// A tool of the tools venv (`deploy/tools-requirements.txt`).
+fn venv_tool(name: &str) -> PathBuf {
+    let tools = xibaar_testkit::Tools::get().unwrap();
+    tools.python.with_file_name(name)
+}
+
+fn run_tool(name: &str, args: &[&str]) -> String {
+    let out = Command::new(venv_tool(name))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    run_tool("hadolint", &["deploy/docker/Dockerfile"]);
+}
+
+#[test]
+fn every_kubernetes_manifest_is_valid_for_a_current_kubernetes() {
+    let mut manifests: Vec<String> = std::fs::read_dir(repo().join("deploy/k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        // Helm values are the chart's input, not a manifest.
+        .filter(|f| f.ends_with(".yaml") && f != "nats-values.yaml")
+        .map(|f| format!("deploy/k8s/{f}"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    let mut args = vec!["--strict", "--kubernetes-version", "1.33.0"];
+    args.extend(manifests.iter().map(String::as_str));
+    let text = run_tool("kubernetes-validate", &args);
+    for kind in [
+        "configmap/xibaar",
+        "deployment/xibaar-api",
+        "deployment/xibaar-dispatcher",
+        "deployment/xibaar-projector",
+        "poddisruptionbudget/xibaar-api",
+        "horizontalpodautoscaler/xibaar-api",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {kind}")),
+            "{kind}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_yaml_file_of_the_deployment_is_yamllint_clean() {
+    run_tool(
+        "yamllint",
+        &["--strict", "-c", "deploy/yamllint.yaml", "deploy"],
+    );
+}
+
+#[test]
+fn the_compose_files_parse_and_run_only_roles_and_commands_the_binary_has() {
+    let python = xibaar_testkit::Tools::get().unwrap().python.clone();
+    let script = r#"
+import json, sys, yaml
+out = {}
+for path in sys.argv[1:]:
+    with open(path) as f:
+        out[path] = yaml.safe_load(f)
+print(json.dumps(out))
+"#;
+    let files = ["deploy/compose/server.yaml", "deploy/compose/services.yaml"];
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let server = &parsed["deploy/compose/server.yaml"]["services"];
+    for role in ["api", "dispatcher", "projector"] {
+        let command = server[role]["command"][0].as_str().unwrap();
+        assert_eq!(command, role);
+        let help = Command::new(env!("CARGO_BIN_EXE_xibaar"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(help.status.success(), "xibaar {command} is not a command");
+        // The YAML anchor gives every role the image, the settings file and the secrets.
+        assert_eq!(server[role]["env_file"], "xibaar.env", "{role}");
+        assert_eq!(server[role]["read_only"], true, "{role}");
+    }
+    assert!(
+        server["nats"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("nats:2.15")
+    );
+    let services = &parsed["deploy/compose/services.yaml"]["services"];
+    for service in ["postgres", "minio", "prometheus", "grafana"] {
+        assert!(services[service].is_object(), "{service}");
+    }
+    // Every file the compose files mount from the repository exists.
+    for (file, doc) in parsed.as_object().unwrap() {
+        let dir = repo().join(file).parent().unwrap().to_owned();
+        for service in doc["services"].as_object().unwrap().values() {
+            for volume in service["volumes"].as_array().into_iter().flatten() {
+                let source = volume.as_str().unwrap().split(':').next().unwrap();
+                if source.starts_with('.') && !source.ends_with("xibaar.toml") {
+                    assert!(dir.join(source).exists(), "{file} mounts {source}");
+                }
+            }
+        }
+    }
+}
+
+/// The image is built and smoke-tested where a container engine runs; this machine's kind has
+/// a Docker client but no engine, and then the test says so and checks nothing more.
+#[test]
+fn the_image_builds_and_runs_read_only_where_a_container_engine_runs() {
+    let engine = Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !engine {
+        eprintln!(
+            "no container engine here: the image is not built (hadolint checked the Dockerfile)"
+        );
+        return;
+    }
+    let out = Command::new("docker")
+        .args([
+            "build",
+            "-f",
+            "deploy/docker/Dockerfile",
+            "-t",
+            "xibaar:test",
+            ".",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = Command::new("docker")
+        .args(["run", "--rm", "--read-only", "xibaar:test", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("xibaar "),
+        "{}",
+        String::from_utf8_lossy(&version.stderr)
+    );
+}
