@@ -10,6 +10,7 @@ mod fanout;
 mod lane;
 mod mux;
 mod sender;
+mod share;
 
 use std::{sync::Arc, time::Duration};
 
@@ -210,6 +211,19 @@ impl Dispatcher {
             retry: self.settings.retry.clone(),
             sent,
         });
+        // FCM's rate is the project's: find the other dispatchers before the first push.
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+        {
+            let (client, fcm, shutdown) = (self.js.client(), self.fcm.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                share::keep_share(client, fcm, ready_tx, shutdown).await;
+                Ok(())
+            });
+        }
+        tokio::select! {
+            _ = ready.wait_for(|ready| *ready) => {}
+            _ = shutdown.cancelled() => {}
+        }
         let mut lanes = Vec::new();
         for (priority, consumer) in Priority::ALL.into_iter().zip(senders) {
             let name = consumers::sender(priority);

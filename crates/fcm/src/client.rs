@@ -62,7 +62,12 @@ struct App {
 
 struct Project {
     breaker: Arc<CircuitBreaker>,
-    limiter: DefaultDirectRateLimiter,
+    /// This process's share of the project's rate: the whole rate divided by the dispatchers
+    /// sending for the deployment ([`FcmClient::set_share`]). Replaced whole when the count
+    /// changes; a sender holds the one it started waiting on.
+    limiter: std::sync::RwLock<Arc<DefaultDirectRateLimiter>>,
+    /// The project's rate for the whole deployment.
+    per_minute: NonZeroU32,
     clock: governor::clock::DefaultClock,
     /// One sender at a time waits on the limiter; the others queue here (FIFO) without waking.
     /// With hundreds of senders polling the limiter on their own, each cell woke them all.
@@ -83,10 +88,31 @@ impl Project {
         let _gate = self.gate.lock().await;
         // governor's own `until_ready` sleeps on a futures-timer thread, which cost more CPU at
         // 10,000 waits a second than the rest of the limiter; tokio's timer is free here.
-        while let Err(not_until) = self.limiter.check() {
+        loop {
+            let limiter = self.current_limiter();
+            let Err(not_until) = limiter.check() else {
+                return;
+            };
             let now = governor::clock::Clock::now(&self.clock);
             tokio::time::sleep(not_until.wait_time_from(now)).await;
         }
+    }
+
+    fn current_limiter(&self) -> Arc<DefaultDirectRateLimiter> {
+        self.limiter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes `1 / of` of the project's rate from now on.
+    fn set_share(&self, of: NonZeroU32) {
+        let share = NonZeroU32::new(self.per_minute.get() / of.get()).unwrap_or(NonZeroU32::MIN);
+        let limiter = Arc::new(RateLimiter::direct_with_clock(
+            project_quota(share),
+            self.clock.clone(),
+        ));
+        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter;
     }
 }
 
@@ -158,10 +184,11 @@ impl FcmClient {
                     let clock = governor::clock::DefaultClock::default();
                     Arc::new(Project {
                         breaker: CircuitBreaker::new(&app.project_id, breaker),
-                        limiter: RateLimiter::direct_with_clock(
+                        limiter: std::sync::RwLock::new(Arc::new(RateLimiter::direct_with_clock(
                             project_quota(config.rate_limit_per_minute),
                             clock.clone(),
-                        ),
+                        ))),
+                        per_minute: config.rate_limit_per_minute,
                         clock,
                         gate: tokio::sync::Mutex::new(()),
                         low_gate: tokio::sync::Mutex::new(()),
@@ -217,6 +244,18 @@ impl FcmClient {
             .map(|a| a.project.breaker.open_remaining())
             .try_fold(Duration::MAX, |min, left| left.map(|l| min.min(l)))
             .filter(|_| !self.apps.is_empty())
+    }
+
+    /// Makes this client keep to `1 / dispatchers` of each project's configured rate: FCM's
+    /// quota is the project's, shared by every dispatcher of the deployment.
+    pub fn set_share(&self, dispatchers: NonZeroU32) {
+        let mut done = std::collections::HashSet::new();
+        for app in self.apps.values() {
+            if done.insert(Arc::as_ptr(&app.project)) {
+                app.project.set_share(dispatchers);
+            }
+        }
+        metrics::gauge!("xibaar_fcm_rate_share_dispatchers").set(f64::from(dispatchers.get()));
     }
 
     /// Sends one message to the project of `app_id`. A 401 refreshes the access token and

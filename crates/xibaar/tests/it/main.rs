@@ -26,6 +26,7 @@ mod projections;
 mod projector_crash;
 mod rate_limits;
 mod readme;
+mod scale_out;
 mod scheduled;
 mod streams;
 mod support;

@@ -1,0 +1,93 @@
+//! FCM's quota belongs to the Firebase project, not to a process: with several dispatchers the
+//! configured per-project rate (`fcm.rate_limit_per_minute`) must hold for all of them
+//! together. Each dispatcher announces itself on core NATS every [`INTERVAL`]
+//! (`xibaar.dispatchers.present.<instance>`), counts the dispatchers heard within [`STALE`],
+//! and keeps to that share of the rate.
+//!
+//! The sum never exceeds the rate for long: a dispatcher starting listens for one interval
+//! before its first push, so it knows the others, and the others lower their share within an
+//! interval of hearing it. In that interval the newcomer may send while the others still hold
+//! their old share; it starts with an empty bucket, so that costs at most its own first
+//! interval's share. When a dispatcher stops or dies the others raise their share once it has
+//! been silent for [`STALE`]: until then they send less than they may, never more.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use xibaar_fcm::FcmClient;
+
+/// How often a dispatcher announces itself.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+/// A dispatcher not heard for this long is gone.
+pub const STALE: Duration = Duration::from_secs(7);
+const SUBJECTS: &str = "xibaar.dispatchers.present.*";
+
+/// Keeps `fcm`'s share of every project's rate to `1 / dispatchers heard`. `ready` turns true
+/// once the first interval has been listened to (or NATS could not be heard: then alone).
+pub(crate) async fn keep_share(
+    client: async_nats::Client,
+    fcm: Arc<FcmClient>,
+    ready: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let subject = format!("xibaar.dispatchers.present.{instance}");
+    let mut heard: HashMap<String, Instant> = HashMap::new();
+    heard.insert(instance.clone(), Instant::now());
+    let mut presence = match client.subscribe(SUBJECTS).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hear the other dispatchers; keeping the whole FCM rate");
+            None
+        }
+    };
+    let started = Instant::now();
+    let mut share = 0_u32;
+    let mut tick = tokio::time::interval(INTERVAL / 4);
+    let mut last_announce: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = async {
+                match presence.as_mut() {
+                    Some(p) => p.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(message) = message
+                    && let Some(other) = message.subject.as_str().rsplit('.').next()
+                {
+                    heard.insert(other.to_owned(), Instant::now());
+                }
+            }
+            _ = tick.tick() => {
+                if last_announce.is_none_or(|at| at.elapsed() >= INTERVAL) {
+                    // Fire and forget: a lost announcement only delays the others' count.
+                    let _ = client.publish(subject.clone(), bytes::Bytes::new()).await;
+                    last_announce = Some(Instant::now());
+                }
+            }
+        }
+        heard.retain(|id, at| id == &instance || at.elapsed() < STALE);
+        heard.insert(instance.clone(), Instant::now());
+        let count = u32::try_from(heard.len()).unwrap_or(u32::MAX);
+        if count != share {
+            share = count;
+            fcm.set_share(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN));
+            tracing::info!(
+                dispatchers = count,
+                "keeping to this share of each Firebase project's rate"
+            );
+        }
+        if !*ready.borrow() && started.elapsed() >= INTERVAL + INTERVAL / 4 {
+            let _ = ready.send(true);
+        }
+    }
+}
