@@ -68,7 +68,7 @@ pub struct Pipeline {
     roles: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
