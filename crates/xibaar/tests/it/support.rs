@@ -124,6 +124,8 @@ stream_replicas = {replicas}
 url = "{database}"
 [api]
 listen = "127.0.0.1:{api_port}"
+# Tests poll as customers; the budget has its own test (rate_limits), with its own limits.
+customer_requests_per_minute = 1000000
 [ops]
 listen = "127.0.0.1:{ops_port}"
 [auth]
