@@ -75,18 +75,19 @@ pub async fn apply_streams(
 
 /// Applies the stream definitions, waiting while JetStream cannot answer: the role's node is
 /// down, the cluster has not formed, or a stream's leader is being elected. A definition
-/// JetStream refuses (a retention change, a bad value) stops the start at once.
+/// JetStream refuses (a retention change, a bad value) stops the start at once. `None`: told to
+/// stop while waiting.
 async fn apply_streams_when_ready(
     js: &jetstream::Context,
     config: &Config,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<xibaar_streams::Change>> {
+) -> anyhow::Result<Option<Vec<xibaar_streams::Change>>> {
     let mut backoff =
         xibaar_streams::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut warn = xibaar_streams::retry::WarnEvery::new(Duration::from_secs(5));
     loop {
         match apply_streams(js, config).await {
-            Ok(changes) => return Ok(changes),
+            Ok(changes) => return Ok(Some(changes)),
             Err(e) if !waiting_helps(&e) => return Err(e.context("applying streams")),
             Err(e) => {
                 let wait = backoff.next_delay();
@@ -94,7 +95,7 @@ async fn apply_streams_when_ready(
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, held_back, "JetStream not ready; waiting to apply the streams");
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => anyhow::bail!("stopped before JetStream was ready"),
+                    _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
@@ -110,16 +111,17 @@ fn waiting_helps(e: &anyhow::Error) -> bool {
     }
 }
 
-/// Migrates, retrying while Postgres is unreachable (it may start after us).
-async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
+/// Migrates, retrying while Postgres is unreachable (it may start after us). `false`: told to
+/// stop while waiting.
+async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
         match xibaar_store::migrate(pool).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "migrating the read models failed");
                 tokio::select! {
-                    _ = shutdown.cancelled() => anyhow::bail!("stopped before Postgres was reachable"),
+                    _ = shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -213,12 +215,20 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
 
     if config.nats.apply_streams_on_start {
-        for change in apply_streams_when_ready(&js, &config, &shutdown).await? {
+        // A stop asked for while waiting is a stop, not a failure.
+        let Some(changes) = apply_streams_when_ready(&js, &config, &shutdown).await? else {
+            tracing::info!("stopped before JetStream was ready");
+            return Ok(());
+        };
+        for change in changes {
             tracing::debug!(%change, "stream definitions");
         }
     }
     if roles.projector {
-        migrate_when_reachable(&pool, &shutdown).await?;
+        if !migrate_when_reachable(&pool, &shutdown).await {
+            tracing::info!("stopped before Postgres was reachable");
+            return Ok(());
+        }
     }
 
     if roles.api {
