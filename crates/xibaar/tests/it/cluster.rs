@@ -27,6 +27,7 @@ async fn every_role_started_before_the_cluster_forms_waits_and_then_works() {
         p.spawn_role("dispatcher", &[], null()),
         p.spawn_role("projector", &[], null()),
     ];
+    let mut stopped_early = p.spawn_role("dispatcher", &[], null());
     tokio::time::sleep(Duration::from_secs(4)).await;
     for role in &mut roles {
         assert!(
@@ -34,6 +35,8 @@ async fn every_role_started_before_the_cluster_forms_waits_and_then_works() {
             "a role exited while the cluster was not formed"
         );
     }
+    // Told to stop while it waits, a role stops cleanly: a stop is not a failure.
+    crate::support::stop_gracefully(&mut stopped_early).await;
 
     // The other two nodes come up: the cluster forms, and the roles get to work.
     let cluster = p.nats.cluster();
@@ -193,102 +196,191 @@ async fn send_through(
     0
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_of_every_role_lose_nothing_when_one_of_each_is_killed_and_restarted() {
-    let cluster = NatsCluster::start().await.unwrap();
-    let p = Pipeline::prepare_on(Nats::Cluster(cluster)).await;
-    let null = || std::process::Stdio::null();
-    let ports = [crate::support::free_port(), crate::support::free_port()];
-    let apis: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let spawn_api =
-        |i: usize| p.spawn_role("api", &[("XIBAAR_API__LISTEN", listen[i].as_str())], null());
-    let mut killed_api = spawn_api(0);
-    let _api = spawn_api(1);
-    let mut killed_dispatcher = p.spawn_dispatcher(&[]);
-    let _dispatcher = p.spawn_dispatcher(&[]);
-    let mut killed_projector = p.spawn_role("projector", &[], null());
-    let _projector = p.spawn_role("projector", &[], null());
-    // An api listens once the streams are applied.
-    let up = eventually(Duration::from_secs(60), || async {
-        let r = p
-            .http
-            .get(format!("{}/openapi.json", apis[1]))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-    assert!(up.is_some(), "no api came up");
-    let devices = 300;
-    p.seed_devices(devices).await;
+/// Two apis (on their own ports), two dispatchers and two projectors, each its own process,
+/// on a fresh three-node cluster, with `DEVICES` devices registered.
+struct TwoOfEach {
+    p: Pipeline,
+    /// Each process's log, by its index, appended across restarts.
+    logs: tempfile::TempDir,
+    apis: Vec<String>,
+    listen: Vec<String>,
+}
 
-    let every = Duration::from_millis(40);
-    let sends = futures::stream::iter(0..devices)
-        .map(|i| {
-            let (p, apis) = (&p, &apis);
-            async move {
+const DEVICES: usize = 300;
+
+impl TwoOfEach {
+    /// The deployment and its six processes: api 0, api 1, dispatcher 0, dispatcher 1,
+    /// projector 0, projector 1.
+    async fn start() -> (Self, Vec<xibaar_testkit::KillOnDrop>) {
+        let cluster = NatsCluster::start().await.unwrap();
+        let p = Pipeline::prepare_on(Nats::Cluster(cluster)).await;
+        let ports = [crate::support::free_port(), crate::support::free_port()];
+        let two = Self {
+            logs: tempfile::tempdir().unwrap(),
+            apis: ports
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+            listen: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            p,
+        };
+        let roles = (0..6).map(|i| two.spawn(i)).collect();
+        // An api listens once the streams are applied.
+        for api in &two.apis {
+            let up = eventually(Duration::from_secs(90), || async {
+                let r = two
+                    .p
+                    .http
+                    .get(format!("{api}/openapi.json"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            })
+            .await;
+            assert!(up.is_some(), "{api} never came up");
+        }
+        two.p.seed_devices(DEVICES).await;
+        (two, roles)
+    }
+
+    /// Starts process `i` (see [`TwoOfEach::start`]).
+    fn spawn(&self, i: usize) -> xibaar_testkit::KillOnDrop {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.path().join(format!("{i}.log")))
+            .unwrap();
+        let null = move || std::process::Stdio::from(log.try_clone().unwrap());
+        match i {
+            0 | 1 => self.p.spawn_role(
+                "api",
+                &[("XIBAAR_API__LISTEN", self.listen[i].as_str())],
+                null(),
+            ),
+            2 | 3 => self.p.spawn_role("dispatcher", &[], null()),
+            _ => self.p.spawn_role("projector", &[], null()),
+        }
+    }
+
+    /// `DEVICES` sends, one every 40 ms, alternating between the apis: each send's last answer.
+    async fn send_all(&self) -> Vec<u16> {
+        let every = Duration::from_millis(40);
+        futures::stream::iter(0..DEVICES)
+            .map(|i| async move {
                 tokio::time::sleep(every * i as u32).await;
                 let body = notification("normal", &[&format!("c{i}")], &format!("n{i}"));
-                send_through(p, apis, i, &body, &format!("k-{i}")).await
-            }
+                send_through(&self.p, &self.apis, i, &body, &format!("k-{i}")).await
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await
+    }
+
+    /// Every device pushed (repeats within the in-flight window), no FCM refusal, every
+    /// notification completed and counted once, `xibaar lag` drained.
+    async fn assert_nothing_lost(&self) {
+        let p = &self.p;
+        let pushed = eventually(Duration::from_secs(120), || async {
+            let tokens = p.pushed_tokens();
+            let mut distinct = tokens.clone();
+            distinct.dedup();
+            (distinct.len() == DEVICES).then_some(tokens)
         })
-        .buffer_unordered(32)
-        .collect::<Vec<u16>>();
+        .await
+        .expect("every device pushed");
+        assert!(
+            pushed.len() - DEVICES <= 256,
+            "{} duplicates",
+            pushed.len() - DEVICES
+        );
+        assert_eq!(p.standin.error_count(), 0, "FCM refused pushes");
+        let counted = eventually(Duration::from_secs(60), || async {
+            let (completed, sent): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'completed'), sum(sent)::bigint FROM notifications",
+            )
+            .fetch_one(&p.pool)
+            .await
+            .ok()?;
+            (completed == DEVICES as i64).then_some(sent)
+        })
+        .await
+        .expect("every notification completed in the read models");
+        assert_eq!(counted, Some(DEVICES as i64), "each push counted once");
+        let drained = eventually(Duration::from_secs(60), || async {
+            let (ok, _) = p.cli(&["lag", "--max-backlog", "0"]);
+            ok.then_some(())
+        })
+        .await;
+        assert!(drained.is_some(), "{}", p.cli(&["lag"]).1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_every_role_lose_nothing_when_one_of_each_is_killed_and_restarted() {
+    let (two, mut roles) = TwoOfEach::start().await;
     let crash = async {
-        tokio::time::sleep(every * (devices as u32 / 3)).await;
-        for role in [
-            &mut killed_api,
-            &mut killed_dispatcher,
-            &mut killed_projector,
-        ] {
-            role.kill().unwrap();
+        tokio::time::sleep(Duration::from_millis(40) * (DEVICES as u32 / 3)).await;
+        for i in [0, 2, 4] {
+            roles[i].kill().unwrap();
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
-        [
-            spawn_api(0),
-            p.spawn_dispatcher(&[]),
-            p.spawn_role("projector", &[], null()),
-        ]
+        [two.spawn(0), two.spawn(2), two.spawn(4)]
     };
-    let (answers, _restarted) = tokio::join!(sends, crash);
+    let (answers, _restarted) = tokio::join!(two.send_all(), crash);
     let refused: Vec<_> = answers.iter().filter(|s| **s != 202).collect();
     assert!(refused.is_empty(), "sends not accepted: {refused:?}");
+    two.assert_nothing_lost().await;
+}
 
-    let pushed = eventually(Duration::from_secs(120), || async {
-        let tokens = p.pushed_tokens();
-        let mut distinct = tokens.clone();
-        distinct.dedup();
-        (distinct.len() == devices).then_some(tokens)
-    })
-    .await
-    .expect("every device pushed");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_role_under_load_loses_nothing_and_answers_no_5xx_but_503() {
+    let (two, mut roles) = TwoOfEach::start().await;
+    // Each of the six processes in turn: SIGTERM, wait for it to exit, start it again, wait a
+    // moment for it to start, the next.
+    let restarts = async {
+        let mut fresh = Vec::new();
+        for i in 0..6 {
+            let exit = tokio::task::block_in_place(|| {
+                xibaar_testkit::stop_gracefully(
+                    &mut roles[i],
+                    libc::SIGTERM,
+                    Duration::from_secs(20),
+                )
+            })
+            .unwrap();
+            let log = std::fs::read_to_string(two.logs.path().join(format!("{i}.log")));
+            assert!(
+                exit.success(),
+                "process {i} exited with {exit:?}:\n{}",
+                log.unwrap_or_default()
+            );
+            fresh.push(two.spawn(i));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        fresh
+    };
+    let (answers, _fresh) = tokio::join!(two.send_all(), restarts);
+    let server_errors: Vec<_> = answers
+        .iter()
+        .filter(|s| **s >= 500 && **s != 503)
+        .collect();
     assert!(
-        pushed.len() - devices <= 256,
-        "{} duplicates",
-        pushed.len() - devices
+        server_errors.is_empty(),
+        "5xx other than 503: {server_errors:?}"
     );
-    assert_eq!(p.standin.error_count(), 0, "FCM refused pushes");
-    let counted = eventually(Duration::from_secs(60), || async {
-        let (completed, sent): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'completed'), sum(sent)::bigint FROM notifications",
-        )
-        .fetch_one(&p.pool)
-        .await
-        .ok()?;
-        (completed == devices as i64).then_some(sent)
-    })
-    .await
-    .expect("every notification completed in the read models");
-    assert_eq!(counted, Some(devices as i64), "each push counted once");
-    let drained = eventually(Duration::from_secs(60), || async {
-        let (ok, _) = p.cli(&["lag", "--max-backlog", "0"]);
-        ok.then_some(())
-    })
-    .await;
-    assert!(drained.is_some(), "{}", p.cli(&["lag"]).1);
+    let unanswered: Vec<_> = answers
+        .iter()
+        .filter(|s| **s != 202 && **s != 503)
+        .collect();
+    assert!(unanswered.is_empty(), "{unanswered:?}");
+    // A 503 invites a retry with the same key: every one is then accepted.
+    for (i, status) in answers.iter().enumerate() {
+        if *status == 503 {
+            let body = notification("normal", &[&format!("c{i}")], &format!("n{i}"));
+            let again = send_through(&two.p, &two.apis, i, &body, &format!("k-{i}")).await;
+            assert_eq!(again, 202, "retry of send {i}");
+        }
+    }
+    two.assert_nothing_lost().await;
 }
