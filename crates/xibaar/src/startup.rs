@@ -224,11 +224,9 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             tracing::debug!(%change, "stream definitions");
         }
     }
-    if roles.projector {
-        if !migrate_when_reachable(&pool, &shutdown).await {
-            tracing::info!("stopped before Postgres was reachable");
-            return Ok(());
-        }
+    if roles.projector && !migrate_when_reachable(&pool, &shutdown).await {
+        tracing::info!("stopped before Postgres was reachable");
+        return Ok(());
     }
 
     if roles.api {
