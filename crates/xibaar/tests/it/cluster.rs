@@ -340,13 +340,9 @@ async fn a_rolling_restart_of_every_role_under_load_loses_nothing_and_answers_no
     // moment for it to start, the next.
     let restarts = async {
         let mut fresh = Vec::new();
-        for i in 0..6 {
+        for (i, role) in roles.iter_mut().enumerate() {
             let exit = tokio::task::block_in_place(|| {
-                xibaar_testkit::stop_gracefully(
-                    &mut roles[i],
-                    libc::SIGTERM,
-                    Duration::from_secs(20),
-                )
+                xibaar_testkit::stop_gracefully(role, libc::SIGTERM, Duration::from_secs(20))
             })
             .unwrap();
             let log = std::fs::read_to_string(two.logs.path().join(format!("{i}.log")));
