@@ -134,7 +134,14 @@ async fn losing_the_command_streams_leader_delays_sends_but_every_one_is_accepte
     let slowest = answers.iter().map(|(_, t)| *t).max().unwrap();
     println!("node {leader} killed; slowest accepted send took {slowest:?}");
 
-    // Every device is pushed; a repeat only within the in-flight window.
+    let duplicates = assert_nothing_lost(&p, devices).await;
+    println!("{duplicates} duplicate pushes");
+}
+
+/// Every one of `devices` devices pushed (repeats only within the in-flight window), no FCM
+/// refusal, every notification completed with one push counted, `xibaar lag` drained; the
+/// number of repeated pushes.
+async fn assert_nothing_lost(p: &Pipeline, devices: usize) -> usize {
     let pushed = eventually(Duration::from_secs(120), || async {
         let tokens = p.pushed_tokens();
         let mut distinct = tokens.clone();
@@ -144,9 +151,8 @@ async fn losing_the_command_streams_leader_delays_sends_but_every_one_is_accepte
     .await
     .expect("every device pushed");
     let duplicates = pushed.len() - devices;
-    println!("{duplicates} duplicate pushes");
     assert!(duplicates <= 256, "{duplicates} duplicates");
-    // Read models exact: every notification completed with one push counted.
+    assert_eq!(p.standin.error_count(), 0, "FCM refused pushes");
     let counted = eventually(Duration::from_secs(60), || async {
         let (completed, sent): (i64, Option<i64>) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status = 'completed'), sum(sent)::bigint FROM notifications",
@@ -157,15 +163,15 @@ async fn losing_the_command_streams_leader_delays_sends_but_every_one_is_accepte
         (completed == devices as i64).then_some(sent)
     })
     .await
-    .expect("every notification completed");
-    assert_eq!(counted, Some(devices as i64));
-    // Nothing left behind: `xibaar lag` drains.
+    .expect("every notification completed in the read models");
+    assert_eq!(counted, Some(devices as i64), "each push counted once");
     let drained = eventually(Duration::from_secs(60), || async {
         let (ok, _) = p.cli(&["lag", "--max-backlog", "0"]);
         ok.then_some(())
     })
     .await;
     assert!(drained.is_some(), "{}", p.cli(&["lag"]).1);
+    duplicates
 }
 
 /// Sends `body` with `key` to the first api of `apis` that answers, as a balancer would after a
@@ -276,44 +282,6 @@ impl TwoOfEach {
             .collect()
             .await
     }
-
-    /// Every device pushed (repeats within the in-flight window), no FCM refusal, every
-    /// notification completed and counted once, `xibaar lag` drained.
-    async fn assert_nothing_lost(&self) {
-        let p = &self.p;
-        let pushed = eventually(Duration::from_secs(120), || async {
-            let tokens = p.pushed_tokens();
-            let mut distinct = tokens.clone();
-            distinct.dedup();
-            (distinct.len() == DEVICES).then_some(tokens)
-        })
-        .await
-        .expect("every device pushed");
-        assert!(
-            pushed.len() - DEVICES <= 256,
-            "{} duplicates",
-            pushed.len() - DEVICES
-        );
-        assert_eq!(p.standin.error_count(), 0, "FCM refused pushes");
-        let counted = eventually(Duration::from_secs(60), || async {
-            let (completed, sent): (i64, Option<i64>) = sqlx::query_as(
-                "SELECT count(*) FILTER (WHERE status = 'completed'), sum(sent)::bigint FROM notifications",
-            )
-            .fetch_one(&p.pool)
-            .await
-            .ok()?;
-            (completed == DEVICES as i64).then_some(sent)
-        })
-        .await
-        .expect("every notification completed in the read models");
-        assert_eq!(counted, Some(DEVICES as i64), "each push counted once");
-        let drained = eventually(Duration::from_secs(60), || async {
-            let (ok, _) = p.cli(&["lag", "--max-backlog", "0"]);
-            ok.then_some(())
-        })
-        .await;
-        assert!(drained.is_some(), "{}", p.cli(&["lag"]).1);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +298,7 @@ async fn two_of_every_role_lose_nothing_when_one_of_each_is_killed_and_restarted
     let (answers, _restarted) = tokio::join!(two.send_all(), crash);
     let refused: Vec<_> = answers.iter().filter(|s| **s != 202).collect();
     assert!(refused.is_empty(), "sends not accepted: {refused:?}");
-    two.assert_nothing_lost().await;
+    assert_nothing_lost(&two.p, DEVICES).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,5 +346,5 @@ async fn a_rolling_restart_of_every_role_under_load_loses_nothing_and_answers_no
             assert_eq!(again, 202, "retry of send {i}");
         }
     }
-    two.assert_nothing_lost().await;
+    assert_nothing_lost(&two.p, DEVICES).await;
 }
