@@ -18,9 +18,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use xibaar_core::{
-    Actor, Command, Decoded, Event, EventEnvelope, NotificationId, Priority, RequestError,
-    SendNotification, SendRequest, event::NotificationScheduled, notification::FieldViolation,
-    subject,
+    Actor, Command, Event, EventEnvelope, NotificationId, Priority, RequestError, SendNotification,
+    SendRequest, event::NotificationScheduled, notification::FieldViolation, subject,
 };
 use xibaar_streams::CoalescingPublisher;
 
@@ -137,11 +136,10 @@ pub async fn accept_notification(
             return Err(AcceptError::KeyReused);
         }
     }
-    let sent = &command;
-    metrics::counter!("xibaar_api_notifications_accepted_total", "priority" => sent.priority.as_str(),
+    metrics::counter!("xibaar_api_notifications_accepted_total", "priority" => command.priority.as_str(),
         "replayed" => if duplicate { "true" } else { "false" })
     .increment(1);
-    tracing::info!(notification = %notification_id, priority = %sent.priority,
+    tracing::info!(notification = %notification_id, priority = %command.priority,
         scheduled = scheduled_for.is_some(), replayed = duplicate, "notification accepted");
     Ok(Accepted {
         notification_id,
@@ -188,11 +186,9 @@ async fn claim_key(
         .await
         .map_err(|e| unavailable(&*e))?
     {
-        Some((command, stored)) => Ok(Some(Accepted {
+        Some((_, scheduled_for)) => Ok(Some(Accepted {
             notification_id: id,
-            scheduled_for: (stored == Stored::Scheduled)
-                .then_some(command.delivery.send_at)
-                .flatten(),
+            scheduled_for,
             replayed: true,
         })),
         // Claimed, but the store that followed never happened: store it now.
@@ -285,62 +281,32 @@ async fn publish(
     Ok(ack.duplicate)
 }
 
-/// A notification's command wherever it is: in any priority's stream, released or scheduled,
-/// or (withdrawn, or released and its command aged out) in the event log.
-pub(crate) async fn find_notification(
+/// Where a notification is, and when it goes out if it is scheduled: its command in any
+/// priority's stream, released or scheduled, or (withdrawn, or released and its command aged
+/// out) its `notification.canceled` or `notification.accepted` in the event log, whose subject
+/// alone says which.
+async fn find_notification(
     js: &jetstream::Context,
     id: NotificationId,
-) -> anyhow::Result<Option<(SendNotification, Stored)>> {
+) -> anyhow::Result<Option<(Stored, Option<DateTime<Utc>>)>> {
     for priority in Priority::ALL {
-        if let Some(found) = stored_command(js, priority, id).await? {
-            return Ok(Some(found));
+        if let Some((command, stored)) = stored_command(js, priority, id).await? {
+            let send_at = (stored == Stored::Scheduled)
+                .then_some(command.delivery.send_at)
+                .flatten();
+            return Ok(Some((stored, send_at)));
         }
     }
     let events = js.get_stream_no_info(xibaar_streams::names::EVENTS).await?;
-    for event_type in ["notification.canceled", "notification.accepted"] {
+    for (event_type, stored) in [
+        ("notification.canceled", Stored::Canceled),
+        ("notification.accepted", Stored::Released),
+    ] {
         let subject = subject::event(event_type, &id.to_string());
-        let message = match events.direct_get_last_for_subject(subject).await {
-            Ok(message) => message,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => continue,
+        match events.direct_get_last_for_subject(subject).await {
+            Ok(_) => return Ok(Some((stored, None))),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
-        };
-        let Decoded::Known(envelope) = EventEnvelope::decode(&message.payload)? else {
-            continue;
-        };
-        let meta_actor = envelope.meta.actor.clone();
-        let found = match envelope.event {
-            Event::NotificationCanceled(e) => Some((
-                SendNotification {
-                    notification_id: e.notification_id,
-                    priority: e.priority,
-                    audience: e.audience,
-                    content: e.content,
-                    category: e.category,
-                    idempotency_key: None,
-                    delivery: e.delivery,
-                    requested_by: e.requested_by,
-                    accepted_at: e.accepted_at,
-                },
-                Stored::Canceled,
-            )),
-            Event::NotificationAccepted(e) => Some((
-                SendNotification {
-                    notification_id: e.notification_id,
-                    priority: e.priority,
-                    audience: e.audience,
-                    content: e.content,
-                    category: e.category,
-                    idempotency_key: e.idempotency_key,
-                    delivery: e.delivery,
-                    requested_by: meta_actor,
-                    accepted_at: e.accepted_at,
-                },
-                Stored::Released,
-            )),
-            _ => None,
-        };
-        if found.is_some() {
-            return Ok(found);
         }
     }
     Ok(None)
