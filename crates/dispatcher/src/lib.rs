@@ -153,30 +153,22 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         // A dispatcher started while its NATS node is down, or before the cluster has formed
         // or elected its leaders, waits for them instead of exiting.
-        let mut backoff = xibaar_streams::retry::Backoff::new(
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_secs(5),
-        );
-        let mut warn = xibaar_streams::retry::WarnEvery::new(std::time::Duration::from_secs(5));
-        let Opened {
+        let opened = xibaar_streams::retry::until_ok(
+            "JetStream not ready",
+            xibaar_streams::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            Duration::from_secs(5),
+            shutdown.cancelled(),
+            || async { self.open().await.map_err(|e| format!("{e:#}")) },
+        )
+        .await;
+        let Some(Opened {
             progress,
             senders,
             commands,
             sent,
-        } = loop {
-            match self.open().await {
-                Ok(opened) => break opened,
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    if let Some(held_back) = warn.allow() {
-                        tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, held_back, "JetStream not ready; waiting");
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
+        }) = opened
+        else {
+            return Ok(());
         };
         let fanout = Arc::new(FanOut {
             js: self.js.clone(),

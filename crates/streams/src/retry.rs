@@ -3,7 +3,10 @@
 //! step, up to a bound; and warnings at a bounded rate, so a loop retrying for seconds logs a
 //! line a second with how many it held back, not thousands.
 
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use backon::BackoffBuilder;
 
@@ -90,6 +93,42 @@ impl WarnEvery {
     }
 }
 
+/// Tries `attempt` until it succeeds, waiting between tries with `backoff` and warning at most
+/// once per `warn_every` (`what`: what is being waited for); `None` when `stopped` completes
+/// first. For a start that waits for a server (NATS, Postgres) rather than failing.
+pub async fn until_ok<T, E, F, Fut>(
+    what: &str,
+    mut backoff: Backoff,
+    warn_every: Duration,
+    stopped: impl Future<Output = ()>,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut warn = WarnEvery::new(warn_every);
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let error = tokio::select! {
+            _ = &mut stopped => return None,
+            result = attempt() => match result {
+                Ok(value) => return Some(value),
+                Err(e) => e,
+            },
+        };
+        let wait = backoff.next_delay();
+        if let Some(held_back) = warn.allow() {
+            tracing::warn!(error = %error, retry_in = ?wait, held_back, "{what}; waiting");
+        }
+        tokio::select! {
+            _ = &mut stopped => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +160,33 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(warn.allow(), Some(1000));
+    }
+
+    #[tokio::test]
+    async fn until_ok_retries_until_an_answer_and_gives_up_only_when_stopped() {
+        let fast = || Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
+        let mut tries = 0;
+        let answer = until_ok(
+            "test",
+            fast(),
+            Duration::from_secs(1),
+            std::future::pending(),
+            || {
+                tries += 1;
+                let n = tries;
+                async move { if n < 3 { Err("not yet") } else { Ok(n) } }
+            },
+        )
+        .await;
+        assert_eq!(answer, Some(3));
+        let never: Option<()> = until_ok(
+            "test",
+            fast(),
+            Duration::from_secs(1),
+            tokio::time::sleep(Duration::from_millis(30)),
+            || async { Err::<(), _>("down") },
+        )
+        .await;
+        assert_eq!(never, None);
     }
 }

@@ -82,25 +82,22 @@ async fn apply_streams_when_ready(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Vec<xibaar_streams::Change>>> {
-    let mut backoff =
-        xibaar_streams::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut warn = xibaar_streams::retry::WarnEvery::new(Duration::from_secs(5));
-    loop {
-        match apply_streams(js, config).await {
-            Ok(changes) => return Ok(Some(changes)),
-            Err(e) if !waiting_helps(&e) => return Err(e.context("applying streams")),
-            Err(e) => {
-                let wait = backoff.next_delay();
-                if let Some(held_back) = warn.allow() {
-                    tracing::warn!(error = format!("{e:#}"), retry_in = ?wait, held_back, "JetStream not ready; waiting to apply the streams");
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(wait) => {}
-                }
+    // A refusal for good is an answer (`Ok(Err)`), not something to wait out.
+    let answer = xibaar_streams::retry::until_ok(
+        "JetStream not ready to apply the streams",
+        xibaar_streams::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        Duration::from_secs(5),
+        shutdown.cancelled(),
+        || async {
+            match apply_streams(js, config).await {
+                Ok(changes) => Ok(Ok(changes)),
+                Err(e) if !waiting_helps(&e) => Ok(Err(e.context("applying streams"))),
+                Err(e) => Err(format!("{e:#}")),
             }
-        }
-    }
+        },
+    )
+    .await;
+    answer.transpose()
 }
 
 /// Whether an error applying the streams may pass by itself.
@@ -114,20 +111,15 @@ fn waiting_helps(e: &anyhow::Error) -> bool {
 /// Migrates, retrying while Postgres is unreachable (it may start after us). `false`: told to
 /// stop while waiting.
 async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> bool {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match xibaar_store::migrate(pool).await {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "migrating the read models failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    xibaar_streams::retry::until_ok(
+        "migrating the read models failed",
+        xibaar_streams::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+        Duration::from_secs(5),
+        shutdown.cancelled(),
+        || xibaar_store::migrate(pool),
+    )
+    .await
+    .is_some()
 }
 
 fn health(
