@@ -3,6 +3,7 @@
 //! start with the key named. Secrets are read from the file, the environment or a `*_file`
 //! path, and never printed.
 
+mod archive;
 mod secret;
 
 use std::{
@@ -18,6 +19,7 @@ use figment::{
 };
 use serde::Deserialize;
 
+pub use archive::{ArchiveConfig, ArchiveCredentials};
 pub use secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub struct Config {
     pub projector: ProjectorConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -404,7 +408,7 @@ impl Config {
         if self.projector.batch_size == 0 {
             return invalid("projector.batch_size", "must be at least 1");
         }
-        Ok(())
+        self.archive.validate()
     }
 
     /// The Postgres URL, read from `postgres.url_file` when configured that way.

@@ -50,7 +50,7 @@ pub enum DefinitionError {
 }
 
 /// `(file name, contents)` of the definitions shipped with this build.
-const BUILTIN_STREAMS: [(&str, &str); 10] = [
+const BUILTIN_STREAMS: [(&str, &str); 11] = [
     (
         "XIBAAR_CMD_URGENT.json",
         include_str!("../../../streams/XIBAAR_CMD_URGENT.json"),
@@ -86,6 +86,10 @@ const BUILTIN_STREAMS: [(&str, &str); 10] = [
     (
         "KV_XIBAAR_IDEMPOTENCY.json",
         include_str!("../../../streams/KV_XIBAAR_IDEMPOTENCY.json"),
+    ),
+    (
+        "KV_XIBAAR_ARCHIVE.json",
+        include_str!("../../../streams/KV_XIBAAR_ARCHIVE.json"),
     ),
     (
         "XIBAAR_DLQ.json",
@@ -298,7 +302,7 @@ mod tests {
             names(&loaded),
             "a file in streams/ is not compiled in"
         );
-        assert_eq!(builtin.streams.len(), 10);
+        assert_eq!(builtin.streams.len(), 11);
         let deliveries = builtin.stream("XIBAAR_DELIVERIES").unwrap();
         assert_eq!(deliveries.consumers.len(), 4);
     }

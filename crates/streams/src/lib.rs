@@ -43,4 +43,6 @@ pub mod names {
     pub const FANOUT_BUCKET: &str = "XIBAAR_FANOUT";
     /// Idempotency claims per keyed notification (stream `KV_XIBAAR_IDEMPOTENCY`).
     pub const IDEMPOTENCY_BUCKET: &str = "XIBAAR_IDEMPOTENCY";
+    /// The archived position and the archiver's lease (stream `KV_XIBAAR_ARCHIVE`).
+    pub const ARCHIVE_BUCKET: &str = "XIBAAR_ARCHIVE";
 }

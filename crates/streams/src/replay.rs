@@ -27,6 +27,8 @@ pub struct Filter {
     pub device: Option<String>,
     /// Event types such as `delivery.failed`.
     pub types: Vec<String>,
+    /// Stored at or after this stream sequence (where an archive's part of a replay ends).
+    pub from_sequence: Option<u64>,
 }
 
 /// One stored event.
@@ -50,7 +52,7 @@ fn nats(e: impl std::fmt::Display) -> ReplayError {
 
 impl Filter {
     /// Server-side subject filters: the narrowest the filter allows.
-    fn subjects(&self) -> Vec<String> {
+    pub fn subjects(&self) -> Vec<String> {
         if let Some(id) = self.notification {
             return vec![
                 format!("xibaar.evt.notification.{id}.>"),
@@ -76,8 +78,19 @@ impl Filter {
         vec![xibaar_core::subject::EVENTS_ALL.to_owned()]
     }
 
+    /// Whether a message stored on `subject` at `stored_at` is one the filter asks for,
+    /// judged by its subject and time alone (what the server checks for a stream replay).
+    pub fn selects(&self, subject: &str, stored_at: DateTime<Utc>) -> bool {
+        self.since.is_none_or(|since| stored_at >= since)
+            && self.until.is_none_or(|until| stored_at <= until)
+            && self
+                .subjects()
+                .iter()
+                .any(|pattern| subject_matches(pattern, subject))
+    }
+
     /// The checks subjects cannot express.
-    fn matches(&self, event: &Value) -> bool {
+    pub fn matches(&self, event: &Value) -> bool {
         let data = &event["data"];
         let event_type = event["type"].as_str().unwrap_or_default();
         if !self.types.is_empty() && !self.types.iter().any(|t| t == event_type) {
@@ -105,6 +118,21 @@ impl Filter {
     }
 }
 
+/// Whether `subject` matches a NATS subject filter (`*` one token, `>` the rest). Written
+/// here because async-nats keeps its matcher private.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (w, Some(t)) if w == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 /// Calls `each` with every matching event in stream order, and `progress` now and then with
 /// (events read, last sequence read, head) for long replays. Returns how many matched.
 pub async fn replay(
@@ -115,14 +143,15 @@ pub async fn replay(
 ) -> Result<u64, ReplayError> {
     let stream = js.get_stream(names::EVENTS).await.map_err(nats)?;
     let head = stream.get_info().await.map_err(nats)?.state.last_sequence;
-    let deliver_policy = match filter.since {
-        Some(since) => DeliverPolicy::ByStartTime {
+    let deliver_policy = match (filter.from_sequence, filter.since) {
+        (Some(start_sequence), _) => DeliverPolicy::ByStartSequence { start_sequence },
+        (None, Some(since)) => DeliverPolicy::ByStartTime {
             start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
                 since.timestamp_nanos_opt().unwrap_or(0),
             ))
             .map_err(nats)?,
         },
-        None => DeliverPolicy::All,
+        (None, None) => DeliverPolicy::All,
     };
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -151,6 +180,10 @@ pub async fn replay(
         if sequence > head {
             break;
         }
+        // Starting by sequence, the start time is checked here.
+        let too_early = filter
+            .since
+            .is_some_and(|since| stored_at < i128::from(since.timestamp_nanos_opt().unwrap_or(0)));
         // Time ranges are in stream time, like the start: the stream is ordered by it.
         let too_late = filter.until.is_some_and(|until| {
             stored_at > i128::from(until.timestamp_nanos_opt().unwrap_or(i64::MAX))
@@ -159,7 +192,7 @@ pub async fn replay(
             break;
         }
         let event: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
-        if filter.matches(&event) {
+        if !too_early && filter.matches(&event) {
             matched += 1;
             each(Replayed {
                 sequence,
@@ -201,4 +234,32 @@ pub async fn notification_timeline(
     )
     .await?;
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subject_filters_match_as_nats_matches_them() {
+        assert!(subject_matches(
+            "xibaar.evt.>",
+            "xibaar.evt.delivery.n.d.succeeded"
+        ));
+        assert!(!subject_matches("xibaar.evt.>", "xibaar.evt"));
+        assert!(subject_matches(
+            "xibaar.evt.*.*.failed",
+            "xibaar.evt.delivery.n.failed"
+        ));
+        assert!(!subject_matches(
+            "xibaar.evt.*.*.failed",
+            "xibaar.evt.delivery.n.d.failed"
+        ));
+        assert!(!subject_matches(
+            "xibaar.evt.device.d1.>",
+            "xibaar.evt.device.d2.registered"
+        ));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+    }
 }

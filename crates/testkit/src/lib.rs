@@ -1,5 +1,5 @@
-//! Real servers for tests, benchmarks and the local pipeline: nats-server with JetStream and
-//! PostgreSQL, each on its own ephemeral port with a throwaway data directory, so tests run in
+//! Real servers for tests, benchmarks and the local pipeline: nats-server with JetStream,
+//! PostgreSQL and an S3 server that checks signatures, each on its own ephemeral port with a throwaway data directory, so tests run in
 //! parallel. Children are killed when their handle drops (also on panic) and, through
 //! `PR_SET_PDEATHSIG`, when the test process itself dies.
 
@@ -7,12 +7,17 @@ mod cluster;
 mod nats;
 mod postgres;
 mod process;
+mod s3;
 mod tools;
 
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 pub use process::{KillOnDrop, spawn_owned, stop_gracefully};
+pub use s3::S3Server;
+pub mod s3_credentials {
+    pub use crate::s3::{ACCESS_KEY, BUCKET, SECRET_KEY};
+}
 pub use tools::{Tools, workspace_root};
 
 /// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
