@@ -414,6 +414,7 @@ async fn main() -> anyhow::Result<()> {
     let phase = processes.start()?;
     let report = xibaar_projector::rebuild::rebuild(
         &js,
+        None,
         &pool,
         xibaar_projector::READ_MODELS,
         settings,

@@ -74,6 +74,9 @@ pub struct Shared {
     pub ops: ops::OpsView,
     /// Wakes the customers' live inbox streams ([`live::InboxHub::spawn_listener`]).
     pub inbox: Arc<live::InboxHub>,
+    /// The long-term archive, when one is configured: timelines reach into it for what the
+    /// event stream no longer holds.
+    pub archive: Option<xibaar_archive::ArchiveStore>,
 }
 
 /// The API's routes, ready to serve or to drive with `oneshot` in tests.

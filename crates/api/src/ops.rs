@@ -51,6 +51,8 @@ pub struct OpsSnapshot {
     pub dlq_depth: u64,
     /// Events in `XIBAAR_EVENTS` not yet in the read models; `None` while no projector reports.
     pub projection_gap: Option<u64>,
+    /// The archive's distance from the event stream's head; `None` without an archive.
+    pub archive: Option<xibaar_archive::ArchiveLag>,
     /// What could not be read this round (JetStream away, …).
     pub problems: Vec<String>,
 }
@@ -128,6 +130,7 @@ struct Reporting {
 pub fn spawn_collector(
     client: async_nats::Client,
     js: jetstream::Context,
+    archive_enabled: bool,
     shutdown: CancellationToken,
 ) -> OpsView {
     let (tx, rx) = watch::channel(Arc::new(OpsSnapshot::default()));
@@ -162,6 +165,12 @@ pub fn spawn_collector(
                     reporting.retain(|_, r| r.seen.elapsed() < SILENT_AFTER);
                     let mut snapshot = from_heartbeats(&reporting);
                     jetstream_figures(&js, &definitions, &mut snapshot, &mut last_events).await;
+                    if archive_enabled {
+                        match xibaar_archive::archive_lag(&js).await {
+                            Ok(lag) => snapshot.archive = Some(lag),
+                            Err(e) => snapshot.problems.push(format!("archive lag: {e:#}")),
+                        }
+                    }
                     snapshot.at = Some(Utc::now());
                     tx.send_replace(Arc::new(snapshot));
                 }

@@ -105,7 +105,8 @@ pub async fn replay(
             }
         }
         progress(read, entry.last_sequence, head);
-        next = entry.last_sequence + 1;
+        // The stream holds the rest of a segment that reaches into it.
+        next = (entry.last_sequence + 1).min(stream_first);
     }
     if next < stream_first {
         return Err(ReplayError::Nats(format!(

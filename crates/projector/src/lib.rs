@@ -87,10 +87,8 @@ struct Item {
 
 /// Reads `messages` into batches bounded by size and time, decodes them, and hands them over
 /// one at a time; catching up stops after the batch that reaches `until`.
-async fn read_batches(
-    mut messages: impl futures::Stream<
-        Item = Result<jetstream::Message, jetstream::consumer::pull::OrderedError>,
-    > + Unpin,
+async fn read_batches<E: std::fmt::Display>(
+    mut messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
     settings: ProjectorSettings,
     until: Option<u64>,
     batches: tokio::sync::mpsc::Sender<Vec<Item>>,
@@ -336,7 +334,7 @@ impl Projector {
                 }
             }
         };
-        let mut reached = checkpoint;
+        let reached = checkpoint;
         if until.is_some_and(|u| reached >= u) {
             return Ok(reached);
         }
@@ -356,6 +354,46 @@ impl Projector {
             .await
             .context("reading XIBAAR_EVENTS")?;
         tracing::info!(start_sequence, "projector running");
+        self.consume(messages, shutdown, until, reached, progress)
+            .await
+    }
+
+    /// Applies messages read from the archive (as [`xibaar_archive::segment::Record::as_stream_message`]
+    /// gives them), in order, up to `until`; those at or below the checkpoint are skipped.
+    /// For a rebuild reaching back past what `XIBAAR_EVENTS` still holds.
+    pub async fn apply_archived(
+        &mut self,
+        messages: Vec<jetstream::Message>,
+        until: u64,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> anyhow::Result<u64> {
+        let checkpoint = u64::try_from(self.checkpoint().await?).unwrap_or(0);
+        self.committed = i64::try_from(checkpoint).ok();
+        if checkpoint >= until {
+            return Ok(checkpoint);
+        }
+        let messages =
+            futures::stream::iter(messages.into_iter().map(Ok::<_, std::convert::Infallible>));
+        self.consume(
+            messages,
+            &CancellationToken::new(),
+            Some(until),
+            checkpoint,
+            progress,
+        )
+        .await
+    }
+
+    /// Commits the batches read from `messages` until `until`, the end of `messages` or
+    /// `shutdown`; returns the checkpoint reached.
+    async fn consume<E: std::fmt::Display + Send + 'static>(
+        &mut self,
+        messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin + Send + 'static,
+        shutdown: &CancellationToken,
+        until: Option<u64>,
+        mut reached: u64,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> anyhow::Result<u64> {
         // The next batch is read and decoded while this one is in Postgres.
         let (batches, mut ready) = tokio::sync::mpsc::channel(1);
         let reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_batches(

@@ -6,7 +6,9 @@
 //!    migrations (so names, indexes and constraints are the live ones), through a pool whose
 //!    `search_path` is that schema: the projector's statements, unqualified, land there.
 //! 2. A projector on that pool replays `XIBAAR_EVENTS` from sequence 1 with an ordered
-//!    consumer, then catches up with the head again (events keep arriving).
+//!    consumer, then catches up with the head again (events keep arriving). What the stream
+//!    no longer holds (its retention shortened once an archive holds the events) is read
+//!    from the archive's segments first; without an archive such a rebuild is refused.
 //! 3. The swap locks the live tables (waiting for the live projector's batch in flight and
 //!    holding off its next one), brings the shadow tables up to at least the live checkpoint,
 //!    moves the live tables to `xibaar_retired` and the shadow ones to `public`, and commits.
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream;
 use sqlx::{AssertSqlSafe, PgPool, postgres::PgPoolOptions};
+use xibaar_archive::ArchiveStore;
+use xibaar_streams::names;
 
 use crate::{Projector, ProjectorSettings, READ_MODELS, events_head};
 
@@ -126,8 +130,10 @@ pub struct Report {
 }
 
 /// Rebuilds `projection` (only `read_models` exists) as described in the module docs.
+#[allow(clippy::too_many_arguments)]
 pub async fn rebuild(
     js: &jetstream::Context,
+    archive: Option<&ArchiveStore>,
     live: &PgPool,
     projection: &str,
     settings: ProjectorSettings,
@@ -139,6 +145,24 @@ pub async fn rebuild(
         "no projection `{projection}`; the projections are: {READ_MODELS}"
     );
     let started = Instant::now();
+    let stream_first = {
+        let mut stream = js
+            .get_stream(names::EVENTS)
+            .await
+            .context("opening XIBAAR_EVENTS")?;
+        stream
+            .info()
+            .await
+            .context("reading XIBAAR_EVENTS")?
+            .state
+            .first_sequence
+    };
+    anyhow::ensure!(
+        stream_first <= 1 || archive.is_some(),
+        "{} starts at sequence {stream_first}: the events before it are only in the archive; \
+         configure [archive] to rebuild",
+        names::EVENTS
+    );
     // Held for the whole rebuild on its own connection: one rebuild at a time.
     // Closed (and the lock with it) when the rebuild ends, however it ends.
     let mut guard = live.acquire().await.context("connecting to Postgres")?;
@@ -184,6 +208,9 @@ pub async fn rebuild(
     projector.announce = false;
     // Replay to the head, then to the head again: what arrived meanwhile is small.
     let mut applied = 0;
+    if let Some(store) = archive.filter(|_| stream_first > 1) {
+        applied = from_archive(&mut projector, js, store, stream_first - 1, progress).await?;
+    }
     // Each pass ends with the statistics autovacuum would have gathered: the second pass's
     // statements, and the swapped-in tables, are planned with them.
     let analyze = format!("ANALYZE {}", qualified(SHADOW_SCHEMA));
@@ -243,6 +270,59 @@ pub async fn rebuild(
         elapsed: started.elapsed(),
         swap_held,
     })
+}
+
+/// Applies the archived events `1..=through` (those the stream no longer holds), segment by
+/// segment, refusing a gap.
+async fn from_archive(
+    projector: &mut Projector,
+    js: &jetstream::Context,
+    store: &ArchiveStore,
+    through: u64,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> anyhow::Result<u64> {
+    let mut next = 1;
+    let mut applied = 0;
+    for entry in store.index(1).await? {
+        if entry.first_sequence > through {
+            break;
+        }
+        anyhow::ensure!(
+            entry.first_sequence <= next,
+            "the archive has no events {next}..{} (run `xibaar archive verify`)",
+            entry.first_sequence - 1
+        );
+        let manifest = store.manifest(&entry).await?.with_context(|| {
+            format!(
+                "the manifest of segment {} is missing",
+                entry.first_sequence
+            )
+        })?;
+        let messages = store
+            .records(&manifest)
+            .await?
+            .iter()
+            .filter(|r| r.sequence >= next && r.sequence <= through)
+            .map(|r| r.as_stream_message(js))
+            .collect();
+        let until = entry.last_sequence.min(through);
+        applied = projector
+            .apply_archived(messages, until, &mut |t| {
+                progress(Progress {
+                    phase: Phase::Replaying,
+                    applied_through: t,
+                    head: through,
+                })
+            })
+            .await?;
+        next = entry.last_sequence + 1;
+    }
+    anyhow::ensure!(
+        next > through,
+        "events {next}..={through} are neither in the archive nor in {} (run `xibaar archive verify`)",
+        names::EVENTS
+    );
+    Ok(applied)
 }
 
 /// Brings the shadow from `applied` up to `head`, reporting progress in `phase`.

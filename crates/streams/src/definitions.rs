@@ -268,6 +268,23 @@ impl Definitions {
         self
     }
 
+    /// Sets how long stream `name` keeps messages (its `max_age`).
+    pub fn with_max_age(mut self, name: &str, max_age: std::time::Duration) -> Self {
+        for def in self.streams.iter_mut().filter(|d| d.config.name == name) {
+            def.config.max_age = max_age;
+            let nanos = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+            def.declared.insert("max_age".into(), Value::from(nanos));
+            // JetStream refuses a duplicate window longer than the retention: a stream cannot
+            // recognise a repeat of a message it no longer keeps.
+            if def.config.duplicate_window > max_age {
+                def.config.duplicate_window = max_age;
+                def.declared
+                    .insert("duplicate_window".into(), Value::from(nanos));
+            }
+        }
+        self
+    }
+
     pub fn stream(&self, name: &str) -> Option<&StreamDef> {
         self.streams.iter().find(|d| d.config.name == name)
     }

@@ -24,7 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Every role in one process: api, dispatcher, projector.
+    /// Every role in one process: api, dispatcher, projector, and the archiver when
+    /// `archive.bucket` is set.
     Up,
     /// The HTTP API.
     Api,
@@ -32,6 +33,13 @@ pub enum Command {
     Dispatcher,
     /// Read-model projections.
     Projector,
+    /// Seals the event log into segments on S3/MinIO (`[archive]`).
+    Archiver,
+    /// The archive: status, verify, restore.
+    Archive {
+        #[command(subcommand)]
+        command: commands::archive::ArchiveCommand,
+    },
     /// Stream and consumer definitions.
     Streams {
         #[command(subcommand)]
@@ -121,16 +129,25 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             api: true,
             dispatcher: false,
             projector: false,
+            archiver: false,
         }),
         Command::Dispatcher => Some(Roles {
             api: false,
             dispatcher: true,
             projector: false,
+            archiver: false,
         }),
         Command::Projector => Some(Roles {
             api: false,
             dispatcher: false,
             projector: true,
+            archiver: false,
+        }),
+        Command::Archiver => Some(Roles {
+            api: false,
+            dispatcher: false,
+            projector: false,
+            archiver: true,
         }),
         _ => None,
     };
@@ -167,6 +184,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => commands::replay::run_replay(&config, args).await,
         Command::Audit { command } => commands::replay::run_audit(&config, command).await,
         Command::Dlq { command } => commands::dlq::run(&config, command).await,
+        Command::Archive { command } => commands::archive::run(&config, command).await,
         Command::Health { probe } => commands::health(&config, &probe).await,
         Command::Projections {
             command: ProjectionsCommand::Status { json },
@@ -181,6 +199,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Up | Command::Api | Command::Dispatcher | Command::Projector => Ok(()),
+        Command::Up
+        | Command::Api
+        | Command::Dispatcher
+        | Command::Projector
+        | Command::Archiver => Ok(()),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 mod commands;
+mod retention;
 pub mod startup;
 
 pub use startup::{Roles, run};

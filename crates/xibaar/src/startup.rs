@@ -17,21 +17,26 @@ pub struct Roles {
     pub api: bool,
     pub dispatcher: bool,
     pub projector: bool,
+    /// Runs only when `archive.bucket` is set.
+    pub archiver: bool,
 }
 
 impl Roles {
+    /// Every role: `xibaar up` (the archiver only with an archive configured).
     pub const ALL: Roles = Roles {
         api: true,
         dispatcher: true,
         projector: true,
+        archiver: true,
     };
 
     pub fn name(&self) -> &'static str {
-        match (self.api, self.dispatcher, self.projector) {
-            (true, true, true) => "xibaar-up",
-            (true, false, false) => "xibaar-api",
-            (false, true, false) => "xibaar-dispatcher",
-            (false, false, true) => "xibaar-projector",
+        match (self.api, self.dispatcher, self.projector, self.archiver) {
+            (true, true, true, _) => "xibaar-up",
+            (true, false, false, false) => "xibaar-api",
+            (false, true, false, false) => "xibaar-dispatcher",
+            (false, false, true, false) => "xibaar-projector",
+            (false, false, false, true) => "xibaar-archiver",
             _ => "xibaar",
         }
     }
@@ -64,12 +69,15 @@ pub fn postgres(config: &Config) -> anyhow::Result<PgPool> {
     )?)
 }
 
-/// Applies the stream definitions compiled into this build.
+/// Applies the stream definitions compiled into this build (those of `dir` instead, when
+/// given), with this configuration's replicas and event retention.
 pub async fn apply_streams(
     js: &jetstream::Context,
     config: &Config,
+    dir: Option<&std::path::Path>,
 ) -> anyhow::Result<Vec<xibaar_streams::Change>> {
-    let defs = Definitions::builtin().with_replicas(config.nats.stream_replicas);
+    let defs = crate::retention::definitions(config, dir)?;
+    crate::retention::guard(js, config, &defs).await?;
     Ok(xibaar_streams::apply(js, &defs).await?)
 }
 
@@ -89,7 +97,7 @@ async fn apply_streams_when_ready(
         Duration::from_secs(5),
         shutdown.cancelled(),
         || async {
-            match apply_streams(js, config).await {
+            match apply_streams(js, config, None).await {
                 Ok(changes) => Ok(Ok(changes)),
                 Err(e) if !waiting_helps(&e) => Ok(Err(e.context("applying streams"))),
                 Err(e) => Err(format!("{e:#}")),
@@ -102,6 +110,13 @@ async fn apply_streams_when_ready(
 
 /// Whether an error applying the streams may pass by itself.
 fn waiting_helps(e: &anyhow::Error) -> bool {
+    if e.downcast_ref::<crate::retention::RetentionRefused>()
+        .is_some()
+        || e.downcast_ref::<xibaar_streams::DefinitionError>()
+            .is_some()
+    {
+        return false;
+    }
     match e.downcast_ref::<xibaar_streams::ApplyError>() {
         Some(e) => e.is_transient(),
         None => true,
@@ -182,6 +197,15 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             "configuration key `fcm.apps`: the dispatcher needs at least one Firebase app"
         );
     }
+    let only_archiver = roles.archiver && !(roles.api || roles.dispatcher || roles.projector);
+    if only_archiver && !config.archive.enabled() {
+        anyhow::bail!("configuration key `archive.bucket`: the archiver needs a bucket");
+    }
+    // Credentials and the extra CA are read now: a missing one stops the start.
+    let archive = match config.archive.enabled() {
+        true => Some(xibaar_archive::ArchiveStore::from_config(&config.archive)?),
+        false => None,
+    };
     let client = connect_nats(&config, roles.name()).await?;
     let js = jetstream(client.clone());
     let pool = postgres(&config)?;
@@ -246,8 +270,14 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
                 config.api.client_requests_per_minute,
             ),
             publish_timeout: config.api.publish_timeout,
-            ops: xibaar_api::ops::spawn_collector(client.clone(), js.clone(), shutdown.clone()),
+            ops: xibaar_api::ops::spawn_collector(
+                client.clone(),
+                js.clone(),
+                archive.is_some(),
+                shutdown.clone(),
+            ),
             inbox: Default::default(),
+            archive: archive.clone(),
         });
         state
             .inbox
@@ -279,6 +309,16 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         let projector =
             xibaar_projector::Projector::new(js.clone(), pool.clone(), (&config.projector).into());
         tasks.spawn(projector.run(shutdown.clone()));
+    }
+    if let (true, Some(store)) = (roles.archiver, &archive) {
+        let archiver =
+            xibaar_archive::Archiver::new(js.clone(), store.clone(), (&config.archive).into());
+        tasks.spawn(archiver.run(shutdown.clone()));
+        let (js, shutdown) = (js.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            xibaar_archive::lag::report_lag(js, Duration::from_secs(5), shutdown).await;
+            Ok(())
+        });
     }
     {
         // Every role reports every Xibaar consumer: ops see the backlog of a priority whose

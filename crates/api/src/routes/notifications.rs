@@ -359,12 +359,13 @@ pub async fn timeline(
     caller.require(scopes::AUDIT)?;
     let not_found = || ApiError::NotFound(format!("no events of notification {id}"));
     let id = NotificationId(uuid::Uuid::parse_str(&id).map_err(|_| not_found())?);
-    let events = xibaar_streams::replay::notification_timeline(&state.js, id)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "reading a timeline failed");
-            ApiError::Unavailable("the event log is unavailable; try again shortly".into())
-        })?;
+    let events =
+        xibaar_archive::replay::notification_timeline(&state.js, state.archive.as_ref(), id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "reading a timeline failed");
+                ApiError::Unavailable("the event log is unavailable; try again shortly".into())
+            })?;
     if events.is_empty() {
         return Err(not_found());
     }

@@ -46,6 +46,10 @@ struct Report {
     consumers: Vec<ConsumerLag>,
     /// Empty when Postgres could not be reached (the consumers are still reported).
     projections: Vec<ProjectionLag>,
+    /// The archive's distance from the stream's head; absent without an archive (or when
+    /// it cannot be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive: Option<xibaar_archive::ArchiveLag>,
     /// Thresholds exceeded, in words.
     exceeded: Vec<String>,
 }
@@ -75,10 +79,24 @@ pub async fn run(config: &Config, args: LagArgs) -> anyhow::Result<i32> {
                     Vec::new()
                 }
             };
-        let exceeded = exceeded(&consumers, &args);
+        let archive = match config.archive.enabled() {
+            true => match xibaar_archive::archive_lag(&js).await {
+                Ok(lag) => Some(lag),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "archive lag unavailable");
+                    None
+                }
+            },
+            false => None,
+        };
+        let mut exceeded = exceeded(&consumers, &args);
+        if let Some(lag) = &archive {
+            exceeded.extend(archive_exceeded(lag, &args));
+        }
         let report = Report {
             consumers,
             projections,
+            archive,
             exceeded,
         };
         let mut out = std::io::stdout().lock();
@@ -164,6 +182,27 @@ fn exceeded(consumers: &[ConsumerLag], args: &LagArgs) -> Vec<String> {
     out
 }
 
+/// The thresholds apply to the archive as to a consumer; events it lost always count.
+fn archive_exceeded(lag: &xibaar_archive::ArchiveLag, args: &LagArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    if args.max_backlog.is_some_and(|max| lag.events_behind > max) {
+        out.push(format!("archive: {} events behind", lag.events_behind));
+    }
+    if args
+        .max_seconds_behind
+        .is_some_and(|max| lag.seconds_behind > max)
+    {
+        out.push(format!("archive: {:.1} s behind", lag.seconds_behind));
+    }
+    if lag.lost > 0 {
+        out.push(format!(
+            "archive: {} events dropped by the stream before they were archived",
+            lag.lost
+        ));
+    }
+    out
+}
+
 fn table(report: &Report) -> String {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
@@ -209,7 +248,29 @@ fn table(report: &Report) -> String {
             "-".into(),
         ]);
     }
+    if let Some(a) = &report.archive {
+        table.add_row([
+            xibaar_streams::names::EVENTS.to_owned(),
+            "archive".into(),
+            a.events_behind.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            a.archived_through.to_string(),
+            a.head.to_string(),
+            format!("{:.1}s", a.seconds_behind),
+        ]);
+    }
     let mut out = format!("{table}\n");
+    if let Some(margin) = report
+        .archive
+        .as_ref()
+        .and_then(|a| a.retention_margin_seconds)
+    {
+        out.push_str(&format!(
+            "archive: the stream drops the oldest unarchived event in {margin:.0} s\n"
+        ));
+    }
     for e in &report.exceeded {
         out.push_str(&format!("threshold exceeded: {e}\n"));
     }

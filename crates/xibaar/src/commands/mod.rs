@@ -1,3 +1,4 @@
+pub mod archive;
 pub mod dlq;
 pub mod lag;
 pub mod replay;
@@ -7,19 +8,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use xibaar_config::Config;
-use xibaar_streams::Definitions;
 
 use crate::startup;
 
 pub async fn streams_apply(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let defs = match dir {
-        Some(dir) => Definitions::load_dir(&dir)?,
-        None => Definitions::builtin(),
-    }
-    .with_replicas(config.nats.stream_replicas);
     let client = startup::connect_nats(config, "xibaar-streams-apply").await?;
     let js = startup::jetstream(client);
-    for change in xibaar_streams::apply(&js, &defs).await? {
+    for change in startup::apply_streams(&js, config, dir.as_deref()).await? {
         println!("{change}");
     }
     Ok(())
@@ -40,8 +35,10 @@ pub async fn rebuild(config: &Config, name: &str, keep_retired: bool) -> anyhow:
         .progress_chars("=> "),
     );
     let mut phase = None;
+    let archive = archive::optional_store(config)?;
     let report = rebuild::rebuild(
         &js,
+        archive.as_ref(),
         &pool,
         name,
         (&config.projector).into(),

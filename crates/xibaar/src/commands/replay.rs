@@ -6,9 +6,10 @@ use std::io::{IsTerminal, Write};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
+use xibaar_archive::replay::{notification_timeline, replay};
 use xibaar_config::Config;
 use xibaar_core::NotificationId;
-use xibaar_streams::replay::{Filter, Replayed, notification_timeline, replay};
+use xibaar_streams::replay::{Filter, Replayed};
 
 use crate::startup;
 
@@ -118,13 +119,16 @@ pub async fn run_replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()>
         customer: args.customer,
         device: args.device,
         types: args.types,
+        from_sequence: None,
     };
+    let archive = super::archive::optional_store(config)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut rows = Vec::new();
     let show_progress = std::io::stderr().is_terminal();
     let format = args.format;
     let matched = replay(
         &js,
+        archive.as_ref(),
         &filter,
         |r: Replayed| match format {
             Format::Ndjson => {
@@ -158,7 +162,8 @@ pub async fn run_audit(config: &Config, command: AuditCommand) -> anyhow::Result
     let AuditCommand::Notification { id, json } = command;
     let client = startup::connect_nats(config, "xibaar-audit").await?;
     let js = startup::jetstream(client);
-    let events = notification_timeline(&js, NotificationId(id)).await?;
+    let archive = super::archive::optional_store(config)?;
+    let events = notification_timeline(&js, archive.as_ref(), NotificationId(id)).await?;
     if events.is_empty() {
         anyhow::bail!("no events of notification {id}");
     }

@@ -36,6 +36,7 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
         api: true,
         dispatcher: false,
         projector: false,
+        archiver: false,
     })
     .await;
     let url = format!("{}/v1/notifications", p.api);
@@ -115,6 +116,7 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
             ),
             ops: xibaar_api::ops::idle_view(),
             inbox: Default::default(),
+            archive: None,
             publish_timeout: std::time::Duration::from_secs(5),
         }),
         p.config.api.max_body_bytes,

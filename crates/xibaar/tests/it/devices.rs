@@ -184,6 +184,7 @@ async fn a_customer_can_never_detach_another_customers_device() {
         api: true,
         dispatcher: false,
         projector: true,
+        archiver: false,
     })
     .await;
     p.register_device("victim", "phone-1", "tok-victim").await;

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary's roles against real nats-server, PostgreSQL and the FCM
 //! stand-in. One test binary, so the workspace links once.
 
+mod archive;
 mod audiences;
 mod audit;
 mod bad_input;

@@ -292,6 +292,7 @@ async fn read_models_equal_a_pure_fold_whatever_crashes_redeliveries_and_restart
         api: false,
         dispatcher: false,
         projector: false,
+        archiver: false,
     })
     .await;
     let seeds = [7_u64, 1_234, 99_001];

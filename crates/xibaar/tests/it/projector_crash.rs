@@ -50,6 +50,7 @@ async fn killing_the_projector_mid_stream_converges_without_double_counts() {
         api: true,
         dispatcher: true,
         projector: false,
+        archiver: false,
     })
     .await;
     let projector = ProjectorProcess::spawn(&p);

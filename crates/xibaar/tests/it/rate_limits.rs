@@ -23,6 +23,7 @@ async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
             ),
             ops: xibaar_api::ops::idle_view(),
             inbox: Default::default(),
+            archive: None,
             publish_timeout: Duration::from_secs(5),
         }),
         p.config.api.max_body_bytes,

@@ -87,6 +87,7 @@ impl Pipeline {
             api: true,
             dispatcher: false,
             projector: true,
+            archiver: false,
         })
         .await
     }
@@ -169,6 +170,15 @@ filter = "warn"
             shutdown: CancellationToken::new(),
             roles: None,
         }
+    }
+
+    /// Adds an `[archive]` on `s3` (plus `settings`, TOML keys of the section) to the
+    /// configuration; before the roles start.
+    pub fn add_archive(&mut self, s3: &xibaar_testkit::S3Server, settings: &str) {
+        let mut toml = std::fs::read_to_string(&self.config_path).unwrap();
+        toml.push_str(&format!("[archive]\n{}{settings}\n", s3.archive_toml()));
+        std::fs::write(&self.config_path, &toml).unwrap();
+        self.config = Config::from_toml(&toml).unwrap();
     }
 
     /// Runs `roles` in this process; returns once they report started.
@@ -306,10 +316,17 @@ filter = "warn"
 
     /// Runs the `xibaar` binary with this pipeline's configuration: success, stdout + stderr.
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        self.cli_with_env(args, &[])
+    }
+
+    /// [`Pipeline::cli`] with `env` on top (configuration overrides such as
+    /// `XIBAAR_ARCHIVE__STREAM_RETENTION`).
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_xibaar"))
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let text = format!(
