@@ -2,6 +2,15 @@
 
 use std::path::PathBuf;
 
+use xibaar_core::{
+    Actor, Audience, Content, CustomerId, DeliveryOptions, DeviceId, Event, EventEnvelope,
+    FcmToken, NotificationId, Platform, Priority,
+    event::{
+        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceRegistered,
+        NotificationAccepted, NotificationFannedOut,
+    },
+};
+
 /// `n` scaled by `XIBAAR_BENCH_SCALE` (default 1), at least 1,000: a quick run with 0.1.
 pub fn scale(n: usize) -> usize {
     let factor: f64 = std::env::var("XIBAAR_BENCH_SCALE")
@@ -230,4 +239,102 @@ impl Servers {
             pool,
         })
     }
+}
+
+pub const DEVICES: usize = 10_000;
+
+fn envelope(event: Event) -> EventEnvelope {
+    let correlation = event.aggregate_id();
+    EventEnvelope::new(event, correlation, None, Actor::system("benchmark"))
+}
+
+/// Stores about `n` events: `DEVICES` registrations, then broadcasts to every device
+/// (accepted, fanned out, one outcome per device: 95 % sent, 3 % invalid tokens, 2 % expired).
+pub async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow::Result<u64> {
+    let mut pipeline = xibaar_streams::Pipeline::new(js.clone(), 4_096);
+    let mut publish = async |event: Event| -> anyhow::Result<()> {
+        let envelope = envelope(event);
+        pipeline
+            .publish(
+                envelope.subject(),
+                xibaar_streams::event_headers(&envelope),
+                envelope.to_json()?.into(),
+            )
+            .await?;
+        Ok(())
+    };
+    let device = |d: usize| DeviceId::parse(format!("device-{d:07}")).expect("valid id");
+    let customer = |d: usize| CustomerId::parse(format!("customer-{d:07}")).expect("valid id");
+    for d in 0..DEVICES {
+        publish(Event::DeviceRegistered(DeviceRegistered {
+            device_id: device(d),
+            customer_id: customer(d),
+            token: FcmToken::parse(format!("token-{d:07}"))?,
+            platform: Platform::Android,
+            app_id: "app".into(),
+            app_version: Some("4.2.0".into()),
+            locale: Some("fr-SN".into()),
+        }))
+        .await?;
+    }
+    let broadcasts = n.saturating_sub(DEVICES).div_ceil(DEVICES + 2).max(1);
+    for b in 0..broadcasts {
+        let notification_id = NotificationId::generate();
+        let priority = Priority::ALL[b % 4];
+        publish(Event::NotificationAccepted(NotificationAccepted {
+            notification_id,
+            priority,
+            audience: Audience::Everyone,
+            content: Content {
+                title: format!("Planned outage #{b}"),
+                body: "Power will be off from 09:00 to 11:00 in your area.".into(),
+                data: [("kind".to_owned(), "outage".to_owned())].into(),
+                image_url: None,
+            },
+            category: None,
+            idempotency_key: None,
+            delivery: DeliveryOptions::default(),
+            accepted_at: chrono::Utc::now(),
+        }))
+        .await?;
+        publish(Event::NotificationFannedOut(NotificationFannedOut {
+            notification_id,
+            priority,
+            targeted: DEVICES as u64,
+        }))
+        .await?;
+        for d in 0..DEVICES {
+            let (device_id, customer_id) = (device(d), customer(d));
+            let event = match d % 100 {
+                0..95 => Event::DeliverySucceeded(DeliverySucceeded {
+                    notification_id,
+                    priority,
+                    device_id,
+                    customer_id,
+                    attempt: 1,
+                    fcm_message_id: format!("projects/p/messages/{b}-{d}"),
+                }),
+                95..98 => Event::DeliveryFailed(DeliveryFailed {
+                    notification_id,
+                    priority,
+                    device_id,
+                    customer_id,
+                    attempt: 1,
+                    reason: DeliveryFailure::InvalidToken,
+                    error_code: Some("UNREGISTERED".into()),
+                    detail: "Requested entity was not found.".into(),
+                }),
+                _ => Event::DeliveryExpired(DeliveryExpired {
+                    notification_id,
+                    priority,
+                    device_id,
+                    customer_id,
+                    attempt: 1,
+                    expired_at: chrono::Utc::now(),
+                }),
+            };
+            publish(event).await?;
+        }
+    }
+    Ok(pipeline.flush().await?.last_sequence)
 }

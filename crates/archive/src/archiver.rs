@@ -105,16 +105,6 @@ impl From<anyhow::Error> for Stop {
     }
 }
 
-/// One run of the work loop: what it works under and where it stands.
-struct Run<'a> {
-    kv: &'a kv::Store,
-    lost: &'a CancellationToken,
-    shutdown: &'a CancellationToken,
-    position: Position,
-    /// The position's revision in `XIBAAR_ARCHIVE` (0: never written).
-    revision: u64,
-}
-
 pub struct Archiver {
     js: jetstream::Context,
     store: ArchiveStore,
@@ -213,10 +203,10 @@ impl Archiver {
         };
         // What a previous run sealed (or only uploaded) but did not record.
         loop {
-            match self.adopt(position.last_sequence + 1).await {
+            match adopt(&self.store, position.last_sequence + 1).await {
                 Ok(Some(last)) => {
                     position.last_sequence = last;
-                    revision = match self.record(kv, position, revision).await {
+                    revision = match record(kv, position, revision).await {
                         Ok(r) => r,
                         Err(stop) => return stop,
                     };
@@ -251,13 +241,8 @@ impl Archiver {
             Err(e) => return Stop::Failed(e),
         };
         tracing::info!(start_sequence, "archiver running");
-        let mut run = Run {
-            kv,
-            lost,
-            shutdown,
-            position,
-            revision,
-        };
+        // The segment being written while the next one fills: sealing overlaps reading.
+        let mut uploading: Option<Upload> = None;
         let mut writer = Writer::default();
         let mut expected = start_sequence;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -266,7 +251,16 @@ impl Archiver {
             // caught up with the stream.
             let message = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Stop::Shutdown,
+                _ = shutdown.cancelled() => {
+                    // A clean stop lets the segment being written finish (a crash would not,
+                    // and the next run adopts it; this saves it the work).
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        settle(&mut uploading, &mut position, &mut revision),
+                    )
+                    .await;
+                    return Stop::Shutdown;
+                }
                 _ = lost.cancelled() => return Stop::LeaseLost,
                 m = messages.next() => match m {
                     Some(Ok(m)) => Some(m),
@@ -293,7 +287,17 @@ impl Archiver {
                     metrics::counter!("xibaar_archive_gaps_total").increment(1);
                     // The gap falls between two segments, where `verify` reports it.
                     if writer.count() > 0
-                        && let Err(stop) = self.seal(&mut run, std::mem::take(&mut writer)).await
+                        && let Err(stop) = self
+                            .seal(
+                                std::mem::take(&mut writer),
+                                &mut uploading,
+                                kv,
+                                lost,
+                                shutdown,
+                                &mut position,
+                                &mut revision,
+                            )
+                            .await
                     {
                         return stop;
                     }
@@ -313,167 +317,241 @@ impl Archiver {
                 (until - first).to_std().unwrap_or_default() >= self.settings.max_age
             });
             if (full || old)
-                && let Err(stop) = self.seal(&mut run, std::mem::take(&mut writer)).await
+                && let Err(stop) = self
+                    .seal(
+                        std::mem::take(&mut writer),
+                        &mut uploading,
+                        kv,
+                        lost,
+                        shutdown,
+                        &mut position,
+                        &mut revision,
+                    )
+                    .await
+            {
+                return stop;
+            }
+            // An upload that finished while reading: its position is the current one.
+            if uploading.as_ref().is_some_and(|u| u.is_finished())
+                && let Err(stop) = settle(&mut uploading, &mut position, &mut revision).await
             {
                 return stop;
             }
         }
     }
 
-    /// Writes a segment, its manifest and the new position, retrying while S3 is away.
-    async fn seal(&self, run: &mut Run<'_>, writer: Writer) -> Result<(), Stop> {
-        let (kv, lost, shutdown) = (run.kv, run.lost, run.shutdown);
-        let started = std::time::Instant::now();
+    /// Hands a full segment to its upload, once the previous upload is done (positions move
+    /// in order); reading goes on meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn seal(
+        &self,
+        writer: Writer,
+        uploading: &mut Option<Upload>,
+        kv: &kv::Store,
+        lost: &CancellationToken,
+        shutdown: &CancellationToken,
+        position: &mut Position,
+        revision: &mut u64,
+    ) -> Result<(), Stop> {
         let Some((body, manifest)) = writer.finish() else {
             return Ok(());
         };
-        let segment_key = self.store.segment_key(manifest.first_sequence);
-        let entry = IndexEntry::of(&manifest);
-        let manifest_body =
-            Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serializes"));
-        let mut backoff = Backoff::for_nats();
-        // Segment first, then manifest: a manifest never names a missing segment.
-        let mut segment_done = false;
-        loop {
-            if lost.is_cancelled() {
-                return Err(Stop::LeaseLost);
-            }
-            let attempt = async {
-                if !segment_done {
-                    if self
-                        .store
-                        .put_new(&segment_key, body.clone(), "application/gzip")
-                        .await?
-                        == Put::AlreadyThere
-                    {
-                        return Ok::<_, StoreError>(false);
-                    }
-                    segment_done = true;
-                }
-                self.store
-                    .put_new(
-                        &self.store.manifest_key(&entry),
-                        manifest_body.clone(),
-                        "application/json",
-                    )
-                    .await?;
-                Ok(true)
-            };
-            match attempt.await {
-                Ok(true) => break,
-                Ok(false) => {
-                    // Someone wrote this segment already: adopt it and read on after it.
-                    tracing::warn!(
-                        first = manifest.first_sequence,
-                        "the segment was written by another archiver; adopting it"
-                    );
-                    return match self.adopt(manifest.first_sequence).await {
-                        Ok(Some(last)) => {
-                            run.position.last_sequence = last;
-                            run.revision = self.record(kv, run.position, run.revision).await?;
-                            Err(Stop::Moved)
-                        }
-                        Ok(None) => Err(Stop::Failed(anyhow::anyhow!(
-                            "segment {segment_key} vanished"
-                        ))),
-                        Err(e) => Err(Stop::Failed(e.into())),
-                    };
-                }
-                Err(e) => {
-                    metrics::counter!("xibaar_archive_upload_failures_total").increment(1);
-                    let wait = backoff.next_delay().max(Duration::from_millis(250));
-                    tracing::warn!(error = %e, retry_in = ?wait, "writing a segment failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Err(Stop::Shutdown),
-                        _ = lost.cancelled() => return Err(Stop::LeaseLost),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
-        run.position.last_sequence = manifest.last_sequence;
-        run.revision = self.record(kv, run.position, run.revision).await?;
-        metrics::counter!("xibaar_archive_segments_total").increment(1);
-        metrics::counter!("xibaar_archive_events_total").increment(manifest.count);
-        metrics::counter!("xibaar_archive_bytes_total").increment(manifest.compressed_bytes);
-        metrics::gauge!("xibaar_archive_position").set(manifest.last_sequence as f64);
-        metrics::histogram!("xibaar_archive_seal_seconds").record(started.elapsed().as_secs_f64());
-        tracing::info!(
-            first = manifest.first_sequence,
-            last = manifest.last_sequence,
-            bytes = manifest.compressed_bytes,
-            "segment sealed"
-        );
+        settle(uploading, position, revision).await?;
+        *uploading = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            upload(
+                self.store.clone(),
+                kv.clone(),
+                lost.clone(),
+                shutdown.clone(),
+                body,
+                manifest,
+                *position,
+                *revision,
+            ),
+        )));
         Ok(())
     }
+}
 
-    /// The segment starting at `first`, if one is there: its manifest, or a manifest written
-    /// now from the segment itself. Returns its last sequence.
-    async fn adopt(&self, first: u64) -> Result<Option<u64>, StoreError> {
-        if let Some(manifest) = self.store.manifest_starting_at(first).await? {
-            return Ok(Some(manifest.last_sequence));
+/// A segment's upload in flight; the position and revision it leaves. Dropped (aborted) when
+/// the run ends: an upload cut short is a crash mid-upload, which the next run adopts.
+type Upload = tokio_util::task::AbortOnDropHandle<Result<(Position, u64), Stop>>;
+
+/// Waits for the upload in flight, if any, and takes the position it recorded.
+async fn settle(
+    uploading: &mut Option<Upload>,
+    position: &mut Position,
+    revision: &mut u64,
+) -> Result<(), Stop> {
+    let Some(upload) = uploading.take() else {
+        return Ok(());
+    };
+    let (p, r) = upload
+        .await
+        .map_err(|e| Stop::Failed(anyhow::anyhow!("the upload task failed: {e}")))??;
+    *position = p;
+    *revision = r;
+    Ok(())
+}
+
+/// Writes a segment, its manifest and the new position, retrying while S3 is away.
+#[allow(clippy::too_many_arguments)]
+async fn upload(
+    store: ArchiveStore,
+    kv: kv::Store,
+    lost: CancellationToken,
+    shutdown: CancellationToken,
+    body: Bytes,
+    manifest: crate::segment::Manifest,
+    mut position: Position,
+    revision: u64,
+) -> Result<(Position, u64), Stop> {
+    let started = std::time::Instant::now();
+    let segment_key = store.segment_key(manifest.first_sequence);
+    let entry = IndexEntry::of(&manifest);
+    let manifest_body =
+        Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serializes"));
+    let mut backoff = Backoff::for_nats();
+    // Segment first, then manifest: a manifest never names a missing segment.
+    let mut segment_done = false;
+    loop {
+        if lost.is_cancelled() {
+            return Err(Stop::LeaseLost);
         }
-        let Some((body, records)) = self.store.unsealed(first).await? else {
-            return Ok(None);
+        let attempt = async {
+            if !segment_done {
+                if store
+                    .put_new(&segment_key, body.clone(), "application/gzip")
+                    .await?
+                    == Put::AlreadyThere
+                {
+                    return Ok::<_, StoreError>(false);
+                }
+                segment_done = true;
+            }
+            store
+                .put_new(
+                    &store.manifest_key(&entry),
+                    manifest_body.clone(),
+                    "application/json",
+                )
+                .await?;
+            Ok(true)
         };
-        let mut writer = Writer::default();
-        for r in &records {
-            writer.push(r);
+        match attempt.await {
+            Ok(true) => break,
+            Ok(false) => {
+                // Someone wrote this segment already: adopt it and read on after it.
+                tracing::warn!(
+                    first = manifest.first_sequence,
+                    "the segment was written by another archiver; adopting it"
+                );
+                return match adopt(&store, manifest.first_sequence).await {
+                    Ok(Some(last)) => {
+                        position.last_sequence = last;
+                        record(&kv, position, revision).await?;
+                        Err(Stop::Moved)
+                    }
+                    Ok(None) => Err(Stop::Failed(anyhow::anyhow!(
+                        "segment {segment_key} vanished"
+                    ))),
+                    Err(e) => Err(Stop::Failed(e.into())),
+                };
+            }
+            Err(e) => {
+                metrics::counter!("xibaar_archive_upload_failures_total").increment(1);
+                let wait = backoff.next_delay().max(Duration::from_millis(250));
+                tracing::warn!(error = %e, retry_in = ?wait, "writing a segment failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                    _ = lost.cancelled() => return Err(Stop::LeaseLost),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
         }
-        let Some((rebuilt, mut manifest)) = writer.finish() else {
-            return Ok(None);
-        };
-        // The manifest describes the object as it is stored, not as re-encoded here.
-        drop(rebuilt);
-        manifest.compressed_bytes = body.len() as u64;
-        manifest.sha256 = crate::segment::sha256_hex(&body);
-        let key = self.store.manifest_key(&IndexEntry::of(&manifest));
-        let manifest_body =
-            Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serializes"));
-        self.store
-            .put_new(&key, manifest_body, "application/json")
-            .await?;
-        tracing::info!(
-            first,
-            last = manifest.last_sequence,
-            "sealed a segment a previous run had uploaded"
-        );
-        Ok(Some(manifest.last_sequence))
     }
+    position.last_sequence = manifest.last_sequence;
+    let revision = record(&kv, position, revision).await?;
+    metrics::counter!("xibaar_archive_segments_total").increment(1);
+    metrics::counter!("xibaar_archive_events_total").increment(manifest.count);
+    metrics::counter!("xibaar_archive_bytes_total").increment(manifest.compressed_bytes);
+    metrics::gauge!("xibaar_archive_position").set(manifest.last_sequence as f64);
+    metrics::histogram!("xibaar_archive_seal_seconds").record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        first = manifest.first_sequence,
+        last = manifest.last_sequence,
+        bytes = manifest.compressed_bytes,
+        "segment sealed"
+    );
+    Ok((position, revision))
+}
 
-    /// Stores the position by compare-and-set on `revision`; returns the new revision.
-    async fn record(&self, kv: &kv::Store, position: Position, revision: u64) -> Result<u64, Stop> {
-        let value = Bytes::from(serde_json::to_vec(&position).expect("a position serializes"));
-        let mut backoff = Backoff::for_nats();
-        for _ in 0..20 {
-            let result = if revision == 0 {
-                kv.create(POSITION_KEY, value.clone()).await.map_err(|e| {
+/// The segment starting at `first`, if one is there: its manifest, or a manifest written now
+/// from the segment itself. Returns its last sequence.
+async fn adopt(store: &ArchiveStore, first: u64) -> Result<Option<u64>, StoreError> {
+    if let Some(manifest) = store.manifest_starting_at(first).await? {
+        return Ok(Some(manifest.last_sequence));
+    }
+    let Some((body, records)) = store.unsealed(first).await? else {
+        return Ok(None);
+    };
+    let mut writer = Writer::default();
+    for r in &records {
+        writer.push(r);
+    }
+    let Some((_, mut manifest)) = writer.finish() else {
+        return Ok(None);
+    };
+    // The manifest describes the object as it is stored, not as re-encoded here.
+    manifest.compressed_bytes = body.len() as u64;
+    manifest.sha256 = crate::segment::sha256_hex(&body);
+    let key = store.manifest_key(&IndexEntry::of(&manifest));
+    let manifest_body =
+        Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serializes"));
+    store
+        .put_new(&key, manifest_body, "application/json")
+        .await?;
+    tracing::info!(
+        first,
+        last = manifest.last_sequence,
+        "sealed a segment a previous run had uploaded"
+    );
+    Ok(Some(manifest.last_sequence))
+}
+
+/// Stores the position by compare-and-set on `revision` (0: create); returns the new
+/// revision.
+async fn record(kv: &kv::Store, position: Position, revision: u64) -> Result<u64, Stop> {
+    let value = Bytes::from(serde_json::to_vec(&position).expect("a position serializes"));
+    let mut backoff = Backoff::for_nats();
+    for _ in 0..20 {
+        let result = if revision == 0 {
+            kv.create(POSITION_KEY, value.clone()).await.map_err(|e| {
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )
+            })
+        } else {
+            kv.update(POSITION_KEY, value.clone(), revision)
+                .await
+                .map_err(|e| {
                     (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
                         e.to_string(),
                     )
                 })
-            } else {
-                kv.update(POSITION_KEY, value.clone(), revision)
-                    .await
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    })
-            };
-            match result {
-                Ok(r) => return Ok(r),
-                Err((true, _)) => return Err(Stop::LeaseLost),
-                Err((false, e)) => {
-                    tracing::warn!(error = %e, "storing the archived position failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
+        };
+        match result {
+            Ok(r) => return Ok(r),
+            Err((true, _)) => return Err(Stop::LeaseLost),
+            Err((false, e)) => {
+                tracing::warn!(error = %e, "storing the archived position failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
-        Err(Stop::Failed(anyhow::anyhow!(
-            "storing the archived position kept failing"
-        )))
     }
+    Err(Stop::Failed(anyhow::anyhow!(
+        "storing the archived position kept failing"
+    )))
 }

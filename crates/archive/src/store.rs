@@ -220,6 +220,11 @@ impl ArchiveStore {
         &self.bucket
     }
 
+    /// The SDK client as configured (benchmarks measure bare puts with it).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
     pub fn segment_key(&self, first_sequence: u64) -> String {
         format!("{}segments/{first_sequence:020}.ndjson.gz", self.root)
     }

@@ -198,6 +198,76 @@ fn the_kubernetes_configuration_loads() {
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.nats.stream_replicas, 3);
         assert_eq!(config.api.listen.port(), 8080);
+        assert!(config.archive.enabled());
+        assert_eq!(
+            config.archive.stream_retention,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_archive_retention_shorter_than_a_segment_and_an_outage_is_refused() {
+    Jail::expect_with(|_| {
+        let archive = "[archive]\nbucket = \"xibaar-archive\"\n";
+        let ok = Config::from_toml(&format!("{archive}stream_retention = \"30d\"\n")).unwrap();
+        assert_eq!(
+            ok.archive.minimum_stream_retention(),
+            Duration::from_secs(7 * 86400 + 600)
+        );
+        let err = Config::from_toml(&format!("{archive}stream_retention = \"7d\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("archive.stream_retention"), "{err}");
+        assert!(err.contains("archive.outage_allowance"), "{err}");
+        // Without an archive the stream's retention cannot be shortened.
+        let err = Config::from_toml("[archive]\nstream_retention = \"30d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set archive.bucket"), "{err}");
+        for (bad, key) in [
+            ("bucket = \"Upper_Case\"", "archive.bucket"),
+            (
+                "bucket = \"ok-bucket\"\nendpoint = \"ftp://x\"",
+                "archive.endpoint",
+            ),
+            (
+                "bucket = \"ok-bucket\"\nprefix = \"/lead\"",
+                "archive.prefix",
+            ),
+            (
+                "bucket = \"ok-bucket\"\nsegment_max_events = 0",
+                "archive.segment_max_events",
+            ),
+            ("bucket = \"ok-bucket\"\nlease = \"10ms\"", "archive.lease"),
+        ] {
+            let err = Config::from_toml(&format!("[archive]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn archive_credentials_come_from_files_or_the_aws_variables_and_never_show() {
+    Jail::expect_with(|jail| {
+        jail.create_file("secret", "s3cr3t\n")?;
+        let config = Config::from_toml(
+            "[archive]\nbucket = \"xibaar-archive\"\naccess_key_id = \"AKIA\"\nsecret_access_key_file = \"secret\"\n",
+        )
+        .unwrap();
+        let credentials = config.archive.credentials().unwrap();
+        assert_eq!(credentials.secret_access_key.expose(), "s3cr3t");
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        assert!(!format!("{credentials:?}").contains("AKIA"));
+        jail.set_env("AWS_ACCESS_KEY_ID", "from-env");
+        jail.set_env("AWS_SECRET_ACCESS_KEY", "env-secret");
+        let config = Config::from_toml("[archive]\nbucket = \"xibaar-archive\"\n").unwrap();
+        let credentials = config.archive.credentials().unwrap();
+        assert_eq!(credentials.access_key_id.expose(), "from-env");
         Ok(())
     });
 }
