@@ -4,6 +4,7 @@
 //! dropped anything.
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde_json::Value;
 use xibaar_core::NotificationId;
 use xibaar_streams::{
@@ -54,16 +55,17 @@ pub async fn replay(
         return stream_replay::replay(js, filter, each, progress).await;
     }
     // The archive's part: the segments overlapping the range and time asked for.
-    let entries = store.index(wanted_from).await.map_err(archive_error)?;
-    let (mut read, mut matched) = (0u64, 0u64);
     let mut next = wanted_from;
-    for entry in entries {
+    let mut wanted = Vec::new();
+    let mut until_reached = false;
+    for entry in store.index(wanted_from).await.map_err(archive_error)? {
         if entry.first_sequence >= stream_first {
             break;
         }
         if filter.until.is_some_and(|until| entry.first_time > until) {
             // Nothing later is wanted, from the archive or the stream.
-            return Ok(matched);
+            until_reached = true;
+            break;
         }
         if filter.since.is_some_and(|since| entry.last_time < since) {
             next = entry.last_sequence + 1;
@@ -75,18 +77,39 @@ pub async fn replay(
                 entry.first_sequence - 1
             )));
         }
-        let manifest = store
-            .manifest(&entry)
-            .await
-            .map_err(archive_error)?
-            .ok_or_else(|| {
-                ReplayError::Nats(format!(
-                    "the manifest of segment {} is missing",
-                    entry.first_sequence
-                ))
-            })?;
-        for record in store.records(&manifest).await.map_err(archive_error)? {
-            if record.sequence < next || record.sequence >= stream_first {
+        // The stream holds the rest of a segment that reaches into it.
+        next = (entry.last_sequence + 1).min(stream_first);
+        wanted.push(entry);
+    }
+    // The next segment is fetched, checked and decoded on another thread while this one is
+    // written out.
+    let mut segments = futures::stream::iter(wanted.into_iter().map(|entry| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let manifest = store
+                .manifest(&entry)
+                .await?
+                .ok_or_else(|| StoreError::Damaged {
+                    key: store.manifest_key(&entry),
+                    source: crate::segment::SegmentError::Continuity(
+                        "the manifest is missing".into(),
+                    ),
+                })?;
+            store
+                .records(&manifest)
+                .await
+                .map(|records| (entry, records))
+        })
+    }))
+    .buffered(2);
+    let (mut read, mut matched) = (0u64, 0u64);
+    let first_wanted = wanted_from;
+    while let Some(fetched) = segments.next().await {
+        let (entry, records) = fetched
+            .map_err(|e| ReplayError::Nats(format!("reading the archive: {e}")))?
+            .map_err(archive_error)?;
+        for record in records {
+            if record.sequence < first_wanted || record.sequence >= stream_first {
                 continue;
             }
             read += 1;
@@ -105,8 +128,9 @@ pub async fn replay(
             }
         }
         progress(read, entry.last_sequence, head);
-        // The stream holds the rest of a segment that reaches into it.
-        next = (entry.last_sequence + 1).min(stream_first);
+    }
+    if until_reached {
+        return Ok(matched);
     }
     if next < stream_first {
         return Err(ReplayError::Nats(format!(

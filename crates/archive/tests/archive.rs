@@ -230,6 +230,20 @@ async fn sealed_segments_verify_replay_as_the_stream_did_and_restore_at_their_se
     assert_eq!(from_time, whole[0][2_500 - from_time.len()..].to_vec());
     assert_eq!(from_time[0].0, 901);
 
+    // A time range ending inside the archive: up to segment 301..=600's last event.
+    let until = archive.index(400).await.unwrap()[0].last_time;
+    let to_time = replay_all(
+        &js,
+        Some(&archive),
+        &Filter {
+            until: Some(until),
+            ..Filter::default()
+        },
+    )
+    .await;
+    assert!((600..1_000).contains(&to_time.len()), "{}", to_time.len());
+    assert_eq!(to_time, whole[0][..to_time.len()].to_vec());
+
     // A fresh server after a disaster gets every event back at its sequence, once.
     let fresh = NatsServer::start().await.unwrap();
     let fresh_js = jetstream_with_streams(&fresh).await;
