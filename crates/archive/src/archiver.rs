@@ -241,8 +241,11 @@ impl Archiver {
             Err(e) => return Stop::Failed(e),
         };
         tracing::info!(start_sequence, "archiver running");
-        // The segment being written while the next one fills: sealing overlaps reading.
-        let mut uploading: Option<Upload> = None;
+        let mut sealed = Sealed {
+            uploading: None,
+            position,
+            revision,
+        };
         let mut writer = Writer::default();
         let mut expected = start_sequence;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -254,11 +257,7 @@ impl Archiver {
                 _ = shutdown.cancelled() => {
                     // A clean stop lets the segment being written finish (a crash would not,
                     // and the next run adopts it; this saves it the work).
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        settle(&mut uploading, &mut position, &mut revision),
-                    )
-                    .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), sealed.settle()).await;
                     return Stop::Shutdown;
                 }
                 _ = lost.cancelled() => return Stop::LeaseLost,
@@ -288,15 +287,7 @@ impl Archiver {
                     // The gap falls between two segments, where `verify` reports it.
                     if writer.count() > 0
                         && let Err(stop) = self
-                            .seal(
-                                std::mem::take(&mut writer),
-                                &mut uploading,
-                                kv,
-                                lost,
-                                shutdown,
-                                &mut position,
-                                &mut revision,
-                            )
+                            .seal(std::mem::take(&mut writer), &mut sealed, kv, lost, shutdown)
                             .await
                     {
                         return stop;
@@ -318,22 +309,14 @@ impl Archiver {
             });
             if (full || old)
                 && let Err(stop) = self
-                    .seal(
-                        std::mem::take(&mut writer),
-                        &mut uploading,
-                        kv,
-                        lost,
-                        shutdown,
-                        &mut position,
-                        &mut revision,
-                    )
+                    .seal(std::mem::take(&mut writer), &mut sealed, kv, lost, shutdown)
                     .await
             {
                 return stop;
             }
             // An upload that finished while reading: its position is the current one.
-            if uploading.as_ref().is_some_and(|u| u.is_finished())
-                && let Err(stop) = settle(&mut uploading, &mut position, &mut revision).await
+            if sealed.uploading.as_ref().is_some_and(|u| u.is_finished())
+                && let Err(stop) = sealed.settle().await
             {
                 return stop;
             }
@@ -342,22 +325,19 @@ impl Archiver {
 
     /// Hands a full segment to its upload, once the previous upload is done (positions move
     /// in order); reading goes on meanwhile.
-    #[allow(clippy::too_many_arguments)]
     async fn seal(
         &self,
         writer: Writer,
-        uploading: &mut Option<Upload>,
+        sealed: &mut Sealed,
         kv: &kv::Store,
         lost: &CancellationToken,
         shutdown: &CancellationToken,
-        position: &mut Position,
-        revision: &mut u64,
     ) -> Result<(), Stop> {
         let Some((body, manifest)) = writer.finish() else {
             return Ok(());
         };
-        settle(uploading, position, revision).await?;
-        *uploading = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        sealed.settle().await?;
+        sealed.uploading = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             upload(
                 self.store.clone(),
                 kv.clone(),
@@ -365,8 +345,8 @@ impl Archiver {
                 shutdown.clone(),
                 body,
                 manifest,
-                *position,
-                *revision,
+                sealed.position,
+                sealed.revision,
             ),
         )));
         Ok(())
@@ -377,21 +357,28 @@ impl Archiver {
 /// the run ends: an upload cut short is a crash mid-upload, which the next run adopts.
 type Upload = tokio_util::task::AbortOnDropHandle<Result<(Position, u64), Stop>>;
 
-/// Waits for the upload in flight, if any, and takes the position it recorded.
-async fn settle(
-    uploading: &mut Option<Upload>,
-    position: &mut Position,
-    revision: &mut u64,
-) -> Result<(), Stop> {
-    let Some(upload) = uploading.take() else {
-        return Ok(());
-    };
-    let (p, r) = upload
-        .await
-        .map_err(|e| Stop::Failed(anyhow::anyhow!("the upload task failed: {e}")))??;
-    *position = p;
-    *revision = r;
-    Ok(())
+/// Where sealing stands in a run: the upload in flight (sealing overlaps reading the next
+/// segment) and the position recorded by the last finished one, with its revision.
+struct Sealed {
+    uploading: Option<Upload>,
+    position: Position,
+    /// The position's revision in `XIBAAR_ARCHIVE` (0: never written).
+    revision: u64,
+}
+
+impl Sealed {
+    /// Waits for the upload in flight, if any, and takes the position it recorded.
+    async fn settle(&mut self) -> Result<(), Stop> {
+        let Some(upload) = self.uploading.take() else {
+            return Ok(());
+        };
+        let (position, revision) = upload
+            .await
+            .map_err(|e| Stop::Failed(anyhow::anyhow!("the upload task failed: {e}")))??;
+        self.position = position;
+        self.revision = revision;
+        Ok(())
+    }
 }
 
 /// Writes a segment, its manifest and the new position, retrying while S3 is away.

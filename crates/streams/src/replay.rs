@@ -212,30 +212,6 @@ pub async fn replay(
     Ok(matched)
 }
 
-/// Every event of one notification, in order: accepted (or scheduled), fanned out, and each
-/// device's outcome with its attempts.
-pub async fn notification_timeline(
-    js: &jetstream::Context,
-    id: NotificationId,
-) -> Result<Vec<Value>, ReplayError> {
-    let mut events = Vec::new();
-    let filter = Filter {
-        notification: Some(id),
-        ..Filter::default()
-    };
-    replay(
-        js,
-        &filter,
-        |r| {
-            events.push(r.event);
-            Ok(())
-        },
-        |_, _, _| {},
-    )
-    .await?;
-    Ok(events)
-}
-
 #[cfg(test)]
 mod tests {
     use super::subject_matches;
