@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use xibaar_fcm_standin::{StandIn, StandInConfig};
-use xibaar_testkit::{NatsServer, Postgres};
+use xibaar_testkit::{NatsServer, Postgres, S3Server};
 
 #[derive(Parser)]
 #[command(about = "Run the whole Xibaar pipeline locally")]
@@ -96,6 +96,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting PostgreSQL")?;
     let database = pg.create_database("xibaar").await?;
+    // The archive: an S3 server (s3s-fs, signatures checked) keeping its objects here.
+    let s3 = S3Server::start_in(home.join("local/s3"))
+        .await
+        .context("starting the S3 server")?;
     let standin = if std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").is_none() {
         let listener = tokio::net::TcpListener::bind(args.standin)
             .await
@@ -109,12 +113,14 @@ async fn main() -> anyhow::Result<()> {
         "# Written by xibaar-local; use it with `xibaar --config {path}`.\n\
          [nats]\nurl = {nats:?}\n[postgres]\nurl = {database:?}\n\
          [api]\nlisten = \"{api}\"\n[ops]\nlisten = \"{ops}\"\n\
-         [auth]\nhs256_secret = {secret:?}\n[log]\nformat = \"text\"\n{fcm}",
+         [auth]\nhs256_secret = {secret:?}\n[log]\nformat = \"text\"\n\
+         [archive]\n{archive}segment_max_age = \"1m\"\n{fcm}",
         path = home.join("local.toml").display(),
         nats = nats.url(),
         api = args.api,
         ops = args.ops,
         secret = secret(&home)?,
+        archive = s3.archive_toml(),
         fcm = fcm_section(&home, standin.as_ref())?,
     );
     let config_path = home.join("local.toml");
@@ -122,11 +128,13 @@ async fn main() -> anyhow::Result<()> {
     let config = xibaar_config::Config::load(Some(&config_path))?;
 
     println!(
-        "\nXibaar is starting.\n  api      http://{}\n  ops      http://{}/health/ready, /metrics\n  nats     {}\n  postgres {}\n  fcm      {}\n  config   {}\n\nStop with Ctrl-C.\n",
+        "\nXibaar is starting.\n  api      http://{}\n  ops      http://{}/health/ready, /metrics\n  nats     {}\n  postgres {}\n  archive  {} (objects under {})\n  fcm      {}\n  config   {}\n\nStop with Ctrl-C.\n",
         args.api,
         args.ops,
         nats.url(),
         pg.url("xibaar"),
+        s3.endpoint(),
+        s3.root().display(),
         standin
             .as_ref()
             .map_or("https://fcm.googleapis.com".into(), |s| format!(
@@ -141,6 +149,6 @@ async fn main() -> anyhow::Result<()> {
     let result = xibaar::run(config, xibaar::Roles::ALL, shutdown).await;
     // Servers stop when their handles drop; give the pipeline's last acks a moment first.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    drop((standin, pg, nats));
+    drop((standin, s3, pg, nats));
     result
 }
