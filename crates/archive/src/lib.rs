@@ -8,6 +8,7 @@ pub mod lag;
 pub mod lease;
 pub mod replay;
 pub mod restore;
+mod seal;
 pub mod segment;
 pub mod store;
 pub mod verify;

@@ -345,8 +345,8 @@ impl ArchiveStore {
     /// The sealed segments from the one holding `from_sequence` on, in sequence order.
     pub async fn index(&self, from_sequence: u64) -> Result<Vec<IndexEntry>, StoreError> {
         let prefix = format!("{}manifests/", self.root);
-        // Keys sort by first sequence; the segment holding `from_sequence` starts at or
-        // before it, so the listing starts one first-sequence earlier than it could.
+        // Every manifest is listed (a few thousand keys for years of segments): the one
+        // holding `from_sequence` is found by its range, not by a key to start after.
         let keys = self.list(&prefix, None).await?;
         let mut entries: Vec<IndexEntry> = keys
             .iter()
