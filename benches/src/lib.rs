@@ -338,3 +338,48 @@ pub async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow:
     }
     Ok(pipeline.flush().await?.last_sequence)
 }
+
+/// Reads `XIBAAR_EVENTS` from the start to `head` with a bare ordered consumer (decoding each
+/// event when `decode`): the least any reader of the log spends.
+pub async fn read_stream(
+    js: &async_nats::jetstream::Context,
+    head: u64,
+    decode: bool,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt;
+    let mut messages = js
+        .get_stream(xibaar_streams::names::EVENTS)
+        .await?
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    let (mut bytes, mut decoded) = (0usize, 0u64);
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        bytes += message.payload.len();
+        if decode
+            && matches!(
+                EventEnvelope::decode(&message.payload)?,
+                xibaar_core::Decoded::Known(_)
+            )
+        {
+            decoded += 1;
+        }
+        if message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence
+            >= head
+        {
+            break;
+        }
+    }
+    anyhow::ensure!(bytes > 0);
+    anyhow::ensure!(!decode || decoded == head, "decoded {decoded} of {head}");
+    Ok(())
+}

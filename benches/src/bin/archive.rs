@@ -68,31 +68,6 @@ async fn archive_once(
     Ok((wall, s3))
 }
 
-/// A bare ordered consumer reading the whole log: what any archiver spends at the least to get
-/// the events.
-async fn bare_read(js: &async_nats::jetstream::Context, head: u64) -> anyhow::Result<Duration> {
-    use async_nats::jetstream::consumer::pull::OrderedConfig;
-    use futures::StreamExt;
-    let started = Instant::now();
-    let mut messages = js
-        .get_stream(names::EVENTS)
-        .await?
-        .create_consumer(OrderedConfig::default())
-        .await?
-        .messages()
-        .await?;
-    let mut read = 0;
-    while read < head {
-        let message = messages
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("the stream ended"))??;
-        std::hint::black_box(&message.payload);
-        read += 1;
-    }
-    Ok(started.elapsed())
-}
-
 /// The segment objects the archiver wrote, as bytes.
 fn segment_bodies(s3: &S3Server) -> anyhow::Result<Vec<Vec<u8>>> {
     let dir = s3
@@ -173,7 +148,10 @@ async fn main() -> anyhow::Result<()> {
         let phase = Phase::start(&pids)?;
         let bare = bare_puts(&s3, &bodies).await?;
         let bare_cost = phase.finish()?;
-        let read = bare_read(&js, sealed).await?;
+        // A bare ordered consumer reading the log: the least any archiver spends on it.
+        let started = Instant::now();
+        xibaar_benches::read_stream(&js, sealed, false).await?;
+        let read = started.elapsed();
         let rate = sealed as f64 / wall.as_secs_f64();
         let bare_rate = sealed as f64 / bare.as_secs_f64();
         let floor = read + bare;

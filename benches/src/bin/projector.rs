@@ -8,10 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use futures::StreamExt;
 use xibaar_benches::{Phase, PhaseCost, Servers, scale, xibaar_binary};
-use xibaar_core::{Decoded, EventEnvelope};
 use xibaar_projector::{Projector, ProjectorSettings};
 
 /// The projector runs in this process: it gets the allocator it has in the `xibaar` binary.
@@ -166,34 +163,7 @@ async fn bare_read(
     decode: bool,
 ) -> anyhow::Result<PhaseCost> {
     let phase = processes.start()?;
-    let mut messages = js
-        .get_stream(xibaar_streams::names::EVENTS)
-        .await?
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?;
-    let (mut bytes, mut decoded) = (0usize, 0u64);
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        bytes += message.payload.len();
-        if decode && matches!(EventEnvelope::decode(&message.payload)?, Decoded::Known(_)) {
-            decoded += 1;
-        }
-        if message
-            .info()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .stream_sequence
-            >= head
-        {
-            break;
-        }
-    }
-    anyhow::ensure!(bytes > 0);
-    anyhow::ensure!(!decode || decoded == head, "decoded {decoded} of {head}");
+    xibaar_benches::read_stream(js, head, decode).await?;
     phase.finish()
 }
 
