@@ -17,11 +17,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{
-    self,
-    consumer::{DeliverPolicy, pull::OrderedConfig},
-    kv,
-};
+use async_nats::jetstream::{self, kv};
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -217,28 +213,10 @@ impl Archiver {
         }
         metrics::gauge!("xibaar_archive_position").set(position.last_sequence as f64);
         let start_sequence = position.last_sequence + 1;
-        let consumer = self
-            .js
-            .get_stream(names::EVENTS)
-            .await
-            .context("opening XIBAAR_EVENTS")
-            .map_err(Stop::Failed);
-        let messages = match consumer {
-            Ok(stream) => stream
-                .create_consumer(OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("creating the archiver's ordered consumer: {e}")),
-            Err(stop) => return stop,
-        };
-        let mut messages = match messages {
-            Ok(c) => match c.messages().await {
-                Ok(m) => m,
-                Err(e) => return Stop::Failed(anyhow::anyhow!("reading XIBAAR_EVENTS: {e}")),
-            },
-            Err(e) => return Stop::Failed(e),
+        let mut messages = match xibaar_streams::replay::events_from(&self.js, start_sequence).await
+        {
+            Ok(m) => m,
+            Err(e) => return Stop::Failed(e.into()),
         };
         tracing::info!(start_sequence, "archiver running");
         let mut sealed = Sealed {

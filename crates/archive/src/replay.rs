@@ -86,19 +86,8 @@ pub async fn replay(
     let mut segments = futures::stream::iter(wanted.into_iter().map(|entry| {
         let store = store.clone();
         tokio::spawn(async move {
-            let manifest = store
-                .manifest(&entry)
-                .await?
-                .ok_or_else(|| StoreError::Damaged {
-                    key: store.manifest_key(&entry),
-                    source: crate::segment::SegmentError::Continuity(
-                        "the manifest is missing".into(),
-                    ),
-                })?;
-            store
-                .records(&manifest)
-                .await
-                .map(|records| (entry, records))
+            let records = store.read_segment(&entry).await;
+            records.map(|records| (entry, records))
         })
     }))
     .buffered(2);

@@ -44,13 +44,7 @@ pub async fn restore(
         if to.is_some_and(|to| entry.first_sequence > to) {
             break;
         }
-        let manifest = store.manifest(&entry).await?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "the manifest of segment {} is missing",
-                entry.first_sequence
-            )
-        })?;
-        let records = store.records(&manifest).await?;
+        let records = store.read_segment(&entry).await?;
         let mut acks = futures::stream::FuturesOrdered::new();
         for record in records {
             if record.sequence < from || to.is_some_and(|to| record.sequence > to) {

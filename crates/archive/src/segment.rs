@@ -108,14 +108,19 @@ struct Line<'a> {
     seq: u64,
     subject: std::borrow::Cow<'a, str>,
     time: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    headers: BTreeMap<String, Vec<String>>,
+    /// Borrowed when writing: a line is encoded for every message archived.
+    #[serde(default, skip_serializing_if = "no_headers")]
+    headers: std::borrow::Cow<'a, BTreeMap<String, Vec<String>>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     json: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     base64: Option<String>,
+}
+
+fn no_headers(headers: &BTreeMap<String, Vec<String>>) -> bool {
+    headers.is_empty()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -164,7 +169,7 @@ impl Writer {
             seq: record.sequence,
             subject: record.subject.as_str().into(),
             time: record.time.to_rfc3339_opts(SecondsFormat::Nanos, true),
-            headers: record.headers.clone(),
+            headers: std::borrow::Cow::Borrowed(&record.headers),
             json,
             text: json.is_none().then(|| text.map(str::to_owned)).flatten(),
             base64: (text.is_none())
@@ -291,7 +296,7 @@ pub fn decode(body: &[u8], manifest: Option<&Manifest>) -> Result<Vec<Record>, S
             sequence: line.seq,
             subject: line.subject.into_owned(),
             time,
-            headers: line.headers,
+            headers: line.headers.into_owned(),
             payload,
         });
     }

@@ -216,6 +216,14 @@ impl ArchiveStore {
         })
     }
 
+    /// The archive's client when one is configured (`archive.bucket` set), `None` otherwise.
+    pub fn configured(config: &ArchiveConfig) -> Result<Option<Self>, StoreError> {
+        config
+            .enabled()
+            .then(|| Self::from_config(config))
+            .transpose()
+    }
+
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
@@ -387,6 +395,19 @@ impl ArchiveStore {
             source: segment::SegmentError::Continuity("the segment is missing".into()),
         })?;
         segment::decode(&body, Some(manifest)).map_err(|source| StoreError::Damaged { key, source })
+    }
+
+    /// The messages of the segment `entry` names, verified against its manifest; a missing
+    /// manifest is damage (the index named it).
+    pub async fn read_segment(&self, entry: &IndexEntry) -> Result<Vec<Record>, StoreError> {
+        let manifest = self
+            .manifest(entry)
+            .await?
+            .ok_or_else(|| StoreError::Damaged {
+                key: self.manifest_key(entry),
+                source: segment::SegmentError::Continuity("the manifest is missing".into()),
+            })?;
+        self.records(&manifest).await
     }
 
     /// A segment whose manifest was never written (its archiver stopped in between), decoded

@@ -24,10 +24,7 @@ pub mod rebuild;
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context;
-use async_nats::jetstream::{
-    self,
-    consumer::{DeliverPolicy, pull::OrderedConfig},
-};
+use async_nats::jetstream;
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -339,20 +336,7 @@ impl Projector {
             return Ok(reached);
         }
         let start_sequence = checkpoint + 1;
-        let messages = self
-            .js
-            .get_stream(names::EVENTS)
-            .await
-            .context("opening XIBAAR_EVENTS")?
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the projection's ordered consumer: {e}"))?
-            .messages()
-            .await
-            .context("reading XIBAAR_EVENTS")?;
+        let messages = xibaar_streams::replay::events_from(&self.js, start_sequence).await?;
         tracing::info!(start_sequence, "projector running");
         self.consume(messages, shutdown, until, reached, progress)
             .await

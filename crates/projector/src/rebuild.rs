@@ -292,14 +292,8 @@ async fn from_archive(
             "the archive has no events {next}..{} (run `xibaar archive verify`)",
             entry.first_sequence - 1
         );
-        let manifest = store.manifest(&entry).await?.with_context(|| {
-            format!(
-                "the manifest of segment {} is missing",
-                entry.first_sequence
-            )
-        })?;
         let messages = store
-            .records(&manifest)
+            .read_segment(&entry)
             .await?
             .iter()
             .filter(|r| r.sequence >= next && r.sequence <= through)

@@ -118,6 +118,27 @@ impl Filter {
     }
 }
 
+/// Every message of `XIBAAR_EVENTS` from `start_sequence` on, in order, through an ordered
+/// consumer: no state on the server, nothing to clean up. For readers that keep their own
+/// position (the projector's checkpoint, the archiver's archived position).
+pub async fn events_from(
+    js: &jetstream::Context,
+    start_sequence: u64,
+) -> Result<jetstream::consumer::pull::Ordered, ReplayError> {
+    js.get_stream(names::EVENTS)
+        .await
+        .map_err(nats)?
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ReplayError::Nats(format!("creating an ordered consumer: {e}")))?
+        .messages()
+        .await
+        .map_err(nats)
+}
+
 /// Whether `subject` matches a NATS subject filter (`*` one token, `>` the rest). Written
 /// here because async-nats keeps its matcher private.
 pub fn subject_matches(pattern: &str, subject: &str) -> bool {

@@ -41,9 +41,9 @@ pub fn definitions(config: &Config, dir: Option<&Path>) -> anyhow::Result<Defini
     Ok(defs)
 }
 
-/// Refuses definitions whose event-stream retention would drop, once applied, an event the
-/// archive does not hold yet. A stream or archive bucket that does not exist yet holds
-/// nothing to lose.
+/// Refuses definitions that shorten the event stream's retention so far that, once applied,
+/// it would drop an event the archive does not hold yet. A stream or archive bucket that does
+/// not exist yet holds nothing to lose.
 pub async fn guard(
     js: &jetstream::Context,
     config: &Config,
@@ -54,6 +54,18 @@ pub async fn guard(
     };
     let max_age = events.config.max_age;
     if !config.archive.enabled() || max_age.is_zero() {
+        return Ok(());
+    }
+    // Only shortening the retention can drop what the stream keeps now; every other start
+    // (the same definitions applied again) is not checked.
+    let current = match js.get_stream(names::EVENTS).await {
+        Ok(mut stream) => match stream.info().await {
+            Ok(info) => info.config.max_age,
+            Err(_) => return Ok(()),
+        },
+        Err(_) => return Ok(()),
+    };
+    if !current.is_zero() && current <= max_age {
         return Ok(());
     }
     let Ok(lag) = xibaar_archive::archive_lag(js).await else {

@@ -202,10 +202,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         anyhow::bail!("configuration key `archive.bucket`: the archiver needs a bucket");
     }
     // Credentials and the extra CA are read now: a missing one stops the start.
-    let archive = match config.archive.enabled() {
-        true => Some(xibaar_archive::ArchiveStore::from_config(&config.archive)?),
-        false => None,
-    };
+    let archive = xibaar_archive::ArchiveStore::configured(&config.archive)?;
     let client = connect_nats(&config, roles.name()).await?;
     let js = jetstream(client.clone());
     let pool = postgres(&config)?;

@@ -46,7 +46,7 @@ pub fn store(config: &Config) -> anyhow::Result<ArchiveStore> {
 
 /// The archive when one is configured (replay and audit read it too).
 pub fn optional_store(config: &Config) -> anyhow::Result<Option<ArchiveStore>> {
-    config.archive.enabled().then(|| store(config)).transpose()
+    Ok(ArchiveStore::configured(&config.archive)?)
 }
 
 pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<()> {
