@@ -383,3 +383,25 @@ pub async fn read_stream(
     anyhow::ensure!(!decode || decoded == head, "decoded {decoded} of {head}");
     Ok(())
 }
+
+/// Runs `xibaar replay` of the whole log with the configuration `toml`, checks it printed
+/// `head` events, and returns the length of what it printed.
+pub async fn xibaar_replay(toml: &str, head: u64) -> anyhow::Result<usize> {
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), toml)?;
+    let child = std::process::Command::new(xibaar_binary())
+        .arg("--config")
+        .arg(config.path())
+        .arg("replay")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    anyhow::ensure!(output.status.success(), "xibaar replay failed");
+    let lines = output.stdout.iter().filter(|b| **b == b'\n').count();
+    anyhow::ensure!(
+        lines as u64 == head,
+        "replay printed {lines} events of {head}"
+    );
+    Ok(output.stdout.len())
+}

@@ -5,15 +5,12 @@
 //! - `xibaar replay` of a log held only by the archive against `xibaar replay` of the same log
 //!   held by the stream.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use tokio_util::sync::CancellationToken;
 use xibaar_archive::{ArchiveStore, Archiver, ArchiverSettings, archiver::archive_bucket};
-use xibaar_benches::{Phase, scale, store_log, xibaar_binary};
+use xibaar_benches::{Phase, scale, store_log};
 use xibaar_streams::{Definitions, names};
 use xibaar_testkit::{NatsServer, S3Server};
 
@@ -100,32 +97,14 @@ async fn bare_puts(s3: &S3Server, bodies: &[Vec<u8>]) -> anyhow::Result<Duration
 
 /// `xibaar replay` on `nats` (and the archive of `s3`): wall time and the output's length.
 async fn replay(nats: &NatsServer, s3: &S3Server, head: u64) -> anyhow::Result<(Duration, usize)> {
-    let config = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        config.path(),
-        format!(
-            "[nats]\nurl = \"{}\"\n[archive]\n{}",
-            nats.url(),
-            s3.archive_toml()
-        ),
-    )?;
-    let started = Instant::now();
-    let child = Command::new(xibaar_binary())
-        .arg("--config")
-        .arg(config.path())
-        .arg("replay")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    let wall = started.elapsed();
-    anyhow::ensure!(output.status.success(), "xibaar replay failed");
-    let lines = output.stdout.iter().filter(|b| **b == b'\n').count();
-    anyhow::ensure!(
-        lines as u64 == head,
-        "replay printed {lines} of {head} events"
+    let toml = format!(
+        "[nats]\nurl = \"{}\"\n[archive]\n{}",
+        nats.url(),
+        s3.archive_toml()
     );
-    Ok((wall, output.stdout.len()))
+    let started = Instant::now();
+    let printed = xibaar_benches::xibaar_replay(&toml, head).await?;
+    Ok((started.elapsed(), printed))
 }
 
 #[tokio::main]

@@ -3,12 +3,9 @@
 //! of `projections rebuild` over the same log, and `xibaar replay` to NDJSON as a ratio to a
 //! bare ordered consumer reading the same stream in the same run.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use xibaar_benches::{Phase, PhaseCost, Servers, scale, xibaar_binary};
+use xibaar_benches::{Phase, PhaseCost, Servers, scale};
 use xibaar_projector::{Projector, ProjectorSettings};
 
 /// The projector runs in this process: it gets the allocator it has in the `xibaar` binary.
@@ -302,31 +299,14 @@ async fn main() -> anyhow::Result<()> {
     // Replay to NDJSON against a bare ordered consumer of the same stream.
     let bare = bare_read(&js, &processes, head, false).await?;
     let decoding = bare_read(&js, &processes, head, true).await?;
-    let config = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        config.path(),
-        format!(
-            "[nats]\nurl = \"{}\"\n[postgres]\nurl = \"{database}\"\n",
-            nats.url()
-        ),
-    )?;
+    let toml = format!(
+        "[nats]\nurl = \"{}\"\n[postgres]\nurl = \"{database}\"\n",
+        nats.url()
+    );
     let phase = processes.start()?;
-    let replay = Command::new(xibaar_binary())
-        .arg("--config")
-        .arg(config.path())
-        .arg("replay")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let output = tokio::task::spawn_blocking(move || replay.wait_with_output()).await??;
+    xibaar_benches::xibaar_replay(&toml, head).await?;
     let replay_cost = phase.finish()?;
     let replayed = replay_cost.wall;
-    anyhow::ensure!(output.status.success(), "xibaar replay failed");
-    let lines = output.stdout.iter().filter(|b| **b == b'\n').count();
-    anyhow::ensure!(
-        lines as u64 == head,
-        "replay printed {lines} events of {head}"
-    );
     let bare_rate = head as f64 / bare.wall.as_secs_f64();
     let replay_rate = head as f64 / replayed.as_secs_f64();
     println!(

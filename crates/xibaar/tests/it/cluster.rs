@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde_json::json;
 use xibaar_testkit::{NatsCluster, eventually};
 
-use crate::support::{APP_ID, Nats, Pipeline, notification};
+use crate::support::{APP_ID, Nats, Pipeline, answers, notification};
 
 /// Whether a role's process still runs.
 fn running(role: &mut xibaar_testkit::KillOnDrop) -> bool {
@@ -233,18 +233,13 @@ impl TwoOfEach {
         let roles = (0..6).map(|i| two.spawn(i)).collect();
         // An api listens once the streams are applied.
         for api in &two.apis {
-            let up = eventually(Duration::from_secs(90), || async {
-                let r = two
-                    .p
-                    .http
-                    .get(format!("{api}/openapi.json"))
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())
-            })
+            let up = answers(
+                &two.p.http,
+                &format!("{api}/openapi.json"),
+                Duration::from_secs(90),
+            )
             .await;
-            assert!(up.is_some(), "{api} never came up");
+            assert!(up, "{api} never came up");
         }
         two.p.seed_devices(DEVICES).await;
         (two, roles)

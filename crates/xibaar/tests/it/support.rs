@@ -68,6 +68,16 @@ pub struct Pipeline {
     roles: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// Whether `GET url` answers 2xx within `timeout`.
+pub async fn answers(http: &reqwest::Client, url: &str, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        let r = http.get(url).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await
+    .is_some()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -190,21 +200,9 @@ filter = "warn"
             self.shutdown.clone(),
         ));
         self.roles = Some(task);
-        let ops = self.ops.clone();
-        let http = self.http.clone();
-        let started = eventually(Duration::from_secs(30), || {
-            let (http, ops) = (http.clone(), ops.clone());
-            async move {
-                let r = http
-                    .get(format!("{ops}/health/startup"))
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
-        .await;
-        assert!(started.is_some(), "the pipeline did not start");
+        let startup = format!("{}/health/startup", self.ops);
+        let started = answers(&self.http, &startup, Duration::from_secs(30)).await;
+        assert!(started, "the pipeline did not start");
         if roles.projector {
             // Migrations are done once the checkpoint table answers.
             let pool = self.pool.clone();
