@@ -156,21 +156,34 @@ async fn claim_key(
     id: NotificationId,
     request: &SendRequest,
 ) -> Result<Option<Accepted>, AcceptError> {
-    let claims = store
-        .js
-        .get_key_value(xibaar_streams::names::IDEMPOTENCY_BUCKET)
-        .await
-        .map_err(|e| unavailable(&e))?;
     let claim = Claim {
         priority: request.priority,
         request_sha256: request.fingerprint(),
     };
     let encoded = Bytes::from(serde_json::to_vec(&claim).expect("a claim serializes"));
     let key = id.to_string();
-    match claims.create(key.as_str(), encoded).await {
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(unavailable(&e)),
+    // Retried through a leader election of the bucket, as stores are: a create whose answer
+    // was lost finds its own claim on the retry, which reads as a first use below.
+    let (claims, created) = xibaar_streams::retry::within(
+        store.publish_timeout,
+        |_: &String| true,
+        || async {
+            let claims = store
+                .js
+                .get_key_value(xibaar_streams::names::IDEMPOTENCY_BUCKET)
+                .await
+                .map_err(|e| e.to_string())?;
+            match claims.create(key.as_str(), encoded.clone()).await {
+                Ok(_) => Ok((claims, true)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok((claims, false)),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+    .map_err(|e| unavailable(&e.unwrap_or_else(|| "timed out".into())))?;
+    if created {
+        return Ok(None);
     }
     let earlier = claims
         .get(key.as_str())

@@ -101,27 +101,13 @@ impl CoalescingPublisher {
         payload: Bytes,
         within: std::time::Duration,
     ) -> Result<PublishAck, PublishError> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut backoff = crate::retry::Backoff::for_nats();
-        loop {
-            let attempt = async {
-                self.publish(subject.clone(), headers.clone(), payload.clone())
-                    .await?
-                    .await
-            };
-            let error = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(ack)) => return Ok(ack),
-                Ok(Err(e)) if passes(&e) => e,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(PublishError::new(PublishErrorKind::TimedOut)),
-            };
-            let wait = backoff.next_delay();
-            if tokio::time::Instant::now() + wait >= deadline {
-                return Err(error);
-            }
-            tracing::debug!(error = %error, retry_in = ?wait, "JetStream did not store a message; retrying");
-            tokio::time::sleep(wait).await;
-        }
+        crate::retry::within(within, passes, || async {
+            self.publish(subject.clone(), headers.clone(), payload.clone())
+                .await?
+                .await
+        })
+        .await
+        .map_err(|e| e.unwrap_or_else(|| PublishError::new(PublishErrorKind::TimedOut)))
     }
 
     /// [`CoalescingPublisher::publish_stored`] of an event (its id is its `Nats-Msg-Id`).

@@ -93,6 +93,38 @@ impl WarnEvery {
     }
 }
 
+/// Tries `attempt` until it succeeds, fails for good (`retriable` says no), or `within` has
+/// passed, waiting between tries with [`Backoff::for_nats`]: for a request answered within a
+/// deadline that may meet a leader election (about 5 s). `Err(None)`: the time ran out before
+/// any answer; `Err(Some(e))`: the last failure.
+pub async fn within<T, E, F, Fut>(
+    within: Duration,
+    retriable: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<T, Option<E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut backoff = Backoff::for_nats();
+    loop {
+        let error = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if retriable(&e) => e,
+            Ok(Err(e)) => return Err(Some(e)),
+            Err(_) => return Err(None),
+        };
+        let wait = backoff.next_delay();
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Err(Some(error));
+        }
+        tracing::debug!(error = %error, retry_in = ?wait, "JetStream did not answer; retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Tries `attempt` until it succeeds, waiting between tries with `backoff` and warning at most
 /// once per `warn_every` (`what`: what is being waited for); `None` when `stopped` completes
 /// first. For a start that waits for a server (NATS, Postgres) rather than failing.
@@ -188,5 +220,48 @@ mod tests {
         )
         .await;
         assert_eq!(never, None);
+    }
+
+    #[tokio::test]
+    async fn within_retries_what_may_pass_gives_up_on_what_cannot_and_keeps_to_its_deadline() {
+        let mut tries = 0;
+        let ok: Result<u32, Option<String>> = within(
+            Duration::from_secs(5),
+            |_: &String| true,
+            || {
+                tries += 1;
+                let answer = if tries < 3 {
+                    Err("election".to_owned())
+                } else {
+                    Ok(tries)
+                };
+                async move { answer }
+            },
+        )
+        .await;
+        assert_eq!(ok, Ok(3));
+        let refused: Result<(), Option<String>> = within(
+            Duration::from_secs(5),
+            |e: &String| e != "for good",
+            || async { Err("for good".to_owned()) },
+        )
+        .await;
+        assert_eq!(refused, Err(Some("for good".to_owned())));
+        let started = tokio::time::Instant::now();
+        let late: Result<(), Option<String>> = within(
+            Duration::from_millis(300),
+            |_: &String| true,
+            || async { Err("election".to_owned()) },
+        )
+        .await;
+        assert_eq!(late, Err(Some("election".to_owned())));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let silent: Result<(), Option<String>> = within(
+            Duration::from_millis(100),
+            |_: &String| true,
+            std::future::pending::<Result<(), String>>,
+        )
+        .await;
+        assert_eq!(silent, Err(None));
     }
 }
