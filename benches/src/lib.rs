@@ -290,6 +290,7 @@ pub async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow:
                 body: "Power will be off from 09:00 to 11:00 in your area.".into(),
                 data: [("kind".to_owned(), "outage".to_owned())].into(),
                 image_url: None,
+                ..Default::default()
             },
             category: None,
             idempotency_key: None,

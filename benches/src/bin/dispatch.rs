@@ -158,6 +158,7 @@ filter = "warn"
                 body: "Your November bill of 12,500 XOF is due on 5 December.".into(),
                 data: [("kind".to_owned(), "bill".to_owned())].into(),
                 image_url: None,
+                ..Default::default()
             },
             idempotency_key: None,
             delivery: DeliveryOptions::default(),
@@ -294,6 +295,7 @@ fn bench_job(i: usize, notification_id: NotificationId) -> xibaar_core::Delivery
             body: "Your November bill of 12,500 XOF is due on 5 December.".into(),
             data: [("kind".to_owned(), "bill".to_owned())].into(),
             image_url: None,
+            ..Default::default()
         },
         delivery: DeliveryOptions::default(),
         correlation_id: "bench".into(),

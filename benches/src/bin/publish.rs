@@ -30,6 +30,7 @@ fn jobs(notification: NotificationId) -> Vec<(String, String, Bytes)> {
                     body: "Your November bill of 12,500 XOF is due on 5 December.".into(),
                     data: BTreeMap::from([("kind".into(), "bill".into())]),
                     image_url: None,
+                    ..Default::default()
                 },
                 delivery: DeliveryOptions::default(),
                 correlation_id: notification.to_string(),

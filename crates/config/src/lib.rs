@@ -5,6 +5,7 @@
 
 mod archive;
 mod secret;
+mod sources;
 
 use std::{
     net::SocketAddr,
@@ -21,6 +22,9 @@ use serde::Deserialize;
 
 pub use archive::{ArchiveConfig, ArchiveCredentials};
 pub use secret::Secret;
+pub use sources::{
+    Encrypt, MAX_SOURCE_BATCH, SourceConfig, SourceKind, SqlConnection, SqlLogin, TextTemplates,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,6 +32,9 @@ pub enum ConfigError {
     Parse(#[from] Box<figment::Error>),
     #[error("configuration key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key whose name holds a name from the configuration (`sources.<name>.query`).
+    #[error("configuration key `{key}`: {message}")]
+    InvalidKey { key: String, message: String },
     #[error("configuration key `{key}`: cannot read {path}: {source}")]
     SecretFile {
         key: &'static str,
@@ -59,6 +66,12 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// The SQL Server databases sources read, by name.
+    #[serde(default)]
+    pub sql: std::collections::BTreeMap<String, SqlConnection>,
+    /// Notifications and customer attributes read from SQL Server, by name.
+    #[serde(default)]
+    pub sources: std::collections::BTreeMap<String, SourceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,7 +421,8 @@ impl Config {
         if self.projector.batch_size == 0 {
             return invalid("projector.batch_size", "must be at least 1");
         }
-        self.archive.validate()
+        self.archive.validate()?;
+        sources::validate(&self.sql, &self.sources)
     }
 
     /// The Postgres URL, read from `postgres.url_file` when configured that way.

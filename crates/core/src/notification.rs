@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CustomerId, DeviceId};
+pub use crate::language::{Language, Text};
 
 /// FCM rejects a message whose notification + data payload exceeds this many bytes.
 pub const FCM_PAYLOAD_LIMIT: usize = 4096;
@@ -202,7 +203,9 @@ fn check_condition(condition: &str) -> Result<(), String> {
 }
 
 /// The visible part of a push plus the app's data payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Content {
     pub title: String,
@@ -212,6 +215,17 @@ pub struct Content {
     pub data: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
+    /// The language of `title` and `body` (`fr`, `wo`, `en`: an ISO 639 code); required with
+    /// `translations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^[a-z]{2,3}$", example = "fr")]
+    pub language: Option<Language>,
+    /// The title and body in other languages. Each device receives the text of its locale's
+    /// language (`wo-SN` reads `wo`), or `title` and `body`; a customer's inbox shows their
+    /// language the same way.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, Text>)]
+    pub translations: BTreeMap<Language, Text>,
 }
 
 /// How a push may be delayed or replaced on its way to the phone.
@@ -367,6 +381,31 @@ impl Content {
     }
 
     fn validate_with_limit(&self, limit: usize) -> Result<(), ContentError> {
+        let mut violations = self.translation_violations();
+        let mut largest = 0;
+        for (at, one) in self.each_language() {
+            let (found, bytes) = one.check_one_language();
+            violations.extend(found.into_iter().map(|v| FieldViolation {
+                // `content.title` of a translation is `content.translations.wo.title`.
+                field: v.field.replacen("content", &format!("content{at}"), 1),
+                ..v
+            }));
+            largest = largest.max(bytes);
+        }
+        if !violations.is_empty() {
+            return Err(ContentError::Invalid(violations));
+        }
+        if largest > limit {
+            return Err(ContentError::TooLarge {
+                bytes: largest,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The rules of one language's content, and its FCM payload size.
+    fn check_one_language(&self) -> (Vec<FieldViolation>, usize) {
         let mut violations = Vec::new();
         if self.title.trim().is_empty() {
             violations.push(FieldViolation::new("content.title", "must not be empty"));
@@ -425,14 +464,7 @@ impl Content {
                 "must be an https URL",
             ));
         }
-        if !violations.is_empty() {
-            return Err(ContentError::Invalid(violations));
-        }
-        let bytes = self.fcm_payload_bytes();
-        if bytes > limit {
-            return Err(ContentError::TooLarge { bytes, limit });
-        }
-        Ok(())
+        (violations, self.fcm_payload_bytes())
     }
 }
 
@@ -515,6 +547,7 @@ mod tests {
             body: body.into(),
             data: BTreeMap::new(),
             image_url: None,
+            ..Default::default()
         }
     }
 

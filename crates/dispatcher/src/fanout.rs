@@ -280,7 +280,8 @@ impl FanOut {
             priority: send.priority,
             app_id,
             target,
-            content: send.content.clone(),
+            // FCM sends a topic's devices one text: the default language.
+            content: send.content.localized(None),
             delivery: send.delivery.clone(),
             correlation_id: correlation.to_owned(),
             accepted_at: send.accepted_at,
@@ -353,7 +354,8 @@ impl FanOut {
                     token: recipient.token,
                     platform: recipient.platform,
                     app_id: recipient.app_id,
-                    content: send.content.clone(),
+                    // The device's language when the notification has it, else the default.
+                    content: send.content.for_locale(recipient.locale.as_deref()),
                     delivery: send.delivery.clone(),
                     correlation_id: correlation.to_owned(),
                     accepted_at: send.accepted_at,

@@ -149,6 +149,7 @@ mod tests {
                 body: "b".into(),
                 data: Default::default(),
                 image_url: None,
+                ..Default::default()
             },
             delivery: DeliveryOptions::default(),
             correlation_id: "c".into(),

@@ -62,6 +62,7 @@ fn message(token: &str, priority: Priority) -> Message {
             body: "Your area is without power until 14:00".into(),
             data: BTreeMap::from([("kind".into(), "outage".into())]),
             image_url: None,
+            ..Default::default()
         },
         delivery: xibaar_core::DeliveryOptions::default(),
         correlation_id: "c".into(),

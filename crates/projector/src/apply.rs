@@ -175,7 +175,7 @@ struct NotificationRow<'a> {
 }
 
 /// Runs `sql` (an insert of the notifications row: id, priority, title, audience, requested by,
-/// accepted at, send at, category, body, data).
+/// accepted at, send at, category, body, data, language, translations).
 async fn notification_row(
     tx: &mut PgConnection,
     sql: &'static str,
@@ -193,6 +193,11 @@ async fn notification_row(
         .bind(row.category.map(Category::as_str))
         .bind(&row.content.body)
         .bind(serde_json::to_value(&row.content.data).unwrap_or_default())
+        .bind(row.content.language.as_ref().map(|l| l.as_str()))
+        .bind(
+            (!row.content.translations.is_empty())
+                .then(|| serde_json::to_value(&row.content.translations).unwrap_or_default()),
+        )
         .execute(&mut *tx)
         .await?;
     Ok(())

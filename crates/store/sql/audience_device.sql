@@ -1,5 +1,5 @@
 -- $2: the category whose opt-outs apply (NULL: none); $3: its default for customers who never chose.
-SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id
+SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id, d.locale
 FROM devices d
 -- $4: the device's customer; NULL only in commands accepted before devices belonged to their
 -- customer, which reach every device of that id.

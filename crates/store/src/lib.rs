@@ -98,9 +98,11 @@ pub struct Recipient {
     pub token: FcmToken,
     pub platform: Platform,
     pub app_id: String,
+    /// The app's locale on the device (`wo-SN`): which language of a notification it gets.
+    pub locale: Option<String>,
 }
 
-type RecipientRow = (String, String, String, String, String);
+type RecipientRow = (String, String, String, String, String, Option<String>);
 
 fn parse_platform(s: &str) -> Result<Platform, StoreError> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
@@ -112,7 +114,7 @@ fn parse_platform(s: &str) -> Result<Platform, StoreError> {
 }
 
 fn recipient(
-    (device_id, customer_id, token, platform, app_id): RecipientRow,
+    (device_id, customer_id, token, platform, app_id, locale): RecipientRow,
 ) -> Result<Recipient, StoreError> {
     let corrupt = |what| {
         move |e: xibaar_core::InvalidId| StoreError::Corrupt {
@@ -126,6 +128,7 @@ fn recipient(
         token: FcmToken::parse(token).map_err(corrupt("token"))?,
         platform: parse_platform(&platform)?,
         app_id,
+        locale,
     })
 }
 
@@ -345,8 +348,13 @@ pub struct InboxItem {
     #[serde(skip)]
     #[schema(ignore)]
     pub position: i64,
+    /// In the customer's language (that of their device's locale) when the notification has
+    /// it, else in its default.
     pub title: String,
     pub body: String,
+    /// The language of `title` and `body`, when the notification names it.
+    #[schema(pattern = "^[a-z]{2,3}$")]
+    pub language: Option<String>,
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub data: serde_json::Value,
     #[schema(value_type = Option<Category>)]
@@ -362,6 +370,7 @@ from_row!(InboxItem {
     position,
     title,
     body,
+    language,
     data,
     category,
     priority,

@@ -1,5 +1,5 @@
 //! Real servers for tests, benchmarks and the local pipeline: nats-server with JetStream,
-//! PostgreSQL and an S3 server that checks signatures, each on its own ephemeral port with a throwaway data directory, so tests run in
+//! PostgreSQL, an S3 server that checks signatures and SQL Server at the wire level, each on its own ephemeral port with a throwaway data directory, so tests run in
 //! parallel. Children are killed when their handle drops (also on panic) and, through
 //! `PR_SET_PDEATHSIG`, when the test process itself dies.
 
@@ -8,6 +8,7 @@ mod nats;
 mod postgres;
 mod process;
 mod s3;
+mod sqlserver;
 mod tools;
 
 pub use cluster::NatsCluster;
@@ -15,6 +16,11 @@ pub use nats::NatsServer;
 pub use postgres::Postgres;
 pub use process::{KillOnDrop, spawn_owned, stop_gracefully};
 pub use s3::S3Server;
+pub use sqlserver::{Request as SqlRequest, SqlServer, Table as SqlTable};
+pub mod tds {
+    //! What a test needs to describe the tables of a [`crate::SqlServer`].
+    pub use mssql_mock_tds::{ColumnDefinition, ColumnValue, SqlDataType};
+}
 pub mod s3_credentials {
     pub use crate::s3::{ACCESS_KEY, BUCKET, SECRET_KEY};
 }

@@ -18,6 +18,7 @@ mod fcm_failures;
 mod idempotency;
 mod inbox;
 mod lag;
+mod languages;
 mod openapi;
 mod openapi_contract;
 mod ops;

@@ -90,6 +90,7 @@ fn history(rng: &mut StdRng, len: usize) -> Vec<Event> {
                     body: "b".into(),
                     data: Default::default(),
                     image_url: None,
+                    ..Default::default()
                 };
                 let audience = match rng.random_range(0..3) {
                     0 => Audience::Everyone,

@@ -340,11 +340,27 @@ filter = "warn"
     }
 
     pub async fn register_device(&self, customer: &str, device: &str, token: &str) {
+        self.register_device_in(customer, device, token, None).await
+    }
+
+    /// [`Pipeline::register_device`] with the app's locale (`wo-SN`).
+    pub async fn register_device_in(
+        &self,
+        customer: &str,
+        device: &str,
+        token: &str,
+        locale: Option<&str>,
+    ) {
+        let mut body =
+            json!({ "device_id": device, "token": token, "platform": "android", "app_id": APP_ID });
+        if let Some(locale) = locale {
+            body["locale"] = json!(locale);
+        }
         let response = self
             .http
             .post(format!("{}/v1/devices", self.api))
             .bearer_auth(self.token(customer, &[]))
-            .json(&json!({ "device_id": device, "token": token, "platform": "android", "app_id": APP_ID }))
+            .json(&body)
             .send()
             .await
             .unwrap();
