@@ -15,6 +15,7 @@ use crate::{
     ids::{CustomerId, DeviceId, FcmToken, NotificationId},
     notification::{Audience, Category, Content, DeliveryOptions, Platform},
     priority::Priority,
+    segment::CustomerAttributes,
     subject,
 };
 
@@ -237,6 +238,17 @@ pub struct InboxAllRead {
     pub up_to_position: i64,
 }
 
+/// The customer system's record of a customer, as a `customers` source read it: every
+/// attribute as it now stands (an attribute it no longer holds is `None`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerAttributesChanged {
+    pub customer_id: CustomerId,
+    pub attributes: CustomerAttributes,
+    /// Where it was read, `<source>/<row key>/<row version>`: the event's id derives from it,
+    /// so a row read again after a crash is stored once.
+    pub origin: String,
+}
+
 /// A customer's choice of categories: only the categories named change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PreferencesChanged {
@@ -295,6 +307,7 @@ pub enum Event {
     DeliveryExpired(DeliveryExpired),
     NotificationScheduled(NotificationScheduled),
     PreferencesChanged(PreferencesChanged),
+    CustomerAttributesChanged(CustomerAttributesChanged),
     TopicDelivery(TopicDelivery),
     NotificationCanceled(NotificationCanceled),
     DeviceRemoved(DeviceRemoved),
@@ -303,7 +316,7 @@ pub enum Event {
 }
 
 /// `(type, current version)` of every event in the catalog.
-pub const CATALOG: [(&str, u32); 14] = [
+pub const CATALOG: [(&str, u32); 15] = [
     ("notification.accepted", 2),
     ("notification.fanned_out", 1),
     ("delivery.succeeded", 1),
@@ -318,6 +331,7 @@ pub const CATALOG: [(&str, u32); 14] = [
     ("device.removed", 1),
     ("inbox.item_read", 1),
     ("inbox.all_read", 1),
+    ("customer.attributes_changed", 1),
 ];
 
 /// Namespace of deterministic event ids (UUIDv5).
@@ -343,6 +357,7 @@ impl Event {
             Event::DeliveryExpired(_) => 6,
             Event::NotificationScheduled(_) => 7,
             Event::PreferencesChanged(_) => 8,
+            Event::CustomerAttributesChanged(_) => 14,
             Event::TopicDelivery(_) => 9,
             Event::NotificationCanceled(_) => 10,
             Event::DeviceRemoved(_) => 11,
@@ -365,6 +380,7 @@ impl Event {
             Event::DeliveryExpired(e) => e.notification_id.to_string(),
             Event::NotificationScheduled(e) => e.notification_id.to_string(),
             Event::PreferencesChanged(e) => e.customer_id.to_string(),
+            Event::CustomerAttributesChanged(e) => e.customer_id.to_string(),
             Event::TopicDelivery(e) => e.notification_id.to_string(),
             Event::NotificationCanceled(e) => e.notification_id.to_string(),
             Event::DeviceRemoved(e) => e.device_id.to_string(),
@@ -402,6 +418,7 @@ impl Event {
             Event::TopicDelivery(e) => Some(e.notification_id.to_string()),
             Event::NotificationCanceled(e) => Some(e.notification_id.to_string()),
             Event::InboxItemRead(e) => Some(format!("{}/{}", e.customer_id, e.notification_id)),
+            Event::CustomerAttributesChanged(e) => Some(format!("attributes/{}", e.origin)),
             Event::DeviceRegistered(_)
             | Event::PreferencesChanged(_)
             | Event::DeviceRemoved(_)
@@ -420,6 +437,7 @@ impl Event {
             Event::DeliveryExpired(d) => serde_json::value::to_raw_value(d),
             Event::NotificationScheduled(d) => serde_json::value::to_raw_value(d),
             Event::PreferencesChanged(d) => serde_json::value::to_raw_value(d),
+            Event::CustomerAttributesChanged(d) => serde_json::value::to_raw_value(d),
             Event::TopicDelivery(d) => serde_json::value::to_raw_value(d),
             Event::NotificationCanceled(d) => serde_json::value::to_raw_value(d),
             Event::DeviceRemoved(d) => serde_json::value::to_raw_value(d),
@@ -598,6 +616,9 @@ impl EventEnvelope {
             }
             "preferences.changed" => {
                 Event::PreferencesChanged(serde_json::from_str(data).map_err(parse_err)?)
+            }
+            "customer.attributes_changed" => {
+                Event::CustomerAttributesChanged(serde_json::from_str(data).map_err(parse_err)?)
             }
             "delivery.topic" => {
                 Event::TopicDelivery(serde_json::from_str(data).map_err(parse_err)?)

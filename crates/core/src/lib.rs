@@ -12,6 +12,7 @@ pub mod notification;
 pub mod priority;
 pub mod request;
 pub mod schema;
+pub mod segment;
 pub mod subject;
 
 pub use command::{Command, SendNotification};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{CustomerId, DeviceId};
 pub use crate::language::{Language, Text};
+pub use crate::segment::{Contract, CustomerAttributes, MAX_ATTRIBUTE_CHARS};
 
 /// FCM rejects a message whose notification + data payload exceeds this many bytes.
 pub const FCM_PAYLOAD_LIMIT: usize = 4096;
@@ -39,6 +40,21 @@ pub enum Audience {
     /// Every active device of the customers opted in to `category` (see [`Category`] for the
     /// defaults).
     Category { category: Category },
+    /// Every active device of the customers whose attributes (kept in step with the customer
+    /// system by a `customers` source) match every criterion given: a planned outage in one
+    /// commune reaches that commune's customers.
+    Segment {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commune: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zone: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contract: Option<Contract>,
+        /// Customers whose preferred language this is (an ISO 639 code).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, pattern = "^[a-z]{2,3}$")]
+        language: Option<Language>,
+    },
     /// Devices subscribed to an FCM topic of one Firebase app: a single FCM request, FCM does
     /// the fan-out.
     Topic { app_id: String, topic: String },
@@ -505,6 +521,33 @@ impl Audience {
                 let mut v = app_violation(app_id);
                 if let Err(e) = check_condition(condition) {
                     v.push(FieldViolation::new("audience.condition", e));
+                }
+                if v.is_empty() { Ok(()) } else { Err(v) }
+            }
+            Audience::Segment {
+                commune,
+                zone,
+                contract,
+                language,
+            } => {
+                if commune.is_none() && zone.is_none() && contract.is_none() && language.is_none() {
+                    return Err(vec![FieldViolation::new(
+                        "audience",
+                        "a segment needs at least one of commune, zone, contract and language",
+                    )]);
+                }
+                let mut v = Vec::new();
+                for (field, value) in [("audience.commune", commune), ("audience.zone", zone)] {
+                    if let Some(value) = value
+                        && (value.trim().is_empty()
+                            || value.chars().count() > MAX_ATTRIBUTE_CHARS
+                            || value.contains('\0'))
+                    {
+                        v.push(FieldViolation::new(
+                            field,
+                            format!("must be 1 to {MAX_ATTRIBUTE_CHARS} characters, without NUL"),
+                        ));
+                    }
                 }
                 if v.is_empty() { Ok(()) } else { Err(v) }
             }

@@ -8,10 +8,10 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, js
 use crate::{
     command::Command,
     event::{
-        DeliveryExpired, DeliveryFailed, DeliverySucceeded, DeviceRegistered, DeviceRemoved,
-        DeviceTokenInvalidated, InboxAllRead, InboxItemRead, NotificationAccepted,
-        NotificationCanceled, NotificationFannedOut, NotificationScheduled, PreferencesChanged,
-        TopicDelivery, WireEnvelope,
+        CustomerAttributesChanged, DeliveryExpired, DeliveryFailed, DeliverySucceeded,
+        DeviceRegistered, DeviceRemoved, DeviceTokenInvalidated, InboxAllRead, InboxItemRead,
+        NotificationAccepted, NotificationCanceled, NotificationFannedOut, NotificationScheduled,
+        PreferencesChanged, TopicDelivery, WireEnvelope,
     },
     job::{DeliveryJob, TopicJob},
 };
@@ -46,7 +46,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
         ("jobs/topic_job.json".to_owned(), schema::<TopicJob>()),
     ];
-    let events: [(&str, Schema); 14] = [
+    let events: [(&str, Schema); 15] = [
         ("notification.accepted", schema::<NotificationAccepted>()),
         ("notification.fanned_out", schema::<NotificationFannedOut>()),
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
@@ -64,6 +64,10 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("device.removed", schema::<DeviceRemoved>()),
         ("inbox.item_read", schema::<InboxItemRead>()),
         ("inbox.all_read", schema::<InboxAllRead>()),
+        (
+            "customer.attributes_changed",
+            schema::<CustomerAttributesChanged>(),
+        ),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG

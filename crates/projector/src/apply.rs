@@ -95,6 +95,18 @@ pub(crate) async fn apply(
                     .await?;
             }
         }
+        Event::CustomerAttributesChanged(e) => {
+            let a = &e.attributes;
+            sqlx::query(include_str!("../sql/customer_attributes_changed.sql"))
+                .bind(e.customer_id.as_str())
+                .bind(a.commune.as_deref())
+                .bind(a.zone.as_deref())
+                .bind(a.contract.map(|c| c.as_str()))
+                .bind(a.language.as_ref().map(|l| l.as_str()))
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
         // Folded in bulk with their neighbours (crate::outcomes).
         Event::DeliverySucceeded(_)
         | Event::DeliveryFailed(_)

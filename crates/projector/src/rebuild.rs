@@ -31,10 +31,11 @@ pub const SHADOW_SCHEMA: &str = "xibaar_rebuild";
 /// Where the replaced tables go at the swap.
 pub const RETIRED_SCHEMA: &str = "xibaar_retired";
 /// The tables of the `read_models` projection, its checkpoint included, swapped as one.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "projection_checkpoints",
     "devices",
     "preferences",
+    "customers",
     "notifications",
     "deliveries",
     "inbox",

@@ -213,6 +213,25 @@ pub async fn audience_page(
                 .fetch_all(pool)
                 .await
         }
+        Audience::Segment {
+            commune,
+            zone,
+            contract,
+            language,
+        } => {
+            sqlx::query_as(include_str!("../sql/audience_segment.sql"))
+                .bind(commune.as_deref())
+                .bind(zone.as_deref())
+                .bind(contract.map(|c| c.as_str()))
+                .bind(language.as_ref().map(|l| l.as_str()))
+                .bind(&after)
+                .bind(i64::from(limit))
+                .bind(category)
+                .bind(default_in)
+                .bind(&after_customer)
+                .fetch_all(pool)
+                .await
+        }
         // FCM expands these; the fan-out sends them as one job.
         Audience::Topic { .. } | Audience::Condition { .. } => Ok(Vec::new()),
     }

@@ -611,10 +611,11 @@ pub fn notification(priority: &str, customers: &[&str], title: &str) -> Value {
 /// Every read-model table in `pool`, row by row in key order (the checkpoint without the time
 /// it was written).
 pub async fn read_models(pool: &sqlx::PgPool) -> std::collections::BTreeMap<&'static str, Value> {
-    const TABLES: [(&str, &str); 7] = [
+    const TABLES: [(&str, &str); 8] = [
         ("projection_checkpoints", "projection"),
         ("devices", "device_id, customer_id"),
         ("preferences", "customer_id, category"),
+        ("customers", "customer_id"),
         ("notifications", "notification_id"),
         ("deliveries", "notification_id, device_id, customer_id"),
         ("inbox", "customer_id, notification_id"),

@@ -1,0 +1,5 @@
+//! The `sources` role.
+
+pub mod format;
+pub mod row;
+pub mod template;
