@@ -176,6 +176,18 @@ pub enum SourceKind {
     Customers,
 }
 
+/// Where a source starts the first time it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceStart {
+    /// After the rows present then: they are read through once and not notified (a source
+    /// added to a billing system years old does not announce its history).
+    #[default]
+    Latest,
+    /// From the first row.
+    Beginning,
+}
+
 /// One language's title and body templates.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,6 +219,8 @@ pub struct SourceConfig {
     pub poll_interval: Duration,
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
+    #[serde(default)]
+    pub start: SourceStart,
     /// Notifications: the column holding the customer id (or give `audience`).
     #[serde(default)]
     pub customer: Option<String>,

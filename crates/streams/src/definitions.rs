@@ -50,7 +50,7 @@ pub enum DefinitionError {
 }
 
 /// `(file name, contents)` of the definitions shipped with this build.
-const BUILTIN_STREAMS: [(&str, &str); 11] = [
+const BUILTIN_STREAMS: [(&str, &str); 12] = [
     (
         "XIBAAR_CMD_URGENT.json",
         include_str!("../../../streams/XIBAAR_CMD_URGENT.json"),
@@ -90,6 +90,10 @@ const BUILTIN_STREAMS: [(&str, &str); 11] = [
     (
         "KV_XIBAAR_ARCHIVE.json",
         include_str!("../../../streams/KV_XIBAAR_ARCHIVE.json"),
+    ),
+    (
+        "KV_XIBAAR_SOURCES.json",
+        include_str!("../../../streams/KV_XIBAAR_SOURCES.json"),
     ),
     (
         "XIBAAR_DLQ.json",
@@ -319,7 +323,7 @@ mod tests {
             names(&loaded),
             "a file in streams/ is not compiled in"
         );
-        assert_eq!(builtin.streams.len(), 11);
+        assert_eq!(builtin.streams.len(), 12);
         let deliveries = builtin.stream("XIBAAR_DELIVERIES").unwrap();
         assert_eq!(deliveries.consumers.len(), 4);
     }

@@ -45,4 +45,6 @@ pub mod names {
     pub const IDEMPOTENCY_BUCKET: &str = "XIBAAR_IDEMPOTENCY";
     /// The archived position and the archiver's lease (stream `KV_XIBAAR_ARCHIVE`).
     pub const ARCHIVE_BUCKET: &str = "XIBAAR_ARCHIVE";
+    /// Each source's watermark, status and pause (stream `KV_XIBAAR_SOURCES`).
+    pub const SOURCES_BUCKET: &str = "XIBAAR_SOURCES";
 }

@@ -13,7 +13,7 @@ async fn applying_streams_is_idempotent_and_refuses_a_retention_change() {
         first.iter().all(|c| matches!(c, Change::Created { .. })),
         "{first:?}"
     );
-    assert_eq!(first.len(), 11 + 8);
+    assert_eq!(first.len(), 12 + 8);
     let second = xibaar_streams::apply(&js, &defs).await.unwrap();
     assert!(
         second.iter().all(|c| matches!(c, Change::Unchanged { .. })),

@@ -1,0 +1,304 @@
+//! What a row becomes: a `SendNotification` command (notifications sources) or a
+//! `customer.attributes_changed` event (customers sources), with ids derived from the source,
+//! the row's key and its watermark, so that reading the row again yields the same message.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use xibaar_core::{
+    Actor, Audience, Command, Contract, CustomerAttributes, CustomerId, Event, EventEnvelope,
+    Language, NotificationId, SendRequest, Text,
+    event::CustomerAttributesChanged,
+    notification::{Content, MAX_ATTRIBUTE_CHARS},
+};
+
+use crate::{
+    plan::{Columns, NotificationPlan, Plan},
+    row::{Row, Value},
+};
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    pub payload: Bytes,
+    /// For a command: its notification (whose stored copy a recovery looks for).
+    pub command: Option<(xibaar_core::Priority, NotificationId)>,
+}
+
+/// A row's place: its key and watermark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub key: String,
+    pub watermark: Vec<i64>,
+}
+
+impl Origin {
+    pub fn of(row: &Row, columns: &Columns) -> Result<Self, String> {
+        let watermark = columns
+            .watermark
+            .iter()
+            .map(|i| {
+                let value = &row.0[*i];
+                value.as_i64().ok_or_else(|| {
+                    format!(
+                        "watermark column `{}` holds {}, not an integer",
+                        columns.names[*i],
+                        value.kind()
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // A NULL key reads as empty: the row is rejected by `message`, not the batch.
+        Ok(Self {
+            key: row.0[columns.key].to_string(),
+            watermark,
+        })
+    }
+
+    /// `<source>/<key>/<watermark>`: the name of this version of the row.
+    pub fn name(&self, source: &str) -> String {
+        let watermark: Vec<String> = self.watermark.iter().map(i64::to_string).collect();
+        format!("{source}/{}/{}", self.key, watermark.join("."))
+    }
+}
+
+/// Namespace of notification ids derived from source rows (UUIDv5).
+const SOURCE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c3a_61e2_0f4d_4b8e_9a71_d2c8_40b6_1f93);
+
+/// The message for `row`, or why the row cannot become one.
+pub fn message(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Message, String> {
+    let columns = plan.columns.as_ref().expect("a bound plan");
+    let origin = Origin::of(row, columns)?;
+    if origin.key.is_empty() {
+        return Err(format!(
+            "key column `{}` is NULL or empty",
+            columns.names[columns.key]
+        ));
+    }
+    let customer = |row: &Row| -> Result<CustomerId, String> {
+        let index = columns.customer.expect("checked at start");
+        let value = &row.0[index];
+        CustomerId::parse(value.to_string()).map_err(|e| {
+            format!("customer column `{}`: {e}", columns.names[index])
+        })
+    };
+    match &plan.notifications {
+        Some(n) => {
+            let audience = match columns.customer {
+                Some(_) => Audience::Customers {
+                    customer_ids: vec![customer(row)?],
+                },
+                None => segment(n, row)?,
+            };
+            let request = request(n, audience, row)?;
+            request
+                .validate(now)
+                .map_err(|e| describe_request_error(&e))?;
+            let id = NotificationId(uuid::Uuid::new_v5(
+                &SOURCE_NAMESPACE,
+                origin.name(&plan.name).as_bytes(),
+            ));
+            let command = Command::SendNotification(request.into_command(
+                id,
+                None,
+                Actor::system(&format!("source:{}", plan.name)),
+                now,
+            ));
+            let priority = match &command {
+                Command::SendNotification(s) => s.priority,
+            };
+            Ok(Message {
+                subject: command.subject(),
+                headers: xibaar_streams::headers(&command.msg_id(), "send_notification"),
+                payload: Bytes::from(serde_json::to_vec(&command).expect("a command serializes")),
+                command: Some((priority, id)),
+            })
+        }
+        None => {
+            let customer_id = customer(row)?;
+            let attributes = attributes(columns, row)?;
+            let envelope = EventEnvelope::new(
+                Event::CustomerAttributesChanged(CustomerAttributesChanged {
+                    customer_id,
+                    attributes,
+                    origin: origin.name(&plan.name),
+                }),
+                origin.name(&plan.name),
+                None,
+                Actor::system(&format!("source:{}", plan.name)),
+            );
+            Ok(Message {
+                subject: envelope.subject(),
+                headers: xibaar_streams::event_headers(&envelope),
+                payload: Bytes::from(envelope.to_json().map_err(|e| e.to_string())?),
+                command: None,
+            })
+        }
+    }
+}
+
+fn request(n: &NotificationPlan, audience: Audience, row: &Row) -> Result<SendRequest, String> {
+    let render = |what: &str, t: &crate::template::Template, language: &Language| {
+        t.render(row, language.as_str())
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    let mut translations = BTreeMap::new();
+    let mut default = None;
+    for (language, (title, body)) in &n.content {
+        let text = Text {
+            title: render(&format!("content.{language}.title"), title, language)?,
+            body: render(&format!("content.{language}.body"), body, language)?,
+        };
+        if *language == n.default_language {
+            default = Some(text);
+        } else {
+            translations.insert(language.clone(), text);
+        }
+    }
+    let default = default.expect("the default language has content (checked at start)");
+    let data = n
+        .data
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), render(&format!("data.{k}"), t, &n.default_language)?)))
+        .collect::<Result<BTreeMap<_, _>, String>>()?;
+    Ok(SendRequest {
+        priority: n.priority,
+        audience,
+        content: Content {
+            title: default.title,
+            body: default.body,
+            data,
+            image_url: None,
+            language: Some(n.default_language.clone()),
+            translations,
+        },
+        category: n.category,
+        ttl_seconds: n.ttl_seconds,
+        collapse_key: n
+            .collapse_key
+            .as_ref()
+            .map(|t| render("collapse_key", t, &n.default_language))
+            .transpose()?,
+        send_at: None,
+    })
+}
+
+fn segment(n: &NotificationPlan, row: &Row) -> Result<Audience, String> {
+    let value = |attribute: &str| -> Result<Option<String>, String> {
+        n.segment
+            .get(attribute)
+            .map(|t| {
+                t.render(row, "fr")
+                    .map_err(|e| format!("segment.{attribute}: {e}"))
+            })
+            .transpose()
+    };
+    let contract = value("contract")?
+        .map(|c| Contract::parse(&c).ok_or_else(|| format!("segment.contract: `{c}` is neither prepaid nor postpaid")))
+        .transpose()?;
+    let language = value("language")?
+        .map(|l| Language::parse(&l).map_err(|e| format!("segment.language: {e}")))
+        .transpose()?;
+    Ok(Audience::Segment {
+        commune: value("commune")?,
+        zone: value("zone")?,
+        contract,
+        language,
+    })
+}
+
+fn attributes(columns: &Columns, row: &Row) -> Result<CustomerAttributes, String> {
+    let text = |attribute: &str| -> Result<Option<String>, String> {
+        let Some(index) = columns.attributes.get(attribute) else {
+            return Ok(None);
+        };
+        match &row.0[*index] {
+            Value::Null => Ok(None),
+            value => {
+                let text = value.to_string().trim().to_owned();
+                if text.is_empty() {
+                    Ok(None)
+                } else if text.chars().count() > MAX_ATTRIBUTE_CHARS || text.contains('\0') {
+                    Err(format!(
+                        "attribute {attribute}: must be at most {MAX_ATTRIBUTE_CHARS} characters, without NUL"
+                    ))
+                } else {
+                    Ok(Some(text))
+                }
+            }
+        }
+    };
+    Ok(CustomerAttributes {
+        commune: text("commune")?,
+        zone: text("zone")?,
+        contract: text("contract")?
+            .map(|c| {
+                Contract::parse(&c)
+                    .ok_or_else(|| format!("attribute contract: `{c}` is neither prepaid nor postpaid"))
+            })
+            .transpose()?,
+        language: text("language")?
+            .map(|l| {
+                Language::of_locale(&l)
+                    .ok_or_else(|| format!("attribute language: `{l}` is not a language"))
+            })
+            .transpose()?,
+    })
+}
+
+fn describe_request_error(e: &xibaar_core::RequestError) -> String {
+    match e {
+        xibaar_core::RequestError::Invalid(violations) => violations
+            .iter()
+            .map(|v| format!("{} {}", v.field, v.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        xibaar_core::RequestError::TooLarge(m) => m.clone(),
+    }
+}
+
+/// The time of a row (for the lag), when the source names a time column.
+pub fn row_time(columns: &Columns, row: &Row) -> Option<DateTime<Utc>> {
+    let index = columns.time?;
+    row.0[index].as_datetime().ok().map(|t| t.and_utc())
+}
+
+/// A rejected row as a dead letter: `xibaar.dlq.source.<source>`, the reason in its headers,
+/// the row's columns as JSON; its id is the row's version, so a row rejected again is kept once.
+pub fn dead_letter(
+    plan: &Plan,
+    columns: &Columns,
+    row: &Row,
+    origin: &Origin,
+    reason: &str,
+) -> (String, async_nats::HeaderMap, Bytes) {
+    use xibaar_streams::dlq;
+    let original = format!("source.{}", plan.name);
+    let mut headers =
+        xibaar_streams::headers(&format!("dlq:{}", origin.name(&plan.name)), "dead_letter");
+    headers.insert(dlq::REASON, reason);
+    headers.insert(dlq::ORIGINAL_SUBJECT, original.as_str());
+    headers.insert(dlq::ORIGINAL_STREAM, "source");
+    headers.insert(dlq::ORIGINAL_TYPE, "source_row");
+    let values: serde_json::Map<String, serde_json::Value> = columns
+        .names
+        .iter()
+        .zip(&row.0)
+        .map(|(n, v)| (n.clone(), serde_json::to_value(v).unwrap_or_default()))
+        .collect();
+    let payload = serde_json::json!({
+        "source": plan.name,
+        "key": origin.key,
+        "watermark": origin.watermark,
+        "reason": reason,
+        "row": values,
+    });
+    (
+        xibaar_core::subject::dead_letter(&original),
+        headers,
+        Bytes::from(serde_json::to_vec(&payload).expect("a row serializes")),
+    )
+}

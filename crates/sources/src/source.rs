@@ -1,0 +1,384 @@
+//! One source at work: poll, turn rows into messages, store them, then move the watermark.
+//!
+//! Exactly once across crashes: before a batch is published its range is recorded as in
+//! flight (compare-and-set on the position); the watermark moves past it only after JetStream
+//! has acknowledged every message. A crash in between reads the same rows again on restart;
+//! their messages carry the same ids, so JetStream's duplicate window drops the repeats, and
+//! since the window (24 h) can pass before a restart, the commands of the in-flight range are
+//! also looked up in their command stream, which keeps them 35 days, and skipped when found.
+//! A batch in flight for longer than that stream's retention cannot be told apart: the source
+//! pauses and says so.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream::DirectGetErrorKind};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use xibaar_config::{SqlConnection, SqlLogin};
+use xibaar_streams::{Pipeline, retry::Backoff};
+
+use crate::{
+    emit::{self, Message, Origin},
+    plan::Plan,
+    row::Row,
+    sql::{self, Connection, ErrorClass, SqlError},
+    state::{self, InFlight, Position, SourceStatus},
+};
+
+/// Publishes in flight at once.
+const WINDOW: usize = 512;
+
+pub struct Runner {
+    pub plan: Plan,
+    pub connection: SqlConnection,
+    pub login: SqlLogin,
+    pub js: jetstream::Context,
+    pub store: kv::Store,
+    pub stop: CancellationToken,
+}
+
+/// Why a poll stopped.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error("{0}")]
+    Sql(#[from] SqlError),
+    /// NATS failed or the position changed under us: try again.
+    #[error("{0}")]
+    Nats(String),
+    /// Needs an operator: the source pauses with this reason.
+    #[error("{0}")]
+    Pause(String),
+}
+
+impl Runner {
+    pub async fn run(mut self) {
+        let name = self.plan.name.clone();
+        let mut status = SourceStatus {
+            state: "starting".into(),
+            kind: format!("{:?}", self.plan.kind).to_lowercase(),
+            ..Default::default()
+        };
+        let mut client: Option<Connection> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        while !self.stop.is_cancelled() {
+            match state::paused(&self.store, &name).await {
+                Ok(Some(reason)) => {
+                    client = None;
+                    status.state = "paused".into();
+                    status.last_error = Some(reason);
+                    self.publish(&mut status, true).await;
+                    self.sleep(self.plan.poll_interval.min(Duration::from_secs(2)))
+                        .await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.failed(&mut status, "nats", e).await;
+                    self.sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+            let result = match client.as_mut() {
+                Some(c) => self.poll(c, &mut status).await,
+                None => match self.open().await {
+                    Ok(c) => {
+                        client = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(full) => {
+                    backoff.reset();
+                    status.state = "running".into();
+                    self.publish(&mut status, false).await;
+                    if !full {
+                        self.sleep(self.plan.poll_interval).await;
+                    }
+                }
+                Err(PollError::Sql(e)) if e.class == ErrorClass::Transient => {
+                    // The connection may be mid-answer: open another.
+                    client = None;
+                    self.failed(&mut status, e.class.as_str(), e.message).await;
+                    self.sleep(backoff.next_delay()).await;
+                }
+                Err(PollError::Sql(e)) => {
+                    client = None;
+                    let reason = format!("{} error: {}", e.class.as_str(), e.message);
+                    self.failed(&mut status, e.class.as_str(), reason.clone())
+                        .await;
+                    self.pause(&mut status, &reason).await;
+                }
+                Err(PollError::Pause(reason)) => {
+                    self.failed(&mut status, "guard", reason.clone()).await;
+                    self.pause(&mut status, &reason).await;
+                }
+                Err(PollError::Nats(e)) => {
+                    self.failed(&mut status, "nats", e).await;
+                    self.sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// Connects and, the first time, binds the plan to the query's columns.
+    async fn open(&mut self) -> Result<Connection, PollError> {
+        let mut client = sql::connect(&self.connection, &self.login).await?;
+        if self.plan.columns.is_none() {
+            let columns =
+                sql::columns(&mut client, &self.plan.statement, self.plan.watermark.len()).await?;
+            self.plan.bind(&columns).map_err(|e| PollError::Pause(e.to_string()))?;
+        }
+        Ok(client)
+    }
+
+    async fn pause(&self, status: &mut SourceStatus, reason: &str) {
+        tracing::error!(source = %self.plan.name, reason, "source paused; `xibaar sources resume` after the cause is fixed");
+        if let Err(e) = state::set_paused(&self.store, &self.plan.name, Some(reason)).await {
+            tracing::warn!(source = %self.plan.name, error = %e, "could not record the pause");
+        }
+        status.state = "paused".into();
+        self.publish(status, true).await;
+    }
+
+    async fn failed(&self, status: &mut SourceStatus, class: &str, message: String) {
+        let name = self.plan.name.clone();
+        tracing::warn!(source = %name, class, error = %message, "source poll failed");
+        metrics::counter!("xibaar_source_errors_total", "source" => name, "class" => class.to_owned())
+            .increment(1);
+        *status.errors.entry(class.to_owned()).or_default() += 1;
+        status.last_error = Some(message);
+        status.state = "waiting".into();
+        self.publish(status, false).await;
+    }
+
+    async fn publish(&self, status: &mut SourceStatus, paused: bool) {
+        status.updated_at = Some(Utc::now());
+        metrics::gauge!("xibaar_source_paused", "source" => self.plan.name.clone())
+            .set(if paused { 1.0 } else { 0.0 });
+        if let Some(lag) = status.lag_seconds {
+            metrics::gauge!("xibaar_source_lag_seconds", "source" => self.plan.name.clone())
+                .set(lag);
+        }
+        state::publish_status(&self.store, &self.plan.name, status).await;
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = tokio::time::sleep(duration) => {}
+        }
+    }
+
+    /// One batch: `true` when it was full (more rows are waiting).
+    async fn poll(
+        &self,
+        client: &mut Connection,
+        status: &mut SourceStatus,
+    ) -> Result<bool, PollError> {
+        let plan = &self.plan;
+        let columns = plan.columns.as_ref().expect("bound when connected");
+        let (position, revision) = state::position(&self.store, &plan.name)
+            .await
+            .map_err(PollError::Nats)?;
+        let after = position
+            .watermark
+            .clone()
+            .unwrap_or_else(|| vec![i64::MIN; plan.watermark.len()]);
+        let (_, rows) = sql::fetch(
+            client,
+            &plan.statement,
+            plan.batch_size,
+            &after,
+            self.connection.query_timeout,
+        )
+        .await?;
+        let name = plan.name.clone();
+        metrics::counter!("xibaar_source_rows_read_total", "source" => name.clone())
+            .increment(rows.len() as u64);
+        status.rows_read += rows.len() as u64;
+        let full = rows.len() >= plan.batch_size as usize;
+        if position.skipping
+            || position.watermark.is_none() && plan.start == xibaar_config::SourceStart::Latest
+        {
+            // A first start after the latest row: what is there is read through and not sent.
+            let through = ordered(&rows, columns, &after)?;
+            let moved = Position {
+                watermark: Some(through),
+                in_flight: None,
+                skipping: full,
+            };
+            state::record(&self.store, &plan.name, &moved, revision)
+                .await
+                .map_err(PollError::Nats)?;
+            status.watermark = moved.watermark;
+            return Ok(full);
+        }
+        let Some(last) = rows.last() else {
+            // Caught up: nothing is older than now.
+            status.lag_seconds = status.newest_row_at.map(|_| 0.0);
+            status.watermark = position.watermark;
+            return Ok(false);
+        };
+        let through = ordered(&rows, columns, &after)?;
+        if let Some(at) = emit::row_time(columns, last) {
+            status.newest_row_at = Some(at);
+            status.lag_seconds =
+                Some(((Utc::now() - at).num_milliseconds() as f64 / 1000.0).max(0.0));
+        }
+        let mut recovering = position.in_flight.clone();
+        if let Some(in_flight) = &recovering {
+            self.guard_retention(in_flight).await?;
+        }
+        let revision = state::record(
+            &self.store,
+            &plan.name,
+            &Position {
+                watermark: position.watermark.clone(),
+                skipping: false,
+                in_flight: Some(InFlight {
+                    through: through.clone(),
+                    rows: rows.len() as u32,
+                    started_at: recovering
+                        .as_ref()
+                        .map_or_else(Utc::now, |f| f.started_at),
+                }),
+            },
+            revision,
+        )
+        .await
+        .map_err(PollError::Nats)?;
+        let now = Utc::now();
+        let mut pipeline = Pipeline::new(self.js.clone(), WINDOW);
+        let mut rejected = 0u64;
+        for row in &rows {
+            let origin = Origin::of(row, columns).map_err(PollError::Pause)?;
+            match emit::message(plan, row, now) {
+                Ok(message) => {
+                    if let Some(in_flight) = &recovering {
+                        if origin.watermark > in_flight.through {
+                            recovering = None;
+                        } else if self.already_stored(&message).await? {
+                            continue;
+                        }
+                    }
+                    pipeline
+                        .publish(
+                            message.subject,
+                            message.headers,
+                            message.payload,
+                        )
+                        .await
+                        .map_err(|e| PollError::Nats(format!("publishing: {e}")))?;
+                }
+                Err(reason) => {
+                    rejected += 1;
+                    let (subject, headers, payload) =
+                        emit::dead_letter(plan, columns, row, &origin, &reason);
+                    tracing::warn!(source = %name, key = %origin.key, %reason, "row rejected; kept in XIBAAR_DLQ");
+                    pipeline
+                        .publish(subject, headers, payload)
+                        .await
+                        .map_err(|e| PollError::Nats(format!("dead-lettering: {e}")))?;
+                }
+            }
+        }
+        let stored = pipeline
+            .flush()
+            .await
+            .map_err(|e| PollError::Nats(format!("publishing: {e}")))?;
+        state::record(
+            &self.store,
+            &plan.name,
+            &Position {
+                watermark: Some(through.clone()),
+                in_flight: None,
+                skipping: false,
+            },
+            revision,
+        )
+        .await
+        .map_err(PollError::Nats)?;
+        let emitted = stored.stored.saturating_sub(rejected);
+        metrics::counter!("xibaar_source_emitted_total", "source" => name.clone()).increment(emitted);
+        metrics::counter!("xibaar_source_rejected_total", "source" => name).increment(rejected);
+        status.emitted += emitted;
+        status.rejected += rejected;
+        status.watermark = Some(through);
+        Ok(full)
+    }
+
+    /// Whether a command of the in-flight range is in its command stream already.
+    async fn already_stored(&self, message: &Message) -> Result<bool, PollError> {
+        let Some((priority, _)) = message.command else {
+            // Attribute events only restate the row: storing one twice changes nothing.
+            return Ok(false);
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(priority.command_stream())
+            .await
+            .map_err(|e| PollError::Nats(e.to_string()))?;
+        match stream.direct_get_last_for_subject(&message.subject).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(e) => Err(PollError::Nats(e.to_string())),
+        }
+    }
+
+    /// A batch in flight longer than its command stream keeps commands cannot be checked.
+    async fn guard_retention(&self, in_flight: &InFlight) -> Result<(), PollError> {
+        let Some(n) = &self.plan.notifications else {
+            return Ok(());
+        };
+        let mut stream = self
+            .js
+            .get_stream(n.priority.command_stream())
+            .await
+            .map_err(|e| PollError::Nats(e.to_string()))?;
+        let max_age = stream
+            .info()
+            .await
+            .map_err(|e| PollError::Nats(e.to_string()))?
+            .config
+            .max_age;
+        let age = (Utc::now() - in_flight.started_at)
+            .to_std()
+            .unwrap_or_default();
+        if !max_age.is_zero() && age >= max_age {
+            return Err(PollError::Pause(format!(
+                "a batch (rows through watermark {:?}) has been in flight since {}, longer than \
+                 {} keeps commands: which of its rows were sent cannot be told. Resume with \
+                 `xibaar sources resume {} --forget-in-flight` to send them again",
+                in_flight.through,
+                in_flight.started_at,
+                n.priority.command_stream(),
+                self.plan.name,
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The batch's last watermark, after checking the rows come above `after` in watermark order
+/// (a query that does not filter or order by its watermark would repeat or skip rows).
+fn ordered(
+    rows: &[Row],
+    columns: &crate::plan::Columns,
+    after: &[i64],
+) -> Result<Vec<i64>, PollError> {
+    let mut previous = after.to_vec();
+    for row in rows {
+        let origin = Origin::of(row, columns).map_err(PollError::Pause)?;
+        if origin.watermark <= previous {
+            return Err(PollError::Pause(format!(
+                "the query returned row {} at watermark {:?}, not above {:?}: it must select \
+                 rows above @watermark, ORDER BY the watermark columns",
+                origin.key, origin.watermark, previous
+            )));
+        }
+        previous = origin.watermark;
+    }
+    Ok(previous)
+}
