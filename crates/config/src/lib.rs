@@ -23,7 +23,8 @@ use serde::Deserialize;
 pub use archive::{ArchiveConfig, ArchiveCredentials};
 pub use secret::Secret;
 pub use sources::{
-    Encrypt, MAX_SOURCE_BATCH, SourceConfig, SourceKind, SourceStart, SqlConnection, SqlLogin, TextTemplates,
+    Encrypt, MAX_SOURCE_BATCH, SourceConfig, SourceKind, SourceStart, SqlConnection, SqlLogin,
+    TextTemplates,
 };
 
 #[derive(Debug, thiserror::Error)]

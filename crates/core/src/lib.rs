@@ -20,7 +20,7 @@ pub use event::{Actor, ActorKind, Decoded, Event, EventEnvelope, EventMeta};
 pub use ids::{CustomerId, DeviceId, FcmToken, InvalidId, NotificationId};
 pub use job::{DeliveryJob, TopicJob};
 pub use language::{Language, Text};
-pub use segment::{Contract, CustomerAttributes};
 pub use notification::{Audience, Category, Content, ContentError, DeliveryOptions, Platform};
 pub use priority::{Priority, UnknownPriority};
 pub use request::{RequestError, SendRequest};
+pub use segment::{Contract, CustomerAttributes};

@@ -66,7 +66,8 @@ impl Origin {
 }
 
 /// Namespace of notification ids derived from source rows (UUIDv5).
-const SOURCE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c3a_61e2_0f4d_4b8e_9a71_d2c8_40b6_1f93);
+const SOURCE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5c3a_61e2_0f4d_4b8e_9a71_d2c8_40b6_1f93);
 
 /// The message for `row`, or why the row cannot become one.
 pub fn message(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Message, String> {
@@ -81,9 +82,8 @@ pub fn message(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Message, St
     let customer = |row: &Row| -> Result<CustomerId, String> {
         let index = columns.customer.expect("checked at start");
         let value = &row.0[index];
-        CustomerId::parse(value.to_string()).map_err(|e| {
-            format!("customer column `{}`: {e}", columns.names[index])
-        })
+        CustomerId::parse(value.to_string())
+            .map_err(|e| format!("customer column `{}`: {e}", columns.names[index]))
     };
     match &plan.notifications {
         Some(n) => {
@@ -162,7 +162,12 @@ fn request(n: &NotificationPlan, audience: Audience, row: &Row) -> Result<SendRe
     let data = n
         .data
         .iter()
-        .map(|(k, t)| Ok((k.clone(), render(&format!("data.{k}"), t, &n.default_language)?)))
+        .map(|(k, t)| {
+            Ok((
+                k.clone(),
+                render(&format!("data.{k}"), t, &n.default_language)?,
+            ))
+        })
         .collect::<Result<BTreeMap<_, _>, String>>()?;
     Ok(SendRequest {
         priority: n.priority,
@@ -197,7 +202,10 @@ fn segment(n: &NotificationPlan, row: &Row) -> Result<Audience, String> {
             .transpose()
     };
     let contract = value("contract")?
-        .map(|c| Contract::parse(&c).ok_or_else(|| format!("segment.contract: `{c}` is neither prepaid nor postpaid")))
+        .map(|c| {
+            Contract::parse(&c)
+                .ok_or_else(|| format!("segment.contract: `{c}` is neither prepaid nor postpaid"))
+        })
         .transpose()?;
     let language = value("language")?
         .map(|l| Language::parse(&l).map_err(|e| format!("segment.language: {e}")))
@@ -236,8 +244,9 @@ fn attributes(columns: &Columns, row: &Row) -> Result<CustomerAttributes, String
         zone: text("zone")?,
         contract: text("contract")?
             .map(|c| {
-                Contract::parse(&c)
-                    .ok_or_else(|| format!("attribute contract: `{c}` is neither prepaid nor postpaid"))
+                Contract::parse(&c).ok_or_else(|| {
+                    format!("attribute contract: `{c}` is neither prepaid nor postpaid")
+                })
             })
             .transpose()?,
         language: text("language")?

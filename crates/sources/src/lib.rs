@@ -44,7 +44,7 @@ pub async fn prepare(
         let connection = config.sql[&source.connection].clone();
         let login = connection
             .login(&source.connection)
-            .map_err(|e| StartError::Config(e.to_string()))?;
+            .map_err(|e| StartError::Config(format!("source `{name}` cannot log in: {e}")))?;
         probe(&mut plan, &connection, &login).await?;
         runners.push(source::Runner {
             plan,
@@ -103,7 +103,12 @@ pub async fn run(runners: Vec<source::Runner>) {
 /// Pauses `source` (it keeps its place) until resumed.
 pub async fn pause(js: &jetstream::Context, source: &str, reason: &str) -> Result<(), String> {
     let store = state::bucket(js).await?;
-    state::set_paused(&store, source, Some(&format!("paused by an operator: {reason}"))).await
+    state::set_paused(
+        &store,
+        source,
+        Some(&format!("paused by an operator: {reason}")),
+    )
+    .await
 }
 
 /// Resumes `source`. With `forget_in_flight`, a batch left in flight is sent again from its

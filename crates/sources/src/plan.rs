@@ -187,10 +187,15 @@ fn notification_plan(name: &str, config: &SourceConfig) -> Result<NotificationPl
         message,
     };
     let template = |k: &str, text: &str| Template::parse(text).map_err(|m| err(k, m));
-    let priority: Priority = config
-        .priority
-        .parse()
-        .map_err(|_| err("priority", format!("`{}` is not a priority (urgent, high, normal, low)", config.priority)))?;
+    let priority: Priority = config.priority.parse().map_err(|_| {
+        err(
+            "priority",
+            format!(
+                "`{}` is not a priority (urgent, high, normal, low)",
+                config.priority
+            ),
+        )
+    })?;
     let category = config
         .category
         .as_deref()
@@ -330,9 +335,15 @@ mod tests {
             "SELECT TOP (@P1) * FROM t WHERE (ts > @P2 OR (ts = @P2 AND id > @P3)) AND note <> \
              '@watermarks'"
         );
-        assert!(number_parameters("SELECT TOP (@batch) 1", 1)
-            .unwrap_err()
-            .contains("@watermark"));
-        assert!(number_parameters(q, 1).unwrap_err().contains("second watermark"));
+        assert!(
+            number_parameters("SELECT TOP (@batch) 1", 1)
+                .unwrap_err()
+                .contains("@watermark")
+        );
+        assert!(
+            number_parameters(q, 1)
+                .unwrap_err()
+                .contains("second watermark")
+        );
     }
 }

@@ -128,7 +128,9 @@ impl Runner {
         if self.plan.columns.is_none() {
             let columns =
                 sql::columns(&mut client, &self.plan.statement, self.plan.watermark.len()).await?;
-            self.plan.bind(&columns).map_err(|e| PollError::Pause(e.to_string()))?;
+            self.plan
+                .bind(&columns)
+                .map_err(|e| PollError::Pause(e.to_string()))?;
         }
         Ok(client)
     }
@@ -240,9 +242,7 @@ impl Runner {
                 in_flight: Some(InFlight {
                     through: through.clone(),
                     rows: rows.len() as u32,
-                    started_at: recovering
-                        .as_ref()
-                        .map_or_else(Utc::now, |f| f.started_at),
+                    started_at: recovering.as_ref().map_or_else(Utc::now, |f| f.started_at),
                 }),
             },
             revision,
@@ -264,11 +264,7 @@ impl Runner {
                         }
                     }
                     pipeline
-                        .publish(
-                            message.subject,
-                            message.headers,
-                            message.payload,
-                        )
+                        .publish(message.subject, message.headers, message.payload)
                         .await
                         .map_err(|e| PollError::Nats(format!("publishing: {e}")))?;
                 }
@@ -301,7 +297,8 @@ impl Runner {
         .await
         .map_err(PollError::Nats)?;
         let emitted = stored.stored.saturating_sub(rejected);
-        metrics::counter!("xibaar_source_emitted_total", "source" => name.clone()).increment(emitted);
+        metrics::counter!("xibaar_source_emitted_total", "source" => name.clone())
+            .increment(emitted);
         metrics::counter!("xibaar_source_rejected_total", "source" => name).increment(rejected);
         status.emitted += emitted;
         status.rejected += rejected;

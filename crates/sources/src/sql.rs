@@ -80,8 +80,8 @@ fn classify(number: u32) -> ErrorClass {
     match number {
         // Deadlock victim; lock request timeout; the database is starting, in recovery or
         // failing over; the server is busy; a transient Azure SQL condition.
-        1205 | 1222 | 921 | 922 | 926 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920
-        | 4060 | 10928 | 10929 | 233 | 64 | 10053 | 10054 => ErrorClass::Transient,
+        1205 | 1222 | 921 | 922 | 926 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 | 4060
+        | 10928 | 10929 | 233 | 64 | 10053 | 10054 => ErrorClass::Transient,
         // Login failed; password expired or must change; permission denied on an object,
         // a database or a server; the login cannot open the database.
         18456 | 18486 | 18487 | 18488 | 229 | 230 | 262 | 297 | 300 | 916 | 4063 | 4064 => {
@@ -92,10 +92,7 @@ fn classify(number: u32) -> ErrorClass {
 }
 
 /// Opens a connection with `connection`'s settings and `login`.
-pub async fn connect(
-    connection: &SqlConnection,
-    login: &SqlLogin,
-) -> Result<Connection, SqlError> {
+pub async fn connect(connection: &SqlConnection, login: &SqlLogin) -> Result<Connection, SqlError> {
     let mut config = match login {
         SqlLogin::Ado(ado) => {
             let config = Config::from_ado_string(ado.expose()).map_err(|e| SqlError {
@@ -104,7 +101,12 @@ pub async fn connect(
                 // The string holds the password: only the parser's reason is shown.
                 message: format!("the connection string is not valid ADO.NET: {}", reason(&e)),
             })?;
-            if ado.expose().to_ascii_lowercase().replace(' ', "").contains("trustservercertificate=true") {
+            if ado
+                .expose()
+                .to_ascii_lowercase()
+                .replace(' ', "")
+                .contains("trustservercertificate=true")
+            {
                 return Err(SqlError {
                     class: ErrorClass::Access,
                     number: None,

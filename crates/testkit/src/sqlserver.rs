@@ -74,6 +74,7 @@ struct State {
     refused_login: Option<TerminalError>,
     silent: bool,
     requests: Vec<Request>,
+    logins_refused: usize,
 }
 
 pub struct SqlServer {
@@ -181,6 +182,11 @@ impl SqlServer {
         self.lock().silent = silent;
     }
 
+    /// How many logins were refused so far.
+    pub fn logins_refused(&self) -> usize {
+        self.lock().logins_refused
+    }
+
     /// Every request of a served table so far.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()
@@ -272,10 +278,12 @@ enum Decision {
 fn decide(state: &Mutex<State>, message: &Message) -> Decision {
     let mut state = state.lock().expect("not poisoned");
     if message.kind == LOGIN7 {
-        return match &state.refused_login {
-            Some(error) => Decision::RefuseLogin(build_terminal_error_tokens(error)),
-            None => Decision::Forward,
+        let Some(error) = &state.refused_login else {
+            return Decision::Forward;
         };
+        let tokens = build_terminal_error_tokens(error);
+        state.logins_refused += 1;
+        return Decision::RefuseLogin(tokens);
     }
     if message.kind != RPC {
         return Decision::Forward;
