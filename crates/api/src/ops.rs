@@ -53,6 +53,8 @@ pub struct OpsSnapshot {
     pub projection_gap: Option<u64>,
     /// The archive's distance from the event stream's head; `None` without an archive.
     pub archive: Option<xibaar_archive::ArchiveLag>,
+    /// Each SQL Server source's state, figures and lag, by name; empty without sources.
+    pub sources: BTreeMap<String, xibaar_sources::SourceStatus>,
     /// What could not be read this round (JetStream away, …).
     pub problems: Vec<String>,
 }
@@ -170,6 +172,10 @@ pub fn spawn_collector(
                             Ok(lag) => snapshot.archive = Some(lag),
                             Err(e) => snapshot.problems.push(format!("archive lag: {e:#}")),
                         }
+                    }
+                    match xibaar_sources::state::statuses(&js).await {
+                        Ok(sources) => snapshot.sources = sources,
+                        Err(e) => snapshot.problems.push(format!("sources: {e}")),
                     }
                     snapshot.at = Some(Utc::now());
                     tx.send_replace(Arc::new(snapshot));

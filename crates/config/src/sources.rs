@@ -221,6 +221,10 @@ pub struct SourceConfig {
     pub batch_size: u32,
     #[serde(default)]
     pub start: SourceStart,
+    /// Most rows turned into commands per second (none: as fast as JetStream takes them). A
+    /// billing run of hundreds of thousands of rows can be spread out this way.
+    #[serde(default)]
+    pub max_rate: Option<u32>,
     /// Notifications: the column holding the customer id (or give `audience`).
     #[serde(default)]
     pub customer: Option<String>,
@@ -314,6 +318,12 @@ impl SourceConfig {
         }
         if self.poll_interval.is_zero() {
             return invalid("poll_interval", "must be above zero".into());
+        }
+        if self.max_rate == Some(0) {
+            return invalid(
+                "max_rate",
+                "must be above zero (leave it out for no limit)".into(),
+            );
         }
         match self.kind {
             SourceKind::Notifications => {

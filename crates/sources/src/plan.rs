@@ -38,6 +38,7 @@ pub struct Plan {
     pub poll_interval: Duration,
     pub batch_size: u32,
     pub start: xibaar_config::SourceStart,
+    pub max_rate: Option<u32>,
     pub notifications: Option<NotificationPlan>,
     /// Customers sources: attribute → column.
     pub attributes: BTreeMap<String, String>,
@@ -110,6 +111,7 @@ impl Plan {
             poll_interval: config.poll_interval,
             batch_size: config.batch_size,
             start: config.start,
+            max_rate: config.max_rate,
             notifications,
             attributes: config.attributes.clone(),
             customer: config.customer.clone(),

@@ -252,7 +252,14 @@ impl Runner {
         let now = Utc::now();
         let mut pipeline = Pipeline::new(self.js.clone(), WINDOW);
         let mut rejected = 0u64;
-        for row in &rows {
+        // `max_rate`: row i of the batch goes out no sooner than i / rate after its start (a
+        // fixed schedule is all a single publisher needs; no token bucket to share).
+        let started = tokio::time::Instant::now();
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(rate) = plan.max_rate {
+                let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                tokio::time::sleep_until(due).await;
+            }
             let origin = Origin::of(row, columns).map_err(PollError::Pause)?;
             match emit::message(plan, row, now) {
                 Ok(message) => {

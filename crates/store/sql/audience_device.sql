@@ -1,5 +1,7 @@
 -- $2: the category whose opt-outs apply (NULL: none); $3: its default for customers who never chose.
-SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id, d.locale
+-- A device without a locale reads its customer's language from the customer system.
+SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id, coalesce(d.locale,
+       (SELECT c.language FROM customers c WHERE c.customer_id = d.customer_id)) AS locale
 FROM devices d
 -- $4: the device's customer; NULL only in commands accepted before devices belonged to their
 -- customer, which reach every device of that id.

@@ -2,7 +2,8 @@
 -- Pages follow (device_id, customer_id) after ($5, $9), the last device and its customer.
 -- $1 commune, $2 zone, $3 contract, $4 language; $6: the limit; $7: the category whose opt-outs
 -- apply (NULL: none); $8: its default for customers who never chose.
-SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id, d.locale
+-- A device without a locale reads its customer's language from the customer system.
+SELECT d.device_id, d.customer_id, d.token, d.platform, d.app_id, coalesce(d.locale, c.language) AS locale
 FROM customers c
 JOIN devices d ON d.customer_id = c.customer_id
 WHERE d.status = 'active'

@@ -24,8 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Every role in one process: api, dispatcher, projector, and the archiver when
-    /// `archive.bucket` is set.
+    /// Every role in one process: api, dispatcher, projector, the archiver when
+    /// `archive.bucket` is set and the sources when `[sources.<name>]` are.
     Up,
     /// The HTTP API.
     Api,
@@ -35,6 +35,12 @@ pub enum Command {
     Projector,
     /// Seals the event log into segments on S3/MinIO (`[archive]`).
     Archiver,
+    /// Without a subcommand, the role reading the SQL Server sources (`[sources.<name>]`);
+    /// with one, their status, pause and resume.
+    Sources {
+        #[command(subcommand)]
+        command: Option<commands::sources::SourcesCommand>,
+    },
     /// The archive: status, verify, restore.
     Archive {
         #[command(subcommand)]
@@ -125,30 +131,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let roles = match cli.command {
         Command::Up => Some(Roles::ALL),
-        Command::Api => Some(Roles {
-            api: true,
-            dispatcher: false,
-            projector: false,
-            archiver: false,
-        }),
-        Command::Dispatcher => Some(Roles {
-            api: false,
-            dispatcher: true,
-            projector: false,
-            archiver: false,
-        }),
-        Command::Projector => Some(Roles {
-            api: false,
-            dispatcher: false,
-            projector: true,
-            archiver: false,
-        }),
-        Command::Archiver => Some(Roles {
-            api: false,
-            dispatcher: false,
-            projector: false,
-            archiver: true,
-        }),
+        Command::Api => Some(Roles::NONE.with("api")),
+        Command::Dispatcher => Some(Roles::NONE.with("dispatcher")),
+        Command::Projector => Some(Roles::NONE.with("projector")),
+        Command::Archiver => Some(Roles::NONE.with("archiver")),
+        Command::Sources { command: None } => Some(Roles::NONE.with("sources")),
         _ => None,
     };
     if let Some(roles) = roles {
@@ -185,6 +172,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command } => commands::replay::run_audit(&config, command).await,
         Command::Dlq { command } => commands::dlq::run(&config, command).await,
         Command::Archive { command } => commands::archive::run(&config, command).await,
+        Command::Sources {
+            command: Some(command),
+        } => commands::sources::run(&config, command).await,
         Command::Health { probe } => commands::health(&config, &probe).await,
         Command::Projections {
             command: ProjectionsCommand::Status { json },
@@ -203,6 +193,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         | Command::Api
         | Command::Dispatcher
         | Command::Projector
-        | Command::Archiver => Ok(()),
+        | Command::Archiver
+        | Command::Sources { command: None } => Ok(()),
     }
 }

@@ -19,6 +19,8 @@ pub struct Roles {
     pub projector: bool,
     /// Runs only when `archive.bucket` is set.
     pub archiver: bool,
+    /// Runs only when `[sources.<name>]` are configured.
+    pub sources: bool,
 }
 
 impl Roles {
@@ -28,17 +30,46 @@ impl Roles {
         dispatcher: true,
         projector: true,
         archiver: true,
+        sources: true,
+    };
+    pub const NONE: Roles = Roles {
+        api: false,
+        dispatcher: false,
+        projector: false,
+        archiver: false,
+        sources: false,
     };
 
     pub fn name(&self) -> &'static str {
-        match (self.api, self.dispatcher, self.projector, self.archiver) {
-            (true, true, true, _) => "xibaar-up",
-            (true, false, false, false) => "xibaar-api",
-            (false, true, false, false) => "xibaar-dispatcher",
-            (false, false, true, false) => "xibaar-projector",
-            (false, false, false, true) => "xibaar-archiver",
-            _ => "xibaar",
+        let one = |role| Roles { ..Roles::NONE }.with(role) == *self;
+        if self.api && self.dispatcher && self.projector {
+            "xibaar-up"
+        } else if one("api") {
+            "xibaar-api"
+        } else if one("dispatcher") {
+            "xibaar-dispatcher"
+        } else if one("projector") {
+            "xibaar-projector"
+        } else if one("archiver") {
+            "xibaar-archiver"
+        } else if one("sources") {
+            "xibaar-sources"
+        } else {
+            "xibaar"
         }
+    }
+
+    /// These roles and `role`.
+    pub fn with(mut self, role: &str) -> Roles {
+        match role {
+            "api" => self.api = true,
+            "dispatcher" => self.dispatcher = true,
+            "projector" => self.projector = true,
+            "archiver" => self.archiver = true,
+            "sources" => self.sources = true,
+            other => unreachable!("no role {other}"),
+        }
+        self
     }
 }
 
@@ -197,9 +228,13 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             "configuration key `fcm.apps`: the dispatcher needs at least one Firebase app"
         );
     }
-    let only_archiver = roles.archiver && !(roles.api || roles.dispatcher || roles.projector);
-    if only_archiver && !config.archive.enabled() {
+    if roles == Roles::NONE.with("archiver") && !config.archive.enabled() {
         anyhow::bail!("configuration key `archive.bucket`: the archiver needs a bucket");
+    }
+    if roles == Roles::NONE.with("sources") && config.sources.is_empty() {
+        anyhow::bail!(
+            "configuration key `sources`: the sources role needs at least one [sources.<name>]"
+        );
     }
     // Credentials and the extra CA are read now: a missing one stops the start.
     let archive = xibaar_archive::ArchiveStore::configured(&config.archive)?;
@@ -236,6 +271,14 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         for change in changes {
             tracing::debug!(%change, "stream definitions");
         }
+    }
+    if roles.sources && !config.sources.is_empty() {
+        // A source whose configuration, credentials or query are wrong stops the start.
+        let runners = xibaar_sources::prepare(&config, &js, &shutdown).await?;
+        tasks.spawn(async move {
+            xibaar_sources::run(runners).await;
+            Ok(())
+        });
     }
     if roles.projector && !migrate_when_reachable(&pool, &shutdown).await {
         tracing::info!("stopped before Postgres was reachable");

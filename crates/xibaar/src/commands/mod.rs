@@ -3,6 +3,7 @@ pub mod dlq;
 pub mod lag;
 pub mod replay;
 pub mod send;
+pub mod sources;
 
 use std::path::PathBuf;
 

@@ -156,6 +156,7 @@ async fn an_archiver_killed_mid_upload_resumes_with_no_gap_and_no_repeat() {
     );
     p.start_in_process(Roles {
         archiver: false,
+        sources: false,
         ..Roles::ALL
     })
     .await;

@@ -37,6 +37,7 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
         dispatcher: false,
         projector: false,
         archiver: false,
+        sources: false,
     })
     .await;
     let url = format!("{}/v1/notifications", p.api);

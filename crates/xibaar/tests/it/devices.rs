@@ -185,6 +185,7 @@ async fn a_customer_can_never_detach_another_customers_device() {
         dispatcher: false,
         projector: true,
         archiver: false,
+        sources: false,
     })
     .await;
     p.register_device("victim", "phone-1", "tok-victim").await;

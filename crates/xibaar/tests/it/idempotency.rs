@@ -43,6 +43,7 @@ async fn reusing_a_key_for_a_different_notification_is_refused() {
         dispatcher: false,
         projector: false,
         archiver: false,
+        sources: false,
     })
     .await;
     let first = p
@@ -138,6 +139,7 @@ async fn a_reused_key_with_any_field_changed_is_refused_and_stores_nothing() {
         dispatcher: false,
         projector: false,
         archiver: false,
+        sources: false,
     })
     .await;
     let (base, cases) = a_request_and_one_change_per_field();

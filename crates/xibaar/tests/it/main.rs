@@ -30,6 +30,7 @@ mod rate_limits;
 mod readme;
 mod scale_out;
 mod scheduled;
+mod sources;
 mod streams;
 mod support;
 mod tracing;

@@ -294,6 +294,7 @@ async fn read_models_equal_a_pure_fold_whatever_crashes_redeliveries_and_restart
         dispatcher: false,
         projector: false,
         archiver: false,
+        sources: false,
     })
     .await;
     let seeds = [7_u64, 1_234, 99_001];

@@ -51,6 +51,7 @@ async fn killing_the_projector_mid_stream_converges_without_double_counts() {
         dispatcher: true,
         projector: false,
         archiver: false,
+        sources: false,
     })
     .await;
     let projector = ProjectorProcess::spawn(&p);

@@ -98,6 +98,7 @@ impl Pipeline {
             dispatcher: false,
             projector: true,
             archiver: false,
+            sources: false,
         })
         .await
     }
@@ -185,8 +186,13 @@ filter = "warn"
     /// Adds an `[archive]` on `s3` (plus `settings`, TOML keys of the section) to the
     /// configuration; before the roles start.
     pub fn add_archive(&mut self, s3: &xibaar_testkit::S3Server, settings: &str) {
+        self.add_toml(&format!("[archive]\n{}{settings}\n", s3.archive_toml()));
+    }
+
+    /// Appends sections to the configuration; before the roles start.
+    pub fn add_toml(&mut self, sections: &str) {
         let mut toml = std::fs::read_to_string(&self.config_path).unwrap();
-        toml.push_str(&format!("[archive]\n{}{settings}\n", s3.archive_toml()));
+        toml.push_str(sections);
         std::fs::write(&self.config_path, &toml).unwrap();
         self.config = Config::from_toml(&toml).unwrap();
     }

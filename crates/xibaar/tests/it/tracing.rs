@@ -57,6 +57,7 @@ async fn one_notification_is_one_trace_across_api_dispatcher_fcm_call_events_and
         dispatcher: false,
         projector: false,
         archiver: false,
+        sources: false,
     })
     .await;
     let (otlp, exported) = otlp_receiver().await;
