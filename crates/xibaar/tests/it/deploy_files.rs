@@ -201,7 +201,7 @@ print(json.dumps(out))
     );
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let server = &parsed["deploy/compose/server.yaml"]["services"];
-    for role in ["api", "dispatcher", "projector"] {
+    for role in ["api", "dispatcher", "projector", "archiver", "sources"] {
         let command = server[role]["command"][0].as_str().unwrap();
         assert_eq!(command, role);
         let help = Command::new(env!("CARGO_BIN_EXE_xibaar"))
