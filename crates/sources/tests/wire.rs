@@ -568,3 +568,38 @@ mod real {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_row_that_cannot_become_a_notification_is_dead_lettered_and_the_others_go_on() {
+    let nats = NatsServer::start().await.unwrap();
+    let js = jetstream_with_streams(&nats).await;
+    let server = SqlServer::start().await.unwrap();
+    let mut table = bills_table();
+    let mut nameless = bill(2);
+    nameless[1] = ColumnValue::NVarChar(String::new());
+    table.rows = vec![bill(1), nameless, bill(3)];
+    server.serve(table);
+    let toml = sql_toml(&server, "") + &source_toml("bills", QUERY, 100);
+    let running = start(&js, &toml).await.unwrap();
+
+    let s = wait_status(&js, "bills", "reading every row", |s| {
+        s.watermark == Some(vec![3])
+    })
+    .await;
+    assert_eq!((s.emitted, s.rejected), (2, 1), "{s:?}");
+    assert_eq!(commands(&js).await.len(), 2);
+    let dlq = js.get_stream("XIBAAR_DLQ").await.unwrap();
+    let letter = dlq
+        .direct_get_last_for_subject("xibaar.dlq.source.bills")
+        .await
+        .unwrap();
+    let reason = letter.headers.get("Xibaar-Dlq-Reason").map(|v| v.to_string());
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("CUSTOMER_ID")),
+        "{:?}",
+        letter.headers
+    );
+    let row: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+    assert_eq!(row["key"], "2");
+    running.stop().await;
+}

@@ -234,6 +234,12 @@ async fn retry(
         bail!("it does not record its original subject");
     }
     let kind = header(&message.headers, dlq::ORIGINAL_TYPE);
+    if kind == "source_row" {
+        bail!(
+            "a SQL Server row rejected by its source is not a message to send again: correct the \
+             row in its database (its new version is read again), then drop this dead letter"
+        );
+    }
     let marker = match kind.as_str() {
         DEVICE_JOB_TYPE => serde_json::from_slice::<DeliveryJob>(&message.payload)
             .ok()
