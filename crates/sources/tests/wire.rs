@@ -593,7 +593,10 @@ async fn a_row_that_cannot_become_a_notification_is_dead_lettered_and_the_others
         .direct_get_last_for_subject("xibaar.dlq.source.bills")
         .await
         .unwrap();
-    let reason = letter.headers.get("Xibaar-Dlq-Reason").map(|v| v.to_string());
+    let reason = letter
+        .headers
+        .get("Xibaar-Dlq-Reason")
+        .map(|v| v.to_string());
     assert!(
         reason.as_deref().is_some_and(|r| r.contains("CUSTOMER_ID")),
         "{:?}",

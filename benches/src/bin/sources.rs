@@ -1,0 +1,239 @@
+//! A SQL Server source: rows per second turned into commands JetStream has accepted, against a
+//! bare tiberius read of the same rows from the same server (the same statement, paged by the
+//! same watermark), alternating in one run. The server is the testkit's TDS server
+//! (`mssql-mock-tds` behind the proxy that answers by watermark), so both pay the same for it.
+
+use std::time::{Duration, Instant};
+
+use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
+use tokio::net::TcpStream;
+use tokio_util::{compat::TokioAsyncWriteCompatExt, sync::CancellationToken};
+use xibaar_benches::{Phase, scale};
+use xibaar_streams::Definitions;
+use xibaar_testkit::{
+    NatsServer, SqlServer, SqlTable,
+    tds::{ColumnDefinition, ColumnValue, SqlDataType},
+};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ROUNDS: usize = 3;
+const BATCH: i64 = 2000;
+const QUERY: &str = "SELECT TOP (@BATCH) BILL_ID, CUSTOMER_ID, AMOUNT, DUE FROM DBO.BILLS \
+                     WHERE BILL_ID > @WATERMARK ORDER BY BILL_ID";
+const STATEMENT: &str = "SELECT TOP (@P1) BILL_ID, CUSTOMER_ID, AMOUNT, DUE FROM DBO.BILLS \
+                         WHERE BILL_ID > @P2 ORDER BY BILL_ID";
+
+fn table(n: usize) -> SqlTable {
+    SqlTable {
+        statement: STATEMENT.into(),
+        columns: vec![
+            ColumnDefinition::new("BILL_ID", SqlDataType::BigInt),
+            ColumnDefinition::new("CUSTOMER_ID", SqlDataType::NVarChar),
+            ColumnDefinition::new("AMOUNT", SqlDataType::BigInt),
+            ColumnDefinition::new("DUE", SqlDataType::NVarChar),
+        ],
+        rows: (1..=n as i64)
+            .map(|id| {
+                vec![
+                    ColumnValue::BigInt(id),
+                    ColumnValue::NVarChar(format!("{:09}", id % 100_000)),
+                    ColumnValue::BigInt(5_000 + id % 90_000),
+                    ColumnValue::NVarChar("2026-12-15".into()),
+                ]
+            })
+            .collect(),
+        watermark: vec![0],
+    }
+}
+
+/// Every row read with tiberius alone, page by page above the last id: the least a source
+/// spends on SQL Server.
+async fn bare_read(sql: &SqlServer) -> anyhow::Result<usize> {
+    let mut config = Config::new();
+    config.host("127.0.0.1");
+    config.port(sql.port());
+    config.authentication(AuthMethod::sql_server("xibaar", "s3cret"));
+    config.encryption(EncryptionLevel::NotSupported);
+    let tcp = TcpStream::connect(config.get_addr()).await?;
+    tcp.set_nodelay(true)?;
+    let mut client = Client::connect(config, tcp.compat_write()).await?;
+    let mut after = i64::MIN;
+    let mut read = 0;
+    loop {
+        let rows = client
+            .query(STATEMENT, &[&BATCH, &after])
+            .await?
+            .into_first_result()
+            .await?;
+        read += rows.len();
+        match rows.last() {
+            Some(last) => after = last.get::<i64, _>(0).unwrap_or(after),
+            None => return Ok(read),
+        }
+        if (rows.len() as i64) < BATCH {
+            return Ok(read);
+        }
+    }
+}
+
+async fn stored_commands(js: &async_nats::jetstream::Context) -> anyhow::Result<u64> {
+    Ok(js
+        .get_stream("XIBAAR_CMD_NORMAL")
+        .await?
+        .get_info()
+        .await?
+        .state
+        .messages)
+}
+
+/// The messages source `name` would store for the table's rows, built beforehand, and the time
+/// a bare `Pipeline` (the source's publisher, 512 in flight) takes to store them: the least any
+/// design storing one command per row spends on JetStream.
+async fn bare_publish(
+    js: &async_nats::jetstream::Context,
+    config: &xibaar_config::Config,
+    name: &str,
+    table: &SqlTable,
+) -> anyhow::Result<Duration> {
+    use xibaar_sources::row::{Row, Value};
+    let mut plan = xibaar_sources::Plan::new(name, &config.sources[name])?;
+    let columns: Vec<String> = ["BILL_ID", "CUSTOMER_ID", "AMOUNT", "DUE"]
+        .map(String::from)
+        .to_vec();
+    plan.bind(&columns)?;
+    let now = chrono::Utc::now();
+    let messages = table
+        .rows
+        .iter()
+        .map(|row| {
+            let row = Row(row
+                .iter()
+                .map(|v| match v {
+                    ColumnValue::BigInt(n) => Value::Int(*n),
+                    ColumnValue::NVarChar(t) => Value::Text(t.clone()),
+                    other => unreachable!("the table holds no {other:?}"),
+                })
+                .collect());
+            xibaar_sources::emit::message(&plan, &row, now).map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let mut pipeline = xibaar_streams::Pipeline::new(js.clone(), 512);
+    for m in messages {
+        pipeline.publish(m.subject, m.headers, m.payload).await?;
+    }
+    pipeline.flush().await?;
+    Ok(started.elapsed())
+}
+
+fn source_toml(sql: &SqlServer, name: &str) -> String {
+    format!(
+        r#"
+[sql.billing]
+host = "127.0.0.1"
+port = {port}
+user = "xibaar"
+password = "s3cret"
+encrypt = "danger_plaintext"
+[sources.{name}]
+connection = "billing"
+kind = "notifications"
+query = "{QUERY}"
+watermark = ["BILL_ID"]
+customer = "CUSTOMER_ID"
+start = "beginning"
+batch_size = {BATCH}
+poll_interval = "50ms"
+category = "billing"
+default_language = "fr"
+[sources.{name}.content.fr]
+title = "Facture {{BILL_ID}}"
+body = "Votre facture de {{AMOUNT:fcfa}} est à régler avant le {{DUE:date}}."
+[sources.{name}.content.wo]
+title = "Faktiir {{BILL_ID}}"
+body = "Sa faktiir bu {{AMOUNT:fcfa}} war na ñu ko fey balaa {{DUE:date}}."
+"#,
+        port = sql.port()
+    )
+}
+
+/// Source `name` from the first row to the last: until JetStream holds a command for each.
+async fn run_source(
+    js: &async_nats::jetstream::Context,
+    sql: &SqlServer,
+    name: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let toml = source_toml(sql, name);
+    let config = xibaar_config::Config::from_toml(&toml)?;
+    let before = stored_commands(js).await?;
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let runners = xibaar_sources::prepare(&config, js, &stop).await?;
+    let task = tokio::spawn(xibaar_sources::run(runners));
+    while stored_commands(js).await? < before + n as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall = started.elapsed();
+    stop.cancel();
+    task.await?;
+    Ok(wall)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n = scale(50_000);
+    println!(
+        "sources: {n} rows in batches of {BATCH}, French and Wolof templates with amounts and dates, {ROUNDS} rounds alternating"
+    );
+    let nats = NatsServer::start().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    xibaar_streams::apply(&js, &Definitions::builtin()).await?;
+    let sql = SqlServer::start().await?;
+    let rows = table(n);
+    sql.serve(rows.clone());
+    let pids = [nats.pid().unwrap_or(0), std::process::id()];
+    let mut ratios = Vec::new();
+    for round in 1..=ROUNDS {
+        let phase = Phase::start(&pids)?;
+        let started = Instant::now();
+        let read = bare_read(&sql).await?;
+        let bare = started.elapsed();
+        let bare_cost = phase.finish()?;
+        anyhow::ensure!(read == n, "the bare read saw {read} rows, not {n}");
+        let phase = Phase::start(&pids)?;
+        let wall = run_source(&js, &sql, &format!("bills_{round}"), n).await?;
+        let cost = phase.finish()?;
+        let floor_name = format!("floor_{round}");
+        let config = xibaar_config::Config::from_toml(&source_toml(&sql, &floor_name))?;
+        let publish = bare_publish(&js, &config, &floor_name, &rows).await?;
+        let (rate, bare_rate) = (n as f64 / wall.as_secs_f64(), n as f64 / bare.as_secs_f64());
+        ratios.push(rate / bare_rate);
+        let floor = bare + publish;
+        println!(
+            "  round {round}: source {wall:.2?} = {rate:.0} rows/s into accepted commands; bare tiberius read {bare:.2?} = {bare_rate:.0} rows/s; ratio {:.2} (target >= 0.5); bare publish of the same commands {publish:.2?} = {:.0}/s; read + publish = {:.0} rows/s, ratio {:.2}",
+            rate / bare_rate,
+            n as f64 / publish.as_secs_f64(),
+            n as f64 / floor.as_secs_f64(),
+            floor.as_secs_f64() / wall.as_secs_f64()
+        );
+        println!(
+            "    source: {}",
+            cost.describe(n as u64, &["nats-server", "source + SQL server"])
+        );
+        println!(
+            "    bare read: {}",
+            bare_cost.describe(n as u64, &["nats-server", "client + SQL server"])
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "  ratio over {ROUNDS} rounds: min {:.2}, median {:.2}, max {:.2}",
+        ratios[0],
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() - 1]
+    );
+    Ok(())
+}
