@@ -200,8 +200,11 @@ impl Default for OpsConfig {
 pub struct FcmConfig {
     /// `https://fcm.googleapis.com` in production; the stand-in's address locally.
     pub endpoint: String,
-    /// Requests in flight at once over the shared HTTP/2 client.
+    /// Requests in flight at once, spread over as many HTTP/2 connections as they need.
     pub concurrency: usize,
+    /// Concurrent streams FCM allows on one HTTP/2 connection (100): a connection is opened
+    /// when every open one carries this many requests.
+    pub streams_per_connection: NonZeroU32,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Extra PEM certificates trusted besides the system roots (a corporate proxy's CA).
@@ -226,6 +229,7 @@ impl Default for FcmConfig {
         Self {
             endpoint: "https://fcm.googleapis.com".into(),
             concurrency: 256,
+            streams_per_connection: NonZeroU32::new(100).expect("non-zero"),
             request_timeout: Duration::from_secs(10),
             ca_bundle: None,
             apps: Vec::new(),

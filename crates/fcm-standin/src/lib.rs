@@ -58,6 +58,11 @@ pub struct StandInConfig {
     /// FCM's default is 600,000 per project per minute.
     pub quota_per_minute: u64,
     pub latency: Duration,
+    /// Each answer's latency is drawn uniformly from `latency ± latency_jitter`.
+    pub latency_jitter: Duration,
+    /// Concurrent streams each HTTP/2 connection allows (`SETTINGS_MAX_CONCURRENT_STREAMS`);
+    /// FCM's front ends allow 100.
+    pub streams_per_connection: u32,
     pub token_lifetime: Duration,
     /// Keep every received message (tests); off for million-message benchmarks, which only
     /// need the counts.
@@ -75,6 +80,8 @@ impl Default for StandInConfig {
             accounts: vec![Account::test_account()],
             quota_per_minute: 600_000,
             latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            streams_per_connection: 100,
             token_lifetime: Duration::from_secs(3600),
             record_messages: true,
             record_only: None,
@@ -109,14 +116,21 @@ impl StandIn {
         config: StandInConfig,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let streams = config.streams_per_connection;
         let shared = Arc::new(Shared::new(config, format!("http://{addr}/token")));
         let app = router(shared.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "FCM stand-in stopped");
-            }
-        });
+        let task = tokio::spawn(serve_connections(listener, app, streams, shared.clone()));
         Ok(Self { addr, shared, task })
+    }
+
+    /// TCP connections accepted so far (each an HTTP/2 connection for a client that speaks it).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections()
+    }
+
+    /// The most requests this stand-in has held at once.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.shared.peak_in_flight()
     }
 
     pub fn url(&self) -> String {
@@ -159,6 +173,11 @@ impl StandIn {
         self.shared.set_latency(latency);
     }
 
+    /// Answers take `latency ± jitter`, uniformly drawn.
+    pub fn set_latency_jitter(&self, jitter: Duration) {
+        self.shared.set_jitter(jitter);
+    }
+
     pub fn set_quota_per_minute(&self, quota: u64) {
         self.shared.set_quota(quota);
     }
@@ -172,6 +191,45 @@ impl StandIn {
 impl Drop for StandIn {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge), allowing `streams` concurrent streams per
+/// HTTP/2 connection as FCM does; a client wanting more must open more connections.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    streams: u32,
+    shared: Arc<Shared>,
+) {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto::Builder,
+        service::TowerToHyperService,
+    };
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(streams);
+    let builder = Arc::new(builder);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        shared.count_connection();
+        let (builder, service) = (builder.clone(), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "a client connection ended with an error");
+            }
+        });
     }
 }
 
@@ -240,12 +298,16 @@ async fn clear_rules(State(shared): State<Arc<Shared>>) -> Json<()> {
 #[derive(Deserialize)]
 struct Settings {
     latency_ms: Option<u64>,
+    latency_jitter_ms: Option<u64>,
     quota_per_minute: Option<u64>,
 }
 
 async fn settings(State(shared): State<Arc<Shared>>, Json(s): Json<Settings>) -> Json<()> {
     if let Some(ms) = s.latency_ms {
         shared.set_latency(Duration::from_millis(ms));
+    }
+    if let Some(ms) = s.latency_jitter_ms {
+        shared.set_jitter(Duration::from_millis(ms));
     }
     if let Some(q) = s.quota_per_minute {
         shared.set_quota(q);

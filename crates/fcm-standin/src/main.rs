@@ -17,6 +17,12 @@ struct Args {
     quota_per_minute: u64,
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Each answer's latency is latency_ms ± this, uniformly drawn.
+    #[arg(long, default_value_t = 0)]
+    latency_jitter_ms: u64,
+    /// Concurrent streams per HTTP/2 connection (FCM's front ends allow 100).
+    #[arg(long, default_value_t = 100)]
+    streams_per_connection: u32,
     /// Keep only counts, not message bodies (long benchmark runs).
     #[arg(long)]
     no_record: bool,
@@ -32,6 +38,8 @@ async fn main() -> anyhow::Result<()> {
         StandInConfig {
             quota_per_minute: args.quota_per_minute,
             latency: Duration::from_millis(args.latency_ms),
+            latency_jitter: Duration::from_millis(args.latency_jitter_ms),
+            streams_per_connection: args.streams_per_connection,
             record_messages: !args.no_record,
             record_only: None,
             ..StandInConfig::default()

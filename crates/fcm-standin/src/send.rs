@@ -25,6 +25,7 @@ pub(crate) async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_flight = shared.request_started();
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

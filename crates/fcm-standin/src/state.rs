@@ -74,6 +74,10 @@ pub(crate) struct Shared {
     record: bool,
     record_only: Option<crate::RecordFilter>,
     latency: Mutex<Duration>,
+    jitter: Mutex<Duration>,
+    connections: AtomicU64,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
     quota: AtomicU64,
     /// Per project: (minute since the epoch, requests counted in it). FCM's quota is per
     /// minute per project and counts errors too; a fixed window reproduces that.
@@ -84,6 +88,15 @@ pub(crate) struct Shared {
     accepted: AtomicU64,
     errors: AtomicU64,
     issued: AtomicU64,
+}
+
+/// A request being answered.
+pub(crate) struct InFlight(std::sync::Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,6 +112,10 @@ impl Shared {
             record: config.record_messages,
             record_only: config.record_only.clone(),
             latency: Mutex::new(config.latency),
+            jitter: Mutex::new(config.latency_jitter),
+            connections: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
             quota: AtomicU64::new(config.quota_per_minute),
             windows: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -187,8 +204,38 @@ impl Shared {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// This answer's latency: the configured one, moved by up to the jitter either way.
     pub(crate) fn latency(&self) -> Duration {
-        *lock(&self.latency)
+        let (latency, jitter) = (*lock(&self.latency), *lock(&self.jitter));
+        if jitter.is_zero() {
+            return latency;
+        }
+        let low = latency.saturating_sub(jitter);
+        let span = (latency + jitter - low).as_micros() as u64;
+        low + Duration::from_micros(rand::random_range(0..=span))
+    }
+
+    pub(crate) fn set_jitter(&self, jitter: Duration) {
+        *lock(&self.jitter) = jitter;
+    }
+
+    pub(crate) fn count_connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in until the returned guard drops.
+    pub(crate) fn request_started(self: &std::sync::Arc<Self>) -> InFlight {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub(crate) fn peak_in_flight(&self) -> u64 {
+        self.peak_in_flight.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_latency(&self, latency: Duration) {

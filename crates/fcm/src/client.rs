@@ -128,7 +128,10 @@ fn project_quota(per_minute: NonZeroU32) -> Quota {
 }
 
 pub struct FcmClient {
+    /// For access tokens.
     http: reqwest::Client,
+    /// For sends.
+    connections: crate::connections::Connections,
     endpoint: String,
     apps: HashMap<String, Arc<App>>,
     in_flight: Semaphore,
@@ -146,29 +149,45 @@ impl std::fmt::Debug for FcmClient {
 impl FcmClient {
     pub fn new(config: &FcmConfig) -> Result<Self, FcmClientError> {
         let setup = |e: &dyn std::fmt::Display| FcmClientError::Setup(e.to_string());
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_while_idle(true)
-            // FCM does not redirect; a redirect would be a misconfigured endpoint.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("xibaar/", env!("CARGO_PKG_VERSION")));
-        if config.endpoint.starts_with("http://") {
-            // Plain-text endpoints (the stand-in) speak HTTP/2 without TLS negotiation.
-            builder = builder.http2_prior_knowledge();
-        }
+        let mut certificates = Vec::new();
         if let Some(path) = &config.ca_bundle {
             let pem = std::fs::read(path)
                 .map_err(|e| setup(&format!("fcm.ca_bundle {}: {e}", path.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup(&format!("fcm.ca_bundle {}: {e}", path.display())))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
+            certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(&format!("fcm.ca_bundle {}: {e}", path.display())))?;
         }
-        let http = builder.build().map_err(|e| setup(&e))?;
+        let (timeout, plaintext) = (
+            config.request_timeout,
+            config.endpoint.starts_with("http://"),
+        );
+        // Every connection is a client of its own, built the same way.
+        let build = move || {
+            let mut builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(5))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_while_idle(true)
+                // FCM does not redirect; a redirect would be a misconfigured endpoint.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("xibaar/", env!("CARGO_PKG_VERSION")));
+            if plaintext {
+                // Plain-text endpoints (the stand-in) speak HTTP/2 without TLS negotiation.
+                builder = builder.http2_prior_knowledge();
+            }
+            for cert in &certificates {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder.build()
+        };
+        let http = build().map_err(|e| setup(&e))?;
+        let streams = config.streams_per_connection.get() as usize;
+        let connections = crate::connections::Connections::new(
+            Box::new(build),
+            streams,
+            config.concurrency.div_ceil(streams),
+        )
+        .map_err(|e| setup(&e))?;
         let breaker = BreakerSettings {
             failure_threshold: config.circuit_failure_threshold.get(),
             open_for: config.circuit_open_for,
@@ -214,10 +233,16 @@ impl FcmClient {
         }
         Ok(Self {
             http,
+            connections,
             endpoint: config.endpoint.trim_end_matches('/').to_owned(),
             apps,
             in_flight: Semaphore::new(config.concurrency),
         })
+    }
+
+    /// The HTTP/2 connections open to FCM now.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
     }
 
     pub fn knows_app(&self, app_id: &str) -> bool {
@@ -320,8 +345,9 @@ impl FcmClient {
                     .increment(waited.as_micros() as u64);
             }
             let started = std::time::Instant::now();
-            let response = self
-                .http
+            let stream = self.connections.stream();
+            let response = stream
+                .client()
                 .post(app.send_url.clone())
                 .bearer_auth(&*token)
                 .header(header::CONTENT_TYPE, "application/json")

@@ -436,3 +436,49 @@ async fn the_standins_record_is_read_completely_with_a_cursor_while_pushes_arriv
     let expected: Vec<String> = (0..sent).map(|i| format!("t-{i}")).collect();
     assert_eq!(tokens, expected, "every push read exactly once");
 }
+
+/// FCM allows 100 concurrent streams per HTTP/2 connection: 400 requests in flight at a
+/// latency of half a second are carried by four connections side by side, not queued behind
+/// one (which would hold at most 100 at the stand-in at any moment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_one_connections_streams_open_more_connections() {
+    let standin = StandIn::start(StandInConfig {
+        latency: Duration::from_millis(500),
+        latency_jitter: Duration::from_millis(100),
+        ..StandInConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa.json");
+    xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
+    let client = FcmClient::new(&FcmConfig {
+        endpoint: standin.url(),
+        concurrency: 400,
+        apps: vec![FcmApp {
+            app_id: APP.into(),
+            project_id: "xibaar-local".into(),
+            service_account_file: key,
+        }],
+        ..FcmConfig::default()
+    })
+    .unwrap();
+    let sends = (0..400).map(|i| {
+        let client = &client;
+        async move {
+            client
+                .send(APP, &message(&format!("tok-{i}"), Priority::Normal))
+                .await
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(client.connections(), 4);
+    // The stand-in's own count includes the connection that fetched the access token.
+    assert!(standin.connections() >= 4, "{}", standin.connections());
+    assert!(
+        standin.peak_in_flight() > 100,
+        "requests queued behind one connection: at most {} at the stand-in at once",
+        standin.peak_in_flight()
+    );
+}
