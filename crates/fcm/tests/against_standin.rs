@@ -19,7 +19,12 @@ fn client(standin: &StandIn, dir: &Path) -> FcmClient {
 }
 
 fn client_with_key(standin: &StandIn, key: std::path::PathBuf) -> FcmClient {
-    FcmClient::new(&FcmConfig {
+    FcmClient::new(&config(standin, key)).unwrap()
+}
+
+/// The configuration of one app on the stand-in, its key at `key`.
+fn config(standin: &StandIn, key: std::path::PathBuf) -> FcmConfig {
+    FcmConfig {
         endpoint: standin.url(),
         apps: vec![FcmApp {
             app_id: APP.into(),
@@ -27,8 +32,7 @@ fn client_with_key(standin: &StandIn, key: std::path::PathBuf) -> FcmClient {
             service_account_file: key,
         }],
         ..FcmConfig::default()
-    })
-    .unwrap()
+    }
 }
 
 /// A client keeping to `per_minute` messages for the project.
@@ -36,14 +40,8 @@ fn limited_client(standin: &StandIn, dir: &Path, per_minute: u32) -> FcmClient {
     let key = dir.join("sa.json");
     xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
     FcmClient::new(&FcmConfig {
-        endpoint: standin.url(),
         rate_limit_per_minute: std::num::NonZeroU32::new(per_minute).unwrap(),
-        apps: vec![FcmApp {
-            app_id: APP.into(),
-            project_id: "xibaar-local".into(),
-            service_account_file: key,
-        }],
-        ..FcmConfig::default()
+        ..config(standin, key)
     })
     .unwrap()
 }
@@ -340,15 +338,9 @@ async fn an_open_circuit_refuses_without_calling_fcm_and_a_probe_closes_it() {
     let key = dir.path().join("sa.json");
     xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
     let client = FcmClient::new(&FcmConfig {
-        endpoint: standin.url(),
         circuit_open_for: Duration::from_millis(300),
         circuit_max_open_for: Duration::from_secs(1),
-        apps: vec![FcmApp {
-            app_id: APP.into(),
-            project_id: "xibaar-local".into(),
-            service_account_file: key,
-        }],
-        ..FcmConfig::default()
+        ..config(&standin, key)
     })
     .unwrap();
     standin.add_rule(ErrorRule::always(ScriptedError::ThirdPartyAuthError));
@@ -453,14 +445,8 @@ async fn requests_beyond_one_connections_streams_open_more_connections() {
     let key = dir.path().join("sa.json");
     xibaar_fcm_standin::write_service_account(&key, &standin.token_uri()).unwrap();
     let client = FcmClient::new(&FcmConfig {
-        endpoint: standin.url(),
         concurrency: 400,
-        apps: vec![FcmApp {
-            app_id: APP.into(),
-            project_id: "xibaar-local".into(),
-            service_account_file: key,
-        }],
-        ..FcmConfig::default()
+        ..config(&standin, key)
     })
     .unwrap();
     let sends = (0..400).map(|i| {
