@@ -76,7 +76,13 @@ pub(crate) fn for_schema(name: &str) -> Option<Value> {
                 "accepted_total": 1200, "pushes_total": 64000},
             "fcm": {"responses_per_second": {"OK": 2150.5}, "error_rate": 0.0,
                 "rate_limit_waiting": 0.0, "circuits": []},
-            "dlq_depth": 0, "projection_gap": 14, "problems": []
+            "dlq_depth": 0, "projection_gap": 14,
+            "sources": {"bill_issued": {"state": "running", "kind": "notifications",
+                "rows_read": 41200, "emitted": 41198, "rejected": 2, "errors": {"transient": 1},
+                "last_error": null, "watermark": [912044],
+                "newest_row_at": "2026-11-23T10:03:58Z", "lag_seconds": 7.0,
+                "updated_at": "2026-11-23T10:04:04Z"}},
+            "problems": []
         }),
         "Problem" => json!({
             "type": "urn:xibaar:problem:validation", "title": "Invalid request", "status": 422,
