@@ -1,6 +1,7 @@
 //! The api under load, run as its own release process like in production: accepted sends per
 //! second with their latency, against a bare async-nats publisher storing the same payloads in
-//! the same command stream in the same run; and inbox reads per second, against the same query
+//! the same command stream, and against a bare axum handler (`bare-api`, its own process) that
+//! parses the same bodies and publishes them waiting for the ack, alternating, in the same run; and inbox reads per second, against the same query
 //! run straight on a connection pool. Both sides keep the same number of requests in flight.
 
 use std::{
@@ -138,6 +139,81 @@ impl Connections {
     }
 }
 
+/// The api against `bare-api` (a minimal axum handler publishing the same bodies), alternating:
+/// the same load generator, the same requests, the api's answer checked as 202 both ways.
+async fn bare_http_rounds(
+    nats: &xibaar_testkit::NatsServer,
+    sends: usize,
+    api_port: u16,
+) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _bare = KillOnDrop(
+        Command::new(std::env::current_exe()?.with_file_name("bare-api"))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(nats.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "bare-api did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bare_connections = Connections::open(port).await?;
+    let api_connections = Connections::open(api_port).await?;
+    // The same operation, pointed at either server's connections.
+    let aimed = |connections: Arc<Connections>| {
+        move |worker: usize, i: usize| {
+            let connections = connections.clone();
+            let body = body(i);
+            async move {
+                let request = hyper::Request::post("/v1/notifications")
+                    .header(
+                        hyper::header::AUTHORIZATION,
+                        BACK_OFFICE.get().expect("minted").clone(),
+                    )
+                    .header(
+                        hyper::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                let (status, _) = connections.send(worker, request, body).await?;
+                anyhow::ensure!(status == 202, "answered {status}");
+                Ok(())
+            }
+        }
+    };
+    drive(2_000, aimed(bare_connections.clone())).await?;
+    for round in 1..=2 {
+        let bare = drive(sends, aimed(bare_connections.clone())).await?;
+        let api = drive(sends, aimed(api_connections.clone())).await?;
+        show(
+            &format!("round {round}: bare axum + async-nats"),
+            &bare,
+            "sends",
+        );
+        show(
+            &format!("round {round}: POST /v1/notifications"),
+            &api,
+            "sends",
+        );
+        println!(
+            "    ratio {:.2} of the bare axum handler (target >= 0.8); api p99 {:.2} ms (target <= 20 ms)",
+            api.per_second / bare.per_second,
+            api.p99_ms
+        );
+    }
+    Ok(())
+}
+
+/// The back office's bearer header, minted once.
+static BACK_OFFICE: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+
 fn show(name: &str, f: &Figures, unit: &str) {
     println!(
         "  {name:<34} {:>9.0} {unit}/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
@@ -226,6 +302,9 @@ filter = "warn"
         )
     };
     let back_office = mint("benchmark", &["notifications:send"])?;
+    BACK_OFFICE
+        .set(HeaderValue::from_str(&format!("Bearer {back_office}"))?)
+        .expect("set once");
 
     let bodies: Arc<Vec<Bytes>> = Arc::new((0..sends).map(body).collect());
     println!(
@@ -294,6 +373,7 @@ filter = "warn"
     );
     show("POST /v1/notifications (202)", &accepted, "sends");
     println!("    CPU µs per send: {}", per_operation(&between, &after));
+    bare_http_rounds(&nats, sends, port).await?;
     println!(
         "  ratio {:.2} of the bare publisher; target >= 20,000 sends/s with p99 <= 20 ms: {}",
         accepted.per_second / baseline.per_second,
