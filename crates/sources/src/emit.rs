@@ -107,14 +107,11 @@ pub fn message(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Message, St
                 Actor::system(&format!("source:{}", plan.name)),
                 now,
             ));
-            let priority = match &command {
-                Command::SendNotification(s) => s.priority,
-            };
             Ok(Message {
                 subject: command.subject(),
                 headers: xibaar_streams::headers(&command.msg_id(), "send_notification"),
                 payload: Bytes::from(serde_json::to_vec(&command).expect("a command serializes")),
-                command: Some((priority, id)),
+                command: Some((n.priority, id)),
             })
         }
         None => {

@@ -188,7 +188,7 @@ impl Runner {
             .watermark
             .clone()
             .unwrap_or_else(|| vec![i64::MIN; plan.watermark.len()]);
-        let (_, rows) = sql::fetch(
+        let rows = sql::fetch(
             client,
             &plan.statement,
             plan.batch_size,
@@ -205,7 +205,7 @@ impl Runner {
             || position.watermark.is_none() && plan.start == xibaar_config::SourceStart::Latest
         {
             // A first start after the latest row: what is there is read through and not sent.
-            let through = ordered(&rows, columns, &after)?;
+            let through = through(&ordered(&rows, columns, &after)?, &after);
             let moved = Position {
                 watermark: Some(through),
                 in_flight: None,
@@ -223,7 +223,8 @@ impl Runner {
             status.watermark = position.watermark;
             return Ok(false);
         };
-        let through = ordered(&rows, columns, &after)?;
+        let origins = ordered(&rows, columns, &after)?;
+        let through = through(&origins, &after);
         if let Some(at) = emit::row_time(columns, last) {
             status.newest_row_at = Some(at);
             status.lag_seconds =
@@ -255,12 +256,11 @@ impl Runner {
         // `max_rate`: row i of the batch goes out no sooner than i / rate after its start (a
         // fixed schedule is all a single publisher needs; no token bucket to share).
         let started = tokio::time::Instant::now();
-        for (i, row) in rows.iter().enumerate() {
+        for (i, (row, origin)) in rows.iter().zip(&origins).enumerate() {
             if let Some(rate) = plan.max_rate {
                 let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
                 tokio::time::sleep_until(due).await;
             }
-            let origin = Origin::of(row, columns).map_err(PollError::Pause)?;
             match emit::message(plan, row, now) {
                 Ok(message) => {
                     if let Some(in_flight) = &recovering {
@@ -278,7 +278,7 @@ impl Runner {
                 Err(reason) => {
                     rejected += 1;
                     let (subject, headers, payload) =
-                        emit::dead_letter(plan, columns, row, &origin, &reason);
+                        emit::dead_letter(plan, columns, row, origin, &reason);
                     tracing::warn!(source = %name, key = %origin.key, %reason, "row rejected; kept in XIBAAR_DLQ");
                     pipeline
                         .publish(subject, headers, payload)
@@ -336,17 +336,12 @@ impl Runner {
         let Some(n) = &self.plan.notifications else {
             return Ok(());
         };
-        let mut stream = self
+        let stream = self
             .js
             .get_stream(n.priority.command_stream())
             .await
             .map_err(|e| PollError::Nats(e.to_string()))?;
-        let max_age = stream
-            .info()
-            .await
-            .map_err(|e| PollError::Nats(e.to_string()))?
-            .config
-            .max_age;
+        let max_age = stream.cached_info().config.max_age;
         let age = (Utc::now() - in_flight.started_at)
             .to_std()
             .unwrap_or_default();
@@ -365,24 +360,32 @@ impl Runner {
     }
 }
 
-/// The batch's last watermark, after checking the rows come above `after` in watermark order
-/// (a query that does not filter or order by its watermark would repeat or skip rows).
+/// Each row's place, after checking the rows come above `after` in watermark order (a query
+/// that does not filter or order by its watermark would repeat or skip rows).
 fn ordered(
     rows: &[Row],
     columns: &crate::plan::Columns,
     after: &[i64],
-) -> Result<Vec<i64>, PollError> {
-    let mut previous = after.to_vec();
+) -> Result<Vec<Origin>, PollError> {
+    let mut origins: Vec<Origin> = Vec::with_capacity(rows.len());
     for row in rows {
         let origin = Origin::of(row, columns).map_err(PollError::Pause)?;
-        if origin.watermark <= previous {
+        let previous = origins.last().map_or(after, |o| o.watermark.as_slice());
+        if origin.watermark.as_slice() <= previous {
             return Err(PollError::Pause(format!(
                 "the query returned row {} at watermark {:?}, not above {:?}: it must select \
                  rows above @watermark, ORDER BY the watermark columns",
                 origin.key, origin.watermark, previous
             )));
         }
-        previous = origin.watermark;
+        origins.push(origin);
     }
-    Ok(previous)
+    Ok(origins)
+}
+
+/// The watermark a batch moves to: its last row's, or where it started when empty.
+fn through(origins: &[Origin], after: &[i64]) -> Vec<i64> {
+    origins
+        .last()
+        .map_or_else(|| after.to_vec(), |o| o.watermark.clone())
 }

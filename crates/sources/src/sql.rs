@@ -170,14 +170,14 @@ fn reason(e: &tiberius::error::Error) -> &'static str {
     }
 }
 
-/// The query's columns and up to `batch` rows above `watermark`.
+/// Up to `batch` rows above `watermark`.
 pub async fn fetch(
     client: &mut Connection,
     statement: &str,
     batch: u32,
     watermark: &[i64],
     timeout: Duration,
-) -> Result<(Vec<String>, Vec<Row>), SqlError> {
+) -> Result<Vec<Row>, SqlError> {
     let batch = i64::from(batch);
     let mut params: Vec<&dyn tiberius::ToSql> = vec![&batch];
     for w in watermark {
@@ -195,11 +195,7 @@ pub async fn fetch(
             .await
             .map_err(SqlError::from_tiberius)?;
         let rows = results.drain(..).next().unwrap_or_default();
-        let columns = rows
-            .first()
-            .map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect())
-            .unwrap_or_default();
-        Ok::<_, SqlError>((columns, rows.iter().map(Row::from_tiberius).collect()))
+        Ok::<_, SqlError>(rows.iter().map(Row::from_tiberius).collect())
     };
     tokio::time::timeout(timeout * 4, read)
         .await

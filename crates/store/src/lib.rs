@@ -405,14 +405,17 @@ pub async fn inbox_page(
     unread_only: bool,
     limit: i64,
 ) -> Result<Vec<InboxItem>, StoreError> {
-    sqlx::query_as(include_str!("../sql/inbox_page.sql"))
-        .bind(customer.as_str())
-        .bind(before)
-        .bind(unread_only)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(query_err("listing the inbox"))
+    sqlx::query_as(concat!(
+        include_str!("../sql/inbox_items.sql"),
+        include_str!("../sql/inbox_page.sql")
+    ))
+    .bind(customer.as_str())
+    .bind(before)
+    .bind(unread_only)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(query_err("listing the inbox"))
 }
 
 /// Up to `limit` items above position `after`, oldest first.
@@ -422,13 +425,16 @@ pub async fn inbox_after(
     after: i64,
     limit: i64,
 ) -> Result<Vec<InboxItem>, StoreError> {
-    sqlx::query_as(include_str!("../sql/inbox_after.sql"))
-        .bind(customer.as_str())
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(query_err("reading new inbox items"))
+    sqlx::query_as(concat!(
+        include_str!("../sql/inbox_items.sql"),
+        include_str!("../sql/inbox_after.sql")
+    ))
+    .bind(customer.as_str())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(query_err("reading new inbox items"))
 }
 
 /// Unread items, and the newest item's position (0 for an empty inbox).

@@ -41,7 +41,7 @@ impl Roles {
     };
 
     pub fn name(&self) -> &'static str {
-        let one = |role| Roles { ..Roles::NONE }.with(role) == *self;
+        let one = |role| Roles::NONE.with(role) == *self;
         if self.api && self.dispatcher && self.projector {
             "xibaar-up"
         } else if one("api") {
