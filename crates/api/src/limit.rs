@@ -1,6 +1,9 @@
 //! Per-customer and per-client request budgets (token buckets from `governor`), answered with
 //! 429, `Retry-After` and the `RateLimit-Limit`/`-Remaining`/`-Reset` headers of the IETF
-//! RateLimit fields draft on every authenticated response.
+//! RateLimit fields draft on every authenticated response. Several apis behind a balancer keep
+//! one budget per caller between them ([`share`]).
+
+mod share;
 
 use std::{
     num::NonZeroU32,
@@ -33,11 +36,35 @@ type Keyed =
 /// do not stay in memory.
 const SWEEP_EVERY: u64 = 10_000;
 
-pub struct RateLimits {
+/// Cheap to clone: the clones share the buckets.
+#[derive(Clone)]
+pub struct RateLimits(Arc<Buckets>);
+
+struct Buckets {
     customers: Keyed,
     clients: Keyed,
     clock: DefaultClock,
     checks: AtomicU64,
+    /// What this instance admitted since it last told the other apis; `None` when it runs
+    /// alone.
+    spent: OnceLock<share::Spent>,
+}
+
+/// Which of the two budgets a caller draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Class {
+    Customer,
+    Client,
+}
+
+impl Buckets {
+    fn limiter(&self, class: Class) -> &Keyed {
+        match class {
+            Class::Customer => &self.customers,
+            Class::Client => &self.clients,
+        }
+    }
 }
 
 /// What is left of a caller's budget.
@@ -58,27 +85,42 @@ impl RateLimits {
             RateLimiter::dashmap_with_clock(Quota::per_minute(per_minute), clock.clone())
                 .with_middleware::<StateInformationMiddleware>()
         };
-        Self {
+        Self(Arc::new(Buckets {
             customers: keyed(customer_per_minute),
             clients: keyed(client_per_minute),
             clock: clock.clone(),
             checks: AtomicU64::new(0),
-        }
+            spent: OnceLock::new(),
+        }))
+    }
+
+    /// Keeps one budget per caller across every api on this NATS: see [`share`].
+    pub fn share_across_instances(
+        &self,
+        client: async_nats::Client,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let buckets = self.0.clone();
+        tokio::spawn(async move { share::run(buckets, client, shutdown).await });
     }
 
     /// Takes one request from `caller`'s budget.
     pub fn check(&self, caller: &Caller) -> Result<Budget, ApiError> {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.customers.retain_recent();
-            self.clients.retain_recent();
+        let b = &self.0;
+        if b.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            b.customers.retain_recent();
+            b.clients.retain_recent();
         }
-        let limiter = if caller.scopes.is_empty() {
-            &self.customers
+        let class = if caller.scopes.is_empty() {
+            Class::Customer
         } else {
-            &self.clients
+            Class::Client
         };
-        match limiter.check_key(&caller.subject) {
+        match b.limiter(class).check_key(&caller.subject) {
             Ok(snapshot) => {
+                if let Some(spent) = b.spent.get() {
+                    spent.add(class, &caller.subject);
+                }
                 let quota = snapshot.quota();
                 let limit = quota.burst_size().get();
                 let remaining = snapshot.remaining_burst_capacity();
@@ -90,7 +132,7 @@ impl RateLimits {
                 })
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
+                let wait = not_until.wait_time_from(b.clock.now());
                 Err(ApiError::TooManyRequests {
                     limit: not_until.quota().burst_size().get(),
                     retry_after_secs: ceil_secs(wait).max(1),

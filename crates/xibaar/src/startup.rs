@@ -301,14 +301,16 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
                 .with_jwks_file(path)
                 .context("configuration key `auth.jwks_file`")?;
         }
+        let limits = xibaar_api::limit::RateLimits::new(
+            config.api.customer_requests_per_minute,
+            config.api.client_requests_per_minute,
+        );
+        limits.share_across_instances(client.clone(), shutdown.clone());
         let state = xibaar_api::AppState::new(xibaar_api::Shared {
             js: js.clone(),
             pool: pool.clone(),
             auth,
-            limits: xibaar_api::limit::RateLimits::new(
-                config.api.customer_requests_per_minute,
-                config.api.client_requests_per_minute,
-            ),
+            limits,
             publish_timeout: config.api.publish_timeout,
             ops: xibaar_api::ops::spawn_collector(
                 client.clone(),

@@ -86,3 +86,71 @@ async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
     assert_eq!(r.status(), 401);
     assert!(r.headers().get("ratelimit-limit").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apis_behind_a_balancer_keep_one_budget_per_customer() {
+    let nats = xibaar_testkit::NatsServer::start().await.unwrap();
+    let mut p = Pipeline::prepare_on(crate::support::Nats::Server(nats)).await;
+    p.start_in_process(xibaar::Roles::NONE.with("projector"))
+        .await;
+    let ports = [crate::support::free_port(), crate::support::free_port()];
+    let _apis: Vec<_> = ports
+        .iter()
+        .map(|port| {
+            p.spawn_role(
+                "api",
+                &[
+                    ("XIBAAR_API__LISTEN", format!("127.0.0.1:{port}").as_str()),
+                    ("XIBAAR_API__CUSTOMER_REQUESTS_PER_MINUTE", "60"),
+                ],
+                std::process::Stdio::null(),
+            )
+        })
+        .collect();
+    let [a, b] = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    for api in [&a, &b] {
+        let up = crate::support::answers(
+            &p.http,
+            &format!("{api}/openapi.json"),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(up, "{api} never came up");
+    }
+    let get = |api: &str, customer: &str| {
+        p.http
+            .get(format!("{api}/v1/devices"))
+            .bearer_auth(p.token(customer, &[]))
+            .send()
+    };
+    // Alice spends her whole budget on the first api.
+    for _ in 0..60 {
+        assert_eq!(get(&a, "alice").await.unwrap().status(), 200);
+    }
+    assert_eq!(get(&a, "alice").await.unwrap().status(), 429);
+    // The second api learns of it within a report: it admits her only until then (and the
+    // one request a second her budget regains), not another 60.
+    let mut admitted_elsewhere = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get(&b, "alice").await.unwrap().status();
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200);
+        admitted_elsewhere += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second api never refused alice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        admitted_elsewhere < 30,
+        "the second api admitted {admitted_elsewhere} more"
+    );
+    // Bob's budget is his own, on either api.
+    let r = get(&b, "bob").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-remaining"], "59");
+}
