@@ -30,8 +30,12 @@ pub use mux::PriorityMux;
 pub use sender::{Job, Marker, Outcome, RetryPolicy, Sender};
 pub use xibaar_streams::fanout::{FanOutState, Progress};
 
-/// Commands fanned out at once per priority level.
-const FANOUT_WORKERS_PER_LEVEL: usize = 2;
+/// Commands fanned out at once per priority level. Most notifications are one customer's (a
+/// bill, a payment): each fan-out is a few JetStream round trips in a row (claim, accepted
+/// event, jobs, progress, fanned-out event), 10–20 ms on a three-node cluster, so two at a time
+/// capped a level at about a hundred notifications a second. Broadcasts running side by side
+/// are held to their lane's backlog by pacing, whatever their number.
+const FANOUT_WORKERS_PER_LEVEL: usize = 32;
 /// One lower-level pick in this many when urgent work is waiting.
 const FAIR_EVERY: u64 = 16;
 /// Jobs in hand per FCM slot: the others are having their outcome recorded.
@@ -285,7 +289,7 @@ async fn fanout_lane(
         running.spawn(async move {
             let _permit = permit;
             let started = std::time::Instant::now();
-            match fanout.handle(&message).await {
+            match fan_out_retrying(&fanout, &message).await {
                 Ok(targeted) => {
                     match targeted {
                         Some(targeted) => tracing::info!(%priority, targeted, elapsed = ?started.elapsed(), "fanned out"),
@@ -324,6 +328,40 @@ async fn fanout_lane(
     // In-flight fan-outs finish: they are idempotent, and finishing beats redoing.
     while running.join_next().await.is_some() {}
     Ok(())
+}
+
+/// How long a fan-out that NATS or Postgres refuses is retried in place before its command is
+/// handed back: past a leader's election (4–10 s). Retrying here, not by a NAK, keeps the
+/// fan-out going as soon as the new leader answers; a NAK sent while the consumer's own leader
+/// is being elected is lost, and the command would wait out its ack wait.
+const FANOUT_RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// [`FanOut::handle`], retried on transient failures with growing, jittered waits (it is
+/// idempotent: the claim, the progress and the jobs' ids make a repeat publish nothing new),
+/// telling JetStream meanwhile that the command is still being worked on.
+async fn fan_out_retrying(
+    fanout: &FanOut,
+    message: &jetstream::Message,
+) -> Result<Option<u64>, FanOutError> {
+    let started = std::time::Instant::now();
+    let mut backoff = xibaar_streams::retry::Backoff::for_nats();
+    let mut warn = xibaar_streams::retry::WarnEvery::second();
+    loop {
+        match fanout.handle(message).await {
+            Err(FanOutError::Transient(reason)) if started.elapsed() < FANOUT_RETRY_FOR => {
+                let wait = backoff.next_delay();
+                if let Some(held_back) = warn.allow() {
+                    tracing::warn!(%reason, retry_in = ?wait, held_back, "fan-out failed; retrying");
+                }
+                let _ = message.ack_with(AckKind::Progress).await;
+                tokio::select! {
+                    _ = fanout.pacing.shutdown.cancelled() => return Err(FanOutError::Interrupted),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn send_loop<S>(

@@ -43,6 +43,10 @@ use xibaar_fcm::{FcmClient, FcmClientError, Message};
 
 use xibaar_streams::publish_event;
 
+/// How long a sent-marker's or an outcome event's store is retried: past a bucket leader's election (4–10 s), well
+/// within the delivery consumers' ack wait (30 s).
+const MARKER_DEADLINE: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -202,13 +206,20 @@ impl Sender {
                     attempt,
                 }
                 .encode();
+                // Retried through an election of the bucket's leader: the push is out, and
+                // without its marker a crash before the ack would repeat it.
+                let store_marker = xibaar_streams::retry::within(
+                    MARKER_DEADLINE,
+                    |_: &kv::PutError| true,
+                    || self.sent.put(marker.as_str(), marker_value.clone()),
+                );
                 let (stored, recorded) = tokio::join!(
-                    self.sent.put(marker.as_str(), marker_value),
+                    store_marker,
                     self.record(&job, message, job.succeeded(attempt, sent.name))
                 );
                 if let Err(e) = stored {
-                    // The push is out; without its marker a crash before the ack could repeat it.
-                    tracing::warn!(error = %e, "storing a sent-marker failed");
+                    let error = e.map_or_else(|| "timed out".to_owned(), |e| e.to_string());
+                    tracing::warn!(%error, "storing a sent-marker failed; a crash before the ack would repeat this push");
                 }
                 recorded?;
                 Outcome::Sent
@@ -378,7 +389,21 @@ impl Sender {
             .map(|i| format!("{}:{}", i.stream, i.stream_sequence));
         let actor = Actor::system("sender");
         let envelope = EventEnvelope::new(event, job.correlation_id(), causation, actor);
-        publish_event(&self.js, &envelope).await?;
+        // Retried through an election of the event stream's leader (the event's id makes a
+        // retry of a store whose answer was lost a duplicate JetStream drops), rather than
+        // leaving the job to come back after its ack wait.
+        xibaar_streams::retry::within(
+            MARKER_DEADLINE,
+            |_: &async_nats::jetstream::context::PublishError| true,
+            || publish_event(&self.js, &envelope),
+        )
+        .await
+        .map_err(|e| {
+            e.map_or_else(
+                || anyhow::anyhow!("storing an outcome event timed out"),
+                anyhow::Error::from,
+            )
+        })?;
         Ok(())
     }
 }

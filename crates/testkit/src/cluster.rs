@@ -36,6 +36,22 @@ impl Node {
     }
 }
 
+/// A Raft group of JetStream: a stream (a key-value bucket is the stream `KV_<bucket>`), or a
+/// durable consumer of one.
+#[derive(Debug, Clone, Copy)]
+pub enum Group<'a> {
+    Stream(&'a str),
+    Consumer(&'a str, &'a str),
+}
+
+impl Group<'_> {
+    fn stream(&self) -> &str {
+        match self {
+            Group::Stream(s) | Group::Consumer(s, _) => s,
+        }
+    }
+}
+
 pub struct NatsCluster {
     nodes: Vec<Node>,
     _temp: tempfile::TempDir,
@@ -54,6 +70,18 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
+/// `/dev/shm` when it has room for three nodes' stores. Three replicas of every write on a
+/// virtual disk make a cluster test wait on I/O most of its time; on a memory-backed file
+/// system the stores still outlive a killed node (they are files, not the process's memory), so
+/// a restarted node recovers from them as it would from a disk.
+fn memory_backed_dir() -> Option<PathBuf> {
+    const ROOM: u64 = 2 << 30;
+    let shm = std::path::Path::new("/dev/shm");
+    let stat = rustix::fs::statvfs(shm).ok()?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (shm.is_dir() && free >= ROOM).then(|| shm.to_path_buf())
+}
+
 impl NatsCluster {
     /// Three nodes, started and formed: every node answers, and JetStream has a meta leader.
     pub async fn start() -> anyhow::Result<Self> {
@@ -70,9 +98,12 @@ impl NatsCluster {
 
     /// Three nodes configured, none started: for starting roles before the cluster forms.
     pub fn lay_out() -> anyhow::Result<Self> {
-        let temp = tempfile::Builder::new()
-            .prefix("xibaar-nats-cluster-")
-            .tempdir()?;
+        let mut temp = tempfile::Builder::new();
+        temp.prefix("xibaar-nats-cluster-");
+        let temp = match memory_backed_dir() {
+            Some(shm) => temp.tempdir_in(shm)?,
+            None => temp.tempdir()?,
+        };
         let ports = free_ports(9)?;
         let routes: Vec<String> = (0..3)
             .map(|i| format!("nats-route://127.0.0.1:{}", ports[6 + i]))
@@ -217,6 +248,54 @@ impl NatsCluster {
             .take();
         if let Some(mut child) = child {
             process::kill_now(&mut child);
+        }
+    }
+
+    /// The node that leads `group`, as JetStream reports it (`None` while it has no leader).
+    pub async fn leader(
+        js: &async_nats::jetstream::Context,
+        group: Group<'_>,
+    ) -> anyhow::Result<Option<String>> {
+        let mut stream = js.get_stream(group.stream()).await?;
+        let cluster = match group {
+            Group::Stream(_) => stream.info().await?.cluster.clone(),
+            Group::Consumer(_, consumer) => stream.consumer_info(consumer).await?.cluster.clone(),
+        };
+        Ok(cluster.and_then(|c| c.leader))
+    }
+
+    /// Moves `group`'s leadership to node `to`: asks the leader to step down in favour of it
+    /// (JetStream's `placement.preferred`) until node `to` leads, as an operator moves
+    /// leaders off a server before maintenance.
+    pub async fn move_leader(
+        &self,
+        js: &async_nats::jetstream::Context,
+        group: Group<'_>,
+        to: usize,
+    ) -> anyhow::Result<()> {
+        let wanted = self.name(to).to_owned();
+        let request = serde_json::json!({ "placement": { "preferred": wanted } });
+        let subject = match group {
+            Group::Stream(stream) => format!("STREAM.LEADER.STEPDOWN.{stream}"),
+            Group::Consumer(stream, consumer) => {
+                format!("CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}")
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if Self::leader(js, group).await.ok().flatten().as_deref() == Some(&wanted) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{group:?} would not move to {wanted}");
+            }
+            let answer: Result<serde_json::Value, _> = js.request(subject.clone(), &request).await;
+            if let Ok(answer) = answer
+                && answer.get("error").is_some()
+            {
+                tracing::debug!(?group, %answer, "step-down refused; trying again");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 

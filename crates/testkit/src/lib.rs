@@ -11,7 +11,7 @@ mod s3;
 mod sqlserver;
 mod tools;
 
-pub use cluster::NatsCluster;
+pub use cluster::{Group, NatsCluster};
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 pub use process::{KillOnDrop, spawn_owned, stop_gracefully};

@@ -8,6 +8,7 @@ mod bad_input;
 mod cancel;
 mod cli;
 mod cluster;
+mod cluster_leaders;
 mod deploy_files;
 mod devices;
 mod dispatcher_crash;

@@ -145,6 +145,7 @@ async fn two_apis_behind_a_balancer_keep_one_budget_per_customer() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    println!("the second api admitted {admitted_elsewhere} more before refusing");
     assert!(
         admitted_elsewhere < 30,
         "the second api admitted {admitted_elsewhere} more"
