@@ -43,14 +43,14 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
 }
 
 fn mint(customer: &str, scopes: &[&str]) -> anyhow::Result<String> {
-    xibaar_api::mint(
+    Ok(xibaar_api::mint(
         SECRET.as_bytes(),
         "xibaar",
         "xibaar-api",
         customer,
         scopes,
         Duration::from_secs(3600),
-    )
+    )?)
 }
 
 async fn register_devices(js: &async_nats::jetstream::Context, n: usize) -> anyhow::Result<()> {
@@ -89,7 +89,7 @@ async fn hold_stream(
     api: String,
     i: usize,
     opened: tokio::sync::mpsc::Sender<()>,
-    received: Arc<Mutex<Vec<Option<Instant>>>>,
+    received: Arc<Mutex<Vec<Option<(Instant, chrono::DateTime<chrono::Utc>)>>>>,
 ) -> anyhow::Result<()> {
     let token = mint(&format!("c{i}"), &[])?;
     let mut response = http
@@ -107,7 +107,7 @@ async fn hold_stream(
     while let Some(chunk) = response.chunk().await? {
         seen.extend_from_slice(&chunk);
         if seen.windows(17).any(|w| w == b"event: inbox_item") {
-            received.lock().unwrap()[i] = Some(Instant::now());
+            received.lock().unwrap()[i] = Some((Instant::now(), chrono::Utc::now()));
             return Ok(());
         }
     }
@@ -295,6 +295,21 @@ filter = "warn"
             }
         } => Instant::now(),
     };
+    // When the last item was committed: the projector's part, apart from the api's.
+    let committed = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let (items,): (i64,) = sqlx::query_as("SELECT count(*) FROM inbox")
+                    .fetch_one(&pool)
+                    .await?;
+                if items as usize >= n {
+                    return anyhow::Ok(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     while !holders.is_empty() && Instant::now() < deadline {
         tokio::select! {
@@ -307,13 +322,49 @@ filter = "warn"
         }
     }
     let peak_kib = status_kib(api_pid, "VmHWM:")?;
+    let committed_at = committed.await??;
+    println!(
+        "  every item committed {:.0} ms after the fan-out",
+        committed_at
+            .saturating_duration_since(fanned_out_at)
+            .as_secs_f64()
+            * 1000.0
+    );
     let received = received.lock().unwrap().clone();
     let mut delays: Vec<f64> = received
         .iter()
         .flatten()
-        .map(|at| at.saturating_duration_since(fanned_out_at).as_secs_f64() * 1000.0)
+        .map(|(at, _)| at.saturating_duration_since(fanned_out_at).as_secs_f64() * 1000.0)
         .collect();
     delays.sort_by(f64::total_cmp);
+    // Where the time went: the item's `received_at` is its push's outcome; from then to the
+    // stream is the projector's and the api's part.
+    let pushed: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> =
+        sqlx::query_as("SELECT customer_id, received_at FROM inbox")
+            .fetch_all(&pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut after_push: Vec<f64> = received
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let (_, wall) = r.as_ref()?;
+            let at = pushed.get(&format!("c{i}"))?;
+            Some((*wall - *at).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    after_push.sort_by(f64::total_cmp);
+    let last_push = pushed.values().max().copied();
+    let first_push = pushed.values().min().copied();
+    if let (Some(first), Some(last)) = (first_push, last_push) {
+        println!(
+            "  pushes spread over {} ms; from its push to its stream an item took p50 {:.0} ms, p99 {:.0} ms",
+            (last - first).num_milliseconds(),
+            percentile(&after_push, 50.0),
+            percentile(&after_push, 99.0),
+        );
+    }
     println!(
         "  broadcast: fan-out completed {:.0} ms after the 202; {} of {n} streams received the item, \
          after the fan-out p50 {:.0} ms, p99 {:.0} ms, slowest {:.0} ms; api peak RSS {:.1} MiB",

@@ -1,8 +1,14 @@
-//! Wakes the live inbox streams of customers whose inbox gained items. The projector announces
-//! them with `pg_notify` in the transaction that adds the items, so a wake-up always finds the
-//! items committed; the streams then read them from the table by position, which is also what
-//! makes `Last-Event-ID` resumption exact. A lost notification (the listening connection
-//! dropped) wakes every stream instead.
+//! Hands the live inbox streams of customers whose inbox gained items their new items. The
+//! projector announces the customers with `pg_notify` in the transaction that adds the items,
+//! so a wake-up always finds the items committed. The hub reads the new items of every
+//! customer with a stream open in one query per announcement, not one per stream: a broadcast
+//! to ten thousand open streams is one read, not ten thousand. Each stream sends what is above
+//! its own position, which is also what makes `Last-Event-ID` resumption exact.
+//!
+//! Whenever the hub cannot vouch for having read everything (the announcement's query failed,
+//! a customer it names had nothing above the hub's position, the listening connection dropped,
+//! more items arrived than a stream is handed at once), it asks the streams concerned to read
+//! for themselves instead.
 
 use std::{
     collections::HashMap,
@@ -14,17 +20,34 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Customers with a live stream open, each with a counter bumped on every wake-up.
+/// New items handed to a customer's streams at once, at most; more make them read.
+const HANDED: usize = 16;
+
+/// What the hub tells a customer's streams.
+#[derive(Debug, Default, Clone)]
+pub struct Wake {
+    /// The customer's newest items the hub read, oldest first (at most [`HANDED`]).
+    pub items: Arc<Vec<xibaar_store::InboxItem>>,
+    /// Bumped when the streams must read from the table themselves.
+    pub reads: u64,
+    /// The position the hub reads this customer's announced items above.
+    after: i64,
+}
+
+/// Customers with a live stream open, and what each stream is to send.
 #[derive(Default)]
 pub struct InboxHub {
-    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    watchers: Mutex<HashMap<String, watch::Sender<Wake>>>,
+    /// The highest item position the hub knows committed: a customer's first stream has its
+    /// announced items read above it (older ones the stream reads itself).
+    head: Mutex<i64>,
 }
 
 /// A stream's registration; dropping it unregisters the customer when it was their last one.
 pub struct Subscription {
     hub: Arc<InboxHub>,
     customer: String,
-    pub changes: watch::Receiver<u64>,
+    pub changes: watch::Receiver<Wake>,
 }
 
 impl Drop for Subscription {
@@ -40,7 +63,7 @@ impl Drop for Subscription {
 }
 
 impl InboxHub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<Wake>>> {
         self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -48,7 +71,14 @@ impl InboxHub {
         let changes = self
             .lock()
             .entry(customer.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| {
+                let after = *self.head.lock().unwrap_or_else(|e| e.into_inner());
+                watch::channel(Wake {
+                    after,
+                    ..Wake::default()
+                })
+                .0
+            })
             .subscribe();
         Subscription {
             hub: self.clone(),
@@ -57,18 +87,78 @@ impl InboxHub {
         }
     }
 
-    fn wake(&self, customers: &str) {
+    /// Reads the new items of the customers in an announcement that have a stream open, and
+    /// hands each customer's streams theirs.
+    async fn deliver(&self, pool: &PgPool, announced: &str) {
+        let (customers, after): (Vec<&str>, Vec<i64>) = {
+            let watchers = self.lock();
+            announced
+                .lines()
+                .filter_map(|c| Some((c, watchers.get(c)?.borrow().after)))
+                .unzip()
+        };
+        if customers.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let rows = match xibaar_store::inbox_new(pool, &customers, &after).await {
+            Ok(rows) => {
+                tracing::debug!(customers = customers.len(), items = rows.len(), elapsed = ?started.elapsed(), "announced inbox items read");
+                rows
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading announced inbox items failed; the streams read them");
+                self.make_read(customers.iter().copied());
+                return;
+            }
+        };
+        let mut by_customer: HashMap<&str, Vec<xibaar_store::InboxItem>> = HashMap::new();
+        let mut head = 0;
+        for (customer, item) in &rows {
+            head = head.max(item.position);
+            by_customer
+                .entry(customer.as_str())
+                .or_default()
+                .push(item.clone());
+        }
+        {
+            let mut known = self.head.lock().unwrap_or_else(|e| e.into_inner());
+            *known = (*known).max(head);
+        }
         let watchers = self.lock();
-        for customer in customers.lines() {
+        for customer in customers {
+            let Some(tx) = watchers.get(customer) else {
+                continue;
+            };
+            match by_customer.remove(customer) {
+                Some(items) => tx.send_modify(|wake| {
+                    wake.after = items.iter().map(|i| i.position).fold(wake.after, i64::max);
+                    let handed = Arc::make_mut(&mut wake.items);
+                    handed.extend(items);
+                    if handed.len() > HANDED {
+                        handed.drain(..handed.len() - HANDED);
+                        // Some were dropped before every stream took them.
+                        wake.reads += 1;
+                    }
+                }),
+                // Announced, yet nothing above what the hub read: it cannot vouch.
+                None => tx.send_modify(|wake| wake.reads += 1),
+            }
+        }
+    }
+
+    fn make_read<'a>(&self, customers: impl Iterator<Item = &'a str>) {
+        let watchers = self.lock();
+        for customer in customers {
             if let Some(tx) = watchers.get(customer) {
-                tx.send_modify(|n| *n += 1);
+                tx.send_modify(|wake| wake.reads += 1);
             }
         }
     }
 
     fn wake_all(&self) {
         for tx in self.lock().values() {
-            tx.send_modify(|n| *n += 1);
+            tx.send_modify(|wake| wake.reads += 1);
         }
     }
 
@@ -104,11 +194,18 @@ impl InboxHub {
             tracing::debug!(error = %e, "cannot listen for inbox items; retrying");
             return;
         }
+        match xibaar_store::inbox_head(pool).await {
+            Ok(head) => *self.head.lock().unwrap_or_else(|e| e.into_inner()) = head,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the inbox head; retrying");
+                return;
+            }
+        }
         // Items committed before LISTEN took effect are found by the streams' own reads.
         self.wake_all();
         loop {
             match listener.try_recv().await {
-                Ok(Some(notification)) => self.wake(notification.payload()),
+                Ok(Some(notification)) => self.deliver(pool, notification.payload()).await,
                 Ok(None) => {
                     // `try_recv` reports a lost connection instead of reconnecting silently,
                     // so the streams are woken for what may have been missed.

@@ -437,6 +437,37 @@ pub async fn inbox_after(
     .map_err(query_err("reading new inbox items"))
 }
 
+/// The items of `customers`, each above its position in `after`, oldest first, each with its
+/// customer: one query for every live stream a projector batch woke.
+pub async fn inbox_new(
+    pool: &PgPool,
+    customers: &[&str],
+    after: &[i64],
+) -> Result<Vec<(String, InboxItem)>, StoreError> {
+    use sqlx::{FromRow, Row};
+    let rows = sqlx::query(concat!(
+        include_str!("../sql/inbox_items.sql"),
+        include_str!("../sql/inbox_new.sql")
+    ))
+    .bind(customers)
+    .bind(after)
+    .fetch_all(pool)
+    .await
+    .map_err(query_err("reading new inbox items"))?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("customer_id")?, InboxItem::from_row(row)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(query_err("reading new inbox items"))
+}
+
+/// The newest position of any inbox (0 when every inbox is empty).
+pub async fn inbox_head(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT coalesce(max(position), 0)::BIGINT FROM inbox")
+        .fetch_one(pool)
+        .await
+        .map_err(query_err("reading the inbox head"))
+}
+
 /// Unread items, and the newest item's position (0 for an empty inbox).
 pub async fn inbox_summary(pool: &PgPool, customer: &CustomerId) -> Result<(i64, i64), StoreError> {
     sqlx::query_as(

@@ -242,6 +242,8 @@ struct Live {
     last: i64,
     ready: VecDeque<InboxItem>,
     subscription: Subscription,
+    /// The hub's read request last satisfied by reading the table (`None`: not read yet).
+    reads_done: Option<u64>,
 }
 
 /// New inbox items, live (Server-Sent Events).
@@ -283,6 +285,7 @@ pub async fn stream(
         last,
         ready: VecDeque::new(),
         subscription,
+        reads_done: None,
     };
     let events = futures::stream::unfold(live, |mut live| async move {
         loop {
@@ -295,20 +298,34 @@ pub async fn stream(
                     .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()));
                 return Some((Ok(event), live));
             }
-            // Marked before reading: a wake-up during the read is not lost.
-            live.subscription.changes.borrow_and_update();
-            match xibaar_store::inbox_after(&live.state.pool, &live.customer, live.last, 100).await
-            {
-                Ok(items) if !items.is_empty() => live.ready.extend(items),
-                Ok(_) => {
-                    if live.subscription.changes.changed().await.is_err() {
-                        return None; // the api is stopping
+            // Marked before looking: a wake-up meanwhile is not lost.
+            let wake = live.subscription.changes.borrow_and_update().clone();
+            let last = live.last;
+            live.ready
+                .extend(wake.items.iter().filter(|i| i.position > last).cloned());
+            if !live.ready.is_empty() {
+                continue;
+            }
+            if live.reads_done != Some(wake.reads) {
+                match xibaar_store::inbox_after(&live.state.pool, &live.customer, live.last, 100)
+                    .await
+                {
+                    Ok(items) => {
+                        // A full page may have more behind it: read again after sending it.
+                        if items.len() < 100 {
+                            live.reads_done = Some(wake.reads);
+                        }
+                        live.ready.extend(items);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading new inbox items failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading new inbox items failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
+                continue;
+            }
+            if live.subscription.changes.changed().await.is_err() {
+                return None; // the api is stopping
             }
         }
     });
