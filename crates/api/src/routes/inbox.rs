@@ -300,12 +300,8 @@ pub async fn stream(
             }
             // Marked before looking: a wake-up meanwhile is not lost.
             let wake = live.subscription.changes.borrow_and_update().clone();
-            let last = live.last;
-            live.ready
-                .extend(wake.items.iter().filter(|i| i.position > last).cloned());
-            if !live.ready.is_empty() {
-                continue;
-            }
+            // Asked to read (or never read yet): the table, from this stream's own position,
+            // has everything in order, what the hub handed over included.
             if live.reads_done != Some(wake.reads) {
                 match xibaar_store::inbox_after(&live.state.pool, &live.customer, live.last, 100)
                     .await
@@ -322,6 +318,12 @@ pub async fn stream(
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
                 }
+                continue;
+            }
+            let last = live.last;
+            live.ready
+                .extend(wake.items.iter().filter(|i| i.position > last).cloned());
+            if !live.ready.is_empty() {
                 continue;
             }
             if live.subscription.changes.changed().await.is_err() {

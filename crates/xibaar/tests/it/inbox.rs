@@ -412,3 +412,29 @@ async fn a_broadcast_reaches_each_inbox_once_whatever_the_devices_and_reads_like
     assert_eq!(next["items"][0]["title"], "Outage over");
     assert!(next["items"][0]["read_at"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_each_receive_their_own_items_once_however_many_arrive_at_once() {
+    let p = Pipeline::start().await;
+    p.register_device("ivy", "ivy-phone", "tok-ivy").await;
+    p.register_device("jack", "jack-phone", "tok-jack").await;
+    p.wait_for_devices(2).await;
+    let ivy_phone = open_stream(&p, "ivy", None).await;
+    let ivy_tablet = open_stream(&p, "ivy", None).await;
+    let jack = open_stream(&p, "jack", None).await;
+    // More than the api hands a stream at once, in one burst, to Ivy; one to Jack.
+    let bodies: Vec<_> = (0..20)
+        .map(|i| notification("normal", &["ivy"], &format!("Ivy {i}")))
+        .collect();
+    futures::future::join_all(bodies.iter().map(|body| p.accept(body))).await;
+    send_to(&p, "jack", 1, "Jack").await;
+    for live in [ivy_phone, ivy_tablet] {
+        let events = read_events(live, 20).await;
+        let titles: HashSet<&str> = events.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(titles.len(), 20, "each item once: {events:?}");
+        assert!(titles.iter().all(|t| t.starts_with("Ivy ")), "{titles:?}");
+        let ids: Vec<i64> = events.iter().map(|(id, _)| id.parse().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+    }
+    assert_eq!(read_events(jack, 1).await[0].1, "Jack 0");
+}
