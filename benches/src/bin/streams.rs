@@ -82,6 +82,9 @@ async fn register_devices(js: &async_nats::jetstream::Context, n: usize) -> anyh
     Ok(())
 }
 
+/// When each stream received its item: on this process's clock and on the wall clock.
+type Arrivals = Arc<Mutex<Vec<Option<(Instant, chrono::DateTime<chrono::Utc>)>>>>;
+
 /// Opens customer `c<i>`'s stream; once open, waits for its first `inbox_item` and records when
 /// it came.
 async fn hold_stream(
@@ -89,7 +92,7 @@ async fn hold_stream(
     api: String,
     i: usize,
     opened: tokio::sync::mpsc::Sender<()>,
-    received: Arc<Mutex<Vec<Option<(Instant, chrono::DateTime<chrono::Utc>)>>>>,
+    received: Arrivals,
 ) -> anyhow::Result<()> {
     let token = mint(&format!("c{i}"), &[])?;
     let mut response = http
@@ -114,12 +117,33 @@ async fn hold_stream(
     anyhow::bail!("stream {i} ended")
 }
 
+/// Raises this process's open-file limit (which the api it starts inherits) to hold `n`
+/// connections and the servers' own files, up to the hard limit; fails saying so if that is
+/// too low.
+fn room_for_connections(n: usize) -> anyhow::Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let needed = n as u64 + 1_024;
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|c| c >= needed) {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        limit.maximum.is_none_or(|m| m >= needed),
+        "{n} streams need {needed} open files; the hard limit is {:?} (raise it, or set XIBAAR_BENCH_STREAMS lower)",
+        limit.maximum
+    );
+    limit.current = Some(needed);
+    setrlimit(Resource::Nofile, limit)?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("XIBAAR_BENCH_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    room_for_connections(n)?;
     println!(
         "live streams benchmark ({} cores, {n} customers each holding GET /v1/me/stream open)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
