@@ -185,6 +185,17 @@ impl PhaseCost {
     }
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
+}
+
 /// The release `xibaar` binary beside this benchmark.
 pub fn xibaar_binary() -> PathBuf {
     std::env::current_exe()

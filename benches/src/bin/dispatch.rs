@@ -179,15 +179,7 @@ filter = "warn"
 
 /// Peak resident set of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    xibaar_benches::status_kib(pid, "VmHWM:").map_or(f64::NAN, |kib| kib as f64 / 1024.0)
 }
 
 struct Run {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use xibaar_benches::{Servers, percentile, xibaar_binary};
+use xibaar_benches::{Servers, percentile, status_kib, xibaar_binary};
 use xibaar_core::{
     Actor, CustomerId, DeviceId, Event, EventEnvelope, FcmToken, Platform, event::DeviceRegistered,
 };
@@ -29,17 +29,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
 }
 
 fn mint(customer: &str, scopes: &[&str]) -> anyhow::Result<String> {

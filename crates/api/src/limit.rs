@@ -51,11 +51,11 @@ struct Buckets {
 }
 
 /// Which of the two budgets a caller draws on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Class {
-    Customer,
-    Client,
+    Customer = 0,
+    Client = 1,
 }
 
 impl Buckets {

@@ -45,7 +45,7 @@ use xibaar_streams::publish_event;
 
 /// How long a sent-marker's or an outcome event's store is retried: past a bucket leader's election (4–10 s), well
 /// within the delivery consumers' ack wait (30 s).
-const MARKER_DEADLINE: Duration = Duration::from_secs(15);
+const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -209,7 +209,7 @@ impl Sender {
                 // Retried through an election of the bucket's leader: the push is out, and
                 // without its marker a crash before the ack would repeat it.
                 let store_marker = xibaar_streams::retry::within(
-                    MARKER_DEADLINE,
+                    STORE_RETRY_FOR,
                     |_: &kv::PutError| true,
                     || self.sent.put(marker.as_str(), marker_value.clone()),
                 );
@@ -393,7 +393,7 @@ impl Sender {
         // retry of a store whose answer was lost a duplicate JetStream drops), rather than
         // leaving the job to come back after its ack wait.
         xibaar_streams::retry::within(
-            MARKER_DEADLINE,
+            STORE_RETRY_FOR,
             |_: &async_nats::jetstream::context::PublishError| true,
             || publish_event(&self.js, &envelope),
         )

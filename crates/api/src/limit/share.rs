@@ -32,23 +32,33 @@ use super::{Buckets, Class};
 pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(100);
 const SUBJECTS: &str = "xibaar.api.budget.*";
 
-/// Requests admitted per caller since the last report.
+/// Requests admitted per caller since the last report, customers and clients apart (indexed
+/// by [`Class`]), so that counting a request allocates nothing for a caller already counted.
 #[derive(Default)]
-pub(crate) struct Spent(Mutex<HashMap<(Class, String), u32>>);
+pub(crate) struct Spent(Mutex<[HashMap<String, u32>; 2]>);
 
 impl Spent {
     pub(crate) fn add(&self, class: Class, subject: &str) {
         let mut spent = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match spent.get_mut(&(class, subject.to_owned())) {
+        let counts = &mut spent[class as usize];
+        match counts.get_mut(subject) {
             Some(n) => *n = n.saturating_add(1),
             None => {
-                spent.insert((class, subject.to_owned()), 1);
+                counts.insert(subject.to_owned(), 1);
             }
         }
     }
 
-    fn take(&self) -> HashMap<(Class, String), u32> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    /// What was counted since the last report, as one; empty when nothing was.
+    fn take(&self) -> Report {
+        let [customers, clients] =
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let spent = customers
+            .into_iter()
+            .map(|(s, n)| (Class::Customer, s, n))
+            .chain(clients.into_iter().map(|(s, n)| (Class::Client, s, n)))
+            .collect();
+        Report { spent }
     }
 }
 
@@ -119,13 +129,10 @@ pub(crate) async fn run(
                 }
             }
             _ = tick.tick() => {
-                let taken = spent.take();
-                if taken.is_empty() {
+                let report = spent.take();
+                if report.spent.is_empty() {
                     continue;
                 }
-                let report = Report {
-                    spent: taken.into_iter().map(|((c, s), n)| (c, s, n)).collect(),
-                };
                 let payload = serde_json::to_vec(&report).expect("a report serializes");
                 // Fire and forget: a lost report only lets the others admit that much more.
                 if let Err(e) = client.publish(own.clone(), payload.into()).await {
@@ -155,18 +162,7 @@ mod tests {
             there.check(&customer("alice")).unwrap();
         }
         there.check(&customer("bob")).unwrap();
-        let report = Report {
-            spent: there
-                .0
-                .spent
-                .get()
-                .unwrap()
-                .take()
-                .into_iter()
-                .map(|((c, s), n)| (c, s, n))
-                .collect(),
-        };
-        here.0.apply(report);
+        here.0.apply(there.0.spent.get().unwrap().take());
         // Alice spent 7 of 10 elsewhere: 3 left here, then refused.
         for _ in 0..3 {
             here.check(&customer("alice")).unwrap();

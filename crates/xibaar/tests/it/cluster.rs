@@ -72,20 +72,15 @@ async fn every_role_started_before_the_cluster_forms_waits_and_then_works() {
 
 /// One paced send: its answer, how long it took, and when it was answered.
 #[derive(Debug)]
-pub(crate) struct Sent {
-    pub status: u16,
-    pub took: Duration,
-    pub answered_at: chrono::DateTime<chrono::Utc>,
+struct Sent {
+    status: u16,
+    took: Duration,
+    answered_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Sends `count` notifications (customer `c<i>` each, key `k-<i>`), `in_flight` at a time and
 /// at most one every `every`, in index order.
-pub(crate) async fn send_paced(
-    p: &Pipeline,
-    count: usize,
-    in_flight: usize,
-    every: Duration,
-) -> Vec<Sent> {
+async fn send_paced(p: &Pipeline, count: usize, in_flight: usize, every: Duration) -> Vec<Sent> {
     // Each send's time is fixed from the start, not from when the window reaches it.
     let start = tokio::time::Instant::now();
     futures::stream::iter(0..count)
@@ -107,10 +102,10 @@ pub(crate) async fn send_paced(
 
 /// How much longer than the slowest send a push may wait after its 202: the retries' last
 /// backoff (2 s) once the new leader answers, and a slow machine's scheduling.
-pub(crate) const ELECTION_MARGIN: Duration = Duration::from_secs(5);
+const ELECTION_MARGIN: Duration = Duration::from_secs(5);
 
 /// The longest wait, per send, from its `202` to its first push at the stand-in.
-pub(crate) fn slowest_delivery(p: &Pipeline, sent: &[Sent]) -> Duration {
+fn slowest_delivery(p: &Pipeline, sent: &[Sent]) -> Duration {
     let mut first_push = std::collections::HashMap::new();
     for received in p.standin.received() {
         first_push
@@ -164,12 +159,27 @@ async fn losing_the_command_streams_leader_delays_sends_but_every_one_is_accepte
             .unwrap();
     }
     let every = Duration::from_secs(25) / devices as u32;
-    let down_for = Duration::from_secs(10);
-    let sends = send_paced(&p, devices, 64, every);
+    send_through_a_node_loss(&p, devices, 64, every, victim).await;
+}
+
+/// `devices` sends (customer `c<i>` each), `in_flight` at a time and one every `every`, while
+/// node `victim` is killed -9 a third of the way in and started again 10 s later. Every send
+/// must be accepted and nothing lost ([`assert_nothing_lost`]), and no push may wait much
+/// longer after its 202 than the slowest send took: that is the election as the clients lived
+/// it (an ack wait of 30 or 60 s, a fan-out left for redelivery, would be longer). The number
+/// of repeated pushes.
+pub(crate) async fn send_through_a_node_loss(
+    p: &Pipeline,
+    devices: usize,
+    in_flight: usize,
+    every: Duration,
+    victim: usize,
+) -> usize {
+    let sends = send_paced(p, devices, in_flight, every);
     let crash = async {
         tokio::time::sleep(every * (devices as u32 / 3)).await;
         p.nats.cluster().kill(victim);
-        tokio::time::sleep(down_for).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
         p.nats.cluster().start_node(victim).await.unwrap();
     };
     let (sent, ()) = tokio::join!(sends, crash);
@@ -180,25 +190,24 @@ async fn losing_the_command_streams_leader_delays_sends_but_every_one_is_accepte
         refused.len(),
         refused[0]
     );
-    let duplicates = assert_nothing_lost(&p, devices).await;
+    let duplicates = assert_nothing_lost(p, devices).await;
     let slowest_send = sent.iter().map(|s| s.took).max().unwrap();
-    let slowest_push = slowest_delivery(&p, &sent);
+    let slowest_push = slowest_delivery(p, &sent);
     println!(
         "{} killed: slowest send {slowest_send:?}, slowest 202→push {slowest_push:?}, {duplicates} duplicate pushes",
         p.nats.cluster().name(victim)
     );
-    // The election, as the clients lived it, is the slowest send: no push waited much longer
-    // after its 202 (an ack wait of 30 or 60 s, a fan-out left for redelivery, would).
     assert!(
         slowest_push <= slowest_send + ELECTION_MARGIN,
         "a push waited {slowest_push:?} after its 202; the slowest send took {slowest_send:?}"
     );
+    duplicates
 }
 
 /// Every one of `devices` devices pushed (repeats only within the in-flight window), no FCM
 /// refusal, every notification completed with one push counted, `xibaar lag` drained; the
 /// number of repeated pushes.
-pub(crate) async fn assert_nothing_lost(p: &Pipeline, devices: usize) -> usize {
+async fn assert_nothing_lost(p: &Pipeline, devices: usize) -> usize {
     let pushed = eventually(Duration::from_secs(120), || async {
         let tokens = p.pushed_tokens();
         let mut distinct = tokens.clone();

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use xibaar_testkit::{Group, NatsCluster};
 
 use crate::{
-    cluster::{ELECTION_MARGIN, assert_nothing_lost, send_paced, slowest_delivery},
+    cluster::send_through_a_node_loss,
     support::{Nats, Pipeline},
 };
 
@@ -93,29 +93,7 @@ async fn losing_the_node_that_leads_only_buckets_and_consumers_delays_nothing_be
         p.nats.cluster().name(victim)
     );
 
-    let every = Duration::from_millis(40);
-    let down_for = Duration::from_secs(10);
-    let sends = send_paced(&p, devices, 32, every);
-    let crash = async {
-        tokio::time::sleep(every * (devices as u32 / 3)).await;
-        p.nats.cluster().kill(victim);
-        tokio::time::sleep(down_for).await;
-        p.nats.cluster().start_node(victim).await.unwrap();
-    };
-    let (sent, ()) = tokio::join!(sends, crash);
-    let refused: Vec<_> = sent.iter().filter(|s| s.status != 202).collect();
-    assert!(refused.is_empty(), "sends not accepted: {refused:?}");
-    let duplicates = assert_nothing_lost(&p, devices).await;
-    let slowest_send = sent.iter().map(|s| s.took).max().unwrap();
-    let slowest_push = slowest_delivery(&p, &sent);
-    println!(
-        "slowest send {slowest_send:?}, slowest 202→push {slowest_push:?}, {duplicates} duplicate pushes"
-    );
-    // The election, as the clients lived it, is the slowest send: no push waited much longer
-    // after its 202 (an ack wait of 30 or 60 s, a fan-out left for redelivery, would).
-    assert!(
-        slowest_push <= slowest_send + ELECTION_MARGIN,
-        "a push waited {slowest_push:?} after its 202; the slowest send took {slowest_send:?}"
-    );
+    let duplicates =
+        send_through_a_node_loss(&p, devices, 32, Duration::from_millis(40), victim).await;
     assert_eq!(duplicates, 0, "pushes repeated");
 }
