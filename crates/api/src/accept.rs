@@ -337,9 +337,14 @@ pub(crate) async fn stored_command(
         (subject::schedule(priority, id), Stored::Scheduled),
     ] {
         match stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => match serde_json::from_slice(&message.payload)? {
-                Command::SendNotification(s) => return Ok(Some((s, stored))),
-            },
+            Ok(message) => {
+                let command: Command = serde_json::from_slice(&message.payload)?;
+                // A page is stored under its first notification's subject only; the others in
+                // it are found by their events.
+                if let Some(s) = command.into_notification(id) {
+                    return Ok(Some((s, stored)));
+                }
+            }
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }

@@ -15,7 +15,7 @@ pub mod schema;
 pub mod segment;
 pub mod subject;
 
-pub use command::{Command, SendNotification};
+pub use command::{Command, NotificationPage, SendNotification};
 pub use event::{Actor, ActorKind, Decoded, Event, EventEnvelope, EventMeta};
 pub use ids::{CustomerId, DeviceId, FcmToken, InvalidId, NotificationId};
 pub use job::{DeliveryJob, TopicJob};

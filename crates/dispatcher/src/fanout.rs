@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
 use bytes::Bytes;
+use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -165,12 +166,98 @@ async fn claim(progress: &kv::Store, key: &str) -> Result<Option<Progress>, FanO
     }
 }
 
+/// How long a fan-out that NATS or Postgres refuses is retried in place before its command is
+/// handed back: past a leader's election (4–10 s). Retrying here, not by a NAK, keeps the
+/// fan-out going as soon as the new leader answers; a NAK sent while the consumer's own leader
+/// is being elected is lost, and the command would wait out its ack wait.
+const FANOUT_RETRY_FOR: Duration = Duration::from_secs(20);
+/// How many notifications of one page are fanned out at once.
+const PAGE_CONCURRENCY: usize = 16;
+
 impl FanOut {
-    /// The jobs created, or `None` when the notification was canceled before its fan-out.
+    /// Fans out the command's notifications (a page's at [`PAGE_CONCURRENCY`] at once): the
+    /// jobs created, or `None` when every one was canceled before its fan-out.
     pub async fn handle(&self, message: &jetstream::Message) -> Result<Option<u64>, FanOutError> {
         let command: Command = serde_json::from_slice(&message.payload)
             .map_err(|e| FanOutError::Poison(e.to_string()))?;
-        let Command::SendNotification(send) = command;
+        let notifications = command.notifications();
+        let Some(first) = notifications.first() else {
+            return Err(FanOutError::Poison("a page without notifications".into()));
+        };
+        if notifications.iter().any(|n| n.priority != first.priority) {
+            return Err(FanOutError::Poison(
+                "a page whose notifications differ in priority".into(),
+            ));
+        }
+        if let [send] = notifications {
+            return self.fan_out_retrying(send, message).await;
+        }
+        // A `FuturesUnordered` filled by hand rather than `buffer_unordered` over a closure:
+        // the closure's borrow of `self` does not satisfy the spawned task's `Send` bound.
+        let mut waiting = notifications.iter();
+        let mut outcomes = futures::stream::FuturesUnordered::new();
+        for send in waiting.by_ref().take(PAGE_CONCURRENCY) {
+            outcomes.push(self.fan_out_retrying(send, message));
+        }
+        let mut targeted = None;
+        // Every notification is finished or has failed before the page is acked or handed
+        // back. A page tried again pushes nothing twice: each notification's claim holds its
+        // progress, so a finished one publishes no job again (only its two events, which the
+        // projector folds once).
+        let mut failed = None;
+        while let Some(outcome) = outcomes.next().await {
+            if let Some(send) = waiting.next() {
+                outcomes.push(self.fan_out_retrying(send, message));
+            }
+            match outcome {
+                Ok(Some(n)) => *targeted.get_or_insert(0) += n,
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(targeted),
+        }
+    }
+
+    /// [`FanOut::fan_out`], retried on transient failures with growing, jittered waits (it is
+    /// idempotent: the claim, the progress and the jobs' ids make a repeat publish nothing
+    /// new), telling JetStream meanwhile that the command is still being worked on.
+    async fn fan_out_retrying(
+        &self,
+        send: &SendNotification,
+        message: &jetstream::Message,
+    ) -> Result<Option<u64>, FanOutError> {
+        let started = std::time::Instant::now();
+        let mut backoff = xibaar_streams::retry::Backoff::for_nats();
+        let mut warn = xibaar_streams::retry::WarnEvery::second();
+        loop {
+            match self.fan_out(send, message).await {
+                Err(FanOutError::Transient(reason)) if started.elapsed() < FANOUT_RETRY_FOR => {
+                    let wait = backoff.next_delay();
+                    if let Some(held_back) = warn.allow() {
+                        tracing::warn!(%reason, retry_in = ?wait, held_back, "fan-out failed; retrying");
+                    }
+                    let _ = message.ack_with(AckKind::Progress).await;
+                    tokio::select! {
+                        _ = self.pacing.shutdown.cancelled() => return Err(FanOutError::Interrupted),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One notification: the jobs created, or `None` when it was canceled before its fan-out.
+    async fn fan_out(
+        &self,
+        send: &SendNotification,
+        message: &jetstream::Message,
+    ) -> Result<Option<u64>, FanOutError> {
         let Some(resumed) = claim(&self.progress, &send.notification_id.to_string()).await? else {
             tracing::info!(notification = %send.notification_id, "canceled before its fan-out; nothing sent");
             return Ok(None);
@@ -205,9 +292,9 @@ impl FanOut {
 
         let targeted = if send.audience.is_fcm_fan_out() {
             accepted_stored.await?;
-            self.publish_topic_job(&send, &correlation).await?
+            self.publish_topic_job(send, &correlation).await?
         } else {
-            self.publish_jobs(&send, message, &correlation, accepted_stored, resumed)
+            self.publish_jobs(send, message, &correlation, accepted_stored, resumed)
                 .await?
         };
 

@@ -289,7 +289,7 @@ async fn fanout_lane(
         running.spawn(async move {
             let _permit = permit;
             let started = std::time::Instant::now();
-            match fan_out_retrying(&fanout, &message).await {
+            match fanout.handle(&message).await {
                 Ok(targeted) => {
                     match targeted {
                         Some(targeted) => tracing::info!(%priority, targeted, elapsed = ?started.elapsed(), "fanned out"),
@@ -328,40 +328,6 @@ async fn fanout_lane(
     // In-flight fan-outs finish: they are idempotent, and finishing beats redoing.
     while running.join_next().await.is_some() {}
     Ok(())
-}
-
-/// How long a fan-out that NATS or Postgres refuses is retried in place before its command is
-/// handed back: past a leader's election (4–10 s). Retrying here, not by a NAK, keeps the
-/// fan-out going as soon as the new leader answers; a NAK sent while the consumer's own leader
-/// is being elected is lost, and the command would wait out its ack wait.
-const FANOUT_RETRY_FOR: Duration = Duration::from_secs(20);
-
-/// [`FanOut::handle`], retried on transient failures with growing, jittered waits (it is
-/// idempotent: the claim, the progress and the jobs' ids make a repeat publish nothing new),
-/// telling JetStream meanwhile that the command is still being worked on.
-async fn fan_out_retrying(
-    fanout: &FanOut,
-    message: &jetstream::Message,
-) -> Result<Option<u64>, FanOutError> {
-    let started = std::time::Instant::now();
-    let mut backoff = xibaar_streams::retry::Backoff::for_nats();
-    let mut warn = xibaar_streams::retry::WarnEvery::second();
-    loop {
-        match fanout.handle(message).await {
-            Err(FanOutError::Transient(reason)) if started.elapsed() < FANOUT_RETRY_FOR => {
-                let wait = backoff.next_delay();
-                if let Some(held_back) = warn.allow() {
-                    tracing::warn!(%reason, retry_in = ?wait, held_back, "fan-out failed; retrying");
-                }
-                let _ = message.ack_with(AckKind::Progress).await;
-                tokio::select! {
-                    _ = fanout.pacing.shutdown.cancelled() => return Err(FanOutError::Interrupted),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            other => return other,
-        }
-    }
 }
 
 async fn send_loop<S>(

@@ -1,6 +1,7 @@
-//! What a row becomes: a `SendNotification` command (notifications sources) or a
-//! `customer.attributes_changed` event (customers sources), with ids derived from the source,
-//! the row's key and its watermark, so that reading the row again yields the same message.
+//! What a row becomes: a notification (notifications sources), stored with the rows next to it
+//! as one `SendNotifications` page, or a `customer.attributes_changed` event (customers
+//! sources), with ids derived from the source, the row's key and its watermark, so that reading
+//! the row again yields the same notification.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use xibaar_core::{
     Actor, Audience, Command, Contract, CustomerAttributes, CustomerId, Event, EventEnvelope,
-    Language, NotificationId, SendRequest, Text,
+    Language, NotificationId, SendNotification, SendRequest, Text,
     event::CustomerAttributesChanged,
     notification::{Content, MAX_ATTRIBUTE_CHARS},
 };
@@ -24,8 +25,45 @@ pub struct Message {
     pub subject: String,
     pub headers: async_nats::HeaderMap,
     pub payload: Bytes,
-    /// For a command: its notification (whose stored copy a recovery looks for).
-    pub command: Option<(xibaar_core::Priority, NotificationId)>,
+    /// For a page of notifications: its priority and notification ids (a recovery looks for
+    /// the stored page).
+    pub page: Option<(xibaar_core::Priority, Vec<NotificationId>)>,
+}
+
+/// What a row becomes.
+#[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "each is moved at once into its page or published; a box would be an allocation per row"
+)]
+pub enum Emitted {
+    /// A notification, to be stored in a page with its neighbours ([`page`]).
+    Notification(SendNotification),
+    /// An event, stored on its own.
+    Event(Message),
+}
+
+/// The most notifications one page carries: a few hundred kilobytes at most (a notification's
+/// content is bounded by FCM's 4 KB), well within NATS's 1 MB payload.
+pub const PAGE_ROWS: usize = 100;
+
+/// How many notifications go in a page of a source sending at most `max_rate` a second: a
+/// tenth of a second's worth, so a paced source still sends smoothly.
+pub fn page_rows(max_rate: Option<u32>) -> usize {
+    max_rate.map_or(PAGE_ROWS, |rate| (rate as usize / 10).clamp(1, PAGE_ROWS))
+}
+
+/// The stored message of a page of notifications of one priority (`None` if empty).
+pub fn page(notifications: Vec<SendNotification>) -> Option<Message> {
+    let ids = notifications.iter().map(|n| n.notification_id).collect();
+    let priority = notifications.first()?.priority;
+    let command = Command::page(notifications)?;
+    Some(Message {
+        subject: command.subject(),
+        headers: xibaar_streams::headers(&command.msg_id(), command.type_name()),
+        payload: Bytes::from(serde_json::to_vec(&command).expect("a command serializes")),
+        page: Some((priority, ids)),
+    })
 }
 
 /// A row's place: its key and watermark.
@@ -69,8 +107,8 @@ impl Origin {
 const SOURCE_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x5c3a_61e2_0f4d_4b8e_9a71_d2c8_40b6_1f93);
 
-/// The message for `row`, or why the row cannot become one.
-pub fn message(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Message, String> {
+/// What `row` becomes, or why it cannot become anything.
+pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, String> {
     let columns = plan.columns.as_ref().expect("a bound plan");
     let origin = Origin::of(row, columns)?;
     if origin.key.is_empty() {
@@ -101,18 +139,12 @@ pub fn message(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Message, St
                 &SOURCE_NAMESPACE,
                 origin.name(&plan.name).as_bytes(),
             ));
-            let command = Command::SendNotification(request.into_command(
+            Ok(Emitted::Notification(request.into_command(
                 id,
                 None,
                 Actor::system(&format!("source:{}", plan.name)),
                 now,
-            ));
-            Ok(Message {
-                subject: command.subject(),
-                headers: xibaar_streams::headers(&command.msg_id(), "send_notification"),
-                payload: Bytes::from(serde_json::to_vec(&command).expect("a command serializes")),
-                command: Some((n.priority, id)),
-            })
+            )))
         }
         None => {
             let customer_id = customer(row)?;
@@ -127,12 +159,12 @@ pub fn message(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Message, St
                 None,
                 Actor::system(&format!("source:{}", plan.name)),
             );
-            Ok(Message {
+            Ok(Emitted::Event(Message {
                 subject: envelope.subject(),
                 headers: xibaar_streams::event_headers(&envelope),
                 payload: Bytes::from(envelope.to_json().map_err(|e| e.to_string())?),
-                command: None,
-            })
+                page: None,
+            }))
         }
     }
 }

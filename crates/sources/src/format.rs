@@ -112,7 +112,14 @@ pub fn format(value: &Value, format: Format, language: &str) -> Result<String, F
 /// Digits grouped by three with `separator`. Written by hand: the grouping is a dozen lines,
 /// and the number-formatting crates bring CLDR data for hundreds of locales to do it.
 fn group(n: f64, separator: &str) -> String {
-    let digits = format!("{:.0}", n.abs());
+    let magnitude = n.abs();
+    // Whole numbers (what callers pass) below 2^53 are exact as integers, whose formatting
+    // costs a fraction of a float's.
+    let digits = if magnitude < 9.0e15 {
+        (magnitude.round() as u64).to_string()
+    } else {
+        format!("{magnitude:.0}")
+    };
     let mut out = String::new();
     for (i, d) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {

@@ -6,6 +6,7 @@
 //! its server answers, its query and every column its templates name. A source whose server is
 //! unreachable starts anyway and retries; one failing source never stops the others.
 
+mod batch;
 pub mod emit;
 pub mod format;
 pub mod plan;

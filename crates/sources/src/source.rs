@@ -1,32 +1,30 @@
-//! One source at work: poll, turn rows into messages, store them, then move the watermark.
+//! One source at work: poll, turn rows into notifications and events, store them, then move
+//! the watermark. The next batch is read while one is being stored.
 //!
 //! Exactly once across crashes: before a batch is published its range is recorded as in
 //! flight (compare-and-set on the position); the watermark moves past it only after JetStream
-//! has acknowledged every message. A crash in between reads the same rows again on restart;
-//! their messages carry the same ids, so JetStream's duplicate window drops the repeats, and
-//! since the window (24 h) can pass before a restart, the commands of the in-flight range are
-//! also looked up in their command stream, which keeps them 35 days, and skipped when found.
-//! A batch in flight for longer than that stream's retention cannot be told apart: the source
-//! pauses and says so.
+//! has acknowledged every message. A crash in between reads the same rows again on restart and
+//! pages them the same way; the pages carry the same ids, so JetStream's duplicate window drops
+//! the repeats, and since the window (24 h) can pass before a restart, the pages of the
+//! in-flight range are also looked up in their command stream, which keeps them 35 days, and
+//! skipped when found (`batch.rs`). A batch in flight for longer than that stream's retention
+//! cannot be told apart: the source pauses and says so.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream::DirectGetErrorKind};
+use async_nats::jetstream::{self, kv};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use xibaar_config::{SqlConnection, SqlLogin};
-use xibaar_streams::{Pipeline, retry::Backoff};
+use xibaar_streams::retry::Backoff;
 
 use crate::{
-    emit::{self, Message, Origin},
+    emit::{self, Origin},
     plan::Plan,
     row::Row,
     sql::{self, Connection, ErrorClass, SqlError},
     state::{self, InFlight, Position, SourceStatus},
 };
-
-/// Publishes in flight at once.
-const WINDOW: usize = 512;
 
 pub struct Runner {
     pub plan: Plan,
@@ -37,9 +35,18 @@ pub struct Runner {
     pub stop: CancellationToken,
 }
 
+/// How often a source reading through a backlog looks for a pause and writes its status.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The batch read while the one before it was stored, and where it starts.
+pub(crate) struct Prefetched {
+    after: Vec<i64>,
+    rows: Result<Vec<Row>, SqlError>,
+}
+
 /// Why a poll stopped.
 #[derive(Debug, thiserror::Error)]
-enum PollError {
+pub(crate) enum PollError {
     #[error("{0}")]
     Sql(#[from] SqlError),
     /// NATS failed or the position changed under us: try again.
@@ -59,11 +66,21 @@ impl Runner {
             ..Default::default()
         };
         let mut client: Option<Connection> = None;
+        let mut prefetched = None;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        // While reading through a backlog (one full batch after another) the pause and the
+        // status are looked at and written once every `REPORT_EVERY`, not every batch.
+        let mut reported_at: Option<tokio::time::Instant> = None;
         while !self.stop.is_cancelled() {
-            match state::paused(&self.store, &name).await {
+            let draining = reported_at.is_some_and(|at| at.elapsed() < REPORT_EVERY);
+            match if draining {
+                Ok(None)
+            } else {
+                state::paused(&self.store, &name).await
+            } {
                 Ok(Some(reason)) => {
                     client = None;
+                    prefetched = None;
                     status.state = "paused".into();
                     status.last_error = Some(reason);
                     self.publish(&mut status, true).await;
@@ -78,21 +95,25 @@ impl Runner {
                     continue;
                 }
             }
-            let result = match client.as_mut() {
-                Some(c) => self.poll(c, &mut status).await,
-                None => match self.open().await {
+            let result = if client.is_some() {
+                self.poll(&mut client, &mut status, &mut prefetched).await
+            } else {
+                match self.open().await {
                     Ok(c) => {
                         client = Some(c);
                         continue;
                     }
                     Err(e) => Err(e),
-                },
+                }
             };
             match result {
                 Ok(full) => {
                     backoff.reset();
                     status.state = "running".into();
-                    self.publish(&mut status, false).await;
+                    if !full || !draining {
+                        self.publish(&mut status, false).await;
+                        reported_at = full.then(tokio::time::Instant::now);
+                    }
                     if !full {
                         self.sleep(self.plan.poll_interval).await;
                     }
@@ -100,11 +121,13 @@ impl Runner {
                 Err(PollError::Sql(e)) if e.class == ErrorClass::Transient => {
                     // The connection may be mid-answer: open another.
                     client = None;
+                    prefetched = None;
                     self.failed(&mut status, e.class.as_str(), e.message).await;
                     self.sleep(backoff.next_delay()).await;
                 }
                 Err(PollError::Sql(e)) => {
                     client = None;
+                    prefetched = None;
                     let reason = format!("{} error: {}", e.class.as_str(), e.message);
                     self.failed(&mut status, e.class.as_str(), reason.clone())
                         .await;
@@ -174,10 +197,13 @@ impl Runner {
     }
 
     /// One batch: `true` when it was full (more rows are waiting).
+    /// `client`: open when called; `None` after, when the next batch's read could not give
+    /// the connection back.
     async fn poll(
         &self,
-        client: &mut Connection,
+        client: &mut Option<Connection>,
         status: &mut SourceStatus,
+        prefetched: &mut Option<Prefetched>,
     ) -> Result<bool, PollError> {
         let plan = &self.plan;
         let columns = plan.columns.as_ref().expect("bound when connected");
@@ -188,14 +214,19 @@ impl Runner {
             .watermark
             .clone()
             .unwrap_or_else(|| vec![i64::MIN; plan.watermark.len()]);
-        let rows = sql::fetch(
-            client,
-            &plan.statement,
-            plan.batch_size,
-            &after,
-            self.connection.query_timeout,
-        )
-        .await?;
+        let rows = match prefetched.take() {
+            Some(Prefetched { after: from, rows }) if from == after => rows?,
+            _ => {
+                sql::fetch(
+                    client.as_mut().expect("open when polled"),
+                    &plan.statement,
+                    plan.batch_size,
+                    &after,
+                    self.connection.query_timeout,
+                )
+                .await?
+            }
+        };
         let name = plan.name.clone();
         metrics::counter!("xibaar_source_rows_read_total", "source" => name.clone())
             .increment(rows.len() as u64);
@@ -230,7 +261,7 @@ impl Runner {
             status.lag_seconds =
                 Some(((Utc::now() - at).num_milliseconds() as f64 / 1000.0).max(0.0));
         }
-        let mut recovering = position.in_flight.clone();
+        let recovering = position.in_flight.clone();
         if let Some(in_flight) = &recovering {
             self.guard_retention(in_flight).await?;
         }
@@ -250,47 +281,34 @@ impl Runner {
         )
         .await
         .map_err(PollError::Nats)?;
-        let now = Utc::now();
-        let mut pipeline = Pipeline::new(self.js.clone(), WINDOW);
-        let mut rejected = 0u64;
-        // `max_rate`: row i of the batch goes out no sooner than i / rate after its start (a
-        // fixed schedule is all a single publisher needs; no token bucket to share).
-        let started = tokio::time::Instant::now();
-        for (i, (row, origin)) in rows.iter().zip(&origins).enumerate() {
-            if let Some(rate) = plan.max_rate {
-                let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
-                tokio::time::sleep_until(due).await;
-            }
-            match emit::message(plan, row, now) {
-                Ok(message) => {
-                    if let Some(in_flight) = &recovering {
-                        if origin.watermark > in_flight.through {
-                            recovering = None;
-                        } else if self.already_stored(&message).await? {
-                            continue;
-                        }
-                    }
-                    pipeline
-                        .publish(message.subject, message.headers, message.payload)
-                        .await
-                        .map_err(|e| PollError::Nats(format!("publishing: {e}")))?;
+        // The next batch is read while this one is stored, on a task of its own so that
+        // decoding it and building this one's pages use two cores: it starts where this one
+        // ends.
+        let (written, next) = if full {
+            let mut connection = client.take().expect("open when polled");
+            let (statement, batch, from, timeout) = (
+                plan.statement.clone(),
+                plan.batch_size,
+                through.clone(),
+                self.connection.query_timeout,
+            );
+            let reading = tokio::spawn(async move {
+                let rows = sql::fetch(&mut connection, &statement, batch, &from, timeout).await;
+                (connection, rows)
+            });
+            let written = self.write_batch(&rows, &origins, recovering).await;
+            // Bounded by the read's own timeout.
+            let next = match reading.await {
+                Ok((connection, rows)) => {
+                    *client = Some(connection);
+                    Some(rows)
                 }
-                Err(reason) => {
-                    rejected += 1;
-                    let (subject, headers, payload) =
-                        emit::dead_letter(plan, columns, row, origin, &reason);
-                    tracing::warn!(source = %name, key = %origin.key, %reason, "row rejected; kept in XIBAAR_DLQ");
-                    pipeline
-                        .publish(subject, headers, payload)
-                        .await
-                        .map_err(|e| PollError::Nats(format!("dead-lettering: {e}")))?;
-                }
-            }
-        }
-        let stored = pipeline
-            .flush()
-            .await
-            .map_err(|e| PollError::Nats(format!("publishing: {e}")))?;
+                Err(_) => None,
+            };
+            (written?, next)
+        } else {
+            (self.write_batch(&rows, &origins, recovering).await?, None)
+        };
         state::record(
             &self.store,
             &plan.name,
@@ -303,32 +321,18 @@ impl Runner {
         )
         .await
         .map_err(PollError::Nats)?;
-        let emitted = stored.stored.saturating_sub(rejected);
         metrics::counter!("xibaar_source_emitted_total", "source" => name.clone())
-            .increment(emitted);
-        metrics::counter!("xibaar_source_rejected_total", "source" => name).increment(rejected);
-        status.emitted += emitted;
-        status.rejected += rejected;
+            .increment(written.emitted);
+        metrics::counter!("xibaar_source_rejected_total", "source" => name)
+            .increment(written.rejected);
+        status.emitted += written.emitted;
+        status.rejected += written.rejected;
+        *prefetched = next.map(|rows| Prefetched {
+            after: through.clone(),
+            rows,
+        });
         status.watermark = Some(through);
         Ok(full)
-    }
-
-    /// Whether a command of the in-flight range is in its command stream already.
-    async fn already_stored(&self, message: &Message) -> Result<bool, PollError> {
-        let Some((priority, _)) = message.command else {
-            // Attribute events only restate the row: storing one twice changes nothing.
-            return Ok(false);
-        };
-        let stream = self
-            .js
-            .get_stream_no_info(priority.command_stream())
-            .await
-            .map_err(|e| PollError::Nats(e.to_string()))?;
-        match stream.direct_get_last_for_subject(&message.subject).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
-            Err(e) => Err(PollError::Nats(e.to_string())),
-        }
     }
 
     /// A batch in flight longer than its command stream keeps commands cannot be checked.

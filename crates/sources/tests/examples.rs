@@ -65,22 +65,27 @@ fn the_worked_examples_bind_and_render_in_every_language() {
         plan.bind(&columns)
             .unwrap_or_else(|e| panic!("{e} (columns {columns:?})"));
         let row = Row(columns.iter().map(|c| plausible(c)).collect());
-        let message =
-            emit::message(&plan, &row, Utc::now()).unwrap_or_else(|e| panic!("source {name}: {e}"));
-        let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-        if plan.notifications.is_some() {
-            let content = &payload["content"];
-            assert_eq!(content["language"], "fr", "{name}");
-            assert!(
-                content["translations"]["wo"]["body"].is_string(),
-                "{name}: {content}"
-            );
-            assert!(
-                !content["body"].as_str().unwrap().contains('{'),
-                "{name}: every placeholder filled: {content}"
-            );
-        } else {
-            assert_eq!(payload["type"], "customer.attributes_changed");
+        let emitted =
+            emit::emit(&plan, &row, Utc::now()).unwrap_or_else(|e| panic!("source {name}: {e}"));
+        match emitted {
+            emit::Emitted::Notification(send) => {
+                assert!(plan.notifications.is_some(), "{name}");
+                let content = serde_json::to_value(&send.content).unwrap();
+                assert_eq!(content["language"], "fr", "{name}");
+                assert!(
+                    content["translations"]["wo"]["body"].is_string(),
+                    "{name}: {content}"
+                );
+                assert!(
+                    !content["body"].as_str().unwrap().contains('{'),
+                    "{name}: every placeholder filled: {content}"
+                );
+            }
+            emit::Emitted::Event(message) => {
+                assert!(plan.notifications.is_none(), "{name}");
+                let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+                assert_eq!(payload["type"], "customer.attributes_changed");
+            }
         }
     }
     // The connections' credentials come from secret files, never from the file itself.

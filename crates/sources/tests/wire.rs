@@ -145,7 +145,7 @@ async fn wait_status(
     }
 }
 
-/// Every command stored in XIBAAR_CMD_NORMAL, by notification id.
+/// Every notification stored in XIBAAR_CMD_NORMAL (in pages), by notification id.
 async fn commands(js: &jetstream::Context) -> BTreeMap<String, serde_json::Value> {
     let mut stream = js.get_stream("XIBAAR_CMD_NORMAL").await.unwrap();
     let info = stream.info().await.unwrap();
@@ -155,12 +155,19 @@ async fn commands(js: &jetstream::Context) -> BTreeMap<String, serde_json::Value
     }
     for seq in info.state.first_sequence..=info.state.last_sequence {
         let message = stream.direct_get(seq).await.unwrap();
-        let command: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-        let id = command["notification_id"].as_str().unwrap().to_owned();
-        assert!(
-            out.insert(id.clone(), command).is_none(),
-            "notification {id} stored twice"
+        let mut command: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(
+            command["type"], "send_notifications",
+            "a source stores pages"
         );
+        let page = command["notifications"].take();
+        for notification in page.as_array().unwrap() {
+            let id = notification["notification_id"].as_str().unwrap().to_owned();
+            assert!(
+                out.insert(id.clone(), notification.clone()).is_none(),
+                "notification {id} stored twice"
+            );
+        }
     }
     out
 }

@@ -12,7 +12,7 @@ use crate::startup;
 
 #[derive(Subcommand)]
 pub enum SourcesCommand {
-    /// Each source's state, rows read, commands sent on, errors by class, lag and watermark.
+    /// Each source's state, rows read, notifications and events sent on, errors by class, lag and watermark.
     Status {
         #[arg(long)]
         json: bool,
