@@ -56,6 +56,14 @@ pub struct SendNotification {
     pub accepted_at: DateTime<Utc>,
 }
 
+/// `type` (and `Xibaar-Type`) of a page of notifications.
+pub const PAGE_TYPE: &str = "send_notifications";
+
+/// The `Nats-Msg-Id` of a page: its first and last notifications and their count.
+pub fn page_msg_id(first: NotificationId, last: NotificationId, count: usize) -> String {
+    format!("page:{first}:{last}:{count}")
+}
+
 impl Command {
     /// A page of `notifications`: `None` when there are none or their priorities differ (a
     /// page lives in one priority's command stream).
@@ -103,11 +111,10 @@ impl Command {
             Command::SendNotifications(p) => {
                 let first = &p.notifications[0];
                 let last = &p.notifications[p.notifications.len() - 1];
-                format!(
-                    "page:{}:{}:{}",
+                page_msg_id(
                     first.notification_id,
                     last.notification_id,
-                    p.notifications.len()
+                    p.notifications.len(),
                 )
             }
         }
@@ -117,7 +124,7 @@ impl Command {
     pub fn type_name(&self) -> &'static str {
         match self {
             Command::SendNotification(_) => "send_notification",
-            Command::SendNotifications(_) => "send_notifications",
+            Command::SendNotifications(_) => PAGE_TYPE,
         }
     }
 }

@@ -4,50 +4,18 @@
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use xibaar_streams::Pipeline;
 
 use crate::{
     emit::{self, Message, Origin},
-    plan::Plan,
     row::Row,
-    source::{PollError, Runner},
+    source::{Built, PollError, Runner},
     state::InFlight,
 };
 
 /// Publishes in flight at once.
 const WINDOW: usize = 512;
-/// Rows below which a batch is built on one thread.
-const PARALLEL_FROM: usize = 256;
-
-/// What each row becomes, the rows shared among the machine's cores (at most four): templates,
-/// validation and ids cost a source more than reading the row does. Scoped threads, not tokio
-/// tasks, because the plan and rows are borrowed; the caller's task waits as it would on the
-/// same work done inline.
-fn build(plan: &Plan, rows: &[Row], now: DateTime<Utc>) -> Vec<Result<emit::Emitted, String>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if threads == 1 || rows.len() < PARALLEL_FROM {
-        return rows.iter().map(|row| emit::emit(plan, row, now)).collect();
-    }
-    let chunk = rows.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = rows
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|row| emit::emit(plan, row, now))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
-}
-
 /// What a batch stored.
 pub(crate) struct Written {
     /// Notifications and events stored.
@@ -58,10 +26,12 @@ pub(crate) struct Written {
 
 impl Runner {
     /// Stores the batch's rows, every one of them acknowledged by JetStream when it returns.
+    /// `built`: what the rows became as they were read (a row without is built here).
     /// `recovering`: the batch a crash left in flight, whose stored pages are skipped.
     pub(crate) async fn write_batch(
         &self,
         rows: &[Row],
+        built: Vec<Option<Built>>,
         origins: &[Origin],
         mut recovering: Option<InFlight>,
     ) -> Result<Written, PollError> {
@@ -84,8 +54,12 @@ impl Runner {
             plan.max_rate
                 .map(|rate| started + Duration::from_secs_f64(i as f64 / f64::from(rate)))
         };
-        let built = build(plan, rows, now);
-        for (i, ((row, origin), built)) in rows.iter().zip(origins).zip(built).enumerate() {
+        let mut built = built.into_iter();
+        for (i, (row, origin)) in rows.iter().zip(origins).enumerate() {
+            let built = built
+                .next()
+                .flatten()
+                .unwrap_or_else(|| emit::emit(plan, row, now));
             match built {
                 Ok(emit::Emitted::Notification(send)) => {
                     page.notifications.push(send);
@@ -200,7 +174,7 @@ impl Runner {
 /// Notifications gathered for one stored page.
 #[derive(Default)]
 struct Page {
-    notifications: Vec<xibaar_core::SendNotification>,
+    notifications: Vec<emit::Encoded>,
     /// The watermark of its last row, and that row's place in the batch.
     through: Vec<i64>,
     last_row: usize,

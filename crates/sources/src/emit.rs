@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use xibaar_core::{
-    Actor, Audience, Command, Contract, CustomerAttributes, CustomerId, Event, EventEnvelope,
-    Language, NotificationId, SendNotification, SendRequest, Text,
+    Actor, Audience, Contract, CustomerAttributes, CustomerId, Event, EventEnvelope, Language,
+    NotificationId, SendNotification, SendRequest, Text,
     event::CustomerAttributesChanged,
     notification::{Content, MAX_ATTRIBUTE_CHARS},
 };
@@ -32,15 +32,30 @@ pub struct Message {
 
 /// What a row becomes.
 #[derive(Debug, Clone)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "each is moved at once into its page or published; a box would be an allocation per row"
-)]
 pub enum Emitted {
     /// A notification, to be stored in a page with its neighbours ([`page`]).
-    Notification(SendNotification),
+    Notification(Encoded),
     /// An event, stored on its own.
     Event(Message),
+}
+
+/// A notification and its JSON, encoded where it was built (on any core), so that a page is
+/// put together by copying bytes.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub id: NotificationId,
+    pub priority: xibaar_core::Priority,
+    pub json: Box<serde_json::value::RawValue>,
+}
+
+impl Encoded {
+    pub fn of(send: &SendNotification) -> Self {
+        Self {
+            id: send.notification_id,
+            priority: send.priority,
+            json: serde_json::value::to_raw_value(send).expect("a notification serializes"),
+        }
+    }
 }
 
 /// The most notifications one page carries: a few hundred kilobytes at most (a notification's
@@ -53,16 +68,29 @@ pub fn page_rows(max_rate: Option<u32>) -> usize {
     max_rate.map_or(PAGE_ROWS, |rate| (rate as usize / 10).clamp(1, PAGE_ROWS))
 }
 
-/// The stored message of a page of notifications of one priority (`None` if empty).
-pub fn page(notifications: Vec<SendNotification>) -> Option<Message> {
-    let ids = notifications.iter().map(|n| n.notification_id).collect();
-    let priority = notifications.first()?.priority;
-    let command = Command::page(notifications)?;
+/// The stored message of a page of notifications of one priority (`None` if empty or mixed):
+/// the bytes `serde_json` writes for the page's `Command`.
+pub fn page(notifications: Vec<Encoded>) -> Option<Message> {
+    #[derive(serde::Serialize)]
+    struct Page<'a> {
+        r#type: &'static str,
+        notifications: Vec<&'a serde_json::value::RawValue>,
+    }
+    let (first, last) = (notifications.first()?, notifications.last()?);
+    if notifications.iter().any(|n| n.priority != first.priority) {
+        return None;
+    }
+    let payload = serde_json::to_vec(&Page {
+        r#type: xibaar_core::command::PAGE_TYPE,
+        notifications: notifications.iter().map(|n| &*n.json).collect(),
+    })
+    .expect("a page serializes");
+    let msg_id = xibaar_core::command::page_msg_id(first.id, last.id, notifications.len());
     Some(Message {
-        subject: command.subject(),
-        headers: xibaar_streams::headers(&command.msg_id(), command.type_name()),
-        payload: Bytes::from(serde_json::to_vec(&command).expect("a command serializes")),
-        page: Some((priority, ids)),
+        subject: xibaar_core::subject::command(first.priority, first.id),
+        headers: xibaar_streams::headers(&msg_id, xibaar_core::command::PAGE_TYPE),
+        payload: Bytes::from(payload),
+        page: Some((first.priority, notifications.iter().map(|n| n.id).collect())),
     })
 }
 
@@ -139,12 +167,12 @@ pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, Strin
                 &SOURCE_NAMESPACE,
                 origin.name(&plan.name).as_bytes(),
             ));
-            Ok(Emitted::Notification(request.into_command(
+            Ok(Emitted::Notification(Encoded::of(&request.into_command(
                 id,
                 None,
                 Actor::system(&format!("source:{}", plan.name)),
                 now,
-            )))
+            ))))
         }
         None => {
             let customer_id = customer(row)?;
@@ -339,4 +367,57 @@ pub fn dead_letter(
         headers,
         Bytes::from(serde_json::to_vec(&payload).expect("a row serializes")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use xibaar_core::{Command, Priority, notification::DeliveryOptions};
+
+    use super::*;
+
+    fn send(i: u128, priority: Priority) -> SendNotification {
+        SendNotification {
+            notification_id: NotificationId(uuid::Uuid::from_u128(i)),
+            priority,
+            audience: Audience::Customers {
+                customer_ids: vec![CustomerId::parse(format!("c{i}")).unwrap()],
+            },
+            content: Content {
+                title: format!("Facture n° {i}"),
+                body: "Votre facture \"spéciale\" est à régler.".into(),
+                ..Default::default()
+            },
+            category: None,
+            idempotency_key: None,
+            delivery: DeliveryOptions::default(),
+            requested_by: Actor::system("source:bills"),
+            accepted_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_page_put_together_from_encoded_notifications_is_the_pages_command_byte_for_byte() {
+        let sends: Vec<_> = (1..=3).map(|i| send(i, Priority::Normal)).collect();
+        let message = page(sends.iter().map(Encoded::of).collect()).unwrap();
+        let command = Command::page(sends.clone()).unwrap();
+        assert_eq!(
+            message.payload.as_ref(),
+            serde_json::to_vec(&command).unwrap().as_slice()
+        );
+        assert_eq!(message.subject, command.subject());
+        assert_eq!(
+            message.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(command.msg_id().as_str())
+        );
+        assert_eq!(
+            message.page,
+            Some((
+                Priority::Normal,
+                sends.iter().map(|s| s.notification_id).collect()
+            ))
+        );
+        assert!(page(vec![]).is_none());
+        let mixed = [send(1, Priority::Normal), send(2, Priority::Low)];
+        assert!(page(mixed.iter().map(Encoded::of).collect()).is_none());
+    }
 }

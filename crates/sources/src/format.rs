@@ -38,27 +38,59 @@ impl Format {
 /// utility's language of record.
 struct Conventions {
     group: &'static str,
-    locale: chrono::Locale,
     at: &'static str,
+    /// The month names of the language's locale.
+    months: &'static [String; 12],
+}
+
+/// The months' names in each language's locale, read from chrono's locale data once. A date
+/// formatted through `format_localized` parses its format string every time; with text dates
+/// parsed by trying format strings in turn, dates were a fifth of what building a source's
+/// notification cost.
+static MONTHS: std::sync::LazyLock<[[String; 12]; 3]> = std::sync::LazyLock::new(|| {
+    [
+        chrono::Locale::fr_FR,
+        chrono::Locale::wo_SN,
+        chrono::Locale::en_GB,
+    ]
+    .map(|locale| {
+        std::array::from_fn(|m| {
+            NaiveDate::from_ymd_opt(2026, m as u32 + 1, 1)
+                .expect("the first of every month exists")
+                .format_localized("%B", locale)
+                .to_string()
+        })
+    })
+});
+
+/// `2 décembre 2026`: what `%-d %B %Y` writes.
+fn day(date: NaiveDate, c: &Conventions) -> String {
+    use chrono::Datelike;
+    format!(
+        "{} {} {:04}",
+        date.day(),
+        c.months[date.month0() as usize],
+        date.year()
+    )
 }
 
 fn conventions(language: &str) -> Conventions {
     match language {
         "en" => Conventions {
             group: ",",
-            locale: chrono::Locale::en_GB,
             at: ", ",
+            months: &MONTHS[2],
         },
         "wo" => Conventions {
             // Wolof in Senegal groups digits as French does (glibc's wo_SN).
             group: "\u{202f}",
-            locale: chrono::Locale::wo_SN,
             at: ", ",
+            months: &MONTHS[1],
         },
         _ => Conventions {
             group: "\u{202f}",
-            locale: chrono::Locale::fr_FR,
             at: " à ",
+            months: &MONTHS[0],
         },
     }
 }
@@ -90,20 +122,16 @@ pub fn format(value: &Value, format: Format, language: &str) -> Result<String, F
                 Ok(format!("{whole}{point}{fraction}"))
             }
         }
-        Format::Date => {
-            let at = value.as_datetime()?;
-            Ok(at
-                .date()
-                .format_localized("%-d %B %Y", c.locale)
-                .to_string())
-        }
+        Format::Date => Ok(day(value.as_datetime()?.date(), &c)),
         Format::DateTime => {
+            use chrono::Timelike;
             let at = value.as_datetime()?;
             Ok(format!(
-                "{}{}{}",
-                at.date().format_localized("%-d %B %Y", c.locale),
+                "{}{}{:02}:{:02}",
+                day(at.date(), &c),
                 c.at,
-                at.format("%H:%M")
+                at.hour(),
+                at.minute()
             ))
         }
     }
@@ -157,6 +185,12 @@ impl Value {
                 .ok_or_else(|| FormatError(format!("{seconds} is not a time"))),
             Value::Text(t) => {
                 let t = t.trim();
+                // A day alone first: the commonest, and none of the other forms is 10 long.
+                if t.len() == 10
+                    && let Ok(d) = t.parse::<NaiveDate>()
+                {
+                    return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists"));
+                }
                 DateTime::parse_from_rfc3339(t)
                     .map(|d| d.naive_utc())
                     .or_else(|_| NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f"))
@@ -175,6 +209,23 @@ impl Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_are_written_as_chronos_localized_format_writes_them() {
+        for (language, locale) in [
+            ("fr", chrono::Locale::fr_FR),
+            ("wo", chrono::Locale::wo_SN),
+            ("en", chrono::Locale::en_GB),
+        ] {
+            for (y, m, d) in [(2026, 1, 1), (2026, 8, 15), (2027, 12, 31), (999, 2, 3)] {
+                let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+                assert_eq!(
+                    day(date, &conventions(language)),
+                    date.format_localized("%-d %B %Y", locale).to_string()
+                );
+            }
+        }
+    }
 
     fn text(s: &str) -> Value {
         Value::Text(s.into())

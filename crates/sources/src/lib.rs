@@ -48,7 +48,7 @@ pub async fn prepare(
             .map_err(|e| StartError::Config(format!("source `{name}` cannot log in: {e}")))?;
         probe(&mut plan, &connection, &login).await?;
         runners.push(source::Runner {
-            plan,
+            plan: std::sync::Arc::new(plan),
             connection,
             login,
             js: js.clone(),

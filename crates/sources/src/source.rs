@@ -27,7 +27,8 @@ use crate::{
 };
 
 pub struct Runner {
-    pub plan: Plan,
+    /// Shared with the tasks that build a batch's rows.
+    pub plan: std::sync::Arc<Plan>,
     pub connection: SqlConnection,
     pub login: SqlLogin,
     pub js: jetstream::Context,
@@ -41,7 +42,75 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// The batch read while the one before it was stored, and where it starts.
 pub(crate) struct Prefetched {
     after: Vec<i64>,
-    rows: Result<Vec<Row>, SqlError>,
+    read: Result<Read, SqlError>,
+}
+
+/// A batch's rows, and what each becomes when that was built as it was read (`None`: read
+/// through without sending, at a first start).
+pub(crate) type Read = (Vec<Row>, Vec<Option<Built>>);
+pub(crate) type Built = Result<emit::Emitted, String>;
+
+/// Rows built together on the blocking pool while the read goes on.
+const BUILD_CHUNK: usize = 250;
+
+/// Up to a batch of rows above `after`. When `build`, what each becomes is built as the rows
+/// arrive, a chunk at a time on the blocking pool, so that building (templates, validation,
+/// JSON: more than reading a row costs) runs on other cores while the read goes on.
+async fn read(
+    plan: &std::sync::Arc<Plan>,
+    client: &mut Connection,
+    after: &[i64],
+    timeout: Duration,
+    build: bool,
+) -> Result<Read, SqlError> {
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    let mut chunk = Vec::new();
+    let mut building = Vec::new();
+    let mut hand_over = |chunk: Vec<Row>| {
+        let plan = plan.clone();
+        building.push(tokio::task::spawn_blocking(move || {
+            let built: Vec<_> = chunk
+                .iter()
+                .map(|row| Some(emit::emit(&plan, row, now)))
+                .collect();
+            (chunk, built)
+        }));
+    };
+    sql::fetch_each(
+        client,
+        &plan.statement,
+        plan.batch_size,
+        after,
+        timeout,
+        |row| {
+            if !build {
+                rows.push(row);
+                return;
+            }
+            chunk.push(row);
+            if chunk.len() == BUILD_CHUNK {
+                hand_over(std::mem::take(&mut chunk));
+            }
+        },
+    )
+    .await?;
+    if !build {
+        let built = rows.iter().map(|_| None).collect();
+        return Ok((rows, built));
+    }
+    if !chunk.is_empty() {
+        hand_over(chunk);
+    }
+    let mut built = Vec::new();
+    for part in building {
+        let (part_rows, part_built) = part
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        rows.extend(part_rows);
+        built.extend(part_built);
+    }
+    Ok((rows, built))
 }
 
 /// Why a poll stopped.
@@ -151,7 +220,7 @@ impl Runner {
         if self.plan.columns.is_none() {
             let columns =
                 sql::columns(&mut client, &self.plan.statement, self.plan.watermark.len()).await?;
-            self.plan
+            std::sync::Arc::make_mut(&mut self.plan)
                 .bind(&columns)
                 .map_err(|e| PollError::Pause(e.to_string()))?;
         }
@@ -214,15 +283,17 @@ impl Runner {
             .watermark
             .clone()
             .unwrap_or_else(|| vec![i64::MIN; plan.watermark.len()]);
-        let rows = match prefetched.take() {
-            Some(Prefetched { after: from, rows }) if from == after => rows?,
+        let skipping = position.skipping
+            || position.watermark.is_none() && plan.start == xibaar_config::SourceStart::Latest;
+        let (rows, built) = match prefetched.take() {
+            Some(Prefetched { after: from, read }) if from == after => read?,
             _ => {
-                sql::fetch(
+                read(
+                    plan,
                     client.as_mut().expect("open when polled"),
-                    &plan.statement,
-                    plan.batch_size,
                     &after,
                     self.connection.query_timeout,
+                    !skipping,
                 )
                 .await?
             }
@@ -232,9 +303,7 @@ impl Runner {
             .increment(rows.len() as u64);
         status.rows_read += rows.len() as u64;
         let full = rows.len() >= plan.batch_size as usize;
-        if position.skipping
-            || position.watermark.is_none() && plan.start == xibaar_config::SourceStart::Latest
-        {
+        if skipping {
             // A first start after the latest row: what is there is read through and not sent.
             let through = through(&ordered(&rows, columns, &after)?, &after);
             let moved = Position {
@@ -286,17 +355,13 @@ impl Runner {
         // ends.
         let (written, next) = if full {
             let mut connection = client.take().expect("open when polled");
-            let (statement, batch, from, timeout) = (
-                plan.statement.clone(),
-                plan.batch_size,
-                through.clone(),
-                self.connection.query_timeout,
-            );
+            let (next_plan, from, timeout) =
+                (plan.clone(), through.clone(), self.connection.query_timeout);
             let reading = tokio::spawn(async move {
-                let rows = sql::fetch(&mut connection, &statement, batch, &from, timeout).await;
-                (connection, rows)
+                let read = read(&next_plan, &mut connection, &from, timeout, true).await;
+                (connection, read)
             });
-            let written = self.write_batch(&rows, &origins, recovering).await;
+            let written = self.write_batch(&rows, built, &origins, recovering).await;
             // Bounded by the read's own timeout.
             let next = match reading.await {
                 Ok((connection, rows)) => {
@@ -307,7 +372,10 @@ impl Runner {
             };
             (written?, next)
         } else {
-            (self.write_batch(&rows, &origins, recovering).await?, None)
+            (
+                self.write_batch(&rows, built, &origins, recovering).await?,
+                None,
+            )
         };
         state::record(
             &self.store,
@@ -327,9 +395,9 @@ impl Runner {
             .increment(written.rejected);
         status.emitted += written.emitted;
         status.rejected += written.rejected;
-        *prefetched = next.map(|rows| Prefetched {
+        *prefetched = next.map(|read| Prefetched {
             after: through.clone(),
-            rows,
+            read,
         });
         status.watermark = Some(through);
         Ok(full)

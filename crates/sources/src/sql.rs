@@ -170,14 +170,17 @@ fn reason(e: &tiberius::error::Error) -> &'static str {
     }
 }
 
-/// Up to `batch` rows above `watermark`.
-pub async fn fetch(
+/// Up to `batch` rows above `watermark`, each handed to `each` as it arrives (so that what
+/// the rows become is built while the server is still sending the rows after them).
+pub async fn fetch_each(
     client: &mut Connection,
     statement: &str,
     batch: u32,
     watermark: &[i64],
     timeout: Duration,
-) -> Result<Vec<Row>, SqlError> {
+    mut each: impl FnMut(Row),
+) -> Result<(), SqlError> {
+    use futures::TryStreamExt;
     let batch = i64::from(batch);
     let mut params: Vec<&dyn tiberius::ToSql> = vec![&batch];
     for w in watermark {
@@ -186,16 +189,20 @@ pub async fn fetch(
     // The command timeout bounds each answer; this bounds the whole read, so a server that
     // trickles rows cannot hold a poll forever.
     let read = async {
-        let stream = client
+        let mut stream = client
             .query(statement, &params)
             .await
             .map_err(SqlError::from_tiberius)?;
-        let mut results = stream
-            .into_results()
-            .await
-            .map_err(SqlError::from_tiberius)?;
-        let rows = results.drain(..).next().unwrap_or_default();
-        Ok::<_, SqlError>(rows.iter().map(Row::from_tiberius).collect())
+        // The first result set's rows; the stream is read to its end all the same, so that
+        // the connection is ready for the next query.
+        while let Some(item) = stream.try_next().await.map_err(SqlError::from_tiberius)? {
+            if let tiberius::QueryItem::Row(row) = item
+                && row.result_index() == 0
+            {
+                each(Row::from_tiberius(&row));
+            }
+        }
+        Ok::<_, SqlError>(())
     };
     tokio::time::timeout(timeout * 4, read)
         .await
