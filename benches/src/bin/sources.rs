@@ -2,7 +2,8 @@
 //! pages of a hundred, as the source stores them), against a
 //! bare tiberius read of the same rows from the same server (the same statement, paged by the
 //! same watermark), alternating in one run. The server is the testkit's TDS server
-//! (`mssql-mock-tds` behind the proxy that answers by watermark), so both pay the same for it.
+//! (`mssql-mock-tds` behind the proxy that answers by watermark), so both pay the same for it;
+//! it runs on a thread of its own, as a server process would.
 
 use std::time::{Duration, Instant};
 
@@ -49,12 +50,44 @@ fn table(n: usize) -> SqlTable {
     }
 }
 
+/// The TDS server serving `table`, on a thread and runtime of its own as a server process
+/// would be, so that it never waits behind the client's tasks on the benchmark's runtime: its
+/// port. It lives as long as the benchmark.
+fn sql_server_apart(table: SqlTable) -> anyhow::Result<u16> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::Error::from(e)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match SqlServer::start().await {
+                Ok(sql) => {
+                    sql.serve(table);
+                    let _ = tx.send(Ok(sql.port()));
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    });
+    rx.recv()?
+}
+
 /// Every row read with tiberius alone, page by page above the last id: the least a source
 /// spends on SQL Server.
-async fn bare_read(sql: &SqlServer) -> anyhow::Result<usize> {
+async fn bare_read(sql_port: u16) -> anyhow::Result<usize> {
     let mut config = Config::new();
     config.host("127.0.0.1");
-    config.port(sql.port());
+    config.port(sql_port);
     config.authentication(AuthMethod::sql_server("xibaar", "s3cret"));
     config.encryption(EncryptionLevel::NotSupported);
     let tcp = TcpStream::connect(config.get_addr()).await?;
@@ -143,7 +176,7 @@ async fn bare_publish(
     Ok((built, started.elapsed()))
 }
 
-fn source_toml(sql: &SqlServer, name: &str) -> String {
+fn source_toml(sql_port: u16, name: &str) -> String {
     format!(
         r#"
 [sql.billing]
@@ -170,18 +203,18 @@ body = "Votre facture de {{AMOUNT:fcfa}} est à régler avant le {{DUE:date}}."
 title = "Faktiir {{BILL_ID}}"
 body = "Sa faktiir bu {{AMOUNT:fcfa}} war na ñu ko fey balaa {{DUE:date}}."
 "#,
-        port = sql.port()
+        port = sql_port
     )
 }
 
 /// Source `name` from the first row to the last: until JetStream holds a command for each.
 async fn run_source(
     js: &async_nats::jetstream::Context,
-    sql: &SqlServer,
+    sql_port: u16,
     name: &str,
     n: usize,
 ) -> anyhow::Result<Duration> {
-    let toml = source_toml(sql, name);
+    let toml = source_toml(sql_port, name);
     let config = xibaar_config::Config::from_toml(&toml)?;
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -205,23 +238,22 @@ async fn main() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     xibaar_streams::apply(&js, &Definitions::builtin()).await?;
-    let sql = SqlServer::start().await?;
     let rows = table(n);
-    sql.serve(rows.clone());
+    let sql_port = sql_server_apart(rows.clone())?;
     let pids = [nats.pid().unwrap_or(0), std::process::id()];
     let mut ratios = Vec::new();
     for round in 1..=ROUNDS {
         let phase = Phase::start(&pids)?;
         let started = Instant::now();
-        let read = bare_read(&sql).await?;
+        let read = bare_read(sql_port).await?;
         let bare = started.elapsed();
         let bare_cost = phase.finish()?;
         anyhow::ensure!(read == n, "the bare read saw {read} rows, not {n}");
         let phase = Phase::start(&pids)?;
-        let wall = run_source(&js, &sql, &format!("bills_{round}"), n).await?;
+        let wall = run_source(&js, sql_port, &format!("bills_{round}"), n).await?;
         let cost = phase.finish()?;
         let floor_name = format!("floor_{round}");
-        let config = xibaar_config::Config::from_toml(&source_toml(&sql, &floor_name))?;
+        let config = xibaar_config::Config::from_toml(&source_toml(sql_port, &floor_name))?;
         let (built, publish) = bare_publish(&js, &config, &floor_name, &rows).await?;
         let (rate, bare_rate) = (n as f64 / wall.as_secs_f64(), n as f64 / bare.as_secs_f64());
         ratios.push(rate / bare_rate);
