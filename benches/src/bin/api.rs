@@ -455,5 +455,11 @@ filter = "warn"
         "  ratio {:.2} of the direct queries",
         inbox.per_second / query.per_second
     );
+    let peak = xibaar_benches::status_kib(api.0.id(), "VmHWM")?;
+    println!(
+        "  api peak RSS (VmHWM) over the whole benchmark: {:.1} MiB (target <= 64 MiB: {})",
+        peak as f64 / 1024.0,
+        if peak <= 64 * 1024 { "met" } else { "not met" }
+    );
     Ok(())
 }
