@@ -43,6 +43,8 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct Prefetched {
     after: Vec<i64>,
     read: Result<Read, SqlError>,
+    /// The position the batch before it left, and its revision.
+    position: (Position, u64),
 }
 
 /// A batch's rows, and what each becomes when that was built as it was read (`None`: read
@@ -272,21 +274,29 @@ impl Runner {
         &self,
         client: &mut Option<Connection>,
         status: &mut SourceStatus,
-        prefetched: &mut Option<Prefetched>,
+        prefetched_slot: &mut Option<Prefetched>,
     ) -> Result<bool, PollError> {
         let plan = &self.plan;
         let columns = plan.columns.as_ref().expect("bound when connected");
-        let (position, revision) = state::position(&self.store, &plan.name)
-            .await
-            .map_err(PollError::Nats)?;
+        let prefetched = prefetched_slot.take();
+        // Right after a batch of its own, the source knows its position (any other writer
+        // makes the compare-and-set below fail, and the next poll reads it again).
+        let (position, revision) = match prefetched.as_ref() {
+            Some(p) => p.position.clone(),
+            None => state::position(&self.store, &plan.name)
+                .await
+                .map_err(PollError::Nats)?,
+        };
         let after = position
             .watermark
             .clone()
             .unwrap_or_else(|| vec![i64::MIN; plan.watermark.len()]);
         let skipping = position.skipping
             || position.watermark.is_none() && plan.start == xibaar_config::SourceStart::Latest;
-        let (rows, built) = match prefetched.take() {
-            Some(Prefetched { after: from, read }) if from == after => read?,
+        let (rows, built) = match prefetched {
+            Some(Prefetched {
+                after: from, read, ..
+            }) if from == after => read?,
             _ => {
                 read(
                     plan,
@@ -330,74 +340,74 @@ impl Runner {
             status.lag_seconds =
                 Some(((Utc::now() - at).num_milliseconds() as f64 / 1000.0).max(0.0));
         }
-        let recovering = position.in_flight.clone();
-        if let Some(in_flight) = &recovering {
-            self.guard_retention(in_flight).await?;
-        }
-        let revision = state::record(
-            &self.store,
-            &plan.name,
-            &Position {
-                watermark: position.watermark.clone(),
-                skipping: false,
-                in_flight: Some(InFlight {
-                    through: through.clone(),
-                    rows: rows.len() as u32,
-                    started_at: recovering.as_ref().map_or_else(Utc::now, |f| f.started_at),
-                }),
-            },
-            revision,
-        )
-        .await
-        .map_err(PollError::Nats)?;
         // The next batch is read while this one is stored, on a task of its own so that
-        // decoding it and building this one's pages use two cores: it starts where this one
-        // ends.
-        let (written, next) = if full {
+        // decoding and building it use another core: it starts where this one ends, as soon
+        // as this one's end is known.
+        let reading = full.then(|| {
             let mut connection = client.take().expect("open when polled");
             let (next_plan, from, timeout) =
                 (plan.clone(), through.clone(), self.connection.query_timeout);
-            let reading = tokio::spawn(async move {
+            tokio::spawn(async move {
                 let read = read(&next_plan, &mut connection, &from, timeout, true).await;
                 (connection, read)
-            });
-            let written = self.write_batch(&rows, built, &origins, recovering).await;
-            // Bounded by the read's own timeout.
-            let next = match reading.await {
-                Ok((connection, rows)) => {
-                    *client = Some(connection);
-                    Some(rows)
-                }
-                Err(_) => None,
-            };
-            (written?, next)
-        } else {
-            (
-                self.write_batch(&rows, built, &origins, recovering).await?,
-                None,
+            })
+        });
+        let stored = async {
+            let recovering = position.in_flight.clone();
+            if let Some(in_flight) = &recovering {
+                self.guard_retention(in_flight).await?;
+            }
+            let revision = state::record(
+                &self.store,
+                &plan.name,
+                &Position {
+                    watermark: position.watermark.clone(),
+                    skipping: false,
+                    in_flight: Some(InFlight {
+                        through: through.clone(),
+                        rows: rows.len() as u32,
+                        started_at: recovering.as_ref().map_or_else(Utc::now, |f| f.started_at),
+                    }),
+                },
+                revision,
             )
-        };
-        state::record(
-            &self.store,
-            &plan.name,
-            &Position {
+            .await
+            .map_err(PollError::Nats)?;
+            let written = self.write_batch(&rows, built, &origins, recovering).await?;
+            let moved = Position {
                 watermark: Some(through.clone()),
                 in_flight: None,
                 skipping: false,
+            };
+            let revision = state::record(&self.store, &plan.name, &moved, revision)
+                .await
+                .map_err(PollError::Nats)?;
+            Ok::<_, PollError>((written, (moved, revision)))
+        }
+        .await;
+        // The connection comes back whatever happened to this batch (the read is bounded by
+        // its own timeout).
+        let next = match reading {
+            Some(reading) => match reading.await {
+                Ok((connection, read)) => {
+                    *client = Some(connection);
+                    Some(read)
+                }
+                Err(_) => None,
             },
-            revision,
-        )
-        .await
-        .map_err(PollError::Nats)?;
+            None => None,
+        };
+        let (written, position) = stored?;
         metrics::counter!("xibaar_source_emitted_total", "source" => name.clone())
             .increment(written.emitted);
         metrics::counter!("xibaar_source_rejected_total", "source" => name)
             .increment(written.rejected);
         status.emitted += written.emitted;
         status.rejected += written.rejected;
-        *prefetched = next.map(|read| Prefetched {
+        *prefetched_slot = next.map(|read| Prefetched {
             after: through.clone(),
             read,
+            position,
         });
         status.watermark = Some(through);
         Ok(full)
