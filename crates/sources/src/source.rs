@@ -106,9 +106,17 @@ async fn read(
     }
     let mut built = Vec::new();
     for part in building {
-        let (part_rows, part_built) = part
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let (part_rows, part_built) = match part.await {
+            Ok(part) => part,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime is shutting down.
+            Err(e) => {
+                return Err(SqlError::io(
+                    "building rows",
+                    std::io::Error::new(std::io::ErrorKind::Interrupted, e),
+                ));
+            }
+        };
         rows.extend(part_rows);
         built.extend(part_built);
     }

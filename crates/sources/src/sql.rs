@@ -66,7 +66,7 @@ impl SqlError {
         }
     }
 
-    fn io(context: &str, e: std::io::Error) -> Self {
+    pub(crate) fn io(context: &str, e: std::io::Error) -> Self {
         Self {
             class: ErrorClass::Transient,
             number: None,
