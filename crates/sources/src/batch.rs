@@ -16,6 +16,7 @@ use crate::{
 
 /// Publishes in flight at once.
 const WINDOW: usize = 512;
+
 /// What a batch stored.
 pub(crate) struct Written {
     /// Notifications and events stored.
