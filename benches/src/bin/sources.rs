@@ -114,11 +114,8 @@ async fn bare_read(sql_port: u16) -> anyhow::Result<usize> {
 
 /// Where source `name` stands: the watermark of the last row whose notifications JetStream
 /// has accepted.
-async fn watermark(js: &async_nats::jetstream::Context, name: &str) -> anyhow::Result<i64> {
-    let store = xibaar_sources::state::bucket(js)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let (position, _) = xibaar_sources::state::position(&store, name)
+async fn watermark(store: &async_nats::jetstream::kv::Store, name: &str) -> anyhow::Result<i64> {
+    let (position, _) = xibaar_sources::state::position(store, name)
         .await
         .map_err(anyhow::Error::msg)?;
     Ok(position
@@ -216,11 +213,14 @@ async fn run_source(
 ) -> anyhow::Result<Duration> {
     let toml = source_toml(sql_port, name);
     let config = xibaar_config::Config::from_toml(&toml)?;
+    let store = xibaar_sources::state::bucket(js)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let stop = CancellationToken::new();
     let started = Instant::now();
     let runners = xibaar_sources::prepare(&config, js, &stop).await?;
     let task = tokio::spawn(xibaar_sources::run(runners));
-    while watermark(js, name).await? < n as i64 {
+    while watermark(&store, name).await? < n as i64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let wall = started.elapsed();

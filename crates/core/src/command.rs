@@ -68,13 +68,21 @@ impl Command {
     /// A page of `notifications`: `None` when there are none or their priorities differ (a
     /// page lives in one priority's command stream).
     pub fn page(notifications: Vec<SendNotification>) -> Option<Self> {
-        let first = notifications.first()?;
+        let page = Command::SendNotifications(NotificationPage { notifications });
+        page.malformed().is_none().then_some(page)
+    }
+
+    /// Why a command (as decoded, not as built) cannot be carried out: a page without
+    /// notifications, or whose notifications differ in priority.
+    pub fn malformed(&self) -> Option<&'static str> {
+        let notifications = self.notifications();
+        let Some(first) = notifications.first() else {
+            return Some("a page without notifications");
+        };
         if notifications.iter().any(|n| n.priority != first.priority) {
-            return None;
+            return Some("a page whose notifications differ in priority");
         }
-        Some(Command::SendNotifications(NotificationPage {
-            notifications,
-        }))
+        None
     }
 
     /// The notifications it asks for, in order.

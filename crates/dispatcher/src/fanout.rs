@@ -180,18 +180,10 @@ impl FanOut {
     pub async fn handle(&self, message: &jetstream::Message) -> Result<Option<u64>, FanOutError> {
         let command: Command = serde_json::from_slice(&message.payload)
             .map_err(|e| FanOutError::Poison(e.to_string()))?;
+        if let Some(reason) = command.malformed() {
+            return Err(FanOutError::Poison(reason.into()));
+        }
         let notifications = command.notifications();
-        let Some(first) = notifications.first() else {
-            return Err(FanOutError::Poison("a page without notifications".into()));
-        };
-        if notifications.iter().any(|n| n.priority != first.priority) {
-            return Err(FanOutError::Poison(
-                "a page whose notifications differ in priority".into(),
-            ));
-        }
-        if let [send] = notifications {
-            return self.fan_out_retrying(send, message).await;
-        }
         // A `FuturesUnordered` filled by hand rather than `buffer_unordered` over a closure:
         // the closure's borrow of `self` does not satisfy the spawned task's `Send` bound.
         let mut waiting = notifications.iter();

@@ -27,12 +27,13 @@ pub(crate) struct Written {
 
 impl Runner {
     /// Stores the batch's rows, every one of them acknowledged by JetStream when it returns.
-    /// `built`: what the rows became as they were read (a row without is built here).
+    /// `built`: what the rows became as they were read (empty when they were not: each is
+    /// built here).
     /// `recovering`: the batch a crash left in flight, whose stored pages are skipped.
     pub(crate) async fn write_batch(
         &self,
         rows: &[Row],
-        built: Vec<Option<Built>>,
+        built: Vec<Built>,
         origins: &[Origin],
         mut recovering: Option<InFlight>,
     ) -> Result<Written, PollError> {
@@ -57,10 +58,7 @@ impl Runner {
         };
         let mut built = built.into_iter();
         for (i, (row, origin)) in rows.iter().zip(origins).enumerate() {
-            let built = built
-                .next()
-                .flatten()
-                .unwrap_or_else(|| emit::emit(plan, row, now));
+            let built = built.next().unwrap_or_else(|| emit::emit(plan, row, now));
             match built {
                 Ok(emit::Emitted::Notification(send)) => {
                     page.notifications.push(send);
@@ -117,13 +115,10 @@ impl Runner {
         due: Option<tokio::time::Instant>,
     ) -> Result<u64, PollError> {
         let through = std::mem::take(&mut page.through);
+        let count = page.notifications.len() as u64;
         let Some(message) = emit::page(std::mem::take(&mut page.notifications)) else {
             return Ok(0);
         };
-        let Some((_, ids)) = &message.page else {
-            unreachable!("a page names its notifications")
-        };
-        let count = ids.len() as u64;
         if let Some(in_flight) = recovering {
             if through > in_flight.through {
                 *recovering = None;

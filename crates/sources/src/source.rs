@@ -39,17 +39,17 @@ pub struct Runner {
 /// How often a source reading through a backlog looks for a pause and writes its status.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// The batch read while the one before it was stored, and where it starts.
+/// The batch read while the one before it was stored, from where that one left the position.
 pub(crate) struct Prefetched {
-    after: Vec<i64>,
     read: Result<Read, SqlError>,
-    /// The position the batch before it left, and its revision.
+    /// The position the batch before it left (its watermark is where this batch starts), and
+    /// its revision.
     position: (Position, u64),
 }
 
-/// A batch's rows, and what each becomes when that was built as it was read (`None`: read
+/// A batch's rows, and what each becomes when that was built as it was read (empty: read
 /// through without sending, at a first start).
-pub(crate) type Read = (Vec<Row>, Vec<Option<Built>>);
+pub(crate) type Read = (Vec<Row>, Vec<Built>);
 pub(crate) type Built = Result<emit::Emitted, String>;
 
 /// Rows built together on the blocking pool while the read goes on.
@@ -74,7 +74,7 @@ async fn read(
         building.push(tokio::task::spawn_blocking(move || {
             let built: Vec<_> = chunk
                 .iter()
-                .map(|row| Some(emit::emit(&plan, row, now)))
+                .map(|row| emit::emit(&plan, row, now))
                 .collect();
             (chunk, built)
         }));
@@ -98,8 +98,7 @@ async fn read(
     )
     .await?;
     if !build {
-        let built = rows.iter().map(|_| None).collect();
-        return Ok((rows, built));
+        return Ok((rows, Vec::new()));
     }
     if !chunk.is_empty() {
         hand_over(chunk);
@@ -286,14 +285,16 @@ impl Runner {
     ) -> Result<bool, PollError> {
         let plan = &self.plan;
         let columns = plan.columns.as_ref().expect("bound when connected");
-        let prefetched = prefetched_slot.take();
         // Right after a batch of its own, the source knows its position (any other writer
         // makes the compare-and-set below fail, and the next poll reads it again).
-        let (position, revision) = match prefetched.as_ref() {
-            Some(p) => p.position.clone(),
-            None => state::position(&self.store, &plan.name)
-                .await
-                .map_err(PollError::Nats)?,
+        let (prefetched, (position, revision)) = match prefetched_slot.take() {
+            Some(Prefetched { read, position }) => (Some(read), position),
+            None => (
+                None,
+                state::position(&self.store, &plan.name)
+                    .await
+                    .map_err(PollError::Nats)?,
+            ),
         };
         let after = position
             .watermark
@@ -302,10 +303,8 @@ impl Runner {
         let skipping = position.skipping
             || position.watermark.is_none() && plan.start == xibaar_config::SourceStart::Latest;
         let (rows, built) = match prefetched {
-            Some(Prefetched {
-                after: from, read, ..
-            }) if from == after => read?,
-            _ => {
+            Some(read) => read?,
+            None => {
                 read(
                     plan,
                     client.as_mut().expect("open when polled"),
@@ -412,11 +411,7 @@ impl Runner {
             .increment(written.rejected);
         status.emitted += written.emitted;
         status.rejected += written.rejected;
-        *prefetched_slot = next.map(|read| Prefetched {
-            after: through.clone(),
-            read,
-            position,
-        });
+        *prefetched_slot = next.map(|read| Prefetched { read, position });
         status.watermark = Some(through);
         Ok(full)
     }
