@@ -4,13 +4,17 @@
 //! 1. baseline: the bare FCM client pushing straight at a zero-latency stand-in; then the
 //!    JetStream floor (the stream writes, pull and ack every push needs, with nothing else), and
 //!    the bound the two together set on these cores;
-//! 2. sustained pushes/s through the whole dispatcher (fan-out, jobs, sender, outcome events,
-//!    sent-markers) at zero stand-in latency, as a ratio to the baseline;
+//! 2. sustained pushes/s through the whole dispatcher (fan-out, pages of jobs, sender, outcome
+//!    events) at zero stand-in latency, as a ratio to the baseline and to the CPU bound;
 //! 3. the same at 50 ms stand-in latency, as a ratio to what the FCM concurrency allows;
 //! 4. a 1,000,000-device broadcast with the stand-in enforcing 600,000/min (and the dispatcher
 //!    rate-limited to the same), against the 100 s floor the quota sets; urgent notifications
 //!    sent while it drains, accept→push p50/p99;
 //! 5. the dispatcher's peak RSS (VmHWM) in each run.
+//!
+//! `XIBAAR_BENCH_BASELINE=<an earlier xibaar binary>` runs the 0 ms broadcast three times
+//! through each binary alternately and prints their CPU per push side by side (with
+//! `XIBAAR_BENCH_ONLY=sustained`, only that and the baseline).
 //!
 //! The device registry is filled with one SQL statement (the dispatcher reads the read model;
 //! how the projector builds it is measured elsewhere).
@@ -129,9 +133,9 @@ filter = "warn"
         Ok(started.elapsed())
     }
 
-    fn spawn_dispatcher(&self) -> anyhow::Result<Child> {
+    fn spawn_dispatcher(&self, binary: &Path) -> anyhow::Result<Child> {
         let ops = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        Ok(Command::new(xibaar_binary())
+        Ok(Command::new(binary)
             .arg("--config")
             .arg(&self.config)
             .arg("dispatcher")
@@ -207,7 +211,17 @@ impl Run {
 
 /// Broadcasts to every device and waits until the stand-in has `devices` pushes.
 async fn broadcast(rig: &Rig, devices: usize, priority: Priority) -> anyhow::Result<(Run, Child)> {
-    let mut dispatcher = rig.spawn_dispatcher()?;
+    broadcast_with(rig, &xibaar_binary(), devices, priority).await
+}
+
+/// [`broadcast`] through the dispatcher of `binary`.
+async fn broadcast_with(
+    rig: &Rig,
+    binary: &Path,
+    devices: usize,
+    priority: Priority,
+) -> anyhow::Result<(Run, Child)> {
+    let mut dispatcher = rig.spawn_dispatcher(binary)?;
     let pids = [
         dispatcher.id(),
         rig.nats.pid().context("nats-server is not running")?,
@@ -296,15 +310,15 @@ fn bench_job(i: usize, notification_id: NotificationId) -> xibaar_core::Delivery
 }
 
 /// The JetStream floor: the work nats-server does for every push, with no FCM, no Postgres
-/// and no dispatcher. Each of `n` delivery jobs is stored (pipelined, with its `Nats-Msg-Id`,
-/// as the fan-out publishes), pulled from the low lane's durable consumer, then its
-/// sent-marker is put and its `delivery.succeeded` event stored side by side, and it is acked:
-/// the writes the sender makes per push, `CONCURRENCY` jobs at a time. Returns pushes/s and CPU
-/// µs per push of nats-server and of this process (publisher and consumer).
+/// and no dispatcher, in the design's own shape. Pages of 100 delivery jobs are stored
+/// (pipelined, with their `Nats-Msg-Id`, as the fan-out publishes), pulled from the low lane's
+/// durable consumer; each device's `delivery.succeeded` event is stored, `CONCURRENCY` at a
+/// time, and each page is acked once its events are stored. Returns pushes/s and CPU µs per
+/// push of nats-server and of this process (publisher and consumer).
 async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
     use futures::StreamExt;
-    use xibaar_core::{Actor, EventEnvelope, job::DEVICE_JOB_TYPE};
-    use xibaar_dispatcher::{Job, Marker};
+    use xibaar_core::{Actor, EventEnvelope, job::PAGE_JOB_TYPE};
+    use xibaar_dispatcher::Job;
     let consumer: async_nats::jetstream::consumer::PullConsumer = rig
         .js
         .get_stream(xibaar_streams::names::DELIVERIES)
@@ -312,14 +326,12 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
         .get_consumer(&xibaar_streams::consumers::sender(Priority::Low))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sent = rig
-        .js
-        .get_key_value(xibaar_streams::names::SENT_BUCKET)
-        .await?;
     let pids = [
         rig.nats.pid().context("nats-server is not running")?,
         std::process::id(),
     ];
+    let per_page = xibaar_core::job::DEVICES_PER_PAGE;
+    let pages = n.div_ceil(per_page);
     let before = cpu_times(&pids)?;
     let started = Instant::now();
     let publisher = {
@@ -327,11 +339,12 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
         tokio::spawn(async move {
             let notification_id = NotificationId::generate();
             let mut pipeline = xibaar_streams::Pipeline::new(js, 1_024);
-            for i in 0..n {
-                let job = bench_job(i, notification_id);
-                let headers = xibaar_streams::headers(&job.msg_id(), DEVICE_JOB_TYPE);
+            for p in 0..pages {
+                let page = bench_page(p * per_page..((p + 1) * per_page).min(n), notification_id);
+                let headers =
+                    xibaar_streams::headers(&page.msg_id().expect("not empty"), PAGE_JOB_TYPE);
                 pipeline
-                    .publish(job.subject(), headers, serde_json::to_vec(&job)?.into())
+                    .publish(page.subject(), headers, serde_json::to_vec(&page)?.into())
                     .await?;
             }
             pipeline.flush().await?;
@@ -340,48 +353,54 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
     };
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(CONCURRENCY)
+        .max_messages_per_batch(CONCURRENCY.div_ceil(per_page).max(2))
         .messages()
         .await?;
     let mut in_flight = futures::stream::FuturesUnordered::new();
+    let events = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let handle = |message: async_nats::jetstream::Message| {
-        let (js, sent) = (rig.js.clone(), sent.clone());
+        let (js, events) = (rig.js.clone(), events.clone());
         async move {
-            let job: xibaar_core::DeliveryJob = serde_json::from_slice(&message.payload)?;
-            let fcm_message_id = format!("projects/xibaar-local/messages/0:{}", job.device_id);
-            let marker = Marker::Sent {
-                fcm_message_id: fcm_message_id.clone(),
-                attempt: 1,
-            };
-            let envelope = EventEnvelope::new(
-                job.succeeded(1, fcm_message_id),
-                job.correlation_id.as_str(),
-                None,
-                Actor::system("sender"),
-            );
-            let (stored, recorded) = tokio::join!(
-                sent.put(job.marker(), marker.encode()),
-                xibaar_streams::publish_event(&js, &envelope)
-            );
-            stored?;
-            recorded?;
+            let page: xibaar_core::DeliveryPage = serde_json::from_slice(&message.payload)?;
+            let stored = futures::stream::iter(0..page.devices.len())
+                .map(|i| {
+                    let (js, events) = (js.clone(), events.clone());
+                    let job = page.job(i).expect("in the page");
+                    async move {
+                        let _place = events.acquire().await?;
+                        let fcm_message_id =
+                            format!("projects/xibaar-local/messages/0:{}", job.device_id);
+                        let envelope = EventEnvelope::new(
+                            job.succeeded(1, fcm_message_id),
+                            job.correlation_id.as_str(),
+                            None,
+                            Actor::system("sender"),
+                        );
+                        xibaar_streams::publish_event(&js, &envelope).await?;
+                        anyhow::Ok(())
+                    }
+                })
+                .buffer_unordered(per_page)
+                .collect::<Vec<_>>()
+                .await;
+            stored.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
             message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            anyhow::Ok(())
+            anyhow::Ok(page.devices.len())
         }
     };
     let (mut pulled, mut done) = (0usize, 0usize);
+    let pages_in_flight = (CONCURRENCY * 4).div_ceil(per_page);
     while done < n {
         tokio::select! {
-            message = messages.next(), if pulled < n && in_flight.len() < CONCURRENCY => match message {
+            message = messages.next(), if pulled < pages && in_flight.len() < pages_in_flight => match message {
                 Some(message) => {
                     pulled += 1;
                     in_flight.push(handle(message.map_err(|e| anyhow::anyhow!("{e}"))?));
                 }
-                None => anyhow::bail!("the consumer ended after {pulled} of {n} jobs"),
+                None => anyhow::bail!("the consumer ended after {pulled} of {pages} pages"),
             },
             Some(handled) = in_flight.next() => {
-                handled?;
-                done += 1;
+                done += handled?;
             }
         }
     }
@@ -389,6 +408,33 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
     publisher.await??;
     let cpu = cpu_per_operation(&before, &cpu_times(&pids)?, n);
     Ok((n as f64 / elapsed.as_secs_f64(), cpu))
+}
+
+/// Devices `range` as one delivery page, as the fan-out writes it.
+fn bench_page(
+    range: std::ops::Range<usize>,
+    notification_id: NotificationId,
+) -> xibaar_core::DeliveryPage {
+    let first = bench_job(range.start, notification_id);
+    let mut page = xibaar_core::DeliveryPage::new(
+        notification_id,
+        first.priority,
+        first.delivery.clone(),
+        first.correlation_id.clone(),
+        first.accepted_at,
+    );
+    for i in range {
+        let job = bench_job(i, notification_id);
+        page.push(
+            job.device_id,
+            job.customer_id,
+            job.token,
+            job.platform,
+            job.app_id,
+            job.content,
+        );
+    }
+    page
 }
 
 /// The bare FCM client: `n` pushes at `CONCURRENCY` in flight, nothing else. Returns pushes/s
@@ -443,8 +489,10 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism()?.get()
     );
 
-    // `XIBAAR_BENCH_ONLY=million` runs the last part alone (for profiling).
-    let only_million = std::env::var("XIBAAR_BENCH_ONLY").is_ok_and(|v| v == "million");
+    // `XIBAAR_BENCH_ONLY=million` runs the last part alone (for profiling);
+    // `XIBAAR_BENCH_ONLY=sustained` the first two (with `XIBAAR_BENCH_BASELINE`, the A/B).
+    let only = std::env::var("XIBAAR_BENCH_ONLY").unwrap_or_default();
+    let only_million = only == "million";
     let mut peak_rss: f64 = 0.0;
     if !only_million {
         // 1 + 2: zero latency, no quota.
@@ -455,7 +503,7 @@ async fn main() -> anyhow::Result<()> {
         );
         let (floor_rate, floor_cpu) = jetstream_floor(&rig, sustained_n).await?;
         println!(
-            "  JetStream floor, {sustained_n} jobs (stored, pulled, marker, event, ack; no FCM): {floor_rate:>9.0} pushes/s; CPU µs per push: {}",
+            "  JetStream floor, {sustained_n} pushes (pages of 100 stored, pulled, acked; an event per push; no FCM): {floor_rate:>9.0} pushes/s; CPU µs per push: {}",
             cpu_shares(&["nats-server", "benchmark"], &floor_cpu)
         );
         // nats-server's share of the floor and the bare client's are work every push needs; a
@@ -468,18 +516,39 @@ async fn main() -> anyhow::Result<()> {
             bound / 30_000.0
         );
         rig.seed(sustained_n).await?;
-        let (run, dispatcher) = broadcast(&rig, sustained_n, Priority::Normal).await?;
-        stop(dispatcher);
-        println!(
-            "  dispatcher, {sustained_n}-device broadcast, 0 ms FCM:  {:>9.0} pushes/s steady ({:.1} s total) = {:.2} of the bare client; target 30,000/s = {:.2}; peak RSS {:.1} MiB",
-            run.steady_rate,
-            run.total.as_secs_f64(),
-            run.steady_rate / baseline,
-            run.steady_rate / 30_000.0,
-            run.peak_rss_mib
-        );
-        println!("{}", run.cpu_line());
-        peak_rss = peak_rss.max(run.peak_rss_mib);
+        // `XIBAAR_BENCH_BASELINE=<an earlier xibaar binary>`: the same broadcast alternately
+        // through it and through this build, each round's CPU per push side by side.
+        let earlier = std::env::var_os("XIBAAR_BENCH_BASELINE").map(PathBuf::from);
+        let rounds = if earlier.is_some() { 3 } else { 1 };
+        for round in 1..=rounds {
+            let mut totals = Vec::new();
+            for (name, binary) in earlier
+                .iter()
+                .map(|b| ("earlier", b.clone()))
+                .chain([("this build", xibaar_binary())])
+            {
+                let (run, dispatcher) =
+                    broadcast_with(&rig, &binary, sustained_n, Priority::Normal).await?;
+                stop(dispatcher);
+                println!(
+                    "  round {round}, {name}: dispatcher, {sustained_n}-device broadcast, 0 ms FCM:  {:>9.0} pushes/s steady ({:.1} s total) = {:.2} of the bare client, {:.2} of the CPU bound; peak RSS {:.1} MiB",
+                    run.steady_rate,
+                    run.total.as_secs_f64(),
+                    run.steady_rate / baseline,
+                    run.steady_rate / bound,
+                    run.peak_rss_mib
+                );
+                println!("{}", run.cpu_line());
+                totals.push((run.cpu_per_push.iter().sum::<f64>(), run.cpu_per_push[1]));
+                peak_rss = peak_rss.max(run.peak_rss_mib);
+            }
+            if let [(earlier_total, earlier_nats), (total, nats)] = totals[..] {
+                println!(
+                    "  round {round}: CPU µs per push, all processes {total:.1} vs {earlier_total:.1} = {:.2} of the earlier binary's (target <= 0.5); nats-server {nats:.1} vs {earlier_nats:.1} (target <= 40)",
+                    total / earlier_total
+                );
+            }
+        }
         drop(rig);
 
         // 3: 50 ms latency.
@@ -498,6 +567,9 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", run.cpu_line());
         peak_rss = peak_rss.max(run.peak_rss_mib);
         drop(rig);
+        if only == "sustained" {
+            return Ok(());
+        }
     }
 
     // 4: a million devices under FCM's quota, urgent probes while it drains.

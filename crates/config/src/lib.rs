@@ -254,9 +254,9 @@ pub struct FcmApp {
 pub struct DispatcherConfig {
     /// Devices read from the registry per query during fan-out.
     pub fanout_page_size: u32,
-    /// Most delivery jobs a high-, normal- or low-priority fan-out lets wait in its lane: past
-    /// it, the fan-out publishes more only as the senders take them. Urgent fan-outs are never
-    /// held back.
+    /// Most devices a high-, normal- or low-priority fan-out lets wait in its lane (counted in
+    /// whole delivery pages): past it, the fan-out publishes more only as the senders take them.
+    /// Urgent fan-outs are never held back.
     pub fanout_max_backlog: u64,
     /// Delivery attempts before a job is dead-lettered.
     pub max_attempts: NonZeroU32,

@@ -18,7 +18,7 @@ pub mod subject;
 pub use command::{Command, NotificationPage, SendNotification};
 pub use event::{Actor, ActorKind, Decoded, Event, EventEnvelope, EventMeta};
 pub use ids::{CustomerId, DeviceId, FcmToken, InvalidId, NotificationId};
-pub use job::{DeliveryJob, TopicJob};
+pub use job::{DeliveryJob, DeliveryPage, PageDevice, TopicJob};
 pub use language::{Language, Text};
 pub use notification::{Audience, Category, Content, ContentError, DeliveryOptions, Platform};
 pub use priority::{Priority, UnknownPriority};

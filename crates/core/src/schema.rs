@@ -13,7 +13,7 @@ use crate::{
         NotificationAccepted, NotificationCanceled, NotificationFannedOut, NotificationScheduled,
         PreferencesChanged, TopicDelivery, WireEnvelope,
     },
-    job::{DeliveryJob, TopicJob},
+    job::{DeliveryJob, DeliveryPage, TopicJob},
 };
 
 /// Stand-in for the event's data in the envelope schema.
@@ -45,6 +45,10 @@ pub fn catalog() -> Vec<(String, Schema)> {
         ("commands/command.json".to_owned(), schema::<Command>()),
         ("jobs/delivery_job.json".to_owned(), schema::<DeliveryJob>()),
         ("jobs/topic_job.json".to_owned(), schema::<TopicJob>()),
+        (
+            "jobs/delivery_page.json".to_owned(),
+            schema::<DeliveryPage>(),
+        ),
     ];
     let events: [(&str, Schema); 15] = [
         ("notification.accepted", schema::<NotificationAccepted>()),

@@ -30,6 +30,11 @@ pub fn topic_delivery(priority: Priority, id: NotificationId) -> String {
     format!("xibaar.dlv.{priority}.{id}.~topic")
 }
 
+/// A page of a notification's devices. `~` cannot start a device id.
+pub fn delivery_page(priority: Priority, id: NotificationId) -> String {
+    format!("xibaar.dlv.{priority}.{id}.~page")
+}
+
 pub fn delivery_filter(priority: Priority) -> String {
     format!("xibaar.dlv.{priority}.>")
 }

@@ -1,22 +1,23 @@
-//! Fan-out: one command in, one delivery job per active device of its audience out.
+//! Fan-out: one command in, delivery pages (up to 100 active devices of its audience each) out.
 //!
 //! Order of effects, so that a crash at any point loses nothing and repeats nothing that
-//! JetStream's duplicate window does not absorb: `notification.accepted` event, delivery jobs
-//! (deterministic `Nats-Msg-Id` per notification and device, pipelined), `notification.fanned_out`
-//! event, then the command's ack. A redelivered command repeats the same publishes with the same
-//! ids, which JetStream drops.
+//! JetStream's duplicate window does not absorb: `notification.accepted` event, delivery pages
+//! (a `Nats-Msg-Id` from the notification and the page's last device, pipelined),
+//! `notification.fanned_out` event, then the command's ack. A redelivered command repeats the
+//! same publishes with the same ids, which JetStream drops.
 //!
-//! Progress: after each page of the audience is stored, `XIBAAR_FANOUT/<notification>` records
-//! the last device published and the jobs so far. A fan-out restarted after a crash (or after the
-//! duplicate window has passed) resumes after that device: nobody is skipped, and at most the
-//! unrecorded last page is published again, which the duplicate window absorbs.
+//! Progress: before the pages of a page of the audience are published,
+//! `XIBAAR_FANOUT/<notification>` records where each of them ends, after the last device of the
+//! pages before (see [`crate::publish`]). A fan-out restarted after a crash (or after the
+//! duplicate window has passed) publishes the recorded pages again, cut at the same devices,
+//! then reads on: nobody is skipped, and a page already stored is dropped as a repeat.
 //!
 //! Pacing: a high-, normal- or low-priority fan-out publishes a page only while its lane holds
-//! fewer than `max_backlog` jobs not yet acked by the senders, so a million-device broadcast is
-//! expanded as it is sent instead of being stored as a million jobs at once, and its later
-//! pages are read from the registry close to their sending time. Urgent fan-outs are never held
-//! back. A fan-out held back at shutdown hands its command back; it resumes after its last
-//! recorded device.
+//! fewer than `max_backlog` pages not yet acked by the senders, so a million-device broadcast is
+//! expanded as it is sent instead of being stored all at once, and its later pages are read
+//! from the registry close to their sending time. Urgent fan-outs are never held back. A
+//! fan-out held back at shutdown hands its command back; it resumes after its last recorded
+//! device.
 
 use std::time::Duration;
 
@@ -27,10 +28,9 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use xibaar_core::{
-    Actor, Audience, Command, DeliveryJob, Event, EventEnvelope, Priority, SendNotification,
-    TopicJob,
+    Actor, Audience, Command, Event, EventEnvelope, Priority, SendNotification, TopicJob,
     event::{FcmTarget, NotificationAccepted, NotificationFannedOut},
-    job::{DEVICE_JOB_TYPE, TOPIC_JOB_TYPE},
+    job::TOPIC_JOB_TYPE,
     notification::preference_filter,
 };
 use xibaar_streams::Pipeline;
@@ -63,7 +63,7 @@ pub enum FanOutError {
 pub struct Pacing {
     /// The senders' consumers on `XIBAAR_DELIVERIES`, in [`Priority::ALL`] order.
     pub senders: [PullConsumer; 4],
-    /// Jobs a lane may hold (published, not yet acked) before a fan-out waits.
+    /// Pages a lane may hold (published, not yet acked) before a fan-out waits.
     pub max_backlog: u64,
     pub shutdown: CancellationToken,
 }
@@ -73,7 +73,7 @@ impl Pacing {
     /// known to fit since the backlog was last read) before reading the backlog again. A lane
     /// under its limit takes a whole page, so it holds at most `max_backlog` plus a page per
     /// fan-out.
-    async fn admit(
+    pub(crate) async fn admit(
         &self,
         priority: Priority,
         jobs: u64,
@@ -114,13 +114,13 @@ impl Pacing {
 }
 
 /// Progress acks for a command whose fan-out outlasts the ack wait.
-struct Heartbeat<'a> {
-    command: &'a jetstream::Message,
-    last: Instant,
+pub(crate) struct Heartbeat<'a> {
+    pub(crate) command: &'a jetstream::Message,
+    pub(crate) last: Instant,
 }
 
 impl Heartbeat<'_> {
-    async fn beat(&mut self) {
+    pub(crate) async fn beat(&mut self) {
         if self.last.elapsed() > HEARTBEAT {
             let _ = self.command.ack_with(AckKind::Progress).await;
             self.last = Instant::now();
@@ -135,6 +135,9 @@ pub struct FanOut {
     /// The fan-out progress bucket.
     pub progress: kv::Store,
     pub pacing: Pacing,
+    /// What is known of the other dispatchers: while one of an earlier version runs, jobs are
+    /// stored one per device.
+    pub heard: tokio::sync::watch::Receiver<crate::share::Heard>,
 }
 
 /// Claims `key` for a fan-out: `Ok(None)` when the notification was canceled, otherwise the
@@ -144,6 +147,7 @@ async fn claim(progress: &kv::Store, key: &str) -> Result<Option<Progress>, FanO
         after: None,
         after_customer: None,
         published: 0,
+        pages: Some(Vec::new()),
     };
     let transient =
         |e: &dyn std::fmt::Display| FanOutError::Transient(format!("claiming the fan-out: {e}"));
@@ -308,7 +312,7 @@ impl FanOut {
         Ok(Some(targeted))
     }
 
-    async fn page(
+    pub(crate) async fn page(
         &self,
         send: &SendNotification,
         opted_in_to: Option<xibaar_core::Category>,
@@ -383,6 +387,11 @@ impl FanOut {
     /// `accepted` stores `notification.accepted`; no job is published before it is stored
     /// (outcomes of jobs must find their notification), but reading the progress and the first
     /// page of the audience overlap with it: an urgent notification saves two round trips.
+    ///
+    /// Each page of the audience is cut into pages of delivery jobs; their last devices are
+    /// recorded before they are published, so a fan-out resumed after a crash cuts the same
+    /// pages again (whatever changed in the registry meanwhile) and JetStream drops those it
+    /// holds.
     async fn publish_jobs(
         &self,
         send: &SendNotification,
@@ -391,89 +400,65 @@ impl FanOut {
         accepted: impl std::future::Future<Output = Result<(), FanOutError>>,
         resumed: Progress,
     ) -> Result<u64, FanOutError> {
-        let mut pipeline = Pipeline::new(self.js.clone(), PUBLISH_WINDOW);
-        let key = send.notification_id.to_string();
         let opted_in_to = preference_filter(send.priority, send.category);
         let start = async { self.page(send, opted_in_to, &resumed).await };
         let (stored, first) = tokio::join!(accepted, start);
         stored?;
-        let first = first?;
-        let mut prefetched = Some(first);
+        let mut prefetched = Some(first?);
         if let Some(after) = &resumed.after {
             tracing::info!(%after, published = resumed.published, "resuming a fan-out");
         }
-        let mut targeted = resumed.published;
-        // Every job of the fan-out is in its trace: read the span's traceparent once, not per
-        // device.
-        let traceparent = xibaar_streams::trace::current_traceparent();
-        let mut position = resumed;
-        let mut heartbeat = Heartbeat {
-            command,
-            last: Instant::now(),
+        let mut out = crate::publish::Out {
+            fanout: self,
+            send,
+            correlation,
+            key: send.notification_id.to_string(),
+            pipeline: Pipeline::new(self.js.clone(), PUBLISH_WINDOW),
+            // Every job of the fan-out is in its trace: read the span's traceparent once.
+            traceparent: xibaar_streams::trace::current_traceparent(),
+            heartbeat: Heartbeat {
+                command,
+                last: Instant::now(),
+            },
+            room: 0,
         };
-        let mut room = 0;
+        let mut position = resumed;
+        match position.pages.take() {
+            None => {
+                let page = prefetched.take().unwrap_or_default();
+                let full_page = page.len() == self.page_size as usize;
+                if !page.is_empty() {
+                    tracing::info!(
+                        devices = page.len(),
+                        "resuming a fan-out recorded one job per device: its next page goes out in that shape"
+                    );
+                }
+                out.publish_single_jobs(&mut position, page).await?;
+                if !full_page {
+                    return Ok(position.published);
+                }
+            }
+            Some(ends) if !ends.is_empty() => {
+                out.publish_again(&mut position, &ends, opted_in_to).await?;
+                prefetched = None;
+            }
+            Some(_) => {}
+        }
         loop {
             let page = match prefetched.take() {
                 Some(page) => page,
                 None => self.page(send, opted_in_to, &position).await?,
             };
-            let Some(last) = page.last() else { break };
-            self.pacing
-                .admit(send.priority, page.len() as u64, &mut room, &mut heartbeat)
-                .await?;
-            position.after = Some(last.device_id.clone());
-            position.after_customer = Some(last.customer_id.clone());
-            let full_page = page.len() == self.page_size as usize;
-            for recipient in page {
-                let job = DeliveryJob {
-                    notification_id: send.notification_id,
-                    priority: send.priority,
-                    device_id: recipient.device_id,
-                    customer_id: recipient.customer_id,
-                    token: recipient.token,
-                    platform: recipient.platform,
-                    app_id: recipient.app_id,
-                    // The device's language when the notification has it, else the default.
-                    content: send.content.for_locale(recipient.locale.as_deref()),
-                    delivery: send.delivery.clone(),
-                    correlation_id: correlation.to_owned(),
-                    accepted_at: send.accepted_at,
-                };
-                let payload = serde_json::to_vec(&job)
-                    .map_err(|e| FanOutError::Poison(format!("encoding a delivery job: {e}")))?;
-                let headers = xibaar_streams::traced_headers(
-                    &job.msg_id(),
-                    DEVICE_JOB_TYPE,
-                    traceparent.as_deref(),
-                );
-                pipeline
-                    .publish(job.subject(), headers, Bytes::from(payload))
-                    .await
-                    .map_err(|e| {
-                        FanOutError::Transient(format!("publishing a delivery job: {e}"))
-                    })?;
-                targeted += 1;
+            if page.is_empty() {
+                break;
             }
-            pipeline
-                .flush()
-                .await
-                .map_err(|e| FanOutError::Transient(format!("storing delivery jobs: {e}")))?;
-            position.published = targeted;
-            let progress = FanOutState::Progress(position.clone());
-            self.progress
-                .put(key.as_str(), progress.encode())
-                .await
-                .map_err(|e| FanOutError::Transient(format!("recording fan-out progress: {e}")))?;
-            // A large audience takes longer than the ack wait: tell JetStream we are alive.
-            heartbeat.beat().await;
+            let full_page = page.len() == self.page_size as usize;
+            out.publish_pages(&mut position, page).await?;
             if !full_page {
                 break;
             }
         }
-        pipeline
-            .flush()
-            .await
-            .map_err(|e| FanOutError::Transient(format!("storing delivery jobs: {e}")))?;
-        Ok(targeted)
+        out.flush().await?;
+        Ok(position.published)
     }
 }

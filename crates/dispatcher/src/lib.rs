@@ -7,10 +7,14 @@
 //!   bounded share for lower levels, all sharing the FCM client's concurrency.
 
 mod fanout;
+mod job;
 mod lane;
 mod mux;
+mod page;
+mod publish;
 mod sender;
-mod share;
+pub mod share;
+mod slots;
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,13 +25,20 @@ use sqlx::PgPool;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use xibaar_core::Priority;
+use xibaar_core::{
+    Priority,
+    job::{DEVICES_PER_PAGE, PAGE_JOB_TYPE},
+};
 use xibaar_fcm::FcmClient;
+
+use crate::slots::Slots;
 use xibaar_streams::{consumers, names, trace};
 
 pub use fanout::{FanOut, FanOutError, Pacing};
+pub use job::Job;
 pub use mux::PriorityMux;
-pub use sender::{Job, Marker, Outcome, RetryPolicy, Sender};
+pub use page::PageRecord;
+pub use sender::{Marker, Outcome, RetryPolicy, Sender};
 pub use xibaar_streams::fanout::{FanOutState, Progress};
 
 /// Commands fanned out at once per priority level. Most notifications are one customer's (a
@@ -38,8 +49,10 @@ pub use xibaar_streams::fanout::{FanOutState, Progress};
 const FANOUT_WORKERS_PER_LEVEL: usize = 32;
 /// One lower-level pick in this many when urgent work is waiting.
 const FAIR_EVERY: u64 = 16;
-/// Jobs in hand per FCM slot: the others are having their outcome recorded.
+/// Devices in hand per FCM slot: the others are having their outcome recorded.
 const RECORDING_FACTOR: usize = 4;
+/// The header naming a message's kind.
+const XIBAAR_TYPE: &str = "Xibaar-Type";
 
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
@@ -174,6 +187,21 @@ impl Dispatcher {
         else {
             return Ok(());
         };
+        let mut tasks = JoinSet::new();
+        // FCM's rate is the project's: find the other dispatchers before the first push, and
+        // whether any of them reads only jobs of one device before the first fan-out.
+        let (heard_tx, mut heard) = tokio::sync::watch::channel(share::Heard::default());
+        {
+            let (client, fcm, shutdown) = (self.js.client(), self.fcm.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                share::keep_share(client, fcm, heard_tx, shutdown).await;
+                Ok(())
+            });
+        }
+        tokio::select! {
+            _ = heard.wait_for(|heard| heard.ready) => {}
+            _ = shutdown.cancelled() => {}
+        }
         let fanout = Arc::new(FanOut {
             js: self.js.clone(),
             pool: self.pool.clone(),
@@ -181,11 +209,15 @@ impl Dispatcher {
             progress,
             pacing: Pacing {
                 senders: senders.clone(),
-                max_backlog: self.settings.fanout_max_backlog,
+                // The lanes hold pages: the backlog in devices, counted in pages.
+                max_backlog: self
+                    .settings
+                    .fanout_max_backlog
+                    .div_ceil(publish::devices_per_page(self.settings.fanout_page_size) as u64),
                 shutdown: shutdown.clone(),
             },
+            heard,
         });
-        let mut tasks = JoinSet::new();
         for (priority, consumer) in Priority::ALL.into_iter().zip(commands) {
             let commands = lane::spawn(
                 format!("{}.{}", priority.command_stream(), consumers::DISPATCHER),
@@ -207,25 +239,15 @@ impl Dispatcher {
             retry: self.settings.retry.clone(),
             sent,
         });
-        // FCM's rate is the project's: find the other dispatchers before the first push.
-        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
-        {
-            let (client, fcm, shutdown) = (self.js.client(), self.fcm.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                share::keep_share(client, fcm, ready_tx, shutdown).await;
-                Ok(())
-            });
-        }
-        tokio::select! {
-            _ = ready.wait_for(|ready| *ready) => {}
-            _ = shutdown.cancelled() => {}
-        }
         let mut lanes = Vec::new();
         for (priority, consumer) in Priority::ALL.into_iter().zip(senders) {
             let name = consumers::sender(priority);
             // A small buffer per lane: buffered jobs wait while more urgent ones go first, and a
-            // job must not outwait its ack deadline in the buffer.
-            let batch = self.settings.send_concurrency.clamp(1, 256);
+            // job must not outwait its ack deadline in the buffer. Jobs are mostly pages: the
+            // buffer holds about as many devices as the sender keeps in hand.
+            let batch = (self.settings.send_concurrency * RECORDING_FACTOR)
+                .div_ceil(DEVICES_PER_PAGE)
+                .clamp(4, 256);
             lanes.push(lane::stream(lane::spawn(
                 name,
                 consumer,
@@ -340,10 +362,12 @@ where
     S: futures::Stream<Item = jetstream::Message> + Unpin,
 {
     let mut mux = PriorityMux::new(lanes, FAIR_EVERY);
-    // `slots`: jobs at FCM (up to its concurrency). `in_hand`: jobs taken and not yet acked,
-    // including those whose outcome is being recorded, so the FCM pipe stays full meanwhile.
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let in_hand = Arc::new(Semaphore::new(concurrency.max(1) * RECORDING_FACTOR));
+    // `slots`: pushes at FCM (up to its concurrency), given most urgent first. `in_hand`:
+    // devices taken and not yet acked, including those whose outcome is being recorded, so the
+    // FCM pipe stays full meanwhile.
+    let slots = Slots::new(concurrency.max(1), FAIR_EVERY);
+    let in_hand_limit = concurrency.max(1) * RECORDING_FACTOR;
+    let in_hand = Arc::new(Semaphore::new(in_hand_limit));
     let mut running = JoinSet::new();
     let fcm = sender.fcm.clone();
     loop {
@@ -355,13 +379,11 @@ where
                 _ = tokio::time::sleep(pause.min(Duration::from_secs(1))) => continue,
             }
         }
-        let held = tokio::select! {
+        // Room for one device first, so that the job taken next is the most urgent one waiting
+        // when room appears; then room for the rest of its devices.
+        let mut held = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = in_hand.clone().acquire_owned() => p?,
-        };
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p?,
         };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -370,18 +392,36 @@ where
         let Some((priority, message)) = next else {
             break;
         };
-        let sender = sender.clone();
-        let span = tracing::info_span!("push", %priority, subject = %message.subject);
+        let devices = devices_in(&message).min(in_hand_limit);
+        if devices > 1 {
+            tokio::select! {
+                more = in_hand.clone().acquire_many_owned(devices as u32 - 1) => held.merge(more?),
+                _ = shutdown.cancelled() => {
+                    lane::hand_back(&message).await;
+                    break;
+                }
+            }
+        }
+        let (sender, slots, stop) = (sender.clone(), slots.clone(), shutdown.clone());
+        let span = tracing::info_span!("push", %priority, subject = %message.subject, devices);
         trace::continue_from_headers(&span, message.headers.as_ref());
         running.spawn(
             async move {
                 let _held = held;
-                match sender.handle(&message, permit).await {
-                    Ok(outcome) => sender::count(outcome, priority),
-                    Err(e) => tracing::error!(
+                let handled = if is_page(&message) {
+                    sender.handle_page(&message, priority, &slots, &stop).await
+                } else {
+                    let slot = slots.acquire(priority).await;
+                    sender
+                        .handle(&message, slot)
+                        .await
+                        .map(|outcome| sender::count(outcome, priority))
+                };
+                if let Err(e) = handled {
+                    tracing::error!(
                         error = format!("{e:#}"),
                         "delivery job not recorded; it will be redelivered"
-                    ),
+                    );
                 }
             }
             .instrument(span),
@@ -396,9 +436,33 @@ where
         lane::hand_back(&message).await;
         handed_back += 1;
     }
-    // Jobs already at FCM finish and record their outcome.
+    // Jobs already at FCM finish and record their outcome; pages hand back their devices not
+    // yet sent.
     let finishing = running.len();
     while running.join_next().await.is_some() {}
     tracing::info!(handed_back, finished = finishing, "sender stopped");
     Ok(())
+}
+
+fn is_page(message: &jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(XIBAAR_TYPE))
+        .is_some_and(|v| v.as_str() == PAGE_JOB_TYPE)
+}
+
+/// How many devices a job carries: a page says so in `Xibaar-Devices`; one that does not is
+/// counted as a full page.
+fn devices_in(message: &jetstream::Message) -> usize {
+    if !is_page(message) {
+        return 1;
+    }
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(publish::DEVICES_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(DEVICES_PER_PAGE)
+        .max(1)
 }

@@ -1,4 +1,5 @@
-//! The sender: one delivery job in, one FCM request, one outcome event, then the ack.
+//! The sender: one delivery job in, one FCM request, one outcome event, then the ack. (A page
+//! of devices goes through the same steps per device: see [`crate::page`].)
 //!
 //! - success → `delivery.succeeded`;
 //! - dead token (UNREGISTERED, SENDER_ID_MISMATCH, INVALID_ARGUMENT on the token) →
@@ -29,19 +30,16 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, kv};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use xibaar_core::{
-    Actor, DeliveryJob, DeliveryOptions, Event, EventEnvelope, TopicJob,
-    event::{
-        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded,
-        DeviceTokenInvalidated, TopicDelivery, TopicOutcome,
-    },
-    job::TOPIC_JOB_TYPE,
+    Actor, DeliveryJob, Event, EventEnvelope, TopicJob, event::DeliveryFailure, job::TOPIC_JOB_TYPE,
 };
-use xibaar_fcm::{FcmClient, FcmClientError, Message};
+use xibaar_fcm::{FcmClient, FcmClientError};
 
 use xibaar_streams::publish_event;
+
+use crate::{job::Job, slots::Slot};
 
 /// How long a sent-marker's or an outcome event's store is retried: past a bucket leader's election (4–10 s), well
 /// within the delivery consumers' ack wait (30 s).
@@ -140,7 +138,7 @@ impl Sender {
     pub async fn handle(
         &self,
         message: &jetstream::Message,
-        fcm_slot: tokio::sync::OwnedSemaphorePermit,
+        fcm_slot: Slot,
     ) -> anyhow::Result<Outcome> {
         let kind = message
             .headers
@@ -157,7 +155,7 @@ impl Sender {
     async fn handle_job<J: Job>(
         &self,
         message: &jetstream::Message,
-        fcm_slot: tokio::sync::OwnedSemaphorePermit,
+        fcm_slot: Slot,
     ) -> anyhow::Result<Outcome> {
         let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
         let job: J = match serde_json::from_slice(&message.payload) {
@@ -191,18 +189,28 @@ impl Sender {
             }
         }
         let attempt = failed_before + 1;
-        if job.delivery().expires_at.is_some_and(|at| at <= Utc::now()) {
+        let expires_at = job.delivery().expires_at;
+        if expires_at.is_some_and(|at| at <= Utc::now()) {
             self.expire(&job, message, failed_before).await?;
             return Ok(Outcome::Expired);
         }
         let answer = self.fcm.send(job.app_id(), &job.message()).await;
         drop(fcm_slot);
-        let outcome = match answer {
-            Ok(sent) => {
-                tracing::debug!(attempt, fcm_message_id = %sent.name, "pushed");
+        let verdict = self.judge(
+            job.app_id(),
+            expires_at,
+            attempt,
+            failed_before,
+            answer,
+            job.token_invalidated("").is_some(),
+        );
+        let outcome = verdict.outcome();
+        match verdict {
+            Verdict::Sent { fcm_message_id } => {
+                tracing::debug!(attempt, %fcm_message_id, "pushed");
                 // Marker and outcome event are stored side by side; both before the ack.
                 let marker_value = Marker::Sent {
-                    fcm_message_id: sent.name.clone(),
+                    fcm_message_id: fcm_message_id.clone(),
                     attempt,
                 }
                 .encode();
@@ -215,40 +223,97 @@ impl Sender {
                 );
                 let (stored, recorded) = tokio::join!(
                     store_marker,
-                    self.record(&job, message, job.succeeded(attempt, sent.name))
+                    self.record(&job, message, job.succeeded(attempt, fcm_message_id))
                 );
                 if let Err(e) = stored {
                     let error = e.map_or_else(|| "timed out".to_owned(), |e| e.to_string());
                     tracing::warn!(%error, "storing a sent-marker failed; a crash before the ack would repeat this push");
                 }
                 recorded?;
-                Outcome::Sent
             }
-            Err(FcmClientError::Fcm(e))
-                if e.token_is_invalid()
-                    && let Some(invalidated) = job.token_invalidated(e.code.as_str()) =>
-            {
-                self.record(&job, message, invalidated).await?;
-                self.fail(
+            Verdict::Final {
+                reason,
+                code,
+                detail,
+                dead_letter,
+            } => {
+                if reason == DeliveryFailure::InvalidToken
+                    && let Some(invalidated) = job.token_invalidated(code.as_deref().unwrap_or(""))
+                {
+                    self.record(&job, message, invalidated).await?;
+                }
+                if dead_letter {
+                    xibaar_streams::dlq::dead_letter(
+                        &self.js,
+                        message,
+                        &format!("{}: {detail}", reason.as_str()),
+                    )
+                    .await?;
+                }
+                self.record(
                     &job,
                     message,
-                    attempt,
-                    DeliveryFailure::InvalidToken,
-                    Some(e.code.as_str()),
-                    &e.to_string(),
-                    false,
+                    job.failed(attempt, reason, code.as_deref(), &detail),
                 )
                 .await?;
-                Outcome::Invalid
             }
+            Verdict::Expired { attempt } => {
+                self.record(&job, message, job.expired(attempt)).await?;
+            }
+            Verdict::Retry { delay, detail } => {
+                if let Err(e) = self
+                    .sent
+                    .put(
+                        marker.as_str(),
+                        Marker::Failed { attempts: attempt }.encode(),
+                    )
+                    .await
+                {
+                    // The retry still happens; it may get one attempt more than configured.
+                    tracing::warn!(error = %e, "recording a failed attempt failed");
+                }
+                tracing::info!(error = %detail, attempt, ?delay, "FCM send failed; will retry");
+                ack(message, AckKind::Nak(Some(delay))).await;
+                return Ok(outcome);
+            }
+            Verdict::Pause { delay } => {
+                ack(message, AckKind::Nak(Some(delay))).await;
+                return Ok(outcome);
+            }
+        }
+        ack(message, AckKind::Ack).await;
+        Ok(outcome)
+    }
+
+    /// What FCM's `answer` to attempt `attempt` means for a device or topic of `app_id`.
+    /// `has_token`: a dead token is reported as such (a topic has none).
+    pub(crate) fn judge(
+        &self,
+        app_id: &str,
+        expires_at: Option<DateTime<Utc>>,
+        attempt: u32,
+        failed_before: u32,
+        answer: Result<xibaar_fcm::SentMessage, FcmClientError>,
+        has_token: bool,
+    ) -> Verdict {
+        match answer {
+            Ok(sent) => Verdict::Sent {
+                fcm_message_id: sent.name,
+            },
+            Err(FcmClientError::Fcm(e)) if e.token_is_invalid() && has_token => Verdict::Final {
+                reason: DeliveryFailure::InvalidToken,
+                code: Some(e.code.as_str().to_owned()),
+                detail: e.to_string(),
+                dead_letter: false,
+            },
             Err(e)
                 if e.is_transient()
                     || matches!(&e, FcmClientError::Fcm(f) if f.is_credential_failure()) =>
             {
                 // A failure that opened the project's circuit (or a failed probe) is the
                 // project's fault, not this job's: it waits with the others, attempts intact.
-                if let Some(retry_in) = self.fcm.paused_for_app(job.app_id()) {
-                    return self.pause(&job, message, failed_before, retry_in).await;
+                if let Some(retry_in) = self.fcm.paused_for_app(app_id) {
+                    return pause(retry_in, expires_at, failed_before);
                 }
                 let reason = match &e {
                     FcmClientError::Fcm(f) if f.is_credential_failure() => {
@@ -257,85 +322,36 @@ impl Sender {
                     _ => DeliveryFailure::RetriesExhausted,
                 };
                 if attempt >= self.retry.max_attempts {
-                    let code = fcm_code(&e);
-                    self.fail(
-                        &job,
-                        message,
-                        attempt,
+                    return Verdict::Final {
                         reason,
-                        code.as_deref(),
-                        &e.to_string(),
-                        true,
-                    )
-                    .await?;
-                    Outcome::Failed
-                } else {
-                    let retry_after = match &e {
-                        FcmClientError::Fcm(f) => f.retry_after,
-                        _ => None,
+                        code: fcm_code(&e),
+                        detail: e.to_string(),
+                        dead_letter: true,
                     };
-                    let delay = self.retry.delay(attempt, retry_after);
-                    let retry_at =
-                        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    if job.delivery().expires_at.is_some_and(|at| at <= retry_at) {
-                        self.expire(&job, message, attempt).await?;
-                        return Ok(Outcome::Expired);
-                    }
-                    if let Err(e) = self
-                        .sent
-                        .put(
-                            marker.as_str(),
-                            Marker::Failed { attempts: attempt }.encode(),
-                        )
-                        .await
-                    {
-                        // The retry still happens; it may get one attempt more than configured.
-                        tracing::warn!(error = %e, "recording a failed attempt failed");
-                    }
-                    tracing::info!(error = %e, attempt, ?delay, "FCM send failed; will retry");
-                    ack(message, AckKind::Nak(Some(delay))).await;
-                    return Ok(Outcome::Retrying);
+                }
+                let retry_after = match &e {
+                    FcmClientError::Fcm(f) => f.retry_after,
+                    _ => None,
+                };
+                let delay = self.retry.delay(attempt, retry_after);
+                if expires_past(expires_at, delay) {
+                    return Verdict::Expired { attempt };
+                }
+                Verdict::Retry {
+                    delay,
+                    detail: e.to_string(),
                 }
             }
             Err(FcmClientError::CircuitOpen { retry_in, .. }) => {
-                return self.pause(&job, message, failed_before, retry_in).await;
+                pause(retry_in, expires_at, failed_before)
             }
-            Err(e) => {
-                let code = fcm_code(&e);
-                self.fail(
-                    &job,
-                    message,
-                    attempt,
-                    DeliveryFailure::Rejected,
-                    code.as_deref(),
-                    &e.to_string(),
-                    true,
-                )
-                .await?;
-                Outcome::Failed
-            }
-        };
-        ack(message, AckKind::Ack).await;
-        Ok(outcome)
-    }
-
-    /// Not an attempt: hands the job back for when the circuit lets a probe through. The jitter
-    /// spreads the returning jobs so they do not all meet the probe at once.
-    async fn pause(
-        &self,
-        job: &impl Job,
-        message: &jetstream::Message,
-        failed_before: u32,
-        retry_in: Duration,
-    ) -> anyhow::Result<Outcome> {
-        let delay = retry_in + retry_in.mul_f64(rand::rng().random_range(0.0..0.5));
-        let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        if job.delivery().expires_at.is_some_and(|at| at <= retry_at) {
-            self.expire(job, message, failed_before).await?;
-            return Ok(Outcome::Expired);
+            Err(e) => Verdict::Final {
+                reason: DeliveryFailure::Rejected,
+                code: fcm_code(&e),
+                detail: e.to_string(),
+                dead_letter: true,
+            },
         }
-        ack(message, AckKind::Nak(Some(delay))).await;
-        Ok(Outcome::Paused)
     }
 
     /// Records `delivery.expired` and acks: the push would arrive stale.
@@ -350,36 +366,19 @@ impl Sender {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn fail(
-        &self,
-        job: &impl Job,
-        message: &jetstream::Message,
-        attempt: u32,
-        reason: DeliveryFailure,
-        error_code: Option<&str>,
-        detail: &str,
-        dead_letter: bool,
-    ) -> anyhow::Result<()> {
-        if dead_letter {
-            xibaar_streams::dlq::dead_letter(
-                &self.js,
-                message,
-                &format!("{}: {detail}", reason.as_str()),
-            )
-            .await?;
-        }
-        self.record(
-            job,
-            message,
-            job.failed(attempt, reason, error_code, detail),
-        )
-        .await
-    }
-
     async fn record(
         &self,
         job: &impl Job,
+        message: &jetstream::Message,
+        event: Event,
+    ) -> anyhow::Result<()> {
+        self.store_event(job.correlation_id(), message, event).await
+    }
+
+    /// Stores an outcome `event` of a job taken from `message`.
+    pub(crate) async fn store_event(
+        &self,
+        correlation_id: &str,
         message: &jetstream::Message,
         event: Event,
     ) -> anyhow::Result<()> {
@@ -388,7 +387,7 @@ impl Sender {
             .ok()
             .map(|i| format!("{}:{}", i.stream, i.stream_sequence));
         let actor = Actor::system("sender");
-        let envelope = EventEnvelope::new(event, job.correlation_id(), causation, actor);
+        let envelope = EventEnvelope::new(event, correlation_id, causation, actor);
         // Retried through an election of the event stream's leader (the event's id makes a
         // retry of a store whose answer was lost a duplicate JetStream drops), rather than
         // leaving the job to come back after its ack wait.
@@ -408,156 +407,67 @@ impl Sender {
     }
 }
 
-/// What the sender needs of a job, device or topic: its marker key and the events it records
-/// (public so that the dispatcher benchmark's JetStream floor writes exactly what the sender
-/// writes).
-pub trait Job: serde::de::DeserializeOwned {
-    const KIND: &'static str;
-    fn app_id(&self) -> &str;
-    fn delivery(&self) -> &DeliveryOptions;
-    fn correlation_id(&self) -> &str;
-    /// Its key in `XIBAAR_SENT`.
-    fn marker(&self) -> String;
-    fn message(&self) -> Message;
-    fn succeeded(&self, attempt: u32, fcm_message_id: String) -> Event;
-    fn failed(
-        &self,
-        attempt: u32,
+/// What an FCM answer means for one device (or topic).
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    Sent {
+        fcm_message_id: String,
+    },
+    /// No retry: the outcome is `delivery.failed` with `reason` (for a dead token also
+    /// `device.token_invalidated`), and a dead letter when `dead_letter`.
+    Final {
         reason: DeliveryFailure,
-        error_code: Option<&str>,
-        detail: &str,
-    ) -> Event;
-    fn expired(&self, attempt: u32) -> Event;
-    /// The event for a token FCM no longer knows; `None` when the job has no token.
-    fn token_invalidated(&self, error_code: &str) -> Option<Event>;
+        code: Option<String>,
+        detail: String,
+        dead_letter: bool,
+    },
+    /// The push would arrive stale: `delivery.expired` after `attempt` attempts.
+    Expired {
+        attempt: u32,
+    },
+    /// A failed attempt; the next after `delay`.
+    Retry {
+        delay: Duration,
+        detail: String,
+    },
+    /// Not an attempt: the project's circuit is open; back after `delay`.
+    Pause {
+        delay: Duration,
+    },
 }
 
-impl Job for DeliveryJob {
-    const KIND: &'static str = "delivery job";
-
-    fn app_id(&self) -> &str {
-        &self.app_id
-    }
-    fn delivery(&self) -> &DeliveryOptions {
-        &self.delivery
-    }
-    fn correlation_id(&self) -> &str {
-        &self.correlation_id
-    }
-    fn marker(&self) -> String {
-        self.marker_key()
-    }
-    fn message(&self) -> Message {
-        Message::for_job(self)
-    }
-    fn succeeded(&self, attempt: u32, fcm_message_id: String) -> Event {
-        Event::DeliverySucceeded(DeliverySucceeded {
-            notification_id: self.notification_id,
-            priority: self.priority,
-            device_id: self.device_id.clone(),
-            customer_id: self.customer_id.clone(),
-            attempt,
-            fcm_message_id,
-        })
-    }
-    fn failed(
-        &self,
-        attempt: u32,
-        reason: DeliveryFailure,
-        error_code: Option<&str>,
-        detail: &str,
-    ) -> Event {
-        Event::DeliveryFailed(DeliveryFailed {
-            notification_id: self.notification_id,
-            priority: self.priority,
-            device_id: self.device_id.clone(),
-            customer_id: self.customer_id.clone(),
-            attempt,
-            reason,
-            error_code: error_code.map(str::to_owned),
-            detail: detail.to_owned(),
-        })
-    }
-    fn expired(&self, attempt: u32) -> Event {
-        Event::DeliveryExpired(DeliveryExpired {
-            notification_id: self.notification_id,
-            priority: self.priority,
-            device_id: self.device_id.clone(),
-            customer_id: self.customer_id.clone(),
-            attempt,
-            expired_at: Utc::now(),
-        })
-    }
-    fn token_invalidated(&self, error_code: &str) -> Option<Event> {
-        Some(Event::DeviceTokenInvalidated(DeviceTokenInvalidated {
-            device_id: self.device_id.clone(),
-            customer_id: Some(self.customer_id.clone()),
-            token: self.token.clone(),
-            error_code: error_code.to_owned(),
-        }))
+impl Verdict {
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            Verdict::Sent { .. } => Outcome::Sent,
+            Verdict::Final {
+                reason: DeliveryFailure::InvalidToken,
+                ..
+            } => Outcome::Invalid,
+            Verdict::Final { .. } => Outcome::Failed,
+            Verdict::Expired { .. } => Outcome::Expired,
+            Verdict::Retry { .. } => Outcome::Retrying,
+            Verdict::Pause { .. } => Outcome::Paused,
+        }
     }
 }
 
-fn topic_outcome(job: &TopicJob, attempt: u32, outcome: TopicOutcome) -> Event {
-    Event::TopicDelivery(TopicDelivery {
-        notification_id: job.notification_id,
-        priority: job.priority,
-        app_id: job.app_id.clone(),
-        target: job.target.clone(),
-        attempt,
-        outcome,
-    })
+/// Whether a notification expiring at `expires_at` would be stale `delay` from now.
+pub(crate) fn expires_past(expires_at: Option<DateTime<Utc>>, delay: Duration) -> bool {
+    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    expires_at.is_some_and(|expires| expires <= at)
 }
 
-impl Job for TopicJob {
-    const KIND: &'static str = "topic job";
-
-    fn app_id(&self) -> &str {
-        &self.app_id
-    }
-    fn delivery(&self) -> &DeliveryOptions {
-        &self.delivery
-    }
-    fn correlation_id(&self) -> &str {
-        &self.correlation_id
-    }
-    fn marker(&self) -> String {
-        format!("{}.~topic", self.notification_id)
-    }
-    fn message(&self) -> Message {
-        Message::for_topic_job(self)
-    }
-    fn succeeded(&self, attempt: u32, fcm_message_id: String) -> Event {
-        topic_outcome(self, attempt, TopicOutcome::Succeeded { fcm_message_id })
-    }
-    fn failed(
-        &self,
-        attempt: u32,
-        reason: DeliveryFailure,
-        error_code: Option<&str>,
-        detail: &str,
-    ) -> Event {
-        topic_outcome(
-            self,
-            attempt,
-            TopicOutcome::Failed {
-                reason,
-                error_code: error_code.map(str::to_owned),
-                detail: detail.to_owned(),
-            },
-        )
-    }
-    fn expired(&self, attempt: u32) -> Event {
-        topic_outcome(
-            self,
-            attempt,
-            TopicOutcome::Expired {
-                expired_at: Utc::now(),
-            },
-        )
-    }
-    fn token_invalidated(&self, _: &str) -> Option<Event> {
-        None
+/// Hands the work back for when the circuit lets a probe through. The jitter spreads the
+/// returning jobs so they do not all meet the probe at once.
+fn pause(retry_in: Duration, expires_at: Option<DateTime<Utc>>, failed_before: u32) -> Verdict {
+    let delay = retry_in + retry_in.mul_f64(rand::rng().random_range(0.0..0.5));
+    if expires_past(expires_at, delay) {
+        Verdict::Expired {
+            attempt: failed_before,
+        }
+    } else {
+        Verdict::Pause { delay }
     }
 }
 
@@ -569,7 +479,7 @@ fn fcm_code(e: &FcmClientError) -> Option<String> {
     }
 }
 
-async fn ack(message: &jetstream::Message, kind: AckKind) {
+pub(crate) async fn ack(message: &jetstream::Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
         // The outcome is recorded; a lost ack means a redelivery, bounded by the ack wait.
         tracing::warn!(error = %e, "acknowledging a delivery job failed");

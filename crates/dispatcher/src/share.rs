@@ -4,6 +4,11 @@
 //! (`xibaar.dispatchers.present.<instance>`), counts the dispatchers heard within [`STALE`],
 //! and keeps to that share of the rate.
 //!
+//! The announcement also says what the dispatcher reads: `delivery_page`. Earlier versions
+//! announce nothing and read only jobs of one device; while one of them is heard, fan-outs
+//! publish jobs of one device ([`Heard::older_senders`]), so a rolling upgrade parks nothing in
+//! the DLQ.
+//!
 //! The sum never exceeds the rate for long: a dispatcher starting listens for one interval
 //! before its first push, so it knows the others, and the others lower their share within an
 //! interval of hearing it. In that interval the newcomer may send while the others still hold
@@ -29,18 +34,32 @@ pub const INTERVAL: Duration = Duration::from_secs(2);
 pub const STALE: Duration = Duration::from_secs(7);
 const SUBJECTS: &str = "xibaar.dispatchers.present.*";
 
-/// Keeps `fcm`'s share of every project's rate to `1 / dispatchers heard`. `ready` turns true
-/// once the first interval has been listened to (or NATS could not be heard: then alone).
+/// What the announcement of a dispatcher that reads delivery pages carries.
+const READS_PAGES: &[u8] = xibaar_core::job::PAGE_JOB_TYPE.as_bytes();
+
+/// What a dispatcher knows of the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// The first interval has been listened to (or NATS could not be heard: then alone).
+    pub ready: bool,
+    /// A dispatcher of an earlier version, which reads only jobs of one device, was heard
+    /// within [`STALE`].
+    pub older_senders: bool,
+}
+
+/// Keeps `fcm`'s share of every project's rate to `1 / dispatchers heard`, and `heard` up to
+/// date.
 pub(crate) async fn keep_share(
     client: async_nats::Client,
     fcm: Arc<FcmClient>,
-    ready: watch::Sender<bool>,
+    heard_tx: watch::Sender<Heard>,
     shutdown: CancellationToken,
 ) {
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let subject = format!("xibaar.dispatchers.present.{instance}");
-    let mut heard: HashMap<String, Instant> = HashMap::new();
-    heard.insert(instance.clone(), Instant::now());
+    // Each dispatcher heard: when, and whether it reads pages.
+    let mut heard: HashMap<String, (Instant, bool)> = HashMap::new();
+    heard.insert(instance.clone(), (Instant::now(), true));
     let mut presence = match client.subscribe(SUBJECTS).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -64,19 +83,22 @@ pub(crate) async fn keep_share(
                 if let Some(message) = message
                     && let Some(other) = message.subject.as_str().rsplit('.').next()
                 {
-                    heard.insert(other.to_owned(), Instant::now());
+                    let reads_pages = message.payload.as_ref() == READS_PAGES;
+                    heard.insert(other.to_owned(), (Instant::now(), reads_pages));
                 }
             }
             _ = tick.tick() => {
                 if last_announce.is_none_or(|at| at.elapsed() >= INTERVAL) {
                     // Fire and forget: a lost announcement only delays the others' count.
-                    let _ = client.publish(subject.clone(), bytes::Bytes::new()).await;
+                    let _ = client
+                        .publish(subject.clone(), bytes::Bytes::from_static(READS_PAGES))
+                        .await;
                     last_announce = Some(Instant::now());
                 }
             }
         }
-        heard.retain(|id, at| id == &instance || at.elapsed() < STALE);
-        heard.insert(instance.clone(), Instant::now());
+        heard.retain(|id, (at, _)| id == &instance || at.elapsed() < STALE);
+        heard.insert(instance.clone(), (Instant::now(), true));
         let count = u32::try_from(heard.len()).unwrap_or(u32::MAX);
         if count != share {
             share = count;
@@ -86,8 +108,23 @@ pub(crate) async fn keep_share(
                 "keeping to this share of each Firebase project's rate"
             );
         }
-        if !*ready.borrow() && started.elapsed() >= INTERVAL + INTERVAL / 4 {
-            let _ = ready.send(true);
+        let now = Heard {
+            ready: heard_tx.borrow().ready || started.elapsed() >= INTERVAL + INTERVAL / 4,
+            older_senders: heard.values().any(|(_, reads_pages)| !reads_pages),
+        };
+        if now != *heard_tx.borrow() {
+            if now.older_senders != heard_tx.borrow().older_senders {
+                if now.older_senders {
+                    tracing::info!(
+                        "a dispatcher of an earlier version is running: fan-outs store jobs of one device until it is gone"
+                    );
+                } else {
+                    tracing::info!(
+                        "no dispatcher of an earlier version is left: fan-outs store pages"
+                    );
+                }
+            }
+            let _ = heard_tx.send(now);
         }
     }
 }

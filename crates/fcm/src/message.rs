@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 use xibaar_core::{
-    Content, DeliveryJob, DeliveryOptions, NotificationId, Priority, TopicJob, event::FcmTarget,
-    notification::NOTIFICATION_ID_DATA_KEY,
+    Content, DeliveryJob, DeliveryOptions, DeliveryPage, NotificationId, Priority, TopicJob,
+    event::FcmTarget, notification::NOTIFICATION_ID_DATA_KEY,
 };
 
 /// Exactly one of FCM's `token`, `topic` or `condition`.
@@ -70,6 +70,18 @@ impl Message {
             &job.content,
             &job.delivery,
         )
+    }
+
+    /// Device `index` of a page; `None` past its end.
+    pub fn for_page_device(page: &DeliveryPage, index: usize) -> Option<Self> {
+        let device = page.devices.get(index)?;
+        Some(Self::build(
+            Target::Token(device.token.as_str().to_owned()),
+            page.notification_id,
+            page.priority,
+            page.content_of(index)?,
+            &page.delivery,
+        ))
     }
 
     pub fn for_topic_job(job: &TopicJob) -> Self {

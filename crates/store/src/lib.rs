@@ -239,6 +239,32 @@ pub async fn audience_page(
     rows.into_iter().map(recipient).collect()
 }
 
+/// For each device key (device id, customer), in the order given, the place of the first of
+/// `ends` it does not come after, in the database's order of the keys (which pages follow):
+/// the page it belongs to when pages end at `ends`. `ends.len()` for a key past the last end.
+pub async fn pages_of(
+    pool: &PgPool,
+    keys: &[(&str, &str)],
+    ends: &[(&str, &str)],
+) -> Result<Vec<usize>, StoreError> {
+    let (devices, customers): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let (end_devices, end_customers): (Vec<&str>, Vec<&str>) = ends.iter().copied().unzip();
+    let places: Vec<i64> = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM unnest($3::text[], $4::text[]) AS e(d, c)
+                 WHERE (e.d, e.c) < (k.d, k.c))
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(d, c, n)
+         ORDER BY k.n",
+    )
+    .bind(devices)
+    .bind(customers)
+    .bind(end_devices)
+    .bind(end_customers)
+    .fetch_all(pool)
+    .await
+    .map_err(query_err("placing devices in their pages"))?;
+    Ok(places.into_iter().map(|p| p as usize).collect())
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
     #[schema(value_type = DeviceId)]

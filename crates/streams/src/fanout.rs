@@ -11,8 +11,22 @@ pub struct Progress {
     /// progress recorded before devices belonged to their customer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_customer: Option<xibaar_core::CustomerId>,
-    /// Jobs stored so far.
+    /// Devices whose jobs are stored so far (not counting `pages`).
     pub published: u64,
+    /// The pages after `after` that may be stored already, each by its last device: a fan-out
+    /// resumed from here publishes those same pages again (same ids, so JetStream drops the
+    /// stored ones) before it reads on. Absent in progress recorded by versions that stored one
+    /// job per device: the page after `after` may then hold such jobs, and is published in that
+    /// shape again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<Vec<PageEnd>>,
+}
+
+/// The last device of a page of delivery jobs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageEnd {
+    pub device_id: xibaar_core::DeviceId,
+    pub customer_id: xibaar_core::CustomerId,
 }
 
 /// What `XIBAAR_FANOUT/<notification>` holds: the fan-out's progress, or the api's record that
