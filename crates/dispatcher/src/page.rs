@@ -278,6 +278,7 @@ impl Round<'_> {
         };
         match verdict {
             Verdict::Sent { fcm_message_id } => {
+                tracing::debug!(attempt, %fcm_message_id, device = %recipient.device_id, "pushed");
                 event(recipient.succeeded(attempt, fcm_message_id)).await
             }
             Verdict::Expired { attempt } => event(recipient.expired(attempt)).await,

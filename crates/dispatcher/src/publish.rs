@@ -14,6 +14,11 @@ use xibaar_streams::{
 
 use crate::fanout::{FanOut, FanOutError, Heartbeat};
 
+/// How long one put of a fan-out's progress is waited for before it is tried again.
+const RECORD_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long it is tried in place before the fan-out fails (and is retried from its claim).
+const RECORD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The header of a delivery page telling how many devices it carries, so that the sender can
 /// make room for them before it reads the page.
 pub(crate) const DEVICES_HEADER: &str = "Xibaar-Devices";
@@ -266,15 +271,28 @@ impl Out<'_> {
             .map_err(|e| FanOutError::Transient(format!("storing delivery jobs: {e}")))
     }
 
+    /// Records `progress`, before the pages it names are published: so it stands on the
+    /// path of every push. While the bucket's leader is being elected a put waits out the whole
+    /// request timeout; tried again every [`RECORD_ATTEMPT`], it lands as soon as the new
+    /// leader answers (a put of the same value twice is harmless).
     async fn record(&mut self, progress: &Progress) -> Result<(), FanOutError> {
-        self.fanout
-            .progress
-            .put(
-                self.key.as_str(),
-                FanOutState::Progress(progress.clone()).encode(),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| FanOutError::Transient(format!("recording fan-out progress: {e}")))
+        let value = FanOutState::Progress(progress.clone()).encode();
+        let (store, key) = (&self.fanout.progress, self.key.as_str());
+        xibaar_streams::retry::within(
+            RECORD_RETRY_FOR,
+            |_: &String| true,
+            || async {
+                match tokio::time::timeout(RECORD_ATTEMPT, store.put(key, value.clone())).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {RECORD_ATTEMPT:?}")),
+                }
+            },
+        )
+        .await
+        .map_err(|e| {
+            let e = e.unwrap_or_else(|| "timed out".to_owned());
+            FanOutError::Transient(format!("recording fan-out progress: {e}"))
+        })
     }
 }
