@@ -49,8 +49,18 @@ pub use xibaar_streams::fanout::{FanOutState, Progress};
 const FANOUT_WORKERS_PER_LEVEL: usize = 32;
 /// One lower-level pick in this many when urgent work is waiting.
 const FAIR_EVERY: u64 = 16;
-/// Devices in hand per FCM slot: the others are having their outcome recorded.
-const RECORDING_FACTOR: usize = 4;
+/// Devices in hand per FCM slot: the others are having their outcome recorded, or wait in a
+/// page for a place at FCM.
+const RECORDING_FACTOR: usize = 2;
+/// Pages in hand beyond that, so that a few pages finishing their last devices do not leave
+/// the FCM pipe short at a small concurrency.
+const SPARE_PAGES: usize = 2;
+
+/// Devices the sender holds at once (taken and not yet acked): enough to keep `concurrency`
+/// requests at FCM while outcomes are recorded, and the bound on pushes repeated after a kill.
+pub fn devices_in_hand(concurrency: usize) -> usize {
+    (concurrency.max(1) * RECORDING_FACTOR).max(concurrency.max(1) + SPARE_PAGES * DEVICES_PER_PAGE)
+}
 /// The header naming a message's kind.
 const XIBAAR_TYPE: &str = "Xibaar-Type";
 
@@ -245,7 +255,7 @@ impl Dispatcher {
             // A small buffer per lane: buffered jobs wait while more urgent ones go first, and a
             // job must not outwait its ack deadline in the buffer. Jobs are mostly pages: the
             // buffer holds about as many devices as the sender keeps in hand.
-            let batch = (self.settings.send_concurrency * RECORDING_FACTOR)
+            let batch = devices_in_hand(self.settings.send_concurrency)
                 .div_ceil(DEVICES_PER_PAGE)
                 .clamp(4, 256);
             lanes.push(lane::stream(lane::spawn(
@@ -366,7 +376,7 @@ where
     // devices taken and not yet acked, including those whose outcome is being recorded, so the
     // FCM pipe stays full meanwhile.
     let slots = Slots::new(concurrency.max(1), FAIR_EVERY);
-    let in_hand_limit = concurrency.max(1) * RECORDING_FACTOR;
+    let in_hand_limit = devices_in_hand(concurrency);
     let in_hand = Arc::new(Semaphore::new(in_hand_limit));
     let mut running = JoinSet::new();
     let fcm = sender.fcm.clone();
