@@ -16,6 +16,8 @@ use xibaar_fcm::Message;
 /// writes).
 pub trait Job: serde::de::DeserializeOwned {
     const KIND: &'static str;
+    /// Whether the job names a device's token (a topic's does not).
+    const HAS_TOKEN: bool;
     fn app_id(&self) -> &str;
     fn delivery(&self) -> &DeliveryOptions;
     fn correlation_id(&self) -> &str;
@@ -37,6 +39,7 @@ pub trait Job: serde::de::DeserializeOwned {
 
 impl Job for DeliveryJob {
     const KIND: &'static str = "delivery job";
+    const HAS_TOKEN: bool = true;
 
     fn app_id(&self) -> &str {
         &self.app_id
@@ -160,6 +163,7 @@ fn topic_outcome(job: &TopicJob, attempt: u32, outcome: TopicOutcome) -> Event {
 
 impl Job for TopicJob {
     const KIND: &'static str = "topic job";
+    const HAS_TOKEN: bool = false;
 
     fn app_id(&self) -> &str {
         &self.app_id

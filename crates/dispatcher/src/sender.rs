@@ -202,7 +202,7 @@ impl Sender {
             attempt,
             failed_before,
             answer,
-            job.token_invalidated("").is_some(),
+            J::HAS_TOKEN,
         );
         let outcome = verdict.outcome();
         match verdict {
