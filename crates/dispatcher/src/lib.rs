@@ -243,11 +243,20 @@ impl Dispatcher {
                 shutdown.clone(),
             ));
         }
+        // A page in hand is said to be in progress within the shortest of its consumers' ack
+        // waits (a deployment may have changed them).
+        let ack_wait = senders
+            .iter()
+            .map(|consumer| consumer.cached_info().config.ack_wait)
+            .filter(|wait| !wait.is_zero())
+            .min()
+            .unwrap_or(Duration::from_secs(30));
         let sender = Arc::new(Sender {
             js: self.js.clone(),
             fcm: self.fcm.clone(),
             retry: self.settings.retry.clone(),
             sent,
+            progress_every: page::progress_every(ack_wait),
         });
         let mut lanes = Vec::new();
         for (priority, consumer) in Priority::ALL.into_iter().zip(senders) {

@@ -17,6 +17,11 @@
 //!   devices its record does not name, so duplicates are bounded by the devices in hand, as
 //!   they were with one job per device.
 //! - On shutdown, devices not yet at FCM are not sent: the page is recorded and handed back.
+//! - A page can take longer than its ack wait (FCM's rate shared by several dispatchers paces
+//!   a hundred devices over a minute): while it is in hand, JetStream is told it is still being
+//!   worked on three times per ack wait, so no other dispatcher is handed it meanwhile, and the
+//!   record is brought up to date each time, so that a crash pushes again at most the devices
+//!   done since.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -28,7 +33,7 @@ use std::{
 use async_nats::jetstream::{self, AckKind};
 use futures::{
     FutureExt, StreamExt,
-    future::{BoxFuture, Fuse},
+    future::{BoxFuture, Fuse, FusedFuture},
     stream::FuturesUnordered,
 };
 use tokio_util::sync::CancellationToken;
@@ -46,6 +51,12 @@ const RECORD_RETRY_FOR: Duration = Duration::from_secs(15);
 /// How long outcomes and records are still tried once the sender is told to stop: a stop with
 /// JetStream unreachable must not wait out every retry.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// How often a page in hand is said to be in progress (and its record brought up to date):
+/// three times per ack wait of the consumers it comes from.
+pub fn progress_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(100))
+}
 
 /// The value under a page's key in `XIBAAR_SENT`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -182,7 +193,16 @@ impl Round<'_> {
         let mut again: Vec<usize> = Vec::new();
         let mut later: Option<Duration> = None;
         let mut first_error = None;
+        // The page said to be in progress, and its record kept up to date, while it is in hand.
+        let every = self.sender.progress_every;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recorded = self.read.clone();
+        let mut recording = pin!(Fuse::terminated());
         loop {
+            if next.is_none() && pushes.is_empty() && stores.is_empty() {
+                break;
+            }
             tokio::select! {
                 // A stop comes before the next place: no push starts after it.
                 biased;
@@ -208,7 +228,7 @@ impl Round<'_> {
                         acquiring.set(slots.acquire(self.priority).fuse());
                     }
                 }
-                Some((index, answer)) = pushes.next() => {
+                Some((index, answer)) = pushes.next(), if !pushes.is_empty() => {
                     let before = failed_before(&record, index).unwrap_or(0);
                     let attempt = before + 1;
                     let verdict = self.sender.judge(
@@ -235,11 +255,22 @@ impl Round<'_> {
                         verdict => stores.push(self.store(index, verdict, attempt).boxed()),
                     }
                 }
-                Some(stored) = stores.next() => {
+                Some(stored) = stores.next(), if !stores.is_empty() => {
                     self.stored(stored, &mut record, &mut first_error);
                 }
-                else => break,
+                () = &mut recording => {}
+                _ = beat.tick() => {
+                    ack(self.message, AckKind::Progress).await;
+                    if record != recorded && recording.is_terminated() {
+                        recorded = record.clone();
+                        recording.set(self.write_record(recorded.encode(), key).fuse());
+                    }
+                }
             }
+        }
+        // A record still being written is finished first: the last one written is the newest.
+        if !recording.is_terminated() {
+            recording.await;
         }
         // An outcome JetStream would not store within its retries: a record would not be
         // stored either. The page comes back after its ack wait.
@@ -381,7 +412,7 @@ impl Round<'_> {
             }
             // Nothing new to record (a page taken as the sender stopped): it just goes back.
             if record != self.read {
-                self.write_record(&record, key).await;
+                self.write_record(record.encode(), key).await;
             }
             ack(self.message, AckKind::Nak(later)).await;
             return Ok(());
@@ -391,8 +422,7 @@ impl Round<'_> {
     /// Stores which devices are done and the attempts of the others, retried through a
     /// leader's election. Failing that the page still goes back; its devices done are then
     /// pushed again when it returns.
-    async fn write_record(&self, record: &PageRecord, key: &str) {
-        let value = record.encode();
+    async fn write_record(&self, value: bytes::Bytes, key: &str) {
         let stored = tokio::select! {
             stored = xibaar_streams::retry::within(
                 RECORD_RETRY_FOR,

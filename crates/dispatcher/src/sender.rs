@@ -70,6 +70,8 @@ pub struct Sender {
     pub retry: RetryPolicy,
     /// The sent-marker bucket.
     pub sent: kv::Store,
+    /// How often a page in hand is said to be in progress: see [`crate::page::progress_every`].
+    pub progress_every: Duration,
 }
 
 /// The value under `XIBAAR_SENT/<notification>.<customer>.<device>`.

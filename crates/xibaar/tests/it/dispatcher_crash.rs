@@ -1,6 +1,5 @@
 use std::{collections::HashMap, time::Duration};
 
-use async_nats::jetstream::consumer::pull;
 use xibaar_testkit::{KillOnDrop, eventually};
 
 use crate::support::{Pipeline, stop_gracefully};
@@ -21,14 +20,7 @@ fn spawn_dispatcher(p: &Pipeline) -> KillOnDrop {
 async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_in_flight_window() {
     let p = Pipeline::start_without_dispatcher().await;
     // Jobs held by the killed process come back after the ack wait; keep the test short.
-    let js = p.jetstream().await;
-    let stream = js.get_stream("XIBAAR_DELIVERIES").await.unwrap();
-    let defs = xibaar_streams::Definitions::builtin();
-    for consumer in &defs.stream("XIBAAR_DELIVERIES").unwrap().consumers {
-        let mut config: pull::Config = consumer.config.clone();
-        config.ack_wait = Duration::from_secs(2);
-        stream.update_consumer(config).await.unwrap();
-    }
+    p.shorten_ack_wait(Duration::from_secs(2)).await;
     let seeding = std::time::Instant::now();
     p.seed_devices(DEVICES).await;
     println!("{DEVICES} devices registered in {:?}", seeding.elapsed());
@@ -86,6 +78,52 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
         duplicates as usize <= window,
         "{duplicates} duplicates exceed the in-hand window"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_paced_past_its_ack_wait_stays_with_its_dispatcher_and_is_pushed_once() {
+    // 150 devices (two pages) at 600 pushes a minute take about 15 s, five times the ack wait:
+    // a page not said to be in progress would be handed out again and its devices pushed twice.
+    const DEVICES: usize = 150;
+    let p = Pipeline::start_without_dispatcher().await;
+    p.shorten_ack_wait(Duration::from_secs(3)).await;
+    p.seed_devices(DEVICES).await;
+    let mut dispatcher = p.spawn_dispatcher(&[
+        ("XIBAAR_FCM__RATE_LIMIT_PER_MINUTE", "600"),
+        ("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false"),
+    ]);
+    let id = p
+        .accept(&serde_json::json!({
+            "priority": "normal",
+            "audience": { "kind": "everyone" },
+            "content": { "title": "Coupure programmée", "body": "Mardi de 9 h à 12 h" },
+        }))
+        .await;
+    let started = std::time::Instant::now();
+    let status = p.wait_completed(&id, Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    // Completed means every outcome is stored; a page handed out again meanwhile would still be
+    // pushing its copy. So: no page was handed out twice (the stream holds only this
+    // broadcast's pages, so its last sequence is their number).
+    let js = p.jetstream().await;
+    let mut stream = js.get_stream("XIBAAR_DELIVERIES").await.unwrap();
+    let pages = stream.info().await.unwrap().state.last_sequence;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("sender-normal").await.unwrap();
+    let handed_out = consumer.info().await.unwrap().delivered.consumer_sequence;
+    assert_eq!(handed_out, pages, "pages handed out again while in hand");
+    dispatcher.kill().unwrap();
+    dispatcher.wait().unwrap();
+    assert_eq!(status["sent"], DEVICES, "{status}");
+    assert!(
+        took > Duration::from_secs(6),
+        "paced past the ack wait: {took:?}"
+    );
+    let mut tokens = p.pushed_tokens();
+    let pushes = tokens.len();
+    tokens.dedup();
+    assert_eq!(tokens.len(), DEVICES, "every device pushed");
+    assert_eq!(pushes, DEVICES, "no device pushed twice");
 }
 
 /// Seeds `devices`, starts a dispatcher against a stand-in answering in `latency`, sends an

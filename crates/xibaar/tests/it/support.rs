@@ -595,6 +595,19 @@ filter = "warn"
         request.send().await.unwrap().json().await.unwrap()
     }
 
+    /// Sets the ack wait of the senders' consumers; dispatchers must then be started with
+    /// `XIBAAR_NATS__APPLY_STREAMS_ON_START=false` to keep it.
+    pub async fn shorten_ack_wait(&self, ack_wait: Duration) {
+        let js = self.jetstream().await;
+        let stream = js.get_stream("XIBAAR_DELIVERIES").await.unwrap();
+        let defs = xibaar_streams::Definitions::builtin();
+        for consumer in &defs.stream("XIBAAR_DELIVERIES").unwrap().consumers {
+            let mut config: async_nats::jetstream::consumer::pull::Config = consumer.config.clone();
+            config.ack_wait = ack_wait;
+            stream.update_consumer(config).await.unwrap();
+        }
+    }
+
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let url = self.nats.url();
         let servers: Vec<&str> = url.split(',').collect();
