@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
+use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -42,8 +42,6 @@ use xibaar_streams::publish_event;
 const PUBLISH_WINDOW: usize = 1024;
 /// How often a held-back fan-out looks at its lane's backlog again.
 const PACING_POLL: Duration = Duration::from_millis(250);
-/// How often a long fan-out tells JetStream it is still working on its command.
-const HEARTBEAT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanOutError {
@@ -78,7 +76,6 @@ impl Pacing {
         priority: Priority,
         jobs: u64,
         room: &mut u64,
-        heartbeat: &mut Heartbeat<'_>,
     ) -> Result<(), FanOutError> {
         if priority == Priority::Urgent {
             return Ok(());
@@ -102,7 +99,6 @@ impl Pacing {
                 _ = self.shutdown.cancelled() => return Err(FanOutError::Interrupted),
                 _ = tokio::time::sleep(PACING_POLL) => {}
             }
-            heartbeat.beat().await;
         };
         if let Some(since) = held_since {
             metrics::histogram!("xibaar_dispatcher_fanout_hold_seconds", "priority" => priority.as_str())
@@ -110,21 +106,6 @@ impl Pacing {
         }
         *room = (self.max_backlog - backlog).saturating_sub(jobs);
         Ok(())
-    }
-}
-
-/// Progress acks for a command whose fan-out outlasts the ack wait.
-pub(crate) struct Heartbeat<'a> {
-    pub(crate) command: &'a jetstream::Message,
-    pub(crate) last: Instant,
-}
-
-impl Heartbeat<'_> {
-    pub(crate) async fn beat(&mut self) {
-        if self.last.elapsed() > HEARTBEAT {
-            let _ = self.command.ack_with(AckKind::Progress).await;
-            self.last = Instant::now();
-        }
     }
 }
 
@@ -180,7 +161,9 @@ const PAGE_CONCURRENCY: usize = 16;
 
 impl FanOut {
     /// Fans out the command's notifications (a page's at [`PAGE_CONCURRENCY`] at once): the
-    /// jobs created, or `None` when every one was canceled before its fan-out.
+    /// jobs created, or `None` when every one was canceled before its fan-out. A broadcast's
+    /// fan-out outlasts the command's ack wait: the caller keeps saying it is in progress (the
+    /// dispatcher's lanes do, for every message they pulled).
     pub async fn handle(&self, message: &jetstream::Message) -> Result<Option<u64>, FanOutError> {
         let command: Command = serde_json::from_slice(&message.payload)
             .map_err(|e| FanOutError::Poison(e.to_string()))?;
@@ -193,7 +176,7 @@ impl FanOut {
         let mut waiting = notifications.iter();
         let mut outcomes = futures::stream::FuturesUnordered::new();
         for send in waiting.by_ref().take(PAGE_CONCURRENCY) {
-            outcomes.push(self.fan_out_retrying(send, message));
+            outcomes.push(self.fan_out_retrying(send));
         }
         let mut targeted = None;
         // Every notification is finished or has failed before the page is acked or handed
@@ -203,7 +186,7 @@ impl FanOut {
         let mut failed = None;
         while let Some(outcome) = outcomes.next().await {
             if let Some(send) = waiting.next() {
-                outcomes.push(self.fan_out_retrying(send, message));
+                outcomes.push(self.fan_out_retrying(send));
             }
             match outcome {
                 Ok(Some(n)) => *targeted.get_or_insert(0) += n,
@@ -221,23 +204,18 @@ impl FanOut {
 
     /// [`FanOut::fan_out`], retried on transient failures with growing, jittered waits (it is
     /// idempotent: the claim, the progress and the jobs' ids make a repeat publish nothing
-    /// new), telling JetStream meanwhile that the command is still being worked on.
-    async fn fan_out_retrying(
-        &self,
-        send: &SendNotification,
-        message: &jetstream::Message,
-    ) -> Result<Option<u64>, FanOutError> {
+    /// new). Its lane tells JetStream meanwhile that the command is still being worked on.
+    async fn fan_out_retrying(&self, send: &SendNotification) -> Result<Option<u64>, FanOutError> {
         let started = std::time::Instant::now();
         let mut backoff = xibaar_streams::retry::Backoff::for_nats();
         let mut warn = xibaar_streams::retry::WarnEvery::second();
         loop {
-            match self.fan_out(send, message).await {
+            match self.fan_out(send).await {
                 Err(FanOutError::Transient(reason)) if started.elapsed() < FANOUT_RETRY_FOR => {
                     let wait = backoff.next_delay();
                     if let Some(held_back) = warn.allow() {
                         tracing::warn!(%reason, retry_in = ?wait, held_back, "fan-out failed; retrying");
                     }
-                    let _ = message.ack_with(AckKind::Progress).await;
                     tokio::select! {
                         _ = self.pacing.shutdown.cancelled() => return Err(FanOutError::Interrupted),
                         _ = tokio::time::sleep(wait) => {}
@@ -249,11 +227,7 @@ impl FanOut {
     }
 
     /// One notification: the jobs created, or `None` when it was canceled before its fan-out.
-    async fn fan_out(
-        &self,
-        send: &SendNotification,
-        message: &jetstream::Message,
-    ) -> Result<Option<u64>, FanOutError> {
+    async fn fan_out(&self, send: &SendNotification) -> Result<Option<u64>, FanOutError> {
         let Some(resumed) = claim(&self.progress, &send.notification_id.to_string()).await? else {
             tracing::info!(notification = %send.notification_id, "canceled before its fan-out; nothing sent");
             return Ok(None);
@@ -290,7 +264,7 @@ impl FanOut {
             accepted_stored.await?;
             self.publish_topic_job(send, &correlation).await?
         } else {
-            self.publish_jobs(send, message, &correlation, accepted_stored, resumed)
+            self.publish_jobs(send, &correlation, accepted_stored, resumed)
                 .await?
         };
 
@@ -395,7 +369,6 @@ impl FanOut {
     async fn publish_jobs(
         &self,
         send: &SendNotification,
-        command: &jetstream::Message,
         correlation: &str,
         accepted: impl std::future::Future<Output = Result<(), FanOutError>>,
         resumed: Progress,
@@ -416,10 +389,6 @@ impl FanOut {
             pipeline: Pipeline::new(self.js.clone(), PUBLISH_WINDOW),
             // Every job of the fan-out is in its trace: read the span's traceparent once.
             traceparent: xibaar_streams::trace::current_traceparent(),
-            heartbeat: Heartbeat {
-                command,
-                last: Instant::now(),
-            },
             room: 0,
         };
         let mut position = resumed;

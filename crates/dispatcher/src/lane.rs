@@ -6,16 +6,107 @@
 //! about to close, and JetStream redelivers them only after the ack wait (30 s for delivery jobs).
 //! Here each batch request expires within a second; on shutdown the lane requests no more,
 //! hands back (NAK) whatever its last batch still brings, and ends. Nothing is stranded.
+//!
+//! Every message a lane pulled is said to be in progress three times per ack wait until its
+//! handler lets go of it ([`Pulled`] dropped): while it waits in the lane, for room in the
+//! sender, for FCM's rate, and while it is handled. FCM's rate shared by several dispatchers
+//! can hold a page longer than its ack wait; JetStream would then hand it to another sender
+//! while this one still has it, and both would push its devices.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    ops::Deref,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How long one pull request waits for messages before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// How often a message in hand is said to be in progress: three times per ack wait.
+pub(crate) fn progress_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(100))
+}
+
+/// The ack wait of `consumer` as it was read when it was opened (the server's default when it
+/// has none).
+pub(crate) fn ack_wait(consumer: &PullConsumer) -> Duration {
+    let wait = consumer.cached_info().config.ack_wait;
+    if wait.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        wait
+    }
+}
+
+/// The messages a lane pulled whose handlers have not let go of them.
+#[derive(Default)]
+struct Held {
+    messages: Mutex<HashMap<u64, jetstream::Message>>,
+    next: AtomicU64,
+}
+
+impl Held {
+    fn hold(self: &Arc<Self>, message: jetstream::Message) -> Pulled {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.messages().insert(id, message.clone());
+        Pulled {
+            message,
+            held: self.clone(),
+            id,
+        }
+    }
+
+    fn messages(&self) -> std::sync::MutexGuard<'_, HashMap<u64, jetstream::Message>> {
+        self.messages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Says every held message is in progress, every `every`, until `shutdown`.
+    async fn keep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = beat.tick() => {}
+            }
+            let held: Vec<jetstream::Message> = self.messages().values().cloned().collect();
+            for message in held {
+                // A lost progress ack costs at most a redelivery, as a lost ack does.
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+/// A message pulled by a lane, said to be in progress until this is dropped.
+pub(crate) struct Pulled {
+    message: jetstream::Message,
+    held: Arc<Held>,
+    id: u64,
+}
+
+impl Deref for Pulled {
+    type Target = jetstream::Message;
+
+    fn deref(&self) -> &jetstream::Message {
+        &self.message
+    }
+}
+
+impl Drop for Pulled {
+    fn drop(&mut self) {
+        self.held.messages().remove(&self.id);
+    }
+}
 
 /// Starts pulling `consumer` in batches of `batch`; messages arrive on the returned receiver,
 /// which holds at most `batch` of them.
@@ -25,9 +116,12 @@ pub(crate) fn spawn(
     batch: usize,
     shutdown: CancellationToken,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-) -> mpsc::Receiver<jetstream::Message> {
+) -> mpsc::Receiver<Pulled> {
     let (tx, rx) = mpsc::channel(batch.max(1));
-    tasks.spawn(run(name, consumer, batch.max(1), tx, shutdown));
+    let held = Arc::new(Held::default());
+    let every = progress_every(ack_wait(&consumer));
+    tasks.spawn(held.clone().keep(every, shutdown.clone()).map(Ok));
+    tasks.spawn(run(name, consumer, batch.max(1), tx, held, shutdown));
     rx
 }
 
@@ -35,7 +129,8 @@ async fn run(
     name: String,
     consumer: PullConsumer,
     batch: usize,
-    tx: mpsc::Sender<jetstream::Message>,
+    tx: mpsc::Sender<Pulled>,
+    held: Arc<Held>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut handed_back = 0u64;
@@ -86,6 +181,7 @@ async fn run(
                 handed_back += 1;
                 continue;
             }
+            let message = held.hold(message);
             tokio::select! {
                 permit = tx.reserve() => match permit {
                     Ok(permit) => permit.send(message),
@@ -116,7 +212,7 @@ pub(crate) async fn hand_back(message: &jetstream::Message) {
 
 /// The receiver as a stream, for [`crate::PriorityMux`].
 pub(crate) fn stream(
-    mut rx: mpsc::Receiver<jetstream::Message>,
-) -> impl futures::Stream<Item = jetstream::Message> + Unpin {
+    mut rx: mpsc::Receiver<Pulled>,
+) -> impl futures::Stream<Item = Pulled> + Unpin {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

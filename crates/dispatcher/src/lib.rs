@@ -243,12 +243,11 @@ impl Dispatcher {
                 shutdown.clone(),
             ));
         }
-        // A page in hand is said to be in progress within the shortest of its consumers' ack
-        // waits (a deployment may have changed them).
+        // A page in hand has its record brought up to date as often as it is said to be in
+        // progress (see `lane`), by the shortest of its consumers' ack waits.
         let ack_wait = senders
             .iter()
-            .map(|consumer| consumer.cached_info().config.ack_wait)
-            .filter(|wait| !wait.is_zero())
+            .map(lane::ack_wait)
             .min()
             .unwrap_or(Duration::from_secs(30));
         let sender = Arc::new(Sender {
@@ -256,7 +255,7 @@ impl Dispatcher {
             fcm: self.fcm.clone(),
             retry: self.settings.retry.clone(),
             sent,
-            progress_every: page::progress_every(ack_wait),
+            progress_every: lane::progress_every(ack_wait),
         });
         let mut lanes = Vec::new();
         for (priority, consumer) in Priority::ALL.into_iter().zip(senders) {
@@ -307,7 +306,7 @@ impl Dispatcher {
 
 async fn fanout_lane(
     priority: Priority,
-    commands: tokio::sync::mpsc::Receiver<jetstream::Message>,
+    commands: tokio::sync::mpsc::Receiver<lane::Pulled>,
     fanout: Arc<FanOut>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -378,7 +377,7 @@ async fn send_loop<S>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    S: futures::Stream<Item = jetstream::Message> + Unpin,
+    S: futures::Stream<Item = lane::Pulled> + Unpin,
 {
     let mut mux = PriorityMux::new(lanes, FAIR_EVERY);
     // `slots`: pushes at FCM (up to its concurrency), given most urgent first. `in_hand`:

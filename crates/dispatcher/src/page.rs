@@ -18,10 +18,9 @@
 //!   they were with one job per device.
 //! - On shutdown, devices not yet at FCM are not sent: the page is recorded and handed back.
 //! - A page can take longer than its ack wait (FCM's rate shared by several dispatchers paces
-//!   a hundred devices over a minute): while it is in hand, JetStream is told it is still being
-//!   worked on three times per ack wait, so no other dispatcher is handed it meanwhile, and the
-//!   record is brought up to date each time, so that a crash pushes again at most the devices
-//!   done since.
+//!   a hundred devices over a minute). Its lane says it is in progress meanwhile, and the round
+//!   brings its record up to date at the same beat, so that a crash pushes again at most the
+//!   devices done since.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -51,12 +50,6 @@ const RECORD_RETRY_FOR: Duration = Duration::from_secs(15);
 /// How long outcomes and records are still tried once the sender is told to stop: a stop with
 /// JetStream unreachable must not wait out every retry.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-
-/// How often a page in hand is said to be in progress (and its record brought up to date):
-/// three times per ack wait of the consumers it comes from.
-pub fn progress_every(ack_wait: Duration) -> Duration {
-    (ack_wait / 3).max(Duration::from_millis(100))
-}
 
 /// The value under a page's key in `XIBAAR_SENT`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -193,7 +186,7 @@ impl Round<'_> {
         let mut again: Vec<usize> = Vec::new();
         let mut later: Option<Duration> = None;
         let mut first_error = None;
-        // The page said to be in progress, and its record kept up to date, while it is in hand.
+        // The page's record kept up to date while it is in hand.
         let every = self.sender.progress_every;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -260,7 +253,6 @@ impl Round<'_> {
                 }
                 () = &mut recording => {}
                 _ = beat.tick() => {
-                    ack(self.message, AckKind::Progress).await;
                     if record != recorded && recording.is_terminated() {
                         recorded = record.clone();
                         recording.set(self.write_record(recorded.encode(), key).fuse());

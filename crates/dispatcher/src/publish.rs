@@ -12,7 +12,7 @@ use xibaar_streams::{
     fanout::{FanOutState, PageEnd, Progress},
 };
 
-use crate::fanout::{FanOut, FanOutError, Heartbeat};
+use crate::fanout::{FanOut, FanOutError};
 
 /// How long one put of a fan-out's progress is waited for before it is tried again.
 const RECORD_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -44,7 +44,6 @@ pub(crate) struct Out<'a> {
     pub(crate) key: String,
     pub(crate) pipeline: Pipeline,
     pub(crate) traceparent: Option<String>,
-    pub(crate) heartbeat: Heartbeat<'a>,
     pub(crate) room: u64,
 }
 
@@ -62,12 +61,7 @@ impl Out<'_> {
         let chunks: Vec<&[xibaar_store::Recipient]> = page.chunks(per_page).collect();
         self.fanout
             .pacing
-            .admit(
-                self.send.priority,
-                chunks.len() as u64,
-                &mut self.room,
-                &mut self.heartbeat,
-            )
+            .admit(self.send.priority, chunks.len() as u64, &mut self.room)
             .await?;
         // Where the pages end, before any of them is published: a resumed fan-out cuts the
         // same ones.
@@ -88,8 +82,6 @@ impl Out<'_> {
         position.after = Some(last.device_id.clone());
         position.after_customer = Some(last.customer_id.clone());
         position.published += page.len() as u64;
-        // A large audience takes longer than the ack wait: tell JetStream we are alive.
-        self.heartbeat.beat().await;
         Ok(())
     }
 
@@ -165,12 +157,7 @@ impl Out<'_> {
     ) -> Result<(), FanOutError> {
         self.fanout
             .pacing
-            .admit(
-                self.send.priority,
-                page.len() as u64,
-                &mut self.room,
-                &mut self.heartbeat,
-            )
+            .admit(self.send.priority, page.len() as u64, &mut self.room)
             .await?;
         let intent = Progress {
             pages: None,
@@ -213,7 +200,6 @@ impl Out<'_> {
         position.published += count;
         // Still in that version's shape: the next record says otherwise before any page.
         position.pages = None;
-        self.heartbeat.beat().await;
         Ok(())
     }
 

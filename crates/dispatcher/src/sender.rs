@@ -70,7 +70,8 @@ pub struct Sender {
     pub retry: RetryPolicy,
     /// The sent-marker bucket.
     pub sent: kv::Store,
-    /// How often a page in hand is said to be in progress: see [`crate::page::progress_every`].
+    /// How often a page in hand has its record brought up to date: as often as it is said to
+    /// be in progress.
     pub progress_every: Duration,
 }
 

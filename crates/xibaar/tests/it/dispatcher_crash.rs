@@ -82,14 +82,17 @@ async fn a_broadcast_survives_a_dispatcher_kill_with_duplicates_bounded_by_the_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_paced_past_its_ack_wait_stays_with_its_dispatcher_and_is_pushed_once() {
-    // 150 devices (two pages) at 600 pushes a minute take about 15 s, five times the ack wait:
-    // a page not said to be in progress would be handed out again and its devices pushed twice.
-    const DEVICES: usize = 150;
+    // 300 devices (three pages) at 1,200 pushes a minute take about 15 s, five times the ack
+    // wait. One request at a time keeps two pages in hand (`devices_in_hand(1)` is 201), so the
+    // third waits in its lane for about 10 s first. A page not said to be in progress, in hand
+    // or waiting, would be handed out again and its devices pushed twice.
+    const DEVICES: usize = 300;
     let p = Pipeline::start_without_dispatcher().await;
     p.shorten_ack_wait(Duration::from_secs(3)).await;
     p.seed_devices(DEVICES).await;
     let mut dispatcher = p.spawn_dispatcher(&[
-        ("XIBAAR_FCM__RATE_LIMIT_PER_MINUTE", "600"),
+        ("XIBAAR_FCM__RATE_LIMIT_PER_MINUTE", "1200"),
+        ("XIBAAR_FCM__CONCURRENCY", "1"),
         ("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false"),
     ]);
     let id = p
