@@ -1,5 +1,8 @@
 //! Helpers the benchmarks share.
 
+pub mod oldstack;
+pub mod rig;
+
 use std::path::PathBuf;
 
 use xibaar_core::{
