@@ -48,12 +48,6 @@ fn hand_over(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn template_dir(tools: &Tools) -> anyhow::Result<PathBuf> {
     let version = std::process::Command::new(tools.pg_bin_dir.join("postgres"))
         .arg("--version")
@@ -181,7 +175,7 @@ impl Postgres {
         for _ in 0..5 {
             let port = match port {
                 Some(p) => p,
-                None => free_port()?,
+                None => crate::free_port()?,
             };
             let log_path = self.dir.join("postgres.log");
             let log = std::fs::File::create(&log_path)?;

@@ -40,6 +40,17 @@ pub fn kill_now(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// SIGKILL to the whole process group of `child` (spawned by [`spawn_owned`], so its leader),
+/// then reaped: a child with children of its own (a worker pool, a VM and its helpers).
+pub fn kill_group_now(child: &mut Child) {
+    // SAFETY: kill(2) signals only the process group this process created for `child`.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
 /// A child process killed and reaped when this is dropped, so a failed assertion leaves no
 /// process behind.
 #[derive(Debug)]

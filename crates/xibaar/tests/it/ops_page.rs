@@ -43,11 +43,7 @@ async fn the_ops_page_shows_live_figures_that_move_while_broadcasts_run() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Xibaar operations"));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let _driver = KillOnDrop(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))

@@ -13,11 +13,7 @@ struct ProjectorProcess(Child);
 
 impl ProjectorProcess {
     fn spawn(p: &Pipeline) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_xibaar"))
             .arg("--config")
             .arg(&p.config_path)

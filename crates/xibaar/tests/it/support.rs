@@ -78,26 +78,9 @@ pub async fn answers(http: &reqwest::Client, url: &str, timeout: Duration) -> bo
     .is_some()
 }
 
-/// A port free now, for a child process to listen on. Picked below the kernel's ephemeral range
-/// (32768–60999 by default): a port the kernel hands out there can be taken by any outgoing
-/// connection of the tests running alongside before the child binds it. Each test process
-/// starts from its own place in the range.
+/// A port free now, for a child process to listen on ([`xibaar_testkit::free_port`]).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
-    for _ in 0..1_000 {
-        let offset = seed.wrapping_add(NEXT.fetch_add(7_919, Ordering::Relaxed)) % 12_000;
-        let port = 20_000 + offset as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between 20000 and 32000")
+    xibaar_testkit::free_port().expect("a free port")
 }
 
 impl Pipeline {
