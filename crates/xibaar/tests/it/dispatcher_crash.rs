@@ -9,11 +9,7 @@ const CONCURRENCY: usize = 64;
 
 fn spawn_dispatcher(p: &Pipeline) -> KillOnDrop {
     let concurrency = CONCURRENCY.to_string();
-    p.spawn_dispatcher(&[
-        ("XIBAAR_FCM__CONCURRENCY", concurrency.as_str()),
-        // The test shortened the sender's ack wait; do not restore the shipped one.
-        ("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false"),
-    ])
+    p.spawn_dispatcher(&[("XIBAAR_FCM__CONCURRENCY", concurrency.as_str())])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +89,6 @@ async fn a_page_paced_past_its_ack_wait_stays_with_its_dispatcher_and_is_pushed_
     let mut dispatcher = p.spawn_dispatcher(&[
         ("XIBAAR_FCM__RATE_LIMIT_PER_MINUTE", "1200"),
         ("XIBAAR_FCM__CONCURRENCY", "1"),
-        ("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false"),
     ]);
     let id = p
         .accept(&serde_json::json!({

@@ -20,10 +20,7 @@ async fn two_dispatchers_keep_to_the_projects_rate_together_even_when_one_is_kil
     p.shorten_ack_wait(Duration::from_secs(10)).await;
     p.seed_devices(DEVICES).await;
     p.standin.set_quota_per_minute(250);
-    let rate = [
-        ("XIBAAR_FCM__RATE_LIMIT_PER_MINUTE", "240"),
-        ("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false"),
-    ];
+    let rate = [("XIBAAR_FCM__RATE_LIMIT_PER_MINUTE", "240")];
     let mut first = p.spawn_dispatcher(&rate);
     let _second = p.spawn_dispatcher(&rate);
 

@@ -66,6 +66,9 @@ pub struct Pipeline {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     roles: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// A test changed the stream definitions ([`Pipeline::shorten_ack_wait`]): roles started
+    /// from then on keep them instead of applying the shipped ones.
+    streams_changed: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `GET url` answers 2xx within `timeout`.
@@ -178,6 +181,7 @@ filter = "warn"
             http: reqwest::Client::new(),
             shutdown: CancellationToken::new(),
             roles: None,
+            streams_changed: Default::default(),
         }
     }
 
@@ -267,7 +271,14 @@ filter = "warn"
             .arg("--config")
             .arg(&self.config_path)
             .arg(role)
-            .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{}", free_port()));
+        if self
+            .streams_changed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            command.env("XIBAAR_NATS__APPLY_STREAMS_ON_START", "false");
+        }
+        command
             .envs(env.iter().copied())
             .stdout(log)
             .stderr(std::process::Stdio::null());
@@ -578,9 +589,10 @@ filter = "warn"
         request.send().await.unwrap().json().await.unwrap()
     }
 
-    /// Sets the ack wait of the senders' consumers; dispatchers must then be started with
-    /// `XIBAAR_NATS__APPLY_STREAMS_ON_START=false` to keep it.
+    /// Sets the ack wait of the senders' consumers; roles started from then on keep it.
     pub async fn shorten_ack_wait(&self, ack_wait: Duration) {
+        self.streams_changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let js = self.jetstream().await;
         let stream = js.get_stream("XIBAAR_DELIVERIES").await.unwrap();
         let defs = xibaar_streams::Definitions::builtin();
