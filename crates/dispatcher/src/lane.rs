@@ -36,6 +36,13 @@ pub(crate) fn progress_every(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(100))
 }
 
+/// A beat every `every`, the first after `every`, late beats pushed back rather than bunched.
+pub(crate) fn beat(every: Duration) -> tokio::time::Interval {
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat
+}
+
 /// The ack wait of `consumer` as it was read when it was opened (the server's default when it
 /// has none).
 pub(crate) fn ack_wait(consumer: &PullConsumer) -> Duration {
@@ -71,8 +78,7 @@ impl Held {
 
     /// Says every held message is in progress, every `every`, until `shutdown`.
     async fn keep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = beat(every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

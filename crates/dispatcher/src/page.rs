@@ -187,9 +187,7 @@ impl Round<'_> {
         let mut later: Option<Duration> = None;
         let mut first_error = None;
         // The page's record kept up to date while it is in hand.
-        let every = self.sender.progress_every;
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = crate::lane::beat(self.sender.progress_every);
         let mut recorded = self.read.clone();
         let mut recording = pin!(Fuse::terminated());
         loop {
