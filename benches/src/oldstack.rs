@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context;
 use xibaar_fcm_standin::StandIn;
-use xibaar_testkit::spawn_owned;
+use xibaar_testkit::{free_port, kill_group_now, spawn_owned};
 
 use crate::cpu_time;
 
@@ -94,12 +94,6 @@ pub struct Rabbit {
     epmd_port: u16,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl Rabbit {
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -161,7 +155,7 @@ impl Rabbit {
 
 impl Drop for Rabbit {
     fn drop(&mut self) {
-        kill_group(&mut self.child);
+        kill_group_now(&mut self.child);
         // epmd detaches from the node; it is this node's own (its own port).
         let _ = Command::new("epmd")
             .args(["-port", &self.epmd_port.to_string(), "-kill"])
@@ -169,16 +163,6 @@ impl Drop for Rabbit {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// SIGKILL to `child`'s whole process group (it was spawned as its leader), then reaped.
-fn kill_group(child: &mut Child) {
-    // SAFETY: kill only sends a signal.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(-(child.id() as i32), libc::SIGKILL);
-    }
-    let _ = child.wait();
 }
 
 /// `pid` and its descendants, from `/proc/PID/task/TID/children`.
@@ -214,48 +198,6 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker and returns once it consumes.
-    pub fn start(
-        install: &Install,
-        celery: Celery,
-        rabbit: &Rabbit,
-        standin: &StandIn,
-        key: &Path,
-    ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let flag = dir.path().join("ready");
-        let log = std::fs::File::create(dir.path().join("worker.log"))?;
-        let mut command = Command::new(install.venv.join("bin/celery"));
-        command
-            .current_dir(&install.dir)
-            .args(["-A", "app", "worker", "-Q", "urgent,high,normal,low"])
-            .arg(format!("--pool={}", celery.pool))
-            .arg(format!("--concurrency={}", celery.concurrency))
-            .args([
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ])
-            .args(["--loglevel", "warning"])
-            .env("OLDSTACK_READY", &flag)
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        configure(&mut command, celery, rabbit, standin, key);
-        let mut child = spawn_owned(&mut command).context("starting a Celery worker")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !flag.exists() {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!(
-                    "the Celery worker exited: {status}\n{}",
-                    std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
-                );
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no Celery worker ready in 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self { child, dir })
-    }
-
     /// The end of the worker's log, for a failure's message.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default();
@@ -269,56 +211,89 @@ impl Worker {
 
     /// kill -9 of the worker and every process of it.
     pub fn kill(mut self) {
-        kill_group(&mut self.child);
+        kill_group_now(&mut self.child);
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        kill_group(&mut self.child);
+        kill_group_now(&mut self.child);
     }
 }
 
-fn configure(
-    command: &mut Command,
-    celery: Celery,
-    rabbit: &Rabbit,
-    standin: &StandIn,
-    key: &Path,
-) {
-    command
-        .env("OLDSTACK_BROKER", rabbit.url())
-        .env("OLDSTACK_FCM", standin.url())
-        .env("OLDSTACK_KEY", key)
-        .env(
-            "OLDSTACK_ACKS_LATE",
-            if celery.acks_late { "1" } else { "0" },
-        )
-        .env("OLDSTACK_PREFETCH", celery.prefetch.to_string());
+/// The old stack against one stand-in: what its workers and its enqueueing are started with.
+pub struct OldStack<'a> {
+    pub install: &'a Install,
+    pub rabbit: &'a Rabbit,
+    pub standin: &'a StandIn,
+    /// A service-account key whose token endpoint is the stand-in's.
+    pub key: &'a Path,
 }
 
-/// The old api enqueueing a broadcast of `devices` in the `normal` queue (tasks of
-/// `celery.batch` devices), as its own process.
-pub fn enqueue(
-    install: &Install,
-    celery: Celery,
-    rabbit: &Rabbit,
-    standin: &StandIn,
-    key: &Path,
-    devices: usize,
-    title: &str,
-) -> anyhow::Result<Child> {
-    let mut command = Command::new(install.python());
-    command
-        .current_dir(&install.dir)
-        .arg("enqueue.py")
-        .arg(devices.to_string())
-        .arg(celery.batch.to_string())
-        .args([celery.task, "normal", title])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    configure(&mut command, celery, rabbit, standin, key);
-    Ok(spawn_owned(&mut command)?)
+impl OldStack<'_> {
+    /// Starts a worker of `celery` and returns once it consumes.
+    pub fn worker(&self, celery: Celery) -> anyhow::Result<Worker> {
+        let dir = tempfile::tempdir()?;
+        let flag = dir.path().join("ready");
+        let log = std::fs::File::create(dir.path().join("worker.log"))?;
+        let mut command = Command::new(self.install.venv.join("bin/celery"));
+        command
+            .current_dir(&self.install.dir)
+            .args(["-A", "app", "worker", "-Q", "urgent,high,normal,low"])
+            .arg(format!("--pool={}", celery.pool))
+            .arg(format!("--concurrency={}", celery.concurrency))
+            .args([
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ])
+            .args(["--loglevel", "warning"])
+            .env("OLDSTACK_READY", &flag)
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.configure(&mut command, celery);
+        let mut child = spawn_owned(&mut command).context("starting a Celery worker")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !flag.exists() {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "the Celery worker exited: {status}\n{}",
+                    std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
+                );
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no Celery worker ready in 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Worker { child, dir })
+    }
+
+    /// The old api enqueueing a broadcast of `devices` in the `normal` queue (tasks of
+    /// `celery.batch` devices), as its own process.
+    pub fn enqueue(&self, celery: Celery, devices: usize, title: &str) -> anyhow::Result<Child> {
+        let mut command = Command::new(self.install.python());
+        command
+            .current_dir(&self.install.dir)
+            .arg("enqueue.py")
+            .arg(devices.to_string())
+            .arg(celery.batch.to_string())
+            .args([celery.task, "normal", title])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.configure(&mut command, celery);
+        Ok(spawn_owned(&mut command)?)
+    }
+
+    fn configure(&self, command: &mut Command, celery: Celery) {
+        command
+            .env("OLDSTACK_BROKER", self.rabbit.url())
+            .env("OLDSTACK_FCM", self.standin.url())
+            .env("OLDSTACK_KEY", self.key)
+            .env(
+                "OLDSTACK_ACKS_LATE",
+                if celery.acks_late { "1" } else { "0" },
+            )
+            .env("OLDSTACK_PREFETCH", celery.prefetch.to_string());
+    }
 }
 
 /// Waits for `child` and returns the CPU time it used (its own `rusage`, read as it is reaped).

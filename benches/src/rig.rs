@@ -35,6 +35,8 @@ pub struct Rig {
     pub pool: sqlx::PgPool,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The service-account key naming the stand-in's token endpoint.
+    pub key: PathBuf,
 }
 
 /// FCM's latency and the requests the dispatcher keeps in flight for it.
@@ -124,6 +126,7 @@ filter = "warn"
             pool,
             dir,
             config,
+            key,
         })
     }
 
@@ -145,12 +148,12 @@ filter = "warn"
     }
 
     pub fn spawn_dispatcher(&self, binary: &Path) -> anyhow::Result<Child> {
-        let ops = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let ops = xibaar_testkit::free_port()?;
         Ok(Command::new(binary)
             .arg("--config")
             .arg(&self.config)
             .arg("dispatcher")
-            .env("XIBAAR_OPS__LISTEN", ops.to_string())
+            .env("XIBAAR_OPS__LISTEN", format!("127.0.0.1:{ops}"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?)

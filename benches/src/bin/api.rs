@@ -22,7 +22,7 @@ use xibaar_benches::{
     Servers, cpu_per_operation, cpu_shares, cpu_times, percentile, scale, xibaar_binary,
 };
 use xibaar_core::CustomerId;
-use xibaar_testkit::KillOnDrop;
+use xibaar_testkit::{KillOnDrop, free_port};
 
 const IN_FLIGHT: usize = 64;
 const SECRET: &str = "benchmark-secret-0123456789abcdef0123";
@@ -146,9 +146,7 @@ async fn bare_http_rounds(
     sends: usize,
     api_port: u16,
 ) -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let _bare = KillOnDrop(
         Command::new(std::env::current_exe()?.with_file_name("bare-api"))
             .arg(format!("127.0.0.1:{port}"))
@@ -241,12 +239,8 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("xibaar.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let ops = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
+    let ops = free_port()?;
     std::fs::write(
         &config,
         format!(

@@ -21,7 +21,7 @@ use std::{
 
 use xibaar_benches::{
     cpu_per_operation, cpu_shares, cpu_time, cpu_times,
-    oldstack::{self, BATCHED, BATCHED_ASYNC, Celery, DEPLOYED, Install, Rabbit, Worker},
+    oldstack::{self, BATCHED, BATCHED_ASYNC, Celery, DEPLOYED, Install, OldStack, Rabbit},
     rig::{self, AT_ZERO_MS, COUNTED, Rig, Shape},
     scale, xibaar_binary,
 };
@@ -115,30 +115,20 @@ async fn steady_rate(rig: &Rig, base: u64, devices: usize) -> anyhow::Result<f64
 }
 
 async fn old(
-    install: &Install,
+    stack: &OldStack<'_>,
     celery: Celery,
-    rabbit: &Rabbit,
     rig: &Rig,
     devices: usize,
 ) -> anyhow::Result<Figures> {
-    let key = rig.dir.path().join("service-account.json");
-    let worker = Worker::start(install, celery, rabbit, &rig.standin, &key)?;
-    let node = rabbit.pids();
+    let worker = stack.worker(celery)?;
+    let node = stack.rabbit.pids();
     let before = (
         worker.cpu(),
         cpu_times(&node)?,
         cpu_time(std::process::id())?,
     );
     let base = rig.standin.accepted_count();
-    let mut producer = oldstack::enqueue(
-        install,
-        celery,
-        rabbit,
-        &rig.standin,
-        &key,
-        devices,
-        "Tariff change",
-    )?;
+    let mut producer = stack.enqueue(celery, devices, "Tariff change")?;
     let producer = tokio::task::spawn_blocking(move || oldstack::wait_with_cpu(&mut producer));
     let rate = steady_rate(rig, base, devices)
         .await
@@ -198,21 +188,18 @@ async fn settled(rig: &Rig, quiet: Duration) {
 }
 
 async fn old_kill(
-    install: &Install,
+    stack: &OldStack<'_>,
     celery: Celery,
-    rabbit: &Rabbit,
     rig: &Rig,
     devices: usize,
 ) -> anyhow::Result<Kill> {
-    let key = rig.dir.path().join("service-account.json");
     let title = format!("{COUNTED}: {}", celery.name);
-    let worker = Worker::start(install, celery, rabbit, &rig.standin, &key)?;
+    let worker = stack.worker(celery)?;
     let base = rig.standin.accepted_count();
-    let mut producer =
-        oldstack::enqueue(install, celery, rabbit, &rig.standin, &key, devices, &title)?;
+    let mut producer = stack.enqueue(celery, devices, &title)?;
     pushed(rig, base + devices as u64 / 3, Duration::from_secs(600)).await?;
     worker.kill();
-    let _worker = Worker::start(install, celery, rabbit, &rig.standin, &key)?;
+    let _worker = stack.worker(celery)?;
     tokio::task::spawn_blocking(move || producer.wait()).await??;
     // What the broker still holds is delivered within seconds; then nothing moves.
     settled(rig, Duration::from_secs(10)).await;
@@ -258,6 +245,45 @@ fn ratios(round: usize, x: &Figures, deployed: Option<&Figures>, batched: &[(Cel
     }
 }
 
+/// The old stack pushing to `rig`'s stand-in.
+fn on<'a>(install: &'a Install, rabbit: &'a Rabbit, rig: &'a Rig) -> OldStack<'a> {
+    OldStack {
+        install,
+        rabbit,
+        standin: &rig.standin,
+        key: &rig.key,
+    }
+}
+
+/// Three rounds, each a broadcast through Xibaar, then (`with_deployed`) the deployed
+/// configuration, then the batched ones; their figures and ratios printed.
+async fn rounds(
+    stack: &OldStack<'_>,
+    rig: &Rig,
+    devices: usize,
+    with_deployed: bool,
+) -> anyhow::Result<()> {
+    for round in 1..=3 {
+        let x = xibaar(rig, devices).await?;
+        println!("{}", x.line(&format!("round {round}, Xibaar")));
+        let deployed = if with_deployed {
+            let d = old(stack, DEPLOYED, rig, devices).await?;
+            println!("{}", d.line(&format!("round {round}, {}", DEPLOYED.name)));
+            Some(d)
+        } else {
+            None
+        };
+        let mut batched = Vec::new();
+        for celery in [BATCHED, BATCHED_ASYNC] {
+            let b = old(stack, celery, rig, devices).await?;
+            println!("{}", b.line(&format!("round {round}, {}", celery.name)));
+            batched.push((celery, b));
+        }
+        ratios(round, &x, deployed.as_ref(), &batched);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let install = Install::find()?;
@@ -275,25 +301,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let rig = Rig::start(unlimited, unlimited).await?;
     rig.seed(devices).await?;
-    for round in 1..=3 {
-        let x = xibaar(&rig, devices).await?;
-        println!("{}", x.line(&format!("round {round}, Xibaar")));
-        let d = old(&install, DEPLOYED, &rabbit, &rig, devices).await?;
-        println!("{}", d.line(&format!("round {round}, {}", DEPLOYED.name)));
-        let mut batched = Vec::new();
-        for celery in [BATCHED, BATCHED_ASYNC] {
-            let b = old(&install, celery, &rabbit, &rig, devices).await?;
-            println!("{}", b.line(&format!("round {round}, {}", celery.name)));
-            batched.push((celery, b));
-        }
-        ratios(round, &x, Some(&d), &batched);
-    }
+    let stack = on(&install, &rabbit, &rig);
+    rounds(&stack, &rig, devices, true).await?;
 
     println!(
         "  kill -9 of the worker when a third is pushed (mid-task for every batch size), restarted"
     );
     for celery in [DEPLOYED, BATCHED] {
-        let k = old_kill(&install, celery, &rabbit, &rig, devices).await?;
+        let k = old_kill(&stack, celery, &rig, devices).await?;
         println!(
             "    {:<44} {:>6} devices never pushed, {:>6} pushes repeated",
             celery.name, k.lost, k.repeated
@@ -317,20 +332,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let rig = Rig::start_shaped(unlimited, unlimited, shape).await?;
     rig.seed(devices).await?;
-    for round in 1..=3 {
-        let x = xibaar(&rig, devices).await?;
-        println!("{}", x.line(&format!("round {round}, Xibaar")));
-        let mut batched = Vec::new();
-        for celery in [BATCHED, BATCHED_ASYNC] {
-            let b = old(&install, celery, &rabbit, &rig, devices).await?;
-            println!("{}", b.line(&format!("round {round}, {}", celery.name)));
-            batched.push((celery, b));
-        }
-        ratios(round, &x, None, &batched);
-    }
+    let stack = on(&install, &rabbit, &rig);
+    rounds(&stack, &rig, devices, false).await?;
     // One push at a time: 300 devices take about 45 s.
     let few = 300;
-    let d = old(&install, DEPLOYED, &rabbit, &rig, few).await?;
+    let d = old(&stack, DEPLOYED, &rig, few).await?;
     println!("{}", d.line(&format!("{} ({few} devices)", DEPLOYED.name)));
     Ok(())
 }

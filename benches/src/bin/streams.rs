@@ -20,16 +20,10 @@ use xibaar_core::{
     Actor, CustomerId, DeviceId, Event, EventEnvelope, FcmToken, Platform, event::DeviceRegistered,
 };
 use xibaar_fcm_standin::{StandIn, StandInConfig};
-use xibaar_testkit::KillOnDrop;
+use xibaar_testkit::{KillOnDrop, free_port};
 
 const SECRET: &str = "benchmark-secret-0123456789abcdef0123";
 const APP_ID: &str = "1:1234567890:android:xibaar";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn mint(customer: &str, scopes: &[&str]) -> anyhow::Result<String> {
     Ok(xibaar_api::mint(
