@@ -102,16 +102,6 @@ impl Content {
         self.language.iter().chain(self.translations.keys())
     }
 
-    /// Each language's content on its own, the default first: what is checked against FCM's
-    /// rules, since each device gets one of them.
-    pub(crate) fn each_language(&self) -> impl Iterator<Item = (String, Content)> + '_ {
-        std::iter::once((String::new(), self.localized(None))).chain(
-            self.translations
-                .keys()
-                .map(|l| (format!(".translations.{l}"), self.localized(Some(l)))),
-        )
-    }
-
     /// Rules only translations have: a default language, and no translation into it.
     pub(crate) fn translation_violations(&self) -> Vec<FieldViolation> {
         let mut violations = Vec::new();
@@ -138,6 +128,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::notification::ContentError;
 
     fn bilingual() -> Content {
         Content {
@@ -196,6 +187,34 @@ mod tests {
         long.translations
             .values_mut()
             .for_each(|t| t.title = "x".repeat(201));
-        assert!(long.validate().is_err());
+        let Err(ContentError::Invalid(violations)) = long.validate() else {
+            panic!("a translation's long title is invalid");
+        };
+        assert_eq!(
+            violations
+                .iter()
+                .map(|v| v.field.as_str())
+                .collect::<Vec<_>>(),
+            ["content.translations.wo.title"]
+        );
+    }
+
+    #[test]
+    fn the_largest_payload_is_that_of_the_language_whose_text_is_longest() {
+        let wo = Language::parse("wo").unwrap();
+        let mut content = bilingual();
+        content.data.insert("blob".into(), "d\"\u{1}".repeat(1_000));
+        content.translations.get_mut(&wo).unwrap().body = "é\t\"\u{2}".repeat(250);
+        let wolof = content.localized(Some(&wo)).fcm_payload_bytes();
+        assert!(wolof > content.fcm_payload_bytes());
+        let limit = wolof - 1;
+        assert_eq!(
+            content.validate_with_limit(limit),
+            Err(ContentError::TooLarge {
+                bytes: wolof,
+                limit
+            })
+        );
+        assert_eq!(content.validate_with_limit(wolof), Ok(()));
     }
 }

@@ -327,17 +327,6 @@ impl Content {
     /// Bytes of the payload as FCM counts it: the notification and data objects, including the
     /// notification id Xibaar adds to the data.
     pub fn fcm_payload_bytes(&self) -> usize {
-        /// Counts what would be written; the payload itself is never built.
-        struct Counter(usize);
-        impl std::io::Write for Counter {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0 += bytes.len();
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         /// The data as the FCM client sends it: the notification id in place of any value
         /// the content gives that key.
         struct Data<'a>(&'a BTreeMap<String, String>);
@@ -374,11 +363,7 @@ impl Content {
             },
             data: Data(&self.data),
         };
-        let mut counter = Counter(0);
-        match serde_json::to_writer(&mut counter, &payload) {
-            Ok(()) => counter.0,
-            Err(_) => usize::MAX,
-        }
+        json_bytes(&payload)
     }
 
     /// Checks the content against FCM's rules for a message to `audience` (topic and condition
@@ -396,17 +381,29 @@ impl Content {
         self.validate_with_limit(FCM_PAYLOAD_LIMIT)
     }
 
-    fn validate_with_limit(&self, limit: usize) -> Result<(), ContentError> {
+    pub(crate) fn validate_with_limit(&self, limit: usize) -> Result<(), ContentError> {
         let mut violations = self.translation_violations();
-        let mut largest = 0;
-        for (at, one) in self.each_language() {
-            let (found, bytes) = one.check_one_language();
-            violations.extend(found.into_iter().map(|v| FieldViolation {
-                // `content.title` of a translation is `content.translations.wo.title`.
-                field: v.field.replacen("content", &format!("content{at}"), 1),
-                ..v
-            }));
-            largest = largest.max(bytes);
+        // Each device gets one language: the default's title and body, or a translation's,
+        // with the same data and image. What they share is checked once, with the default.
+        let (found, default_bytes) = self.check_default_language();
+        violations.extend(found);
+        let mut largest = default_bytes;
+        if !self.translations.is_empty() {
+            let default_text = json_bytes(&self.title) + json_bytes(&self.body);
+            for (language, text) in &self.translations {
+                let at = format!("content.translations.{language}");
+                violations.extend(text_violations(&text.title, &text.body).into_iter().map(
+                    // `content.title` of a translation is `content.translations.wo.title`.
+                    |v| FieldViolation {
+                        field: v.field.replacen("content", &at, 1),
+                        ..v
+                    },
+                ));
+                let bytes = default_bytes.saturating_sub(default_text)
+                    + json_bytes(&text.title)
+                    + json_bytes(&text.body);
+                largest = largest.max(bytes);
+            }
         }
         if !violations.is_empty() {
             return Err(ContentError::Invalid(violations));
@@ -420,23 +417,10 @@ impl Content {
         Ok(())
     }
 
-    /// The rules of one language's content, and its FCM payload size.
-    fn check_one_language(&self) -> (Vec<FieldViolation>, usize) {
-        let mut violations = Vec::new();
-        if self.title.trim().is_empty() {
-            violations.push(FieldViolation::new("content.title", "must not be empty"));
-        } else if self.title.chars().count() > MAX_TITLE_CHARS {
-            violations.push(FieldViolation::new(
-                "content.title",
-                format!("must be at most {MAX_TITLE_CHARS} characters"),
-            ));
-        }
-        if self.body.chars().count() > MAX_BODY_CHARS {
-            violations.push(FieldViolation::new(
-                "content.body",
-                format!("must be at most {MAX_BODY_CHARS} characters"),
-            ));
-        }
+    /// The rules of the default language's content with what every language shares (data,
+    /// image), and its FCM payload size.
+    fn check_default_language(&self) -> (Vec<FieldViolation>, usize) {
+        let mut violations = text_violations(&self.title, &self.body);
         for key in self.data.keys() {
             if key.is_empty() || reserved_data_key(key) {
                 violations.push(FieldViolation::new(
@@ -447,21 +431,11 @@ impl Content {
         }
         // NUL cannot be stored in Postgres text: the read models (inbox, status) could not
         // hold the notification.
-        let texts = [
-            ("content.title", self.title.as_str()),
-            ("content.body", self.body.as_str()),
-            (
+        if self.image_url.as_deref().unwrap_or_default().contains('\0') {
+            violations.push(FieldViolation::new(
                 "content.image_url",
-                self.image_url.as_deref().unwrap_or_default(),
-            ),
-        ];
-        for (field, text) in texts {
-            if text.contains('\0') {
-                violations.push(FieldViolation::new(
-                    field,
-                    "must not contain the NUL character",
-                ));
-            }
+                "must not contain the NUL character",
+            ));
         }
         for (key, value) in &self.data {
             if key.contains('\0') || value.contains('\0') {
@@ -481,6 +455,55 @@ impl Content {
             ));
         }
         (violations, self.fcm_payload_bytes())
+    }
+}
+
+/// The rules of one language's title and body.
+fn text_violations(title: &str, body: &str) -> Vec<FieldViolation> {
+    let mut violations = Vec::new();
+    if title.trim().is_empty() {
+        violations.push(FieldViolation::new("content.title", "must not be empty"));
+    } else if title.chars().count() > MAX_TITLE_CHARS {
+        violations.push(FieldViolation::new(
+            "content.title",
+            format!("must be at most {MAX_TITLE_CHARS} characters"),
+        ));
+    }
+    if body.chars().count() > MAX_BODY_CHARS {
+        violations.push(FieldViolation::new(
+            "content.body",
+            format!("must be at most {MAX_BODY_CHARS} characters"),
+        ));
+    }
+    // NUL cannot be stored in Postgres text: the read models (inbox, status) could not hold
+    // the notification.
+    for (field, text) in [("content.title", title), ("content.body", body)] {
+        if text.contains('\0') {
+            violations.push(FieldViolation::new(
+                field,
+                "must not contain the NUL character",
+            ));
+        }
+    }
+    violations
+}
+
+/// Bytes of `value` written as JSON, counted: nothing is written out.
+fn json_bytes(value: &impl Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
     }
 }
 
