@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use xibaar_core::{
-    Actor, Audience, Contract, CustomerAttributes, CustomerId, Event, EventEnvelope, Language,
+    Audience, Contract, CustomerAttributes, CustomerId, Event, EventEnvelope, Language,
     NotificationId, SendNotification, SendRequest, Text,
     event::CustomerAttributesChanged,
     notification::{Content, MAX_ATTRIBUTE_CHARS},
@@ -45,15 +45,19 @@ pub enum Emitted {
 pub struct Encoded {
     pub id: NotificationId,
     pub priority: xibaar_core::Priority,
-    pub json: Box<serde_json::value::RawValue>,
+    /// `serde_json`'s bytes for the notification.
+    pub json: Vec<u8>,
 }
 
 impl Encoded {
     pub fn of(send: &SendNotification) -> Self {
+        // Into a buffer of a typical notification's size, not one grown from empty.
+        let mut json = Vec::with_capacity(640);
+        serde_json::to_writer(&mut json, send).expect("a notification serializes");
         Self {
             id: send.notification_id,
             priority: send.priority,
-            json: serde_json::value::to_raw_value(send).expect("a notification serializes"),
+            json,
         }
     }
 }
@@ -69,22 +73,30 @@ pub fn page_rows(max_rate: Option<u32>) -> usize {
 }
 
 /// The stored message of a page of notifications of one priority (`None` if empty or mixed):
-/// the bytes `serde_json` writes for the page's `Command`.
+/// the bytes `serde_json` writes for the page's `Command`, put together from the
+/// notifications' own (the test below holds the two to the same bytes).
 pub fn page(notifications: Vec<Encoded>) -> Option<Message> {
-    #[derive(serde::Serialize)]
-    struct Page<'a> {
-        r#type: &'static str,
-        notifications: Vec<&'a serde_json::value::RawValue>,
-    }
     let (first, last) = (notifications.first()?, notifications.last()?);
     if notifications.iter().any(|n| n.priority != first.priority) {
         return None;
     }
-    let payload = serde_json::to_vec(&Page {
-        r#type: xibaar_core::command::PAGE_TYPE,
-        notifications: notifications.iter().map(|n| &*n.json).collect(),
-    })
-    .expect("a page serializes");
+    let mut payload = Vec::with_capacity(
+        64 + notifications
+            .iter()
+            .map(|n| n.json.len() + 1)
+            .sum::<usize>(),
+    );
+    payload.extend_from_slice(br#"{"type":"#);
+    serde_json::to_writer(&mut payload, xibaar_core::command::PAGE_TYPE)
+        .expect("a string serializes");
+    payload.extend_from_slice(br#","notifications":["#);
+    for (i, n) in notifications.iter().enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(&n.json);
+    }
+    payload.extend_from_slice(b"]}");
     let msg_id = xibaar_core::command::page_msg_id(first.id, last.id, notifications.len());
     Some(Message {
         subject: xibaar_core::subject::command(first.priority, first.id),
@@ -126,8 +138,13 @@ impl Origin {
 
     /// `<source>/<key>/<watermark>`: the name of this version of the row.
     pub fn name(&self, source: &str) -> String {
-        let watermark: Vec<String> = self.watermark.iter().map(i64::to_string).collect();
-        format!("{source}/{}/{}", self.key, watermark.join("."))
+        use std::fmt::Write;
+        let mut name = format!("{source}/{}/", self.key);
+        for (i, w) in self.watermark.iter().enumerate() {
+            let dot = if i == 0 { "" } else { "." };
+            write!(name, "{dot}{w}").expect("writing to a String");
+        }
+        name
     }
 }
 
@@ -170,7 +187,7 @@ pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, Strin
             Ok(Emitted::Notification(Encoded::of(&request.into_command(
                 id,
                 None,
-                Actor::system(&format!("source:{}", plan.name)),
+                plan.actor.clone(),
                 now,
             ))))
         }
@@ -185,7 +202,7 @@ pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, Strin
                 }),
                 origin.name(&plan.name),
                 None,
-                Actor::system(&format!("source:{}", plan.name)),
+                plan.actor.clone(),
             );
             Ok(Emitted::Event(Message {
                 subject: envelope.subject(),
@@ -198,16 +215,17 @@ pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, Strin
 }
 
 fn request(n: &NotificationPlan, audience: Audience, row: &Row) -> Result<SendRequest, String> {
-    let render = |what: &str, t: &crate::template::Template, language: &Language| {
+    // The key named in an error is written only when there is one: this runs for every row.
+    let render = |what: &dyn Fn() -> String, t: &crate::template::Template, language: &Language| {
         t.render(row, language.as_str())
-            .map_err(|e| format!("{what}: {e}"))
+            .map_err(|e| format!("{}: {e}", what()))
     };
     let mut translations = BTreeMap::new();
     let mut default = None;
     for (language, (title, body)) in &n.content {
         let text = Text {
-            title: render(&format!("content.{language}.title"), title, language)?,
-            body: render(&format!("content.{language}.body"), body, language)?,
+            title: render(&|| format!("content.{language}.title"), title, language)?,
+            body: render(&|| format!("content.{language}.body"), body, language)?,
         };
         if *language == n.default_language {
             default = Some(text);
@@ -222,7 +240,7 @@ fn request(n: &NotificationPlan, audience: Audience, row: &Row) -> Result<SendRe
         .map(|(k, t)| {
             Ok((
                 k.clone(),
-                render(&format!("data.{k}"), t, &n.default_language)?,
+                render(&|| format!("data.{k}"), t, &n.default_language)?,
             ))
         })
         .collect::<Result<BTreeMap<_, _>, String>>()?;
@@ -242,7 +260,7 @@ fn request(n: &NotificationPlan, audience: Audience, row: &Row) -> Result<SendRe
         collapse_key: n
             .collapse_key
             .as_ref()
-            .map(|t| render("collapse_key", t, &n.default_language))
+            .map(|t| render(&|| "collapse_key".into(), t, &n.default_language))
             .transpose()?,
         send_at: None,
     })
@@ -371,7 +389,7 @@ pub fn dead_letter(
 
 #[cfg(test)]
 mod tests {
-    use xibaar_core::{Command, Priority, notification::DeliveryOptions};
+    use xibaar_core::{Actor, Command, Priority, notification::DeliveryOptions};
 
     use super::*;
 
@@ -399,6 +417,7 @@ mod tests {
     fn a_page_put_together_from_encoded_notifications_is_the_pages_command_byte_for_byte() {
         let sends: Vec<_> = (1..=3).map(|i| send(i, Priority::Normal)).collect();
         let message = page(sends.iter().map(Encoded::of).collect()).unwrap();
+        assert!(serde_json::from_slice::<Command>(&message.payload).is_ok());
         let command = Command::page(sends.clone()).unwrap();
         assert_eq!(
             message.payload.as_ref(),

@@ -28,6 +28,8 @@ const PARAMETERS: [(&str, &str); 3] = [
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub name: String,
+    /// Who its notifications and events are requested by: `source:<name>`.
+    pub actor: xibaar_core::Actor,
     pub connection: String,
     pub kind: SourceKind,
     /// The query with its placeholders numbered for `sp_executesql`.
@@ -99,6 +101,7 @@ impl Plan {
         };
         Ok(Self {
             name: name.to_owned(),
+            actor: xibaar_core::Actor::system(&format!("source:{name}")),
             connection: config.connection.clone(),
             kind: config.kind,
             statement,

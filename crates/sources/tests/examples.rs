@@ -71,7 +71,7 @@ fn the_worked_examples_bind_and_render_in_every_language() {
             emit::Emitted::Notification(encoded) => {
                 assert!(plan.notifications.is_some(), "{name}");
                 let send: xibaar_core::SendNotification =
-                    serde_json::from_str(encoded.json.get()).unwrap();
+                    serde_json::from_slice(&encoded.json).unwrap();
                 assert_eq!(send.notification_id, encoded.id, "{name}");
                 let content = serde_json::to_value(&send.content).unwrap();
                 assert_eq!(content["language"], "fr", "{name}");
