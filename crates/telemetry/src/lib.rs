@@ -237,7 +237,11 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // Served as a `Router`, axum binds its state again for every connection, which copies the
+    // route table (about 10 KB for the api's): an idle keep-alive connection or an open inbox
+    // stream carried that copy. Bound once here, each connection shares the bound router.
+    let router: Router = router.with_state(());
+    axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
 }
