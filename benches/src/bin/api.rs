@@ -240,6 +240,7 @@ fn show(name: &str, f: &Figures, unit: &str) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let sends = scale(60_000);
     let reads = scale(40_000);
     println!(

@@ -109,6 +109,7 @@ async fn replay(nats: &NatsServer, s3: &S3Server, head: u64) -> anyhow::Result<(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let n = scale(300_000);
     println!("archive: {n} events, segments of {SEGMENT_EVENTS}, {ROUNDS} rounds alternating");
     let nats = NatsServer::start().await?;

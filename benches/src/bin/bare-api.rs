@@ -52,6 +52,7 @@ async fn send(State(js): State<Arc<async_nats::jetstream::Context>>, body: Bytes
 }
 
 fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(nats)) = (args.next(), args.next()) else {
         anyhow::bail!("usage: bare-api <listen address> <nats url>");

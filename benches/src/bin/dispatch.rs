@@ -232,6 +232,7 @@ async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let sustained_n = scale(200_000);
     let latency_n = scale(50_000);
     let million = scale(1_000_000);

@@ -286,6 +286,7 @@ async fn rounds(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let install = Install::find()?;
     let devices = scale(20_000);
     let unlimited = 1_000_000_000;

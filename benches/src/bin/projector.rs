@@ -186,6 +186,7 @@ fn cpu(cost: &PhaseCost, events: u64) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let n = scale(1_000_000);
     let Servers {
         nats,

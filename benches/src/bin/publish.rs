@@ -44,6 +44,7 @@ fn jobs(notification: NotificationId) -> Vec<(String, String, Bytes)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let nats = NatsServer::start().await?;
     let client = async_nats::connect(nats.url()).await?;
     let js = xibaar::startup::jetstream(client);

@@ -231,6 +231,7 @@ async fn run_source(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let n = scale(50_000);
     println!(
         "sources: {n} rows in batches of {BATCH}, French and Wolof templates with amounts and dates, {ROUNDS} rounds alternating"

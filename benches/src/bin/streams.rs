@@ -122,6 +122,7 @@ fn room_for_connections(n: usize) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    xibaar_benches::like_xibaar();
     let n: usize = std::env::var("XIBAAR_BENCH_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
