@@ -4,6 +4,7 @@
 //! edge; code inside the pipeline trusts them.
 
 pub mod command;
+mod content_rules;
 pub mod event;
 pub mod ids;
 pub mod job;

@@ -1,0 +1,204 @@
+//! A notification's content against FCM's rules: what each language's title and body may
+//! hold, what the data may name, and the payload size a device's message would have.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::notification::{
+    Audience, Content, ContentError, FCM_PAYLOAD_LIMIT, FCM_TOPIC_PAYLOAD_LIMIT, FieldViolation,
+    MAX_BODY_CHARS, MAX_TITLE_CHARS, NOTIFICATION_ID_DATA_KEY,
+};
+
+/// Keys FCM reserves in `data` (it rejects messages that use them).
+fn reserved_data_key(key: &str) -> bool {
+    matches!(
+        key,
+        "from" | "notification" | "message_type" | "collapse_key"
+    ) || key.starts_with("google.")
+        || key.starts_with("gcm.")
+}
+
+impl Content {
+    /// Bytes of the payload as FCM counts it: the notification and data objects, including the
+    /// notification id Xibaar adds to the data.
+    pub fn fcm_payload_bytes(&self) -> usize {
+        /// The data as the FCM client sends it: the notification id in place of any value
+        /// the content gives that key.
+        struct Data<'a>(&'a BTreeMap<String, String>);
+        impl Serialize for Data<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let nil = uuid::Uuid::nil();
+                let mut map = serializer.serialize_map(None)?;
+                for (key, value) in self.0 {
+                    if key != NOTIFICATION_ID_DATA_KEY {
+                        map.serialize_entry(key, value)?;
+                    }
+                }
+                map.serialize_entry(NOTIFICATION_ID_DATA_KEY, &nil)?;
+                map.end()
+            }
+        }
+        #[derive(Serialize)]
+        struct Notification<'a> {
+            title: &'a str,
+            body: &'a str,
+            image: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            notification: Notification<'a>,
+            data: Data<'a>,
+        }
+        let payload = Payload {
+            notification: Notification {
+                title: &self.title,
+                body: &self.body,
+                image: self.image_url.as_deref(),
+            },
+            data: Data(&self.data),
+        };
+        json_bytes(&payload)
+    }
+
+    /// Checks the content against FCM's rules for a message to `audience` (topic and condition
+    /// messages have a smaller payload limit).
+    pub fn validate_for(&self, audience: &Audience) -> Result<(), ContentError> {
+        let limit = if audience.is_fcm_fan_out() {
+            FCM_TOPIC_PAYLOAD_LIMIT
+        } else {
+            FCM_PAYLOAD_LIMIT
+        };
+        self.validate_with_limit(limit)
+    }
+
+    pub fn validate(&self) -> Result<(), ContentError> {
+        self.validate_with_limit(FCM_PAYLOAD_LIMIT)
+    }
+
+    pub(crate) fn validate_with_limit(&self, limit: usize) -> Result<(), ContentError> {
+        let mut violations = self.translation_violations();
+        // Each device gets one language: the default's title and body, or a translation's,
+        // with the same data and image. What they share is checked once, with the default.
+        let (found, default_bytes) = self.check_default_language();
+        violations.extend(found);
+        let mut largest = default_bytes;
+        if !self.translations.is_empty() {
+            let default_text = json_bytes(&self.title) + json_bytes(&self.body);
+            for (language, text) in &self.translations {
+                let at = format!("content.translations.{language}");
+                violations.extend(text_violations(&text.title, &text.body).into_iter().map(
+                    // `content.title` of a translation is `content.translations.wo.title`.
+                    |v| FieldViolation {
+                        field: v.field.replacen("content", &at, 1),
+                        ..v
+                    },
+                ));
+                let bytes = default_bytes.saturating_sub(default_text)
+                    + json_bytes(&text.title)
+                    + json_bytes(&text.body);
+                largest = largest.max(bytes);
+            }
+        }
+        if !violations.is_empty() {
+            return Err(ContentError::Invalid(violations));
+        }
+        if largest > limit {
+            return Err(ContentError::TooLarge {
+                bytes: largest,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The rules of the default language's content with what every language shares (data,
+    /// image), and its FCM payload size.
+    fn check_default_language(&self) -> (Vec<FieldViolation>, usize) {
+        let mut violations = text_violations(&self.title, &self.body);
+        for key in self.data.keys() {
+            if key.is_empty() || reserved_data_key(key) {
+                violations.push(FieldViolation::new(
+                    format!("content.data.{key}"),
+                    "is a key reserved by FCM",
+                ));
+            }
+        }
+        // NUL cannot be stored in Postgres text: the read models (inbox, status) could not
+        // hold the notification.
+        if self.image_url.as_deref().unwrap_or_default().contains('\0') {
+            violations.push(FieldViolation::new(
+                "content.image_url",
+                "must not contain the NUL character",
+            ));
+        }
+        for (key, value) in &self.data {
+            if key.contains('\0') || value.contains('\0') {
+                let field = format!("content.data.{key}").escape_default().to_string();
+                violations.push(FieldViolation::new(
+                    field,
+                    "must not contain the NUL character",
+                ));
+            }
+        }
+        if let Some(url) = &self.image_url
+            && !url.starts_with("https://")
+        {
+            violations.push(FieldViolation::new(
+                "content.image_url",
+                "must be an https URL",
+            ));
+        }
+        (violations, self.fcm_payload_bytes())
+    }
+}
+
+/// The rules of one language's title and body.
+fn text_violations(title: &str, body: &str) -> Vec<FieldViolation> {
+    let mut violations = Vec::new();
+    if title.trim().is_empty() {
+        violations.push(FieldViolation::new("content.title", "must not be empty"));
+    } else if title.chars().count() > MAX_TITLE_CHARS {
+        violations.push(FieldViolation::new(
+            "content.title",
+            format!("must be at most {MAX_TITLE_CHARS} characters"),
+        ));
+    }
+    if body.chars().count() > MAX_BODY_CHARS {
+        violations.push(FieldViolation::new(
+            "content.body",
+            format!("must be at most {MAX_BODY_CHARS} characters"),
+        ));
+    }
+    // NUL cannot be stored in Postgres text: the read models (inbox, status) could not hold
+    // the notification.
+    for (field, text) in [("content.title", title), ("content.body", body)] {
+        if text.contains('\0') {
+            violations.push(FieldViolation::new(
+                field,
+                "must not contain the NUL character",
+            ));
+        }
+    }
+    violations
+}
+
+/// Bytes of `value` written as JSON, counted: nothing is written out.
+fn json_bytes(value: &impl Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
