@@ -51,7 +51,8 @@ fn for_each_table(statement: impl Fn(&str) -> String) -> String {
     TABLES.iter().map(|t| statement(t)).collect()
 }
 
-/// Attempts at locking the live tables for the swap when Postgres breaks a deadlock.
+/// Attempts at locking the live tables for the swap, or at dropping the rebuild's schemas,
+/// when Postgres breaks a deadlock.
 const LOCK_ATTEMPTS: u32 = 10;
 
 /// Begins the swap's transaction holding every live table exclusively.
@@ -91,6 +92,38 @@ async fn lock_live_tables(
             }
             Err(e) => {
                 return Err(anyhow::Error::new(e).context("locking the live read models"));
+            }
+        }
+    }
+}
+
+/// Runs the rebuild's cleanup (`DROP SCHEMA …`, one implicit transaction), again when Postgres
+/// breaks a deadlock by failing it.
+///
+/// A transaction that reached a live table around the swap can still hold a lock on it once
+/// it is retired, and ask for another; the drop then deadlocks with it and Postgres fails one
+/// of the two (a test's rebuild failed so, with its swap committed). The swap is done by then:
+/// the drop is tried again, and goes through once that transaction has ended.
+async fn drop_retrying_deadlocks(live: &PgPool, cleanup: &str) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match sqlx::raw_sql(AssertSqlSafe(cleanup.to_owned()))
+            .execute(live)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("40P01") && attempt < LOCK_ATTEMPTS =>
+            {
+                tracing::warn!(
+                    attempt,
+                    "dropping the rebuild's schemas deadlocked with another transaction; retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("dropping the rebuild's schemas"));
             }
         }
     }
@@ -259,7 +292,7 @@ pub async fn rebuild(
     if !keep_retired {
         cleanup.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
     }
-    sqlx::raw_sql(AssertSqlSafe(cleanup)).execute(live).await?;
+    drop_retrying_deadlocks(live, &cleanup).await?;
     progress(Progress {
         phase: Phase::Done,
         applied_through: applied,
