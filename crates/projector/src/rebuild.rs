@@ -51,9 +51,35 @@ fn for_each_table(statement: impl Fn(&str) -> String) -> String {
     TABLES.iter().map(|t| statement(t)).collect()
 }
 
-/// Attempts at locking the live tables for the swap, or at dropping the rebuild's schemas,
-/// when Postgres breaks a deadlock.
-const LOCK_ATTEMPTS: u32 = 10;
+/// Attempts at a statement Postgres fails to break a deadlock.
+const DEADLOCK_ATTEMPTS: u32 = 10;
+
+/// `once()` until it is not failed to break a deadlock (Postgres's `40P01`), at most
+/// [`DEADLOCK_ATTEMPTS`] times, pausing longer each time; its error names `what`.
+async fn again_on_deadlock<T, F, Fut>(what: &'static str, mut once: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match once().await {
+            Ok(done) => return Ok(done),
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("40P01") && attempt < DEADLOCK_ATTEMPTS =>
+            {
+                tracing::warn!(
+                    attempt,
+                    what,
+                    "deadlocked with another transaction; retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what)),
+        }
+    }
+}
 
 /// Begins the swap's transaction holding every live table exclusively.
 ///
@@ -65,36 +91,20 @@ const LOCK_ATTEMPTS: u32 = 10;
 async fn lock_live_tables(
     live: &PgPool,
 ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let tables = qualified("public");
-    let mut attempt = 1;
-    loop {
+    let lock = format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        qualified("public")
+    );
+    let lock = lock.as_str();
+    again_on_deadlock("locking the live read models", move || async move {
         let mut tx = live.begin().await?;
         sqlx::query("SET LOCAL lock_timeout = '60s'")
             .execute(&mut *tx)
             .await?;
-        let locked = sqlx::query(AssertSqlSafe(format!(
-            "LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"
-        )))
-        .execute(&mut *tx)
-        .await;
-        match locked {
-            Ok(_) => return Ok(tx),
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("40P01") && attempt < LOCK_ATTEMPTS =>
-            {
-                tracing::warn!(
-                    attempt,
-                    "locking the live read models deadlocked with another transaction; retrying"
-                );
-                drop(tx);
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context("locking the live read models"));
-            }
-        }
-    }
+        sqlx::query(AssertSqlSafe(lock)).execute(&mut *tx).await?;
+        Ok(tx)
+    })
+    .await
 }
 
 /// Runs the rebuild's cleanup (`DROP SCHEMA …`, one implicit transaction), again when Postgres
@@ -104,29 +114,14 @@ async fn lock_live_tables(
 /// it is retired, and ask for another; the drop then deadlocks with it and Postgres fails one
 /// of the two (a test's rebuild failed so, with its swap committed). The swap is done by then:
 /// the drop is tried again, and goes through once that transaction has ended.
-async fn drop_retrying_deadlocks(live: &PgPool, cleanup: &str) -> anyhow::Result<()> {
-    let mut attempt = 1;
-    loop {
-        match sqlx::raw_sql(AssertSqlSafe(cleanup.to_owned()))
+async fn drop_rebuild_schemas(live: &PgPool, cleanup: &str) -> anyhow::Result<()> {
+    again_on_deadlock("dropping the rebuild's schemas", move || async move {
+        sqlx::raw_sql(AssertSqlSafe(cleanup.to_owned()))
             .execute(live)
             .await
-        {
-            Ok(_) => return Ok(()),
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("40P01") && attempt < LOCK_ATTEMPTS =>
-            {
-                tracing::warn!(
-                    attempt,
-                    "dropping the rebuild's schemas deadlocked with another transaction; retrying"
-                );
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context("dropping the rebuild's schemas"));
-            }
-        }
-    }
+            .map(drop)
+    })
+    .await
 }
 
 /// Serialises rebuilds of one database (a session advisory lock key).
@@ -292,7 +287,7 @@ pub async fn rebuild(
     if !keep_retired {
         cleanup.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
     }
-    drop_retrying_deadlocks(live, &cleanup).await?;
+    drop_rebuild_schemas(live, &cleanup).await?;
     progress(Progress {
         phase: Phase::Done,
         applied_through: applied,
