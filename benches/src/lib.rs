@@ -14,14 +14,6 @@ use xibaar_core::{
     },
 };
 
-/// Transparent huge pages off for this process, as the `xibaar` binary runs without them
-/// (docs/decisions.md): what a benchmark runs in its own process (a source, a bare baseline, a
-/// load generator) then pays for memory what the deployed roles pay. Its children inherit the
-/// flag; where THP is `madvise`, only programs that ask for huge pages (mimalloc) notice.
-pub fn like_xibaar() {
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
-}
-
 /// `n` scaled by `XIBAAR_BENCH_SCALE` (default 1), at least 1,000: a quick run with 0.1.
 pub fn scale(n: usize) -> usize {
     let factor: f64 = std::env::var("XIBAAR_BENCH_SCALE")

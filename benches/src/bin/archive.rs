@@ -109,7 +109,8 @@ async fn replay(nats: &NatsServer, s3: &S3Server, head: u64) -> anyhow::Result<(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let n = scale(300_000);
     println!("archive: {n} events, segments of {SEGMENT_EVENTS}, {ROUNDS} rounds alternating");
     let nats = NatsServer::start().await?;

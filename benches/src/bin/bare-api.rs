@@ -52,7 +52,8 @@ async fn send(State(js): State<Arc<async_nats::jetstream::Context>>, body: Bytes
 }
 
 fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(nats)) = (args.next(), args.next()) else {
         anyhow::bail!("usage: bare-api <listen address> <nats url>");

@@ -232,7 +232,8 @@ async fn bare_client(standin: &StandIn, dir: &Path, n: usize) -> anyhow::Result<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let sustained_n = scale(200_000);
     let latency_n = scale(50_000);
     let million = scale(1_000_000);

@@ -88,7 +88,8 @@ async fn push(standin: &StandIn, streams: u32, n: usize) -> anyhow::Result<(f64,
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let n = scale(30_000);
     let bound = IN_FLIGHT as f64 / LATENCY.as_secs_f64();
     let one_bound = 100.0 / LATENCY.as_secs_f64();

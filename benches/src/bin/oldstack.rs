@@ -286,7 +286,8 @@ async fn rounds(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let install = Install::find()?;
     let devices = scale(20_000);
     let unlimited = 1_000_000_000;

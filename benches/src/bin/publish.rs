@@ -44,7 +44,8 @@ fn jobs(notification: NotificationId) -> Vec<(String, String, Bytes)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let nats = NatsServer::start().await?;
     let client = async_nats::connect(nats.url()).await?;
     let js = xibaar::startup::jetstream(client);

@@ -231,7 +231,8 @@ async fn run_source(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let n = scale(50_000);
     println!(
         "sources: {n} rows in batches of {BATCH}, French and Wolof templates with amounts and dates, {ROUNDS} rounds alternating"

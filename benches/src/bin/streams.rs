@@ -122,7 +122,8 @@ fn room_for_connections(n: usize) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    xibaar_benches::like_xibaar();
+    // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
+    xibaar::without_huge_pages();
     let n: usize = std::env::var("XIBAAR_BENCH_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())

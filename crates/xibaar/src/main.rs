@@ -6,13 +6,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    // No transparent huge pages for this process. mimalloc asks for them on its arenas, and a
-    // 2 MiB page is resident as soon as one byte of it is touched: the dispatcher's peak RSS at
-    // 2,048 pushes in flight was 105–107 MiB with them and 83–85 MiB without, at the same CPU
-    // per push (docs/benchmarks.md). Set before the runtime's threads and arenas fault in
-    // memory; a kernel that refuses only costs that memory.
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    xibaar::without_huge_pages();
     let cli = xibaar::cli::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
