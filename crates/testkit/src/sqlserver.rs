@@ -134,10 +134,11 @@ impl SqlServer {
     }
 
     /// Serves `table`, replacing one with the same statement.
-    pub fn serve(&self, table: Table) {
+    pub fn serve(&self, mut table: Table) {
+        table.order_by_watermark();
         let mut state = self.lock();
         state.tables.retain(|t| t.statement != table.statement);
-        state.tables.push(table.in_watermark_order());
+        state.tables.push(table);
     }
 
     /// Adds rows to the table of `statement`.
@@ -328,13 +329,8 @@ fn watermark_of(watermark: &[usize], row: &[ColumnValue]) -> Vec<i64> {
 }
 
 impl Table {
-    /// The table with its rows kept in watermark order, as the statement's `ORDER BY` reads
-    /// them (an index would): a request then seeks to its watermark.
-    fn in_watermark_order(mut self) -> Self {
-        self.order_by_watermark();
-        self
-    }
-
+    /// Keeps the rows in watermark order, as the statement's `ORDER BY` reads them (an index
+    /// would): a request then seeks to its watermark.
     fn order_by_watermark(&mut self) {
         let watermark = &self.watermark;
         self.rows
