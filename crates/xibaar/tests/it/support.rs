@@ -210,7 +210,16 @@ filter = "warn"
         self.roles = Some(task);
         let startup = format!("{}/health/startup", self.ops);
         let started = answers(&self.http, &startup, Duration::from_secs(30)).await;
-        assert!(started, "the pipeline did not start");
+        if !started {
+            // Say why when the roles gave up, rather than only that they did not answer.
+            let roles = self.roles.take().expect("spawned above");
+            let why = if roles.is_finished() {
+                format!("{:?}", roles.await)
+            } else {
+                "still starting after 30 s".to_owned()
+            };
+            panic!("the pipeline did not start: {why}");
+        }
         if roles.projector {
             // Migrations are done once the checkpoint table answers.
             let pool = self.pool.clone();
