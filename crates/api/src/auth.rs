@@ -153,6 +153,24 @@ impl Authenticator {
         self.with_jwks(&set)
     }
 
+    /// The caller a request's `Authorization: Bearer` header proves; their budget is not
+    /// charged yet.
+    pub(crate) fn bearer(&self, headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("send a bearer token in the Authorization header".into())
+            })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+            })?;
+        self.verify(token.trim())
+    }
+
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
         self.verify_at(token, chrono::Utc::now().timestamp())
     }
@@ -315,20 +333,7 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("send a bearer token in the Authorization header".into())
-            })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
-            })?;
-        let caller = state.auth.verify(token.trim())?;
+        let caller = state.auth.bearer(&parts.headers)?;
         let budget = state.limits.check(&caller)?;
         if let Some(slot) = parts.extensions.get::<crate::limit::BudgetSlot>() {
             let _ = slot.0.set(budget);

@@ -11,14 +11,19 @@
 //! for themselves instead.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use axum::http::HeaderValue;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use xibaar_core::CustomerId;
+use xibaar_store::InboxItem;
+
+use crate::{problem::ApiError, routes::read_failed};
 
 /// New items handed to a customer's streams at once, at most; more make them read.
 const HANDED: usize = 16;
@@ -50,8 +55,12 @@ pub struct Subscription {
     pub changes: watch::Receiver<Wake>,
 }
 
+/// Live streams open on this api, whichever way they are served.
+const OPEN_STREAMS: &str = "xibaar_api_live_streams";
+
 impl Drop for Subscription {
     fn drop(&mut self) {
+        metrics::gauge!(OPEN_STREAMS).decrement(1.0);
         let mut watchers = self.hub.lock();
         if watchers
             .get(&self.customer)
@@ -80,6 +89,7 @@ impl InboxHub {
                 .0
             })
             .subscribe();
+        metrics::gauge!(OPEN_STREAMS).increment(1.0);
         Subscription {
             hub: self.clone(),
             customer: customer.to_owned(),
@@ -216,6 +226,113 @@ impl InboxHub {
                     tracing::debug!(error = %e, "inbox listener failed; reconnecting");
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// New items of one customer's stream kept at once, at most, as the table is read.
+const READ_PAGE: i64 = 100;
+
+/// One open live stream: its customer, the last item it sent, and what it has yet to send.
+pub(crate) struct Live {
+    pool: PgPool,
+    customer: CustomerId,
+    last: i64,
+    ready: VecDeque<InboxItem>,
+    subscription: Subscription,
+    /// The hub's read request last satisfied by reading the table (`None`: not read yet).
+    reads_done: Option<u64>,
+}
+
+/// The position a `Last-Event-ID` header resumes after; `None` without one.
+pub(crate) fn resume_after(header: Option<&HeaderValue>) -> Result<Option<i64>, ApiError> {
+    header
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| {
+                    ApiError::validation("Last-Event-ID", "must be an id this stream sent")
+                })
+        })
+        .transpose()
+}
+
+impl Live {
+    /// Opens `customer`'s stream after the item at `after`, or at their newest item now.
+    pub(crate) async fn open(
+        hub: &Arc<InboxHub>,
+        pool: &PgPool,
+        customer: CustomerId,
+        after: Option<i64>,
+    ) -> Result<Self, ApiError> {
+        // Registered before the first read, so an item committed in between still wakes it.
+        let subscription = hub.subscribe(customer.as_str());
+        let last = match after {
+            Some(after) => after,
+            None => {
+                xibaar_store::inbox_summary(pool, &customer)
+                    .await
+                    .map_err(read_failed)?
+                    .1
+            }
+        };
+        Ok(Self {
+            pool: pool.clone(),
+            customer,
+            last,
+            ready: VecDeque::new(),
+            subscription,
+            reads_done: None,
+        })
+    }
+
+    /// The stream's next item, in position order, once there is one; `None` when the api
+    /// stops. Cancelling it loses nothing: an item is taken only when it is returned.
+    pub(crate) async fn next(&mut self) -> Option<InboxItem> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                self.last = item.position;
+                return Some(item);
+            }
+            // Marked before looking: a wake-up meanwhile is not lost.
+            let wake = self.subscription.changes.borrow_and_update().clone();
+            // Asked to read (or never read yet): the table, from this stream's own position,
+            // has everything in order, what the hub handed over included.
+            if self.reads_done != Some(wake.reads) {
+                // Boxed: an idle stream does not carry the size of a query in flight.
+                let read = Box::pin(xibaar_store::inbox_after(
+                    &self.pool,
+                    &self.customer,
+                    self.last,
+                    READ_PAGE,
+                ));
+                match read.await {
+                    Ok(items) => {
+                        // A full page may have more behind it: read again after sending it.
+                        if items.len() < READ_PAGE as usize {
+                            self.reads_done = Some(wake.reads);
+                        }
+                        self.ready.extend(items);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading new inbox items failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            }
+            let last = self.last;
+            self.ready
+                .extend(wake.items.iter().filter(|i| i.position > last).cloned());
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if self.subscription.changes.changed().await.is_err() {
+                return None; // the api is stopping
             }
         }
     }

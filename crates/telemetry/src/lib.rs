@@ -232,11 +232,15 @@ async fn ready(State(health): State<Health>) -> impl IntoResponse {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     // Served as a `Router`, axum binds its state again for every connection, which copies the
     // route table (about 10 KB for the api's): an idle keep-alive connection or an open inbox
     // stream carried that copy. Bound once here, each connection shares the bound router.

@@ -3,7 +3,7 @@
 //! `GET /v1/me/stream`. Every item is looked up under the caller's customer id, so another
 //! customer's notification is simply not found (404, never 403).
 
-use std::{collections::VecDeque, convert::Infallible};
+use std::convert::Infallible;
 
 use axum::{
     Json,
@@ -15,7 +15,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use xibaar_core::{
-    CustomerId, Event, NotificationId,
+    Event, NotificationId,
     event::{InboxAllRead, InboxItemRead},
 };
 use xibaar_store::InboxItem;
@@ -24,7 +24,7 @@ use crate::{
     AppState,
     auth::Caller,
     extract::ApiQuery,
-    live::Subscription,
+    live::{Live, resume_after},
     problem::ApiError,
     routes::{read_failed, record_for_caller},
 };
@@ -235,17 +235,6 @@ pub async fn mark_all_read(
     ))
 }
 
-/// What the live stream keeps between items.
-struct Live {
-    state: AppState,
-    customer: CustomerId,
-    last: i64,
-    ready: VecDeque<InboxItem>,
-    subscription: Subscription,
-    /// The hub's read request last satisfied by reading the table (`None`: not read yet).
-    reads_done: Option<u64>,
-}
-
 /// New inbox items, live (Server-Sent Events).
 ///
 /// Every new inbox item as an `event: inbox_item` (data: an `InboxItem`) whose `id` resumes
@@ -261,75 +250,20 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let customer = caller.customer()?;
-    // Registered before the first read, so an item committed in between still wakes us.
-    let subscription = state.inbox.subscribe(customer.as_str());
-    let last = match headers.get("last-event-id") {
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|p| *p >= 0)
-            .ok_or_else(|| {
-                ApiError::validation("Last-Event-ID", "must be an id this stream sent")
-            })?,
-        None => {
-            xibaar_store::inbox_summary(&state.pool, &customer)
-                .await
-                .map_err(read_failed)?
-                .1
-        }
-    };
-    let live = Live {
-        state,
-        customer,
-        last,
-        ready: VecDeque::new(),
-        subscription,
-        reads_done: None,
-    };
+    let after = resume_after(headers.get("last-event-id"))?;
+    let live = Live::open(&state.inbox, &state.pool, customer, after).await?;
     let events = futures::stream::unfold(live, |mut live| async move {
-        loop {
-            if let Some(item) = live.ready.pop_front() {
-                live.last = item.position;
-                let event = SseEvent::default()
-                    .event("inbox_item")
-                    .id(item.position.to_string())
-                    .json_data(&item)
-                    .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()));
-                return Some((Ok(event), live));
-            }
-            // Marked before looking: a wake-up meanwhile is not lost.
-            let wake = live.subscription.changes.borrow_and_update().clone();
-            // Asked to read (or never read yet): the table, from this stream's own position,
-            // has everything in order, what the hub handed over included.
-            if live.reads_done != Some(wake.reads) {
-                match xibaar_store::inbox_after(&live.state.pool, &live.customer, live.last, 100)
-                    .await
-                {
-                    Ok(items) => {
-                        // A full page may have more behind it: read again after sending it.
-                        if items.len() < 100 {
-                            live.reads_done = Some(wake.reads);
-                        }
-                        live.ready.extend(items);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading new inbox items failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                }
-                continue;
-            }
-            let last = live.last;
-            live.ready
-                .extend(wake.items.iter().filter(|i| i.position > last).cloned());
-            if !live.ready.is_empty() {
-                continue;
-            }
-            if live.subscription.changes.changed().await.is_err() {
-                return None; // the api is stopping
-            }
-        }
+        let item = live.next().await?;
+        Some((Ok(sse_event(&item)), live))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// An inbox item as the stream's `inbox_item` event.
+pub(crate) fn sse_event(item: &InboxItem) -> SseEvent {
+    SseEvent::default()
+        .event("inbox_item")
+        .id(item.position.to_string())
+        .json_data(item)
+        .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()))
 }

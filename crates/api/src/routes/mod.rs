@@ -75,7 +75,7 @@ async fn record_for_caller(
 }
 
 /// Read models live in Postgres; when it is away, reads fail with 503 (writes do not need it).
-fn read_failed(e: xibaar_store::StoreError) -> ApiError {
+pub(crate) fn read_failed(e: xibaar_store::StoreError) -> ApiError {
     tracing::warn!(error = %e, "read model unavailable");
     ApiError::Unavailable("the read model is unavailable; try again shortly".into())
 }
