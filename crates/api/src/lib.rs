@@ -7,6 +7,7 @@ pub mod auth;
 mod examples;
 mod extract;
 pub mod limit;
+mod listen;
 pub mod live;
 pub mod openapi;
 pub mod ops;
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 use tower_http::{set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
 pub use auth::{Authenticator, Caller, mint, scopes};
+pub use listen::serve;
 
 /// What every request shares, behind one reference count: a request clones its handle a few
 /// times on its way through the router, which costs one atomic increment each.
@@ -95,16 +97,24 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
 /// One span per request, continuing the caller's trace when it sends a `traceparent`; the
 /// commands and events the request writes carry this trace on.
 fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    span_for(
+        request.method().as_str(),
+        request.uri().path(),
+        request.headers(),
+    )
+}
+
+/// The span of a request to `path`, continuing the trace of its `traceparent` header.
+pub(crate) fn span_for(method: &str, path: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
     let span = tracing::info_span!(
         "request",
-        method = %request.method(),
-        path = %request.uri().path(),
+        method = %method,
+        path = %path,
         otel.kind = "server",
     );
     xibaar_streams::trace::continue_trace(
         &span,
-        request
-            .headers()
+        headers
             .get(xibaar_streams::trace::TRACEPARENT)
             .and_then(|v| v.to_str().ok()),
     );

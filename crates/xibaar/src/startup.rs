@@ -329,10 +329,10 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             .await
             .with_context(|| format!("binding api.listen {}", config.api.listen))?;
         tracing::info!(addr = %listener.local_addr()?, "api listening");
-        let router = xibaar_api::app(state, config.api.max_body_bytes);
+        let router = xibaar_api::app(state.clone(), config.api.max_body_bytes);
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            xibaar_telemetry::serve(listener, router, async move { shutdown.cancelled().await })
+            xibaar_api::serve(listener, state, router, shutdown)
                 .await
                 .context("api server")
         });

@@ -20,6 +20,7 @@ mod idempotency;
 mod inbox;
 mod lag;
 mod languages;
+mod live_streams;
 mod openapi;
 mod openapi_contract;
 mod ops;
