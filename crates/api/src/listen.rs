@@ -140,17 +140,43 @@ async fn first_request(
         opened = Box::pin(open_stream(&mut conn, &state)) => opened,
     };
     match opened {
-        Some((live, head)) => stream(conn, live, head, shutdown).await,
-        None => {
+        Opened::Stream(live, head) => stream(conn, live, head, shutdown).await,
+        Opened::Routed => {
             // Only fails when the router has stopped, and with it the api.
             let _ = to_router.send((conn, peer)).await;
         }
+        Opened::Broken => {}
     }
 }
 
-/// Opens the live stream `conn` asks for and takes its request off the connection, with the
-/// response head to send; `None`, having read nothing, for a request the router is to answer.
-async fn open_stream(conn: &mut TcpStream, state: &AppState) -> Option<(Live, Vec<u8>)> {
+/// What became of a new connection's first request.
+enum Opened {
+    /// A live stream, with the response head to send.
+    Stream(Live, Vec<u8>),
+    /// Nothing read off the connection: the router answers it.
+    Routed,
+    /// The connection failed while its request was being taken off it.
+    Broken,
+}
+
+/// Opens the live stream `conn` asks for and takes its request off the connection, or leaves
+/// the connection untouched for the router.
+async fn open_stream(conn: &mut TcpStream, state: &AppState) -> Opened {
+    match stream_asked(conn, state).await {
+        Some((length, live, head)) => {
+            // The bytes were peeked, so only a failed connection fails to give them.
+            match conn.read_exact(&mut vec![0; length]).await {
+                Ok(_) => Opened::Stream(live, head),
+                Err(_) => Opened::Broken,
+            }
+        }
+        None => Opened::Routed,
+    }
+}
+
+/// The live stream `conn`'s first request asks for, when it is whole and to be served as it
+/// stands: the request's length, the stream, and the head to answer with. Reads nothing.
+async fn stream_asked(conn: &TcpStream, state: &AppState) -> Option<(usize, Live, Vec<u8>)> {
     // The buffer is made once there is something to read, and dropped before the stream's
     // opening waits for Postgres: ten thousand phones connecting at once do not hold 8 KiB
     // each while they wait.
@@ -171,9 +197,8 @@ async fn open_stream(conn: &mut TcpStream, state: &AppState) -> Option<(Live, Ve
     // Charged last: a request handed to the router after this would be charged twice. A
     // refusal here charges nothing, so the router refuses it the same way.
     let budget = state.limits.check(&caller).ok()?;
-    conn.read_exact(&mut vec![0; length]).await.ok()?;
     let traceparent = span.in_scope(xibaar_streams::trace::current_traceparent);
-    Some((live, response_head(budget, traceparent.as_deref())))
+    Some((length, live, response_head(budget, traceparent.as_deref())))
 }
 
 /// The length and headers of `bytes`' request when it is a whole, body-less HTTP/1.1
