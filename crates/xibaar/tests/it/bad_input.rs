@@ -103,23 +103,11 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
     // answer and close before the client has finished writing, which the client reports as a
     // reset instead of the answer.
     let app = xibaar_api::app(
-        xibaar_api::AppState::new(xibaar_api::Shared {
-            js: p.jetstream().await,
-            pool: p.pool.clone(),
-            auth: xibaar_api::Authenticator::hs256(
-                crate::support::SECRET.as_bytes(),
-                "xibaar",
-                "xibaar-api",
-            ),
-            limits: xibaar_api::limit::RateLimits::new(
-                p.config.api.customer_requests_per_minute,
-                p.config.api.client_requests_per_minute,
-            ),
-            ops: xibaar_api::ops::idle_view(),
-            inbox: Default::default(),
-            archive: None,
-            publish_timeout: std::time::Duration::from_secs(5),
-        }),
+        p.api_state(xibaar_api::limit::RateLimits::new(
+            p.config.api.customer_requests_per_minute,
+            p.config.api.client_requests_per_minute,
+        ))
+        .await,
         p.config.api.max_body_bytes,
     );
     let huge = format!("{{\"pad\": \"{}\"}}", "z".repeat(2 * 1024 * 1024));

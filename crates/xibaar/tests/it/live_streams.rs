@@ -14,7 +14,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Pipeline, SECRET, notification};
+use crate::support::{Pipeline, notification};
 
 /// A live stream read off its raw connection: the head, then the SSE frames of the chunked
 /// body.
@@ -164,20 +164,13 @@ async fn a_stream_request_in_pieces_gets_the_same_head_and_events_as_one_sent_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stream_request_is_charged_once_and_open_streams_end_when_the_api_stops() {
     let p = Pipeline::start().await;
-    let state = xibaar_api::AppState::new(xibaar_api::Shared {
-        js: p.jetstream().await,
-        pool: p.pool.clone(),
-        auth: xibaar_api::Authenticator::hs256(SECRET.as_bytes(), "xibaar", "xibaar-api"),
-        // Three a minute: one comes back every 20 s.
-        limits: xibaar_api::limit::RateLimits::new(
+    // Three a minute: one comes back every 20 s.
+    let state = p
+        .api_state(xibaar_api::limit::RateLimits::new(
             NonZeroU32::new(3).unwrap(),
             NonZeroU32::new(1000).unwrap(),
-        ),
-        ops: xibaar_api::ops::idle_view(),
-        inbox: Default::default(),
-        archive: None,
-        publish_timeout: Duration::from_secs(5),
-    });
+        ))
+        .await;
     let shutdown = CancellationToken::new();
     // As the api runs it: the hub ends the streams the router holds when the api stops.
     state

@@ -7,25 +7,17 @@ use axum::{body::Body, http::Request};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::support::{Pipeline, SECRET};
+use crate::support::Pipeline;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_past_their_budget_get_429_with_rate_limit_headers() {
     let p = Pipeline::start().await;
     let app = xibaar_api::app(
-        xibaar_api::AppState::new(xibaar_api::Shared {
-            js: p.jetstream().await,
-            pool: p.pool.clone(),
-            auth: xibaar_api::Authenticator::hs256(SECRET.as_bytes(), "xibaar", "xibaar-api"),
-            limits: xibaar_api::limit::RateLimits::new(
-                NonZeroU32::new(3).unwrap(),
-                NonZeroU32::new(1000).unwrap(),
-            ),
-            ops: xibaar_api::ops::idle_view(),
-            inbox: Default::default(),
-            archive: None,
-            publish_timeout: Duration::from_secs(5),
-        }),
+        p.api_state(xibaar_api::limit::RateLimits::new(
+            NonZeroU32::new(3).unwrap(),
+            NonZeroU32::new(1000).unwrap(),
+        ))
+        .await,
         p.config.api.max_body_bytes,
     );
     let get = |token: String| {

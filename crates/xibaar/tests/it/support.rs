@@ -612,6 +612,21 @@ filter = "warn"
         }
     }
 
+    /// An api's state on this pipeline's servers, with `limits` for budgets, to serve or to
+    /// drive without a socket.
+    pub async fn api_state(&self, limits: xibaar_api::limit::RateLimits) -> xibaar_api::AppState {
+        xibaar_api::AppState::new(xibaar_api::Shared {
+            js: self.jetstream().await,
+            pool: self.pool.clone(),
+            auth: xibaar_api::Authenticator::hs256(SECRET.as_bytes(), "xibaar", "xibaar-api"),
+            limits,
+            ops: xibaar_api::ops::idle_view(),
+            inbox: Default::default(),
+            archive: None,
+            publish_timeout: std::time::Duration::from_secs(5),
+        })
+    }
+
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let url = self.nats.url();
         let servers: Vec<&str> = url.split(',').collect();
