@@ -128,6 +128,13 @@ impl StandIn {
         self.shared.connections()
     }
 
+    /// How long the stand-in took to answer its requests so far, at `percentile` (0–100): its
+    /// configured latency as it turned out on this machine, with its own work. What a client
+    /// adds to a push is measured above this.
+    pub fn answer_time(&self, percentile: f64) -> std::time::Duration {
+        self.shared.answer_time(percentile)
+    }
+
     /// The most requests this stand-in has held at once.
     pub fn peak_in_flight(&self) -> u64 {
         self.shared.peak_in_flight()

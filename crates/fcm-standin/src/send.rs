@@ -26,18 +26,25 @@ pub(crate) async fn send(
     body: Bytes,
 ) -> Response {
     let _in_flight = shared.request_started();
+    let arrived_at = chrono::Utc::now();
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let response = answer(&shared, &project, &headers, &body);
+    let response = answer(&shared, &project, &headers, &body, arrived_at);
     if !response.status().is_success() {
         shared.count_error();
     }
     response
 }
 
-fn answer(shared: &Shared, project: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+fn answer(
+    shared: &Shared,
+    project: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    arrived_at: chrono::DateTime<chrono::Utc>,
+) -> Response {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -102,6 +109,7 @@ fn answer(shared: &Shared, project: &str, headers: &HeaderMap, body: &[u8]) -> R
             project: project.to_owned(),
             token: token.map(str::to_owned),
             message: message.clone(),
+            arrived_at,
             received_at: chrono::Utc::now(),
         });
     }

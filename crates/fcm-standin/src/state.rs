@@ -59,6 +59,9 @@ pub struct Received {
     pub project: String,
     pub token: Option<String>,
     pub message: serde_json::Value,
+    /// When the request reached the stand-in, before its latency.
+    pub arrived_at: DateTime<Utc>,
+    /// When the stand-in answered it.
     pub received_at: DateTime<Utc>,
 }
 
@@ -78,6 +81,9 @@ pub(crate) struct Shared {
     connections: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    /// How long each request took to answer, in microseconds: the latency as it turned out on
+    /// this machine, with the stand-in's own work.
+    answer_times: Mutex<hdrhistogram::Histogram<u64>>,
     quota: AtomicU64,
     /// Per project: (minute since the epoch, requests counted in it). FCM's quota is per
     /// minute per project and counts errors too; a fixed window reproduces that.
@@ -91,11 +97,16 @@ pub(crate) struct Shared {
 }
 
 /// A request being answered.
-pub(crate) struct InFlight(std::sync::Arc<Shared>);
+pub(crate) struct InFlight {
+    shared: std::sync::Arc<Shared>,
+    started: Instant,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let took = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        lock(&self.shared.answer_times).saturating_record(took);
     }
 }
 
@@ -116,6 +127,9 @@ impl Shared {
             connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             peak_in_flight: AtomicU64::new(0),
+            answer_times: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            ),
             quota: AtomicU64::new(config.quota_per_minute),
             windows: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -231,7 +245,15 @@ impl Shared {
     pub(crate) fn request_started(self: &std::sync::Arc<Self>) -> InFlight {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            shared: self.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The answer time at `percentile` (0–100) over every request answered so far.
+    pub(crate) fn answer_time(&self, percentile: f64) -> Duration {
+        Duration::from_micros(lock(&self.answer_times).value_at_percentile(percentile))
     }
 
     pub(crate) fn peak_in_flight(&self) -> u64 {

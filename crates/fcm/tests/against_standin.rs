@@ -467,4 +467,17 @@ async fn requests_beyond_one_connections_streams_open_more_connections() {
         "requests queued behind one connection: at most {} at the stand-in at once",
         standin.peak_in_flight()
     );
+    // The stand-in's own answer times, which benchmarks measure a client's part against: never
+    // below the latency it was given (500 ± 100 ms), each message from its arrival.
+    assert!(standin.answer_time(0.0) >= Duration::from_millis(400));
+    assert!(standin.answer_time(100.0) >= standin.answer_time(50.0));
+    let received = standin.received();
+    assert_eq!(received.len(), 400);
+    for r in received {
+        let answered_after = r.received_at - r.arrived_at;
+        assert!(
+            answered_after >= chrono::TimeDelta::milliseconds(400),
+            "{answered_after}"
+        );
+    }
 }
