@@ -23,7 +23,9 @@ pub enum FcmClientError {
     #[error("access token: {0}")]
     Token(#[from] TokenError),
     #[error("request to FCM failed: {0}")]
-    Transport(#[source] reqwest::Error),
+    Transport(#[source] crate::transport::TransportError),
+    #[error("FCM answered with a body that is not its JSON: {0}")]
+    Answer(#[source] serde_json::Error),
     #[error("cannot build the FCM client: {0}")]
     Setup(String),
     /// The project's circuit is open: nothing was sent, and this is not a delivery attempt.
@@ -51,10 +53,12 @@ pub struct SentMessage {
     pub name: String,
 }
 
+const USER_AGENT: &str = concat!("xibaar/", env!("CARGO_PKG_VERSION"));
+
 struct App {
     project_id: String,
     /// `<endpoint>/v1/projects/<project>/messages:send`, parsed once.
-    send_url: reqwest::Url,
+    send_uri: http::Uri,
     tokens: TokenSource,
     /// Shared by every app of the same project: FCM's quota and health are per project.
     project: Arc<Project>,
@@ -149,45 +153,40 @@ impl std::fmt::Debug for FcmClient {
 impl FcmClient {
     pub fn new(config: &FcmConfig) -> Result<Self, FcmClientError> {
         let setup = |e: &dyn std::fmt::Display| FcmClientError::Setup(e.to_string());
+        let mut pem = None;
         let mut certificates = Vec::new();
         if let Some(path) = &config.ca_bundle {
-            let pem = std::fs::read(path)
+            let bundle = std::fs::read(path)
                 .map_err(|e| setup(&format!("fcm.ca_bundle {}: {e}", path.display())))?;
-            certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            certificates = reqwest::Certificate::from_pem_bundle(&bundle)
                 .map_err(|e| setup(&format!("fcm.ca_bundle {}: {e}", path.display())))?;
+            pem = Some(bundle);
         }
-        let (timeout, plaintext) = (
-            config.request_timeout,
-            config.endpoint.starts_with("http://"),
+        // Access tokens come through reqwest (a request an hour); sends through the pool.
+        let mut tokens = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT);
+        for cert in certificates {
+            tokens = tokens.add_root_certificate(cert);
+        }
+        let http = tokens.build().map_err(|e| setup(&e))?;
+        let dialer = Arc::new(
+            crate::transport::Dialer::new(
+                config.endpoint.trim_end_matches('/'),
+                pem.as_deref(),
+                config.request_timeout,
+                &hyper_util::client::proxy::matcher::Matcher::from_env(),
+            )
+            .map_err(|e| setup(&e))?,
         );
-        // Every connection is a client of its own, built the same way.
-        let build = move || {
-            let mut builder = reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(Duration::from_secs(5))
-                .pool_idle_timeout(Duration::from_secs(90))
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .http2_keep_alive_while_idle(true)
-                // FCM does not redirect; a redirect would be a misconfigured endpoint.
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("xibaar/", env!("CARGO_PKG_VERSION")));
-            if plaintext {
-                // Plain-text endpoints (the stand-in) speak HTTP/2 without TLS negotiation.
-                builder = builder.http2_prior_knowledge();
-            }
-            for cert in &certificates {
-                builder = builder.add_root_certificate(cert.clone());
-            }
-            builder.build()
-        };
-        let http = build().map_err(|e| setup(&e))?;
         let streams = config.streams_per_connection.get() as usize;
         let connections = crate::connections::Connections::new(
-            Box::new(build),
+            Box::new(move || crate::transport::Connection::new(dialer.clone())),
             streams,
             config.concurrency.div_ceil(streams),
-        )
-        .map_err(|e| setup(&e))?;
+        );
         let breaker = BreakerSettings {
             failure_threshold: config.circuit_failure_threshold.get(),
             open_for: config.circuit_open_for,
@@ -219,13 +218,14 @@ impl FcmClient {
                 config.endpoint.trim_end_matches('/'),
                 app.project_id
             );
-            let send_url = reqwest::Url::parse(&send_url)
+            let send_uri: http::Uri = send_url
+                .parse()
                 .map_err(|e| setup(&format!("fcm.endpoint {send_url}: {e}")))?;
             apps.insert(
                 app.app_id.clone(),
                 Arc::new(App {
                     project_id: app.project_id.clone(),
-                    send_url,
+                    send_uri,
                     tokens: TokenSource::new(key),
                     project,
                 }),
@@ -346,33 +346,26 @@ impl FcmClient {
             }
             let started = std::time::Instant::now();
             let stream = self.connections.stream();
-            let response = stream
-                .client()
-                .post(app.send_url.clone())
-                .bearer_auth(&*token)
+            let request = http::Request::post(app.send_uri.clone())
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .map_err(|e| {
-                    answered(&app.project_id, "TRANSPORT");
-                    FcmClientError::Transport(e)
-                })?;
-            let status = response.status();
+                .header(header::USER_AGENT, USER_AGENT)
+                .body(http_body_util::Full::new(body.clone()))
+                .map_err(|e| FcmClientError::Setup(e.to_string()))?;
+            let answer = stream.client().send(request).await.map_err(|e| {
+                answered(&app.project_id, "TRANSPORT");
+                FcmClientError::Transport(e)
+            })?;
+            let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
+            drop(stream);
             metrics::histogram!("xibaar_fcm_request_seconds")
                 .record(started.elapsed().as_secs_f64());
             if status.is_success() {
                 answered(&app.project_id, "OK");
-                let sent: SentMessage = response.json().await.map_err(FcmClientError::Transport)?;
+                let sent: SentMessage =
+                    serde_json::from_slice(&bytes).map_err(FcmClientError::Answer)?;
                 return Ok(sent);
             }
-            let retry_after = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let bytes = response.bytes().await.map_err(FcmClientError::Transport)?;
             let error = FcmError::from_response(status.as_u16(), retry_after, &bytes);
             answered(&app.project_id, error.code.as_str());
             if status == StatusCode::UNAUTHORIZED

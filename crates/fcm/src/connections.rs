@@ -3,8 +3,7 @@
 //! FCM's front ends allow 100 concurrent streams on one HTTP/2 connection, and a request takes
 //! tens to hundreds of milliseconds; reqwest keeps one HTTP/2 connection per host and queues
 //! what does not fit in it. By Little's law the requests in flight are the rate times the
-//! latency, so the pool opens a connection (a `reqwest::Client` of its own, hence through a
-//! proxy a CONNECT tunnel of its own) when every open one carries its full share of streams,
+//! latency, so the pool opens a connection (through a proxy a CONNECT tunnel of its own) when every open one carries its full share of streams,
 //! and closes one idle for a while. A request goes to the least busy connection with a free
 //! stream, never behind a full connection while another could carry it.
 //!
@@ -23,10 +22,10 @@ use std::{
 /// A connection idle this long is closed (the first one stays).
 const IDLE: Duration = Duration::from_secs(60);
 
-type Build = dyn Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync;
+type Build = dyn Fn() -> crate::transport::Connection + Send + Sync;
 
 struct Connection {
-    client: reqwest::Client,
+    client: crate::transport::Connection,
     in_flight: AtomicUsize,
     /// Milliseconds since the pool's start when it last carried a request.
     last_used: AtomicU64,
@@ -47,7 +46,7 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub(crate) fn client(&self) -> &reqwest::Client {
+    pub(crate) fn client(&self) -> &crate::transport::Connection {
         &self.connection.client
     }
 }
@@ -63,23 +62,19 @@ impl Drop for Stream {
 impl Connections {
     /// A pool of connections built by `build`, each carrying up to `streams` requests, at most
     /// `max` of them.
-    pub(crate) fn new(
-        build: Box<Build>,
-        streams: usize,
-        max: usize,
-    ) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(build: Box<Build>, streams: usize, max: usize) -> Self {
         let first = Arc::new(Connection {
-            client: build()?,
+            client: build(),
             in_flight: AtomicUsize::new(0),
             last_used: AtomicU64::new(0),
         });
-        Ok(Self {
+        Self {
             build,
             streams: streams.max(1),
             max: max.max(1),
             open: RwLock::new(vec![first]),
             started: Instant::now(),
-        })
+        }
     }
 
     fn now(&self) -> u64 {
@@ -106,21 +101,14 @@ impl Connections {
         }
         self.close_idle(&mut open);
         if open.len() < self.max {
-            match (self.build)() {
-                Ok(client) => {
-                    open.push(Arc::new(Connection {
-                        client,
-                        in_flight: AtomicUsize::new(0),
-                        last_used: AtomicU64::new(self.now()),
-                    }));
-                    metrics::gauge!("xibaar_fcm_connections").set(open.len() as f64);
-                    if let Some(stream) = self.reserve(&open) {
-                        return stream;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "opening another FCM connection failed; sharing the open ones")
-                }
+            open.push(Arc::new(Connection {
+                client: (self.build)(),
+                in_flight: AtomicUsize::new(0),
+                last_used: AtomicU64::new(self.now()),
+            }));
+            metrics::gauge!("xibaar_fcm_connections").set(open.len() as f64);
+            if let Some(stream) = self.reserve(&open) {
+                return stream;
             }
         }
         let least = open
@@ -181,12 +169,20 @@ mod tests {
     use super::*;
 
     fn pool(streams: usize, max: usize) -> Connections {
+        let dialer = Arc::new(
+            crate::transport::Dialer::new(
+                "http://127.0.0.1:9",
+                None,
+                Duration::from_secs(1),
+                &hyper_util::client::proxy::matcher::Matcher::builder().build(),
+            )
+            .unwrap(),
+        );
         Connections::new(
-            Box::new(|| reqwest::Client::builder().build()),
+            Box::new(move || crate::transport::Connection::new(dialer.clone())),
             streams,
             max,
         )
-        .unwrap()
     }
 
     #[test]
