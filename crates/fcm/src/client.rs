@@ -183,7 +183,7 @@ impl FcmClient {
         );
         let streams = config.streams_per_connection.get() as usize;
         let connections = crate::connections::Connections::new(
-            Box::new(move || crate::transport::Connection::new(dialer.clone())),
+            dialer,
             streams,
             config.concurrency.div_ceil(streams),
         );

@@ -3,8 +3,8 @@
 //! FCM's front ends allow 100 concurrent streams on one HTTP/2 connection, and a request takes
 //! tens to hundreds of milliseconds; reqwest keeps one HTTP/2 connection per host and queues
 //! what does not fit in it. By Little's law the requests in flight are the rate times the
-//! latency, so the pool opens a connection (through a proxy a CONNECT tunnel of its own) when every open one carries its full share of streams,
-//! and closes one idle for a while. A request goes to the least busy connection with a free
+//! latency, so the pool opens a connection (through a proxy a CONNECT tunnel of its own) when
+//! every open one carries its full share of streams, and closes one idle for a while. A request goes to the least busy connection with a free
 //! stream, never behind a full connection while another could carry it.
 //!
 //! Written here rather than taken from a crate: reqwest and hyper pool by host and do not
@@ -22,8 +22,6 @@ use std::{
 /// A connection idle this long is closed (the first one stays).
 const IDLE: Duration = Duration::from_secs(60);
 
-type Build = dyn Fn() -> crate::transport::Connection + Send + Sync;
-
 struct Connection {
     client: crate::transport::Connection,
     in_flight: AtomicUsize,
@@ -32,7 +30,7 @@ struct Connection {
 }
 
 pub(crate) struct Connections {
-    build: Box<Build>,
+    dialer: Arc<crate::transport::Dialer>,
     streams: usize,
     max: usize,
     open: RwLock<Vec<Arc<Connection>>>,
@@ -60,16 +58,16 @@ impl Drop for Stream {
 }
 
 impl Connections {
-    /// A pool of connections built by `build`, each carrying up to `streams` requests, at most
-    /// `max` of them.
-    pub(crate) fn new(build: Box<Build>, streams: usize, max: usize) -> Self {
+    /// A pool of connections dialled by `dialer`, each carrying up to `streams` requests, at
+    /// most `max` of them.
+    pub(crate) fn new(dialer: Arc<crate::transport::Dialer>, streams: usize, max: usize) -> Self {
         let first = Arc::new(Connection {
-            client: build(),
+            client: crate::transport::Connection::new(dialer.clone()),
             in_flight: AtomicUsize::new(0),
             last_used: AtomicU64::new(0),
         });
         Self {
-            build,
+            dialer,
             streams: streams.max(1),
             max: max.max(1),
             open: RwLock::new(vec![first]),
@@ -102,7 +100,7 @@ impl Connections {
         self.close_idle(&mut open);
         if open.len() < self.max {
             open.push(Arc::new(Connection {
-                client: (self.build)(),
+                client: crate::transport::Connection::new(self.dialer.clone()),
                 in_flight: AtomicUsize::new(0),
                 last_used: AtomicU64::new(self.now()),
             }));
@@ -178,11 +176,7 @@ mod tests {
             )
             .unwrap(),
         );
-        Connections::new(
-            Box::new(move || crate::transport::Connection::new(dialer.clone())),
-            streams,
-            max,
-        )
+        Connections::new(dialer, streams, max)
     }
 
     #[test]
