@@ -31,6 +31,14 @@ use tokio_util::sync::CancellationToken;
 /// How long one pull request waits for messages before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
+/// How long past its expiry a pull request may stay unanswered before it is given up and made
+/// again. The consumer's leader answers every request by its expiry (with messages, or a
+/// timeout status); a request that reached a leader as it died, or was sent while the consumer
+/// had none, is never answered, and the client would wait 5 s past the expiry before giving
+/// up on it: twice over, that is a push waiting 12 s past a 4 s election. A leader late by more
+/// than this would send its messages to an abandoned inbox; they return after the ack wait.
+const PULL_UNANSWERED: Duration = Duration::from_secs(2);
+
 /// How often a message in hand is said to be in progress: three times per ack wait.
 pub(crate) fn progress_every(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(100))
@@ -147,6 +155,7 @@ async fn run(
     while !shutdown.is_cancelled() {
         // Pull no more than the channel can take, so pulled messages do not wait long unseen.
         let room = tx.capacity().max(1).min(batch);
+        let requested = tokio::time::Instant::now();
         let mut messages = match consumer
             .batch()
             .max_messages(room)
@@ -166,7 +175,13 @@ async fn run(
                 }
             }
         };
-        while let Some(message) = messages.next().await {
+        let given_up_at = requested + PULL_EXPIRES + PULL_UNANSWERED;
+        loop {
+            let Ok(next) = tokio::time::timeout_at(given_up_at, messages.next()).await else {
+                tracing::debug!(lane = %name, "pull request unanswered; pulling again");
+                break;
+            };
+            let Some(message) = next else { break };
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {

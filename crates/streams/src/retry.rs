@@ -93,12 +93,34 @@ impl WarnEvery {
     }
 }
 
+/// How long one try of [`within`] may go unanswered before it is made again. A request that
+/// reached a leader as it died, or was sent while its group had none, is never answered (the
+/// group's followers drop it): left to the client's own timeout (5 s) it would hold the work that
+/// long past the election. Tried again after 2 s, it reaches the new leader within about 2 s of
+/// its election. A request that was only slow is repeated harmlessly: [`within`] is for
+/// requests JetStream deduplicates or whose repetition is harmless.
+pub const UNANSWERED: Duration = Duration::from_secs(2);
+
 /// Tries `attempt` until it succeeds, fails for good (`retriable` says no), or `within` has
-/// passed, waiting between tries with [`Backoff::for_nats`]: for a request answered within a
-/// deadline that may meet a leader election (about 5 s). `Err(None)`: the time ran out before
-/// any answer; `Err(Some(e))`: the last failure.
+/// passed, giving each try [`UNANSWERED`] and waiting between tries with [`Backoff::for_nats`]:
+/// for a request answered within a deadline that may meet a leader election (4–10 s).
+/// `Err(None)`: the time ran out before any answer; `Err(Some(e))`: the last failure.
 pub async fn within<T, E, F, Fut>(
     within: Duration,
+    retriable: impl Fn(&E) -> bool,
+    attempt: F,
+) -> Result<T, Option<E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    within_giving_each(within, UNANSWERED, retriable, attempt).await
+}
+
+async fn within_giving_each<T, E, F, Fut>(
+    within: Duration,
+    unanswered: Duration,
     retriable: impl Fn(&E) -> bool,
     mut attempt: F,
 ) -> Result<T, Option<E>>
@@ -109,18 +131,27 @@ where
 {
     let deadline = tokio::time::Instant::now() + within;
     let mut backoff = Backoff::for_nats();
+    let mut last_error = None;
     loop {
-        let error = match tokio::time::timeout_at(deadline, attempt()).await {
+        let give = (tokio::time::Instant::now() + unanswered).min(deadline);
+        match tokio::time::timeout_at(give, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if retriable(&e) => e,
+            Ok(Err(e)) if retriable(&e) => {
+                tracing::debug!(error = %e, "JetStream refused; retrying");
+                last_error = Some(e);
+            }
             Ok(Err(e)) => return Err(Some(e)),
-            Err(_) => return Err(None),
-        };
+            Err(_) if give == deadline => return Err(last_error),
+            // Unanswered: most likely sent to a leader that is gone. Tried again at once.
+            Err(_) => {
+                tracing::debug!(after = ?unanswered, "JetStream did not answer; retrying");
+                continue;
+            }
+        }
         let wait = backoff.next_delay();
         if tokio::time::Instant::now() + wait >= deadline {
-            return Err(Some(error));
+            return Err(last_error);
         }
-        tracing::debug!(error = %error, retry_in = ?wait, "JetStream did not answer; retrying");
         tokio::time::sleep(wait).await;
     }
 }
@@ -263,5 +294,54 @@ mod tests {
         )
         .await;
         assert_eq!(silent, Err(None));
+    }
+
+    /// A try sent to a leader that died is never answered: it is made again after
+    /// `unanswered`, not left to the client's timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_try_left_unanswered_is_made_again_without_waiting_out_the_client_timeout() {
+        let started = tokio::time::Instant::now();
+        let mut tries = 0;
+        let answered: Result<u32, Option<String>> = within_giving_each(
+            Duration::from_secs(15),
+            Duration::from_secs(2),
+            |_: &String| true,
+            || {
+                tries += 1;
+                let n = tries;
+                async move {
+                    if n < 3 {
+                        // The client's own timeout.
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        Err("timed out".to_owned())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(answered, Ok(3));
+        assert_eq!(started.elapsed(), Duration::from_secs(4));
+        // Unanswered to the end: the last refusal, if any, is what is reported.
+        let mut tries = 0;
+        let refused_then_silent: Result<(), Option<String>> = within_giving_each(
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            |_: &String| true,
+            || {
+                tries += 1;
+                let n = tries;
+                async move {
+                    if n == 1 {
+                        Err("no leader".to_owned())
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(refused_then_silent, Err(Some("no leader".to_owned())));
     }
 }

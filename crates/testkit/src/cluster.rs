@@ -118,6 +118,7 @@ impl NatsCluster {
                 &config,
                 format!(
                     "server_name: {name}\n\
+                     logtime_utc: true\n\
                      listen: 127.0.0.1:{client}\n\
                      http: 127.0.0.1:{http}\n\
                      jetstream {{ store_dir: {store:?} }}\n\
@@ -302,6 +303,81 @@ impl NatsCluster {
     /// The node's log so far.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// Every stream and consumer leadership the nodes took, as their logs record it, oldest
+    /// first.
+    pub fn elections(&self) -> Vec<Election> {
+        let mut elections: Vec<Election> = (0..self.nodes.len())
+            .flat_map(|i| {
+                self.log(i)
+                    .lines()
+                    .filter_map(|line| Election::parse(line, i))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        elections.sort_by_key(|e| e.at);
+        elections
+    }
+}
+
+/// A node becoming the leader of a stream or consumer.
+#[derive(Debug, Clone)]
+pub struct Election {
+    /// When the node logged it (the nodes log in UTC).
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub node: usize,
+    /// `stream` or `stream > consumer`.
+    pub group: String,
+}
+
+impl Election {
+    /// From a log line such as `[41] 2026/12/03 22:53:43.123456 [INF] JetStream cluster new
+    /// consumer leader for '$G > STREAM > consumer'`.
+    fn parse(line: &str, node: usize) -> Option<Self> {
+        let (_, rest) = line.split_once("] ")?;
+        let (stamp, rest) = rest.split_once(" [INF] JetStream cluster new ")?;
+        let (_, group) = rest
+            .strip_prefix("stream leader for '")
+            .or_else(|| rest.strip_prefix("consumer leader for '"))?
+            .strip_suffix('\'')?
+            .split_once(" > ")?;
+        let at = chrono::NaiveDateTime::parse_from_str(stamp, "%Y/%m/%d %H:%M:%S%.f").ok()?;
+        Some(Self {
+            at: at.and_utc(),
+            node,
+            group: group.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Election;
+
+    #[test]
+    fn an_election_is_read_from_the_line_its_winner_logs() {
+        let consumer = Election::parse(
+            "[41] 2026/12/03 22:53:43.123456 [INF] JetStream cluster new consumer leader for '$G > XIBAAR_DELIVERIES > sender-normal'",
+            2,
+        )
+        .unwrap();
+        assert_eq!(consumer.group, "XIBAAR_DELIVERIES > sender-normal");
+        assert_eq!(consumer.node, 2);
+        assert_eq!(consumer.at.to_rfc3339(), "2026-12-03T22:53:43.123456+00:00");
+        let stream = Election::parse(
+            "[41] 2026/12/03 22:53:44.000001 [INF] JetStream cluster new stream leader for '$G > KV_sent'",
+            0,
+        )
+        .unwrap();
+        assert_eq!(stream.group, "KV_sent");
+        for other in [
+            "[41] 2026/12/03 22:53:44.000001 [INF] JetStream cluster new metadata leader",
+            "[41] 2026/12/03 22:53:44.000001 [WRN] JetStream cluster new stream leader for '$G > X'",
+            "garbage",
+        ] {
+            assert!(Election::parse(other, 0).is_none(), "{other}");
+        }
     }
 }
 

@@ -11,7 +11,7 @@ mod s3;
 mod sqlserver;
 mod tools;
 
-pub use cluster::{Group, NatsCluster};
+pub use cluster::{Election, Group, NatsCluster};
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 pub use process::{KillOnDrop, kill_group_now, spawn_owned, stop_gracefully};
