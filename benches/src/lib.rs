@@ -402,21 +402,45 @@ pub async fn read_stream(
 /// Runs `xibaar replay` of the whole log with the configuration `toml`, checks it printed
 /// `head` events, and returns the length of what it printed.
 pub async fn xibaar_replay(toml: &str, head: u64) -> anyhow::Result<usize> {
+    run_replay(&xibaar_binary(), toml).await?.check(head)
+}
+
+/// What a `xibaar replay` printed, kept in a file as an operator keeps an audit's replay (a
+/// reader on a pipe would spend the machine's cores beside it, and be timed with it).
+pub struct ReplayOutput {
+    file: std::fs::File,
+}
+
+impl ReplayOutput {
+    /// Checks the replay printed `head` events, one a line; the length of what it printed.
+    pub fn check(mut self, head: u64) -> anyhow::Result<usize> {
+        use std::io::{Read, Seek};
+        self.file.rewind()?;
+        let mut printed = Vec::new();
+        self.file.read_to_end(&mut printed)?;
+        let lines = printed.iter().filter(|b| **b == b'\n').count();
+        anyhow::ensure!(
+            lines as u64 == head,
+            "replay printed {lines} events of {head}"
+        );
+        Ok(printed.len())
+    }
+}
+
+/// Runs `xibaar replay` of the whole log by the `xibaar` binary at `binary`, with the
+/// configuration `toml`, its output to a file.
+pub async fn run_replay(binary: &std::path::Path, toml: &str) -> anyhow::Result<ReplayOutput> {
     let config = tempfile::NamedTempFile::new()?;
     std::fs::write(config.path(), toml)?;
-    let child = std::process::Command::new(xibaar_binary())
+    let file = tempfile::tempfile()?;
+    let mut child = std::process::Command::new(binary)
         .arg("--config")
         .arg(config.path())
         .arg("replay")
-        .stdout(std::process::Stdio::piped())
+        .stdout(file.try_clone()?)
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    anyhow::ensure!(output.status.success(), "xibaar replay failed");
-    let lines = output.stdout.iter().filter(|b| **b == b'\n').count();
-    anyhow::ensure!(
-        lines as u64 == head,
-        "replay printed {lines} events of {head}"
-    );
-    Ok(output.stdout.len())
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    anyhow::ensure!(status.success(), "xibaar replay failed");
+    Ok(ReplayOutput { file })
 }

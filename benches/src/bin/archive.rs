@@ -103,8 +103,9 @@ async fn replay(nats: &NatsServer, s3: &S3Server, head: u64) -> anyhow::Result<(
         s3.archive_toml()
     );
     let started = Instant::now();
-    let printed = xibaar_benches::xibaar_replay(&toml, head).await?;
-    Ok((started.elapsed(), printed))
+    let output = xibaar_benches::run_replay(&xibaar_benches::xibaar_binary(), &toml).await?;
+    let wall = started.elapsed();
+    Ok((wall, output.check(head)?))
 }
 
 #[tokio::main]

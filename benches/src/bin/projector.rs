@@ -164,6 +164,77 @@ async fn bare_read(
     phase.finish()
 }
 
+/// `xibaar replay` (by `binary`) of the whole stream to an NDJSON file, its rate and CPU.
+async fn replay_once(
+    processes: &Processes,
+    binary: &std::path::Path,
+    (nats_url, database): (&str, &str),
+    head: u64,
+) -> anyhow::Result<f64> {
+    let toml = format!("[nats]\nurl = \"{nats_url}\"\n[postgres]\nurl = \"{database}\"\n");
+    let phase = processes.start()?;
+    let output = xibaar_benches::run_replay(binary, &toml).await?;
+    let cost = phase.finish()?;
+    output.check(head)?;
+    let rate = head as f64 / cost.wall.as_secs_f64();
+    println!(
+        "  xibaar replay (NDJSON to a file, {}): {head} events in {:.1?} = {rate:.0} events/s; {}",
+        binary.display(),
+        cost.wall,
+        cpu(&cost, head)
+    );
+    Ok(rate)
+}
+
+/// A bare ordered consumer reading the whole stream: its rate.
+async fn bare_once(
+    js: &async_nats::jetstream::Context,
+    processes: &Processes,
+    head: u64,
+) -> anyhow::Result<f64> {
+    let bare = bare_read(js, processes, head, false).await?;
+    let rate = head as f64 / bare.wall.as_secs_f64();
+    println!(
+        "  bare ordered consumer: {head} events in {:.1?} = {rate:.0} events/s; {}",
+        bare.wall,
+        cpu(&bare, head)
+    );
+    Ok(rate)
+}
+
+/// Replays by each of `binaries` in turn, `rounds` times, each between two bare reads of the
+/// stream: a replay's ratio is its rate over the mean of the bare reads before and after it,
+/// so that the machine's swings within a round weigh on both sides. The ratios per binary.
+async fn replay_rounds(
+    js: &async_nats::jetstream::Context,
+    processes: &Processes,
+    binaries: &[std::path::PathBuf],
+    servers: (&str, &str),
+    head: u64,
+    rounds: usize,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    // The run's first replay costs 1.5–2.4 times the CPU per event of the replays after it
+    // (three runs; the kernel finding pages for its file the first time): one is run, not
+    // counted.
+    println!("  a first replay, not counted:");
+    replay_once(processes, &binaries[0], servers, head).await?;
+    let mut ratios = vec![Vec::new(); binaries.len()];
+    let mut before = bare_once(js, processes, head).await?;
+    for round in 1..=rounds {
+        for (i, binary) in binaries.iter().enumerate() {
+            let rate = replay_once(processes, binary, servers, head).await?;
+            let after = bare_once(js, processes, head).await?;
+            let ratio = rate / ((before + after) / 2.0);
+            println!(
+                "  round {round}: ratio {ratio:.2} of the bare reads around it (target >= 0.9)"
+            );
+            ratios[i].push(ratio);
+            before = after;
+        }
+    }
+    Ok(ratios)
+}
+
 /// The processes a phase's CPU time is split by: nats-server and this one (the rest is
 /// Postgres, nearly all of it).
 struct Processes {
@@ -211,6 +282,28 @@ async fn main() -> anyhow::Result<()> {
         "projector: {head} events stored ({DEVICES} devices, broadcasts to all of them) in {:.1?}",
         started.elapsed()
     );
+    // `XIBAAR_BENCH_ONLY=replay`: three replay rounds and no projector; with
+    // `XIBAAR_BENCH_BASELINE` (another `xibaar` binary), each round replays by both, in turn.
+    if std::env::var("XIBAAR_BENCH_ONLY").as_deref() == Ok("replay") {
+        let mut binaries = vec![xibaar_benches::xibaar_binary()];
+        binaries.extend(std::env::var_os("XIBAAR_BENCH_BASELINE").map(std::path::PathBuf::from));
+        let ratios = replay_rounds(
+            &js,
+            &processes,
+            &binaries,
+            (&nats.url(), &database),
+            head,
+            3,
+        )
+        .await?;
+        for (binary, ratios) in binaries.iter().zip(ratios) {
+            println!(
+                "replay ratios, {}: {ratios:.2?} (target >= 0.9)",
+                binary.display()
+            );
+        }
+        return Ok(());
+    }
     let mut settings = ProjectorSettings::from(&xibaar_config::ProjectorConfig::default());
     if let Some(size) = std::env::var("XIBAAR_BENCH_BATCH")
         .ok()
@@ -299,34 +392,23 @@ async fn main() -> anyhow::Result<()> {
     println!("    {}", cpu(&rebuild_cost, head));
 
     // Replay to NDJSON against a bare ordered consumer of the same stream.
-    let bare = bare_read(&js, &processes, head, false).await?;
     let decoding = bare_read(&js, &processes, head, true).await?;
-    let toml = format!(
-        "[nats]\nurl = \"{}\"\n[postgres]\nurl = \"{database}\"\n",
-        nats.url()
-    );
-    let phase = processes.start()?;
-    xibaar_benches::xibaar_replay(&toml, head).await?;
-    let replay_cost = phase.finish()?;
-    let replayed = replay_cost.wall;
-    let bare_rate = head as f64 / bare.wall.as_secs_f64();
-    let replay_rate = head as f64 / replayed.as_secs_f64();
     println!(
-        "  bare ordered consumer: {head} events in {:.1?} = {bare_rate:.0} events/s; {}",
-        bare.wall,
-        cpu(&bare, head)
-    );
-    println!(
-        "    decoding every event as well: {:.1?} = {:.0} events/s; {}",
+        "  a bare ordered consumer decoding every event: {:.1?} = {:.0} events/s; {}",
         decoding.wall,
         head as f64 / decoding.wall.as_secs_f64(),
         cpu(&decoding, head)
     );
-    println!(
-        "  xibaar replay (NDJSON): {head} events in {replayed:.1?} = {replay_rate:.0} events/s, ratio {:.2} (target >= 0.5); {}",
-        replay_rate / bare_rate,
-        cpu(&replay_cost, head)
-    );
+    let binaries = [xibaar_benches::xibaar_binary()];
+    replay_rounds(
+        &js,
+        &processes,
+        &binaries,
+        (&nats.url(), &database),
+        head,
+        1,
+    )
+    .await?;
 
     // What any projector of these read models spends per event at the least: reading and
     // decoding the stream, and the rows' bare inserts; the two cores give at most this rate.

@@ -105,15 +105,10 @@ pub async fn replay(
             if !filter.selects(&record.subject, record.time) {
                 continue;
             }
-            let event: Value = serde_json::from_slice(&record.payload).unwrap_or(Value::Null);
-            if filter.matches(&event) {
+            let (selected, decoded) = filter.check(&record.payload);
+            if selected {
                 matched += 1;
-                each(Replayed {
-                    sequence: record.sequence,
-                    raw: record.payload,
-                    event,
-                })
-                .map_err(nats)?;
+                each(Replayed::new(record.sequence, record.payload, decoded)).map_err(nats)?;
             }
         }
         progress(read, entry.last_sequence, head);
@@ -167,7 +162,7 @@ pub async fn notification_timeline(
         archive,
         &filter,
         |r| {
-            events.push(r.event);
+            events.push(r.into_event());
             Ok(())
         },
         |_, _, _| {},

@@ -37,7 +37,29 @@ pub struct Replayed {
     pub sequence: u64,
     /// The envelope exactly as stored.
     pub raw: bytes::Bytes,
-    pub event: Value,
+    /// The envelope decoded, when the filter had to look inside it.
+    decoded: Option<Value>,
+}
+
+impl Replayed {
+    /// `decoded`: the envelope as the filter decoded it, if it had to.
+    pub fn new(sequence: u64, raw: bytes::Bytes, decoded: Option<Value>) -> Self {
+        Self {
+            sequence,
+            raw,
+            decoded,
+        }
+    }
+
+    /// The envelope as JSON (`null` if it is not JSON).
+    pub fn into_event(self) -> Value {
+        self.decoded.unwrap_or_else(|| decode(&self.raw))
+    }
+}
+
+/// An envelope as JSON, `null` if it is not JSON.
+fn decode(raw: &[u8]) -> Value {
+    serde_json::from_slice(raw).unwrap_or(Value::Null)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +109,25 @@ impl Filter {
                 .subjects()
                 .iter()
                 .any(|pattern| subject_matches(pattern, subject))
+    }
+
+    /// Whether an event must be decoded to know whether it [`Filter::matches`]: a replay of
+    /// everything copies the stored bytes without decoding them.
+    pub fn looks_inside(&self) -> bool {
+        !self.types.is_empty()
+            || self.notification.is_some()
+            || self.device.is_some()
+            || self.customer.is_some()
+    }
+
+    /// Decodes `raw` if the filter must look inside it; whether it matches, and the decoded
+    /// envelope.
+    pub fn check(&self, raw: &[u8]) -> (bool, Option<Value>) {
+        if !self.looks_inside() {
+            return (true, None);
+        }
+        let event = decode(raw);
+        (self.matches(&event), Some(event))
     }
 
     /// The checks subjects cannot express.
@@ -154,6 +195,9 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     tokens.next().is_none()
 }
 
+/// How long a replay waits for the next event before it gives up.
+const IDLE: Duration = Duration::from_secs(10);
+
 /// Calls `each` with every matching event in stream order, and `progress` now and then with
 /// (events read, last sequence read, head) for long replays. Returns how many matched.
 pub async fn replay(
@@ -188,12 +232,24 @@ pub async fn replay(
     let mut messages = consumer.messages().await.map_err(nats)?;
     let (mut read, mut matched) = (0u64, 0u64);
     let mut last_report = tokio::time::Instant::now();
+    // One timer for the whole replay, moved on at most once a second (so it fires after 10 to
+    // 11 s without an event), instead of a timer set and cancelled for every event.
+    let idle = tokio::time::sleep(IDLE);
+    tokio::pin!(idle);
+    let mut idle_moved = tokio::time::Instant::now();
     loop {
-        let message = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
-            Ok(Some(m)) => m.map_err(nats)?,
-            Ok(None) => break,
-            Err(_) => return Err(ReplayError::Nats("no event arrived for 10 s".into())),
+        let message = tokio::select! {
+            biased;
+            message = messages.next() => match message {
+                Some(m) => m.map_err(nats)?,
+                None => break,
+            },
+            _ = &mut idle => return Err(ReplayError::Nats("no event arrived for 10 s".into())),
         };
+        if idle_moved.elapsed() >= Duration::from_secs(1) {
+            idle_moved = tokio::time::Instant::now();
+            idle.as_mut().reset(idle_moved + IDLE);
+        }
         let info = message.info().map_err(nats)?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
         let stored_at = info.published.unix_timestamp_nanos();
@@ -212,15 +268,12 @@ pub async fn replay(
         if too_late {
             break;
         }
-        let event: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
-        if !too_early && filter.matches(&event) {
-            matched += 1;
-            each(Replayed {
-                sequence,
-                raw: message.payload.clone(),
-                event,
-            })
-            .map_err(nats)?;
+        if !too_early {
+            let (selected, decoded) = filter.check(&message.payload);
+            if selected {
+                matched += 1;
+                each(Replayed::new(sequence, message.payload.clone(), decoded)).map_err(nats)?;
+            }
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             progress(read, sequence, head);

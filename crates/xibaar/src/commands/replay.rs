@@ -122,7 +122,8 @@ pub async fn run_replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()>
         from_sequence: None,
     };
     let archive = super::archive::optional_store(config)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // Large writes: a replay of millions of events is mostly this copy.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut rows = Vec::new();
     let show_progress = std::io::stderr().is_terminal();
     let format = args.format;
@@ -136,7 +137,7 @@ pub async fn run_replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()>
                 out.write_all(b"\n")
             }
             Format::Table => {
-                rows.push(r.event);
+                rows.push(r.into_event());
                 Ok(())
             }
         },
