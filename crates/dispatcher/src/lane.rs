@@ -35,8 +35,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// again. The consumer's leader answers every request by its expiry (with messages, or a
 /// timeout status); a request that reached a leader as it died, or was sent while the consumer
 /// had none, is never answered, and the client would wait 5 s past the expiry before giving
-/// up on it: twice over, that is a push waiting 12 s past a 4 s election. A leader late by more
-/// than this would send its messages to an abandoned inbox; they return after the ack wait.
+/// up on it. A request made again while the election still runs is lost too, so a push could
+/// wait 12 s for an election of 7. A leader late by more than this would send its messages to
+/// an abandoned inbox; they return after the ack wait.
 const PULL_UNANSWERED: Duration = Duration::from_secs(2);
 
 /// How often a message in hand is said to be in progress: three times per ack wait.
