@@ -258,26 +258,22 @@ impl Out<'_> {
     }
 
     /// Records `progress`, before the pages it names are published: so it stands on the
-    /// path of every push. While the bucket's leader is being elected a put waits out the whole
-    /// request timeout; tried again every [`RECORD_ATTEMPT`], it lands as soon as the new
-    /// leader answers (a put of the same value twice is harmless).
+    /// path of every push. While the bucket's leader is being elected a put may go unanswered;
+    /// given [`RECORD_ATTEMPT`] instead of the usual 2 s, it lands as soon as the new leader
+    /// answers (a put of the same value twice is harmless).
     async fn record(&mut self, progress: &Progress) -> Result<(), FanOutError> {
         let value = FanOutState::Progress(progress.clone()).encode();
         let (store, key) = (&self.fanout.progress, self.key.as_str());
-        xibaar_streams::retry::within(
+        xibaar_streams::retry::within_giving_each(
             RECORD_RETRY_FOR,
-            |_: &String| true,
-            || async {
-                match tokio::time::timeout(RECORD_ATTEMPT, store.put(key, value.clone())).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {RECORD_ATTEMPT:?}")),
-                }
-            },
+            RECORD_ATTEMPT,
+            |_: &async_nats::jetstream::kv::PutError| true,
+            || store.put(key, value.clone()),
         )
         .await
+        .map(|_| ())
         .map_err(|e| {
-            let e = e.unwrap_or_else(|| "timed out".to_owned());
+            let e = e.map_or_else(|| "timed out".to_owned(), |e| e.to_string());
             FanOutError::Transient(format!("recording fan-out progress: {e}"))
         })
     }

@@ -118,7 +118,9 @@ where
     within_giving_each(within, UNANSWERED, retriable, attempt).await
 }
 
-async fn within_giving_each<T, E, F, Fut>(
+/// [`within`] giving each try `unanswered` instead of [`UNANSWERED`]: for a request on the
+/// path of every push, made again sooner.
+pub async fn within_giving_each<T, E, F, Fut>(
     within: Duration,
     unanswered: Duration,
     retriable: impl Fn(&E) -> bool,
