@@ -399,12 +399,6 @@ pub async fn read_stream(
     Ok(())
 }
 
-/// Runs `xibaar replay` of the whole log with the configuration `toml`, checks it printed
-/// `head` events, and returns the length of what it printed.
-pub async fn xibaar_replay(toml: &str, head: u64) -> anyhow::Result<usize> {
-    run_replay(&xibaar_binary(), toml).await?.check(head)
-}
-
 /// What a `xibaar replay` printed, kept in a file as an operator keeps an audit's replay (a
 /// reader on a pipe would spend the machine's cores beside it, and be timed with it).
 pub struct ReplayOutput {

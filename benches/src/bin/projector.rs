@@ -202,17 +202,19 @@ async fn bare_once(
     Ok(rate)
 }
 
-/// Replays by each of `binaries` in turn, `rounds` times, each between two bare reads of the
-/// stream: a replay's ratio is its rate over the mean of the bare reads before and after it,
-/// so that the machine's swings within a round weigh on both sides. The ratios per binary.
+/// Replays by this build, and by the `xibaar` binary `XIBAAR_BENCH_BASELINE` names if any, in
+/// turn, `rounds` times, each between two bare reads of the stream: a replay's ratio is its
+/// rate over the mean of the bare reads before and after it, so that the machine's swings
+/// within a round weigh on both sides. Prints the ratios per binary.
 async fn replay_rounds(
     js: &async_nats::jetstream::Context,
     processes: &Processes,
-    binaries: &[std::path::PathBuf],
     servers: (&str, &str),
     head: u64,
     rounds: usize,
-) -> anyhow::Result<Vec<Vec<f64>>> {
+) -> anyhow::Result<()> {
+    let mut binaries = vec![xibaar_benches::xibaar_binary()];
+    binaries.extend(std::env::var_os("XIBAAR_BENCH_BASELINE").map(std::path::PathBuf::from));
     // The run's first replay costs 1.5–2.4 times the CPU per event of the replays after it
     // (three runs; the kernel finding pages for its file the first time): one is run, not
     // counted.
@@ -232,7 +234,13 @@ async fn replay_rounds(
             before = after;
         }
     }
-    Ok(ratios)
+    for (binary, ratios) in binaries.iter().zip(ratios) {
+        println!(
+            "  replay ratios, {}: {ratios:.2?} (target >= 0.9)",
+            binary.display()
+        );
+    }
+    Ok(())
 }
 
 /// The processes a phase's CPU time is split by: nats-server and this one (the rest is
@@ -284,25 +292,10 @@ async fn main() -> anyhow::Result<()> {
     );
     // `XIBAAR_BENCH_ONLY=replay`: three replay rounds and no projector; with
     // `XIBAAR_BENCH_BASELINE` (another `xibaar` binary), each round replays by both, in turn.
+    let nats_url = nats.url();
+    let servers = (nats_url.as_str(), database.as_str());
     if std::env::var("XIBAAR_BENCH_ONLY").as_deref() == Ok("replay") {
-        let mut binaries = vec![xibaar_benches::xibaar_binary()];
-        binaries.extend(std::env::var_os("XIBAAR_BENCH_BASELINE").map(std::path::PathBuf::from));
-        let ratios = replay_rounds(
-            &js,
-            &processes,
-            &binaries,
-            (&nats.url(), &database),
-            head,
-            3,
-        )
-        .await?;
-        for (binary, ratios) in binaries.iter().zip(ratios) {
-            println!(
-                "replay ratios, {}: {ratios:.2?} (target >= 0.9)",
-                binary.display()
-            );
-        }
-        return Ok(());
+        return replay_rounds(&js, &processes, servers, head, 3).await;
     }
     let mut settings = ProjectorSettings::from(&xibaar_config::ProjectorConfig::default());
     if let Some(size) = std::env::var("XIBAAR_BENCH_BATCH")
@@ -399,16 +392,7 @@ async fn main() -> anyhow::Result<()> {
         head as f64 / decoding.wall.as_secs_f64(),
         cpu(&decoding, head)
     );
-    let binaries = [xibaar_benches::xibaar_binary()];
-    replay_rounds(
-        &js,
-        &processes,
-        &binaries,
-        (&nats.url(), &database),
-        head,
-        1,
-    )
-    .await?;
+    replay_rounds(&js, &processes, servers, head, 1).await?;
 
     // What any projector of these read models spends per event at the least: reading and
     // decoding the stream, and the rows' bare inserts; the two cores give at most this rate.

@@ -4,8 +4,9 @@
 //! tens to hundreds of milliseconds; reqwest keeps one HTTP/2 connection per host and queues
 //! what does not fit in it. By Little's law the requests in flight are the rate times the
 //! latency, so the pool opens a connection (through a proxy a CONNECT tunnel of its own) when
-//! every open one carries its full share of streams, and closes one idle for a while. A request goes to the least busy connection with a free
-//! stream, never behind a full connection while another could carry it.
+//! every open one carries its full share of streams, and closes one idle for a while. A
+//! request goes to the least busy connection with a free stream, never behind a full
+//! connection while another could carry it.
 //!
 //! Written here rather than taken from a crate: reqwest and hyper pool by host and do not
 //! spread one host's requests over several HTTP/2 connections, and the choice needs only a

@@ -257,19 +257,16 @@ mod tests {
 
     #[tokio::test]
     async fn within_retries_what_may_pass_gives_up_on_what_cannot_and_keeps_to_its_deadline() {
-        let mut tries = 0;
         let ok: Result<u32, Option<String>> = within(
             Duration::from_secs(5),
             |_: &String| true,
-            || {
-                tries += 1;
-                let answer = if tries < 3 {
+            numbered(|n| async move {
+                if n < 3 {
                     Err("election".to_owned())
                 } else {
-                    Ok(tries)
-                };
-                async move { answer }
-            },
+                    Ok(n)
+                }
+            }),
         )
         .await;
         assert_eq!(ok, Ok(3));
@@ -298,50 +295,49 @@ mod tests {
         assert_eq!(silent, Err(None));
     }
 
+    /// The tries of `answer`, which is given each try's number, from 1.
+    fn numbered<T, Fut: Future<Output = T>>(answer: impl Fn(u32) -> Fut) -> impl FnMut() -> Fut {
+        let mut tries = 0;
+        move || {
+            tries += 1;
+            answer(tries)
+        }
+    }
+
     /// A try sent to a leader that died is never answered: it is made again after
     /// `unanswered`, not left to the client's timeout.
     #[tokio::test(start_paused = true)]
     async fn a_try_left_unanswered_is_made_again_without_waiting_out_the_client_timeout() {
         let started = tokio::time::Instant::now();
-        let mut tries = 0;
         let answered: Result<u32, Option<String>> = within_giving_each(
             Duration::from_secs(15),
             Duration::from_secs(2),
             |_: &String| true,
-            || {
-                tries += 1;
-                let n = tries;
-                async move {
-                    if n < 3 {
-                        // The client's own timeout.
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        Err("timed out".to_owned())
-                    } else {
-                        Ok(n)
-                    }
+            numbered(|n| async move {
+                if n < 3 {
+                    // The client's own timeout.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Err("timed out".to_owned())
+                } else {
+                    Ok(n)
                 }
-            },
+            }),
         )
         .await;
         assert_eq!(answered, Ok(3));
         assert_eq!(started.elapsed(), Duration::from_secs(4));
         // Unanswered to the end: the last refusal, if any, is what is reported.
-        let mut tries = 0;
         let refused_then_silent: Result<(), Option<String>> = within_giving_each(
             Duration::from_secs(3),
             Duration::from_secs(2),
             |_: &String| true,
-            || {
-                tries += 1;
-                let n = tries;
-                async move {
-                    if n == 1 {
-                        Err("no leader".to_owned())
-                    } else {
-                        std::future::pending().await
-                    }
+            numbered(|n| async move {
+                if n == 1 {
+                    Err("no leader".to_owned())
+                } else {
+                    std::future::pending().await
                 }
-            },
+            }),
         )
         .await;
         assert_eq!(refused_then_silent, Err(Some("no leader".to_owned())));
