@@ -124,21 +124,23 @@ async fn watermark(store: &async_nats::jetstream::kv::Store, name: &str) -> anyh
         .unwrap_or(0))
 }
 
-/// The pages source `name` would store for the table's rows, and the time a bare `Pipeline`
-/// (the source's publisher, 512 in flight) takes to store them: what the source's writes cost
-/// JetStream alone. Also the time building them took (rows already in memory).
-async fn bare_publish(
-    js: &async_nats::jetstream::Context,
-    config: &xibaar_config::Config,
-    name: &str,
-    table: &SqlTable,
-) -> anyhow::Result<(Duration, Duration)> {
-    use xibaar_sources::row::{Row, Value};
+/// Source `name`'s plan, bound to the table's columns.
+fn bound_plan(config: &xibaar_config::Config, name: &str) -> anyhow::Result<xibaar_sources::Plan> {
     let mut plan = xibaar_sources::Plan::new(name, &config.sources[name])?;
     let columns: Vec<String> = ["BILL_ID", "CUSTOMER_ID", "AMOUNT", "DUE"]
         .map(String::from)
         .to_vec();
     plan.bind(&columns)?;
+    Ok(plan)
+}
+
+/// The pages `plan` makes of the table's rows (already in memory), and the time building them
+/// took.
+fn build_pages(
+    plan: &xibaar_sources::Plan,
+    table: &SqlTable,
+) -> anyhow::Result<(Duration, Vec<xibaar_sources::emit::Message>)> {
+    use xibaar_sources::row::{Row, Value};
     let now = chrono::Utc::now();
     let building = Instant::now();
     let notifications = table
@@ -153,7 +155,7 @@ async fn bare_publish(
                     other => unreachable!("the table holds no {other:?}"),
                 })
                 .collect());
-            match xibaar_sources::emit::emit(&plan, &row, now).map_err(anyhow::Error::msg)? {
+            match xibaar_sources::emit::emit(plan, &row, now).map_err(anyhow::Error::msg)? {
                 xibaar_sources::emit::Emitted::Notification(n) => Ok(n),
                 xibaar_sources::emit::Emitted::Event(_) => anyhow::bail!("a notifications source"),
             }
@@ -163,7 +165,20 @@ async fn bare_publish(
         .chunks(xibaar_sources::emit::page_rows(plan.max_rate))
         .filter_map(|page| xibaar_sources::emit::page(page.to_vec()))
         .collect();
-    let built = building.elapsed();
+    Ok((building.elapsed(), messages))
+}
+
+/// The pages source `name` would store for the table's rows, and the time a bare `Pipeline`
+/// (the source's publisher, 512 in flight) takes to store them: what the source's writes cost
+/// JetStream alone. Also the time building them took (rows already in memory).
+async fn bare_publish(
+    js: &async_nats::jetstream::Context,
+    config: &xibaar_config::Config,
+    name: &str,
+    table: &SqlTable,
+) -> anyhow::Result<(Duration, Duration)> {
+    let plan = bound_plan(config, name)?;
+    let (built, messages) = build_pages(&plan, table)?;
     let started = Instant::now();
     let mut pipeline = xibaar_streams::Pipeline::new(js.clone(), 512);
     for m in messages {
@@ -243,6 +258,36 @@ async fn main() -> anyhow::Result<()> {
     let rows = table(n);
     let sql_port = sql_server_apart(rows.clone())?;
     let pids = [nats.pid().unwrap_or(0), std::process::id()];
+    // For profiling: `XIBAAR_BENCH_ONLY=source` runs the source alone, `=build` builds the
+    // notifications and pages alone (no SQL Server, no JetStream), ten rounds each.
+    match std::env::var("XIBAAR_BENCH_ONLY").as_deref() {
+        Ok("source") => {
+            for round in 1..=10 {
+                let phase = Phase::start(&pids)?;
+                let wall = run_source(&js, sql_port, &format!("only_{round}"), n).await?;
+                let cost = phase.finish()?;
+                println!(
+                    "  source {wall:.2?} = {:.0} rows/s; {}",
+                    n as f64 / wall.as_secs_f64(),
+                    cost.describe(n as u64, &["nats-server", "source + SQL server"])
+                );
+            }
+            return Ok(());
+        }
+        Ok("build") => {
+            let config = xibaar_config::Config::from_toml(&source_toml(sql_port, "build"))?;
+            let plan = bound_plan(&config, "build")?;
+            for _ in 1..=10 {
+                let (built, _) = build_pages(&plan, &rows)?;
+                println!(
+                    "  building {:.2} µs per row",
+                    built.as_secs_f64() * 1e6 / n as f64
+                );
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let mut ratios = Vec::new();
     for round in 1..=ROUNDS {
         let phase = Phase::start(&pids)?;

@@ -138,11 +138,16 @@ impl Origin {
 
     /// `<source>/<key>/<watermark>`: the name of this version of the row.
     pub fn name(&self, source: &str) -> String {
-        use std::fmt::Write;
-        let mut name = format!("{source}/{}/", self.key);
+        let mut name = String::with_capacity(source.len() + self.key.len() + 24);
+        name.push_str(source);
+        name.push('/');
+        name.push_str(&self.key);
+        name.push('/');
         for (i, w) in self.watermark.iter().enumerate() {
-            let dot = if i == 0 { "" } else { "." };
-            write!(name, "{dot}{w}").expect("writing to a String");
+            if i > 0 {
+                name.push('.');
+            }
+            name.push_str(itoa::Buffer::new().format(*w));
         }
         name
     }
@@ -411,6 +416,21 @@ mod tests {
             requested_by: Actor::system("source:bills"),
             accepted_at: DateTime::UNIX_EPOCH,
         }
+    }
+
+    #[test]
+    fn a_rows_name_is_its_source_key_and_watermark() {
+        // Notification ids derive from it: it never changes.
+        let origin = Origin {
+            key: "B-42".into(),
+            watermark: vec![7, -1, 1_700_000_000_123],
+        };
+        assert_eq!(origin.name("bills"), "bills/B-42/7.-1.1700000000123");
+        let one = Origin {
+            key: "9".into(),
+            watermark: vec![i64::MIN],
+        };
+        assert_eq!(one.name("s"), "s/9/-9223372036854775808");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! a language of their own where operators should only name columns.
 
 use crate::{
-    format::{Format, FormatError, format},
+    format::{Format, FormatError, format_into},
     row::{Row, Value},
 };
 
@@ -112,7 +112,29 @@ impl Template {
 
     /// The text for `row`, values formatted for a reader of `language`.
     pub fn render(&self, row: &Row, language: &str) -> Result<String, RenderError> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(self.capacity());
+        self.render_into(row, language, &mut out)?;
+        Ok(out)
+    }
+
+    /// Room for a rendering: the literal text and a few words for each value.
+    fn capacity(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.len(),
+                Part::Field { .. } => 24,
+            })
+            .sum()
+    }
+
+    /// [`Template::render`], at the end of `out`.
+    pub fn render_into(
+        &self,
+        row: &Row,
+        language: &str,
+        out: &mut String,
+    ) -> Result<(), RenderError> {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
@@ -128,15 +150,14 @@ impl Template {
                             error: FormatError("is NULL".into()),
                         });
                     }
-                    let text = format(value, *f, language).map_err(|error| RenderError {
+                    format_into(value, *f, language, out).map_err(|error| RenderError {
                         column: column.clone(),
                         error,
                     })?;
-                    out.push_str(&text);
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
