@@ -42,7 +42,16 @@ impl Value {
         }
     }
 
-    fn from_column(data: &ColumnData<'static>) -> Value {
+    fn from_column(data: ColumnData<'static>) -> Value {
+        let or_null = |v: Option<Value>| v.unwrap_or(Value::Null);
+        match data {
+            // Text decoded by tiberius is moved, not copied.
+            ColumnData::String(v) => or_null(v.map(|s| Value::Text(s.into_owned()))),
+            data => Self::from_borrowed(&data),
+        }
+    }
+
+    fn from_borrowed(data: &ColumnData<'static>) -> Value {
         let or_null = |v: Option<Value>| v.unwrap_or(Value::Null);
         match data {
             ColumnData::U8(v) => or_null(v.map(i64::from).map(Value::Int)),
@@ -109,10 +118,7 @@ impl fmt::Display for Value {
 pub struct Row(pub Vec<Value>);
 
 impl Row {
-    pub fn from_tiberius(row: &tiberius::Row) -> Row {
-        Row(row
-            .cells()
-            .map(|(_, data)| Value::from_column(data))
-            .collect())
+    pub fn from_tiberius(row: tiberius::Row) -> Row {
+        Row(row.into_iter().map(Value::from_column).collect())
     }
 }

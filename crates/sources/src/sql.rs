@@ -199,7 +199,7 @@ pub async fn fetch_each(
             if let tiberius::QueryItem::Row(row) = item
                 && row.result_index() == 0
             {
-                each(Row::from_tiberius(&row));
+                each(Row::from_tiberius(row));
             }
         }
         Ok::<_, SqlError>(())
