@@ -52,12 +52,20 @@ pub(crate) struct Prefetched {
 pub(crate) type Read = (Vec<Row>, Vec<Built>);
 pub(crate) type Built = Result<emit::Emitted, String>;
 
-/// Rows built together on the blocking pool while the read goes on.
+/// Rows built together by one task while the read goes on.
 const BUILD_CHUNK: usize = 250;
 
+/// Rows a building task builds before it lets other tasks run: about 40 µs of work.
+const BUILD_TURN: usize = 32;
+
 /// Up to a batch of rows above `after`. When `build`, what each becomes is built as the rows
-/// arrive, a chunk at a time on the blocking pool, so that building (templates, validation,
-/// JSON: more than reading a row costs) runs on other cores while the read goes on.
+/// arrive, a chunk at a time by tasks of their own, so that building (templates, validation,
+/// JSON: more than reading a row costs) runs on the other core while the read goes on.
+///
+/// The tasks run on the runtime's workers, yielding every [`BUILD_TURN`] rows, not on the
+/// blocking pool: there up to ten threads built at once, crowding the read and the stores of
+/// the same two cores, and the source turned 10 % fewer rows a second into notifications
+/// (docs/benchmarks.md).
 async fn read(
     plan: &std::sync::Arc<Plan>,
     client: &mut Connection,
@@ -71,11 +79,12 @@ async fn read(
     let mut building = Vec::new();
     let mut hand_over = |chunk: Vec<Row>| {
         let plan = plan.clone();
-        building.push(tokio::task::spawn_blocking(move || {
-            let built: Vec<_> = chunk
-                .iter()
-                .map(|row| emit::emit(&plan, row, now))
-                .collect();
+        building.push(tokio::spawn(async move {
+            let mut built = Vec::with_capacity(chunk.len());
+            for rows in chunk.chunks(BUILD_TURN) {
+                built.extend(rows.iter().map(|row| emit::emit(&plan, row, now)));
+                tokio::task::yield_now().await;
+            }
             (chunk, built)
         }));
     };
