@@ -17,9 +17,9 @@ fn reserved_data_key(key: &str) -> bool {
 
 impl Content {
     /// Bytes of the payload as FCM counts it: the notification and data objects, including the
-    /// notification id Xibaar adds to the data. Counted piece by piece: what
-    /// `serde_json` writes for it (a test holds the two equal), without
-    /// running the serializer over every string a second time.
+    /// notification id Xibaar adds to the data. Counted piece by piece, without running the
+    /// serializer over every string a second time; a test holds the count to what `serde_json`
+    /// writes.
     pub fn fcm_payload_bytes(&self) -> usize {
         const NOTIFICATION: usize =
             r#"{"notification":{"title":,"body":,"image":},"data":{}}"#.len();
@@ -165,8 +165,9 @@ fn text_violations(title: &str, body: &str) -> Vec<FieldViolation> {
 }
 
 /// Bytes of `text` written as a JSON string by `serde_json`, quotes included, counted without
-/// writing it out. Counted by hand, as `serde_json` escapes: `"` and `\` and the controls with a short form take two bytes, the
-/// other controls six (`\u00XX`), everything else (UTF-8 included) itself.
+/// writing it out. Counted by hand, as `serde_json` escapes: `"`, `\` and the controls with a
+/// short form take two bytes, the other controls six (`\u00XX`), everything else (UTF-8
+/// included) itself.
 fn json_str_bytes(text: &str) -> usize {
     // Most text has nothing to escape: a test without branches over bytes (vectorized) says so.
     let plain = text.as_bytes().chunks(32).all(|chunk| {
