@@ -248,7 +248,7 @@ async fn run_source(
 async fn main() -> anyhow::Result<()> {
     // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
     xibaar::without_huge_pages();
-    let n = scale(50_000);
+    let n = scale(200_000);
     println!(
         "sources: {n} rows in batches of {BATCH}, French and Wolof templates with amounts and dates, {ROUNDS} rounds alternating"
     );
