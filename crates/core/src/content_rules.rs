@@ -21,6 +21,12 @@ impl Content {
     /// serializer over every string a second time; a test holds the count to what `serde_json`
     /// writes.
     pub fn fcm_payload_bytes(&self) -> usize {
+        self.shared_payload_bytes() + text_bytes(&self.title, &self.body)
+    }
+
+    /// [`Content::fcm_payload_bytes`] but for the title and body: what every language's payload
+    /// has in common.
+    fn shared_payload_bytes(&self) -> usize {
         const NOTIFICATION: usize =
             r#"{"notification":{"title":,"body":,"image":},"data":{}}"#.len();
         // `"xibaar_notification_id":"<a UUID>"`
@@ -31,12 +37,7 @@ impl Content {
             .filter(|(key, _)| key.as_str() != NOTIFICATION_ID_DATA_KEY)
             .map(|(key, value)| json_str_bytes(key) + 1 + json_str_bytes(value) + 1)
             .sum::<usize>();
-        NOTIFICATION
-            + json_str_bytes(&self.title)
-            + json_str_bytes(&self.body)
-            + self.image_url.as_deref().map_or(4, json_str_bytes)
-            + entries
-            + id
+        NOTIFICATION + self.image_url.as_deref().map_or(4, json_str_bytes) + entries + id
     }
 
     /// Checks the content against FCM's rules for a message to `audience` (topic and condition
@@ -58,28 +59,22 @@ impl Content {
         let mut violations = self.translation_violations();
         // Each device gets one language: the default's title and body, or a translation's,
         // with the same data and image. What they share is checked once, with the default.
-        let (found, default_bytes) = self.check_default_language();
-        violations.extend(found);
-        let mut largest = default_bytes;
-        if !self.translations.is_empty() {
-            let default_text = json_str_bytes(&self.title) + json_str_bytes(&self.body);
-            for (language, text) in &self.translations {
-                violations.extend(text_violations(&text.title, &text.body).into_iter().map(
-                    // `content.title` of a translation is `content.translations.wo.title`.
-                    |v| FieldViolation {
-                        field: v.field.replacen(
-                            "content",
-                            &format!("content.translations.{language}"),
-                            1,
-                        ),
-                        ..v
-                    },
-                ));
-                let bytes = default_bytes.saturating_sub(default_text)
-                    + json_str_bytes(&text.title)
-                    + json_str_bytes(&text.body);
-                largest = largest.max(bytes);
-            }
+        violations.extend(self.check_default_language());
+        let shared = self.shared_payload_bytes();
+        let mut largest = shared + text_bytes(&self.title, &self.body);
+        for (language, text) in &self.translations {
+            violations.extend(text_violations(&text.title, &text.body).into_iter().map(
+                // `content.title` of a translation is `content.translations.wo.title`.
+                |v| FieldViolation {
+                    field: v.field.replacen(
+                        "content",
+                        &format!("content.translations.{language}"),
+                        1,
+                    ),
+                    ..v
+                },
+            ));
+            largest = largest.max(shared + text_bytes(&text.title, &text.body));
         }
         if !violations.is_empty() {
             return Err(ContentError::Invalid(violations));
@@ -94,8 +89,8 @@ impl Content {
     }
 
     /// The rules of the default language's content with what every language shares (data,
-    /// image), and its FCM payload size.
-    fn check_default_language(&self) -> (Vec<FieldViolation>, usize) {
+    /// image).
+    fn check_default_language(&self) -> Vec<FieldViolation> {
         let mut violations = text_violations(&self.title, &self.body);
         for key in self.data.keys() {
             if key.is_empty() || reserved_data_key(key) {
@@ -130,8 +125,13 @@ impl Content {
                 "must be an https URL",
             ));
         }
-        (violations, self.fcm_payload_bytes())
+        violations
     }
+}
+
+/// Bytes a title and a body take in the payload, as JSON strings.
+fn text_bytes(title: &str, body: &str) -> usize {
+    json_str_bytes(title) + json_str_bytes(body)
 }
 
 /// The rules of one language's title and body.
