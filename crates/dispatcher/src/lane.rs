@@ -31,15 +31,6 @@ use tokio_util::sync::CancellationToken;
 /// How long one pull request waits for messages before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
-/// How long past its expiry a pull request may stay unanswered before it is given up and made
-/// again. The consumer's leader answers every request by its expiry (with messages, or a
-/// timeout status); a request that reached a leader as it died, or was sent while the consumer
-/// had none, is never answered, and the client would wait 5 s past the expiry before giving
-/// up on it. A request made again while the election still runs is lost too, so a push could
-/// wait 12 s for an election of 7. A leader late by more than this would send its messages to
-/// an abandoned inbox; they return after the ack wait.
-const PULL_UNANSWERED: Duration = Duration::from_secs(2);
-
 /// How often a message in hand is said to be in progress: three times per ack wait.
 pub(crate) fn progress_every(ack_wait: Duration) -> Duration {
     (ack_wait / 3).max(Duration::from_millis(100))
@@ -176,7 +167,14 @@ async fn run(
                 }
             }
         };
-        let given_up_at = requested + PULL_EXPIRES + PULL_UNANSWERED;
+        // The consumer's leader answers every request by its expiry (with messages, or a
+        // timeout status); a request that reached a leader as it died, or was sent while the
+        // consumer had none, is never answered, and the client would wait 5 s past the expiry
+        // before giving up on it (a push could wait 12 s for an election of 7). So a request
+        // is given up as any other unanswered JetStream request is, `UNANSWERED` past its
+        // expiry. A leader late by more than that sends its messages to an abandoned inbox;
+        // they return after the ack wait.
+        let given_up_at = requested + PULL_EXPIRES + xibaar_streams::retry::UNANSWERED;
         loop {
             let Ok(next) = tokio::time::timeout_at(given_up_at, messages.next()).await else {
                 tracing::debug!(lane = %name, "pull request unanswered; pulling again");
