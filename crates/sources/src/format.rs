@@ -72,11 +72,12 @@ fn day(date: NaiveDate, c: &Conventions, out: &mut String) {
     out.push_str(&c.months[date.month0() as usize]);
     out.push(' ');
     let year = date.year();
+    let written = digits.format(year);
     if (0..1000).contains(&year) {
         // `%Y` pads a year to four digits.
-        out.push_str(&"000"[..4 - digits.format(year).len()]);
+        out.push_str(&"000"[..4 - written.len()]);
     }
-    out.push_str(digits.format(year));
+    out.push_str(written);
 }
 
 fn conventions(language: &str) -> Conventions {
@@ -158,13 +159,6 @@ pub fn format_into(
         }
     }
     Ok(())
-}
-
-/// `value` in `format` for a reader of `language`.
-pub fn format(value: &Value, format: Format, language: &str) -> Result<String, FormatError> {
-    let mut out = String::new();
-    format_into(value, format, language, &mut out)?;
-    Ok(out)
 }
 
 /// Digits grouped by three with `separator`, written at the end of `out`. Written by hand: the
@@ -296,6 +290,13 @@ mod tests {
                 assert_eq!(Some(d), read, "{t}");
             }
         }
+    }
+
+    /// `value` in `format` for a reader of `language`.
+    fn format(value: &Value, format: Format, language: &str) -> Result<String, FormatError> {
+        let mut out = String::new();
+        format_into(value, format, language, &mut out)?;
+        Ok(out)
     }
 
     fn text(s: &str) -> Value {

@@ -113,7 +113,7 @@ impl Filter {
 
     /// Whether an event must be decoded to know whether it [`Filter::matches`]: a replay of
     /// everything copies the stored bytes without decoding them.
-    pub fn looks_inside(&self) -> bool {
+    fn looks_inside(&self) -> bool {
         !self.types.is_empty()
             || self.notification.is_some()
             || self.device.is_some()
