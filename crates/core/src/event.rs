@@ -527,7 +527,7 @@ impl EventEnvelope {
         let id = match event.natural_key() {
             Some(key) => {
                 let name = format!("{}/{}", event.event_type(), key);
-                Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
+                crate::ids::derived_uuid(&EVENT_NAMESPACE, name.as_bytes())
             }
             None => Uuid::now_v7(),
         };
