@@ -211,8 +211,7 @@ async fn claim_key(
 
 /// Stores a command for the dispatcher now; whether JetStream had it already.
 async fn release(store: CommandStore<'_>, command: &SendNotification) -> Result<bool, AcceptError> {
-    let command = Command::SendNotification(command.clone());
-    let payload = Bytes::from(serde_json::to_vec(&command).expect("a command serializes"));
+    let payload = Bytes::from(command.command_json());
     let headers = xibaar_streams::headers(&command.msg_id(), "send_notification");
     publish(store, command.subject(), headers, payload).await
 }
@@ -223,8 +222,7 @@ async fn schedule(
     sent: &SendNotification,
     at: DateTime<Utc>,
 ) -> Result<(), AcceptError> {
-    let command = Command::SendNotification(sent.clone());
-    let payload = Bytes::from(serde_json::to_vec(&command).expect("a command serializes"));
+    let payload = Bytes::from(sent.command_json());
     // No message id: the scheduler's copy would inherit it, and it keeps one schedule per
     // subject anyway. The traceparent goes with the command it fires.
     let mut headers = NatsHeaders::new();
@@ -240,7 +238,7 @@ async fn schedule(
         )
         .as_str(),
     );
-    headers.insert("Nats-Schedule-Target", command.subject().as_str());
+    headers.insert("Nats-Schedule-Target", sent.subject().as_str());
     let subject = subject::schedule(sent.priority, sent.notification_id);
     publish(store, subject, headers, payload).await?;
     // Repeated on a replay: its id is fixed, so JetStream stores it once.
@@ -257,7 +255,7 @@ async fn schedule(
             accepted_at: sent.accepted_at,
         }),
         sent.notification_id.to_string(),
-        Some(command.msg_id()),
+        Some(sent.msg_id()),
         Actor::clone(&sent.requested_by),
     );
     store

@@ -53,64 +53,19 @@ pub struct SendNotification {
     #[serde(flatten)]
     pub delivery: DeliveryOptions,
     pub requested_by: Actor,
-    #[serde(serialize_with = "instant::serialize")]
+    #[serde(serialize_with = "crate::instant::serialize")]
     pub accepted_at: DateTime<Utc>,
 }
 
-/// `accepted_at` written as chrono's serde writes it, remembered for the last instant written
-/// on the thread: a source's batch accepts all its rows at one instant, and writing the
-/// instant through chrono's formatter was an eighth of encoding a notification.
-mod instant {
-    use std::cell::RefCell;
-
-    use chrono::{DateTime, SecondsFormat, Utc};
-
-    thread_local! {
-        static LAST: RefCell<Option<(DateTime<Utc>, String)>> = const { RefCell::new(None) };
+impl SendNotification {
+    /// The `Nats-Msg-Id` of this notification stored on its own ([`Command::msg_id`]).
+    pub fn msg_id(&self) -> String {
+        format!("send:{}", self.notification_id)
     }
 
-    pub(super) fn serialize<S: serde::Serializer>(
-        at: &DateTime<Utc>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        LAST.with_borrow_mut(|last| {
-            if last.as_ref().is_none_or(|(written, _)| written != at) {
-                *last = Some((*at, at.to_rfc3339_opts(SecondsFormat::AutoSi, true)));
-            }
-            let (_, text) = last.as_ref().expect("just written");
-            serializer.serialize_str(text)
-        })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use chrono::TimeZone;
-
-        #[test]
-        fn an_instant_is_written_as_chronos_serde_writes_it() {
-            #[derive(serde::Serialize)]
-            struct Written(
-                #[serde(serialize_with = "super::serialize")] chrono::DateTime<chrono::Utc>,
-            );
-            for (seconds, nanos) in [
-                (0, 0),
-                (1_764_812_989, 331_665_242),
-                (1_764_812_989, 331_000_000),
-                (1_764_812_989, 331_665_000),
-                (1_764_812_989, 1),
-                (-62_135_596_800, 0),
-                (253_402_300_799, 999_999_999),
-            ] {
-                let at = chrono::Utc.timestamp_opt(seconds, nanos).unwrap();
-                // Twice: written, then remembered.
-                for _ in 0..2 {
-                    assert_eq!(
-                        serde_json::to_string(&Written(at)).unwrap(),
-                        serde_json::to_string(&at).unwrap()
-                    );
-                }
-            }
-        }
+    /// The subject of this notification stored on its own ([`Command::subject`]).
+    pub fn subject(&self) -> String {
+        subject::command(self.priority, self.notification_id)
     }
 }
 
@@ -173,7 +128,7 @@ impl Command {
     /// count, so the same rows paged the same way are the same page.
     pub fn msg_id(&self) -> String {
         match self {
-            Command::SendNotification(s) => format!("send:{}", s.notification_id),
+            Command::SendNotification(s) => s.msg_id(),
             Command::SendNotifications(p) => {
                 let first = &p.notifications[0];
                 let last = &p.notifications[p.notifications.len() - 1];

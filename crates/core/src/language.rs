@@ -10,7 +10,7 @@ use crate::notification::{Content, FieldViolation};
 
 /// A language, as an ISO 639 code of two or three lower-case letters (`fr`, `wo`, `en`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "String")]
 pub struct Language(String);
 
 impl JsonSchema for Language {

@@ -5,8 +5,10 @@
 
 pub mod command;
 mod content_rules;
+mod encode;
 pub mod event;
 pub mod ids;
+mod instant;
 pub mod job;
 pub mod language;
 pub mod notification;

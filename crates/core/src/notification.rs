@@ -251,7 +251,11 @@ pub struct Content {
 pub struct DeliveryOptions {
     /// After this instant an unsent push is dropped (`delivery.expired`) instead of arriving
     /// stale; also handed to FCM (Android `ttl`, APNs `apns-expiration`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::instant::serialize_option"
+    )]
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Pushes with the same key replace each other on the device (Android `collapse_key`,
     /// APNs `apns-collapse-id`).

@@ -45,7 +45,7 @@ pub enum Emitted {
 pub struct Encoded {
     pub id: NotificationId,
     pub priority: xibaar_core::Priority,
-    /// `serde_json`'s bytes for the notification.
+    /// The notification's JSON, as `serde_json` writes it.
     pub json: Vec<u8>,
 }
 
@@ -53,7 +53,7 @@ impl Encoded {
     pub fn of(send: &SendNotification) -> Self {
         // Into a buffer of a typical notification's size, not one grown from empty.
         let mut json = Vec::with_capacity(640);
-        serde_json::to_writer(&mut json, send).expect("a notification serializes");
+        send.write_json(&mut json);
         Self {
             id: send.notification_id,
             priority: send.priority,
@@ -185,7 +185,7 @@ pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, Strin
             request
                 .validate(now)
                 .map_err(|e| describe_request_error(&e))?;
-            let id = NotificationId(uuid::Uuid::new_v5(
+            let id = NotificationId(xibaar_core::ids::derived_uuid(
                 &SOURCE_NAMESPACE,
                 origin.name(&plan.name).as_bytes(),
             ));
