@@ -131,7 +131,7 @@ impl Origin {
             .collect::<Result<Vec<_>, _>>()?;
         // A NULL key reads as empty: the row is rejected by `message`, not the batch.
         Ok(Self {
-            key: row.0[columns.key].to_string(),
+            key: row.0[columns.key].text().into_owned(),
             watermark,
         })
     }
@@ -170,7 +170,7 @@ pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, Strin
     let customer = |row: &Row| -> Result<CustomerId, String> {
         let index = columns.customer.expect("checked at start");
         let value = &row.0[index];
-        CustomerId::parse(value.to_string())
+        CustomerId::parse(value.text().into_owned())
             .map_err(|e| format!("customer column `{}`: {e}", columns.names[index]))
     };
     match &plan.notifications {

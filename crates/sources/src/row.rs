@@ -35,6 +35,17 @@ impl Value {
         }
     }
 
+    /// The value as text, as [`Display`](fmt::Display) writes it: a text column borrowed and
+    /// an integer written by `itoa`, without the formatting machinery (keys and customers of
+    /// every row are read this way).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Value::Text(t) | Value::Bytes(t) => std::borrow::Cow::Borrowed(t),
+            Value::Int(n) => std::borrow::Cow::Owned(itoa::Buffer::new().format(*n).to_owned()),
+            other => std::borrow::Cow::Owned(other.to_string()),
+        }
+    }
+
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Value::Int(n) => Some(*n),
@@ -120,5 +131,32 @@ pub struct Row(pub Vec<Value>);
 impl Row {
     pub fn from_tiberius(row: tiberius::Row) -> Row {
         Row(row.into_iter().map(Value::from_column).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_values_text_is_what_display_writes() {
+        let values = [
+            Value::Null,
+            Value::Int(-9_223_372_036_854_775_808),
+            Value::Int(42),
+            Value::Float(1.5),
+            Value::Bool(true),
+            Value::Text("C-1 é".into()),
+            Value::Bytes("00ff".into()),
+            Value::DateTime(
+                NaiveDate::from_ymd_opt(2026, 12, 4)
+                    .unwrap()
+                    .and_hms_opt(4, 5, 6)
+                    .unwrap(),
+            ),
+        ];
+        for value in values {
+            assert_eq!(value.text(), value.to_string());
+        }
     }
 }
