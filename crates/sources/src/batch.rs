@@ -9,8 +9,9 @@ use xibaar_streams::Pipeline;
 
 use crate::{
     emit::{self, Message, Origin},
+    read::Built,
     row::Row,
-    source::{Built, PollError, Runner},
+    source::{PollError, Runner},
     state::InFlight,
 };
 

@@ -10,6 +10,7 @@ mod batch;
 pub mod emit;
 pub mod format;
 pub mod plan;
+mod read;
 pub mod row;
 pub mod source;
 pub mod sql;

@@ -1,5 +1,5 @@
 //! One source at work: poll, turn rows into notifications and events, store them, then move
-//! the watermark. The next batch is read while one is being stored.
+//! the watermark. The next batches are read while one is being stored.
 //!
 //! Exactly once across crashes: before a batch is published its range is recorded as in
 //! flight (compare-and-set on the position); the watermark moves past it only after JetStream
@@ -21,6 +21,7 @@ use xibaar_streams::retry::Backoff;
 use crate::{
     emit::{self, Origin},
     plan::Plan,
+    read::{Read, ReadAhead, read},
     row::Row,
     sql::{self, Connection, ErrorClass, SqlError},
     state::{self, InFlight, Position, SourceStatus},
@@ -41,94 +42,15 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// The batch read while the one before it was stored, from where that one left the position.
 pub(crate) struct Prefetched {
-    read: Result<Read, SqlError>,
+    batch: Result<Read, SqlError>,
+    /// Its rows' places, when the write that moved the watermark past the batch before it
+    /// also recorded it in flight.
+    in_flight: Option<Vec<Origin>>,
+    /// Reading the batch after it (when it was full).
+    ahead: Option<ReadAhead>,
     /// The position the batch before it left (its watermark is where this batch starts), and
     /// its revision.
     position: (Position, u64),
-}
-
-/// A batch's rows, and what each becomes when that was built as it was read (empty: read
-/// through without sending, at a first start).
-pub(crate) type Read = (Vec<Row>, Vec<Built>);
-pub(crate) type Built = Result<emit::Emitted, String>;
-
-/// Rows built together by one task while the read goes on.
-const BUILD_CHUNK: usize = 250;
-
-/// Rows a building task builds before it lets other tasks run: about 40 µs of work.
-const BUILD_TURN: usize = 32;
-
-/// Up to a batch of rows above `after`. When `build`, what each becomes is built as the rows
-/// arrive, a chunk at a time by tasks of their own, so that building (templates, validation,
-/// JSON: more than reading a row costs) runs on the other core while the read goes on.
-///
-/// The tasks run on the runtime's workers, yielding every [`BUILD_TURN`] rows, not on the
-/// blocking pool: there up to ten threads built at once, crowding the read and the stores of
-/// the same two cores, and the source turned 10 % fewer rows a second into notifications
-/// (docs/benchmarks.md).
-async fn read(
-    plan: &std::sync::Arc<Plan>,
-    client: &mut Connection,
-    after: &[i64],
-    timeout: Duration,
-    build: bool,
-) -> Result<Read, SqlError> {
-    let now = Utc::now();
-    let mut rows = Vec::new();
-    let mut chunk = Vec::new();
-    let mut building = Vec::new();
-    let mut hand_over = |chunk: Vec<Row>| {
-        let plan = plan.clone();
-        building.push(tokio::spawn(async move {
-            let mut built = Vec::with_capacity(chunk.len());
-            for rows in chunk.chunks(BUILD_TURN) {
-                built.extend(rows.iter().map(|row| emit::emit(&plan, row, now)));
-                tokio::task::yield_now().await;
-            }
-            (chunk, built)
-        }));
-    };
-    sql::fetch_each(
-        client,
-        &plan.statement,
-        plan.batch_size,
-        after,
-        timeout,
-        |row| {
-            if !build {
-                rows.push(row);
-                return;
-            }
-            chunk.push(row);
-            if chunk.len() == BUILD_CHUNK {
-                hand_over(std::mem::take(&mut chunk));
-            }
-        },
-    )
-    .await?;
-    if !build {
-        return Ok((rows, Vec::new()));
-    }
-    if !chunk.is_empty() {
-        hand_over(chunk);
-    }
-    let mut built = Vec::new();
-    for part in building {
-        let (part_rows, part_built) = match part.await {
-            Ok(part) => part,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only when the runtime is shutting down.
-            Err(e) => {
-                return Err(SqlError::io(
-                    "building rows",
-                    std::io::Error::new(std::io::ErrorKind::Interrupted, e),
-                ));
-            }
-        };
-        rows.extend(part_rows);
-        built.extend(part_built);
-    }
-    Ok((rows, built))
 }
 
 /// Why a poll stopped.
@@ -182,7 +104,8 @@ impl Runner {
                     continue;
                 }
             }
-            let result = if client.is_some() {
+            // While batches are read ahead, their reader holds the connection.
+            let result = if client.is_some() || prefetched.is_some() {
                 self.poll(&mut client, &mut status, &mut prefetched).await
             } else {
                 match self.open().await {
@@ -284,8 +207,8 @@ impl Runner {
     }
 
     /// One batch: `true` when it was full (more rows are waiting).
-    /// `client`: open when called; `None` after, when the next batch's read could not give
-    /// the connection back.
+    /// `client`: open when called without batches read ahead; `None` after while a reader
+    /// holds it, or when the reader could not give it back.
     async fn poll(
         &self,
         client: &mut Option<Connection>,
@@ -297,7 +220,12 @@ impl Runner {
         // Right after a batch of its own, the source knows its position (any other writer
         // makes the compare-and-set below fail, and the next poll reads it again).
         let (prefetched, (position, revision)) = match prefetched_slot.take() {
-            Some(Prefetched { read, position }) => (Some(read), position),
+            Some(Prefetched {
+                batch,
+                in_flight,
+                ahead,
+                position,
+            }) => (Some((batch, in_flight, ahead)), position),
             None => (
                 None,
                 state::position(&self.store, &plan.name)
@@ -311,18 +239,20 @@ impl Runner {
             .unwrap_or_else(|| vec![i64::MIN; plan.watermark.len()]);
         let skipping = position.skipping
             || position.watermark.is_none() && plan.start == xibaar_config::SourceStart::Latest;
-        let (rows, built) = match prefetched {
-            Some(read) => read?,
-            None => {
-                read(
-                    plan,
-                    client.as_mut().expect("open when polled"),
-                    &after,
-                    self.connection.query_timeout,
-                    !skipping,
-                )
-                .await?
+        let (rows, built, recorded, mut ahead) = match prefetched {
+            Some((batch, in_flight, ahead)) => {
+                let (rows, built) = batch?;
+                (rows, built, in_flight, ahead)
             }
+            None => read(
+                plan,
+                client.as_mut().expect("open when polled"),
+                &after,
+                self.connection.query_timeout,
+                !skipping,
+            )
+            .await
+            .map(|(rows, built)| (rows, built, None, None))?,
         };
         let name = plan.name.clone();
         metrics::counter!("xibaar_source_rows_read_total", "source" => name.clone())
@@ -349,31 +279,36 @@ impl Runner {
             status.watermark = position.watermark;
             return Ok(false);
         };
-        let origins = ordered(&rows, columns, &after)?;
+        let recorded_in_flight = recorded.is_some();
+        let origins = match recorded {
+            Some(origins) => origins,
+            None => ordered(&rows, columns, &after)?,
+        };
         let through = through(&origins, &after);
         if let Some(at) = emit::row_time(columns, last) {
             status.newest_row_at = Some(at);
             status.lag_seconds =
                 Some(((Utc::now() - at).num_milliseconds() as f64 / 1000.0).max(0.0));
         }
-        // The next batch is read while this one is stored, on a task of its own so that
-        // decoding and building it use another core: it starts where this one ends, as soon
-        // as this one's end is known.
-        let reading = full.then(|| {
-            let mut connection = client.take().expect("open when polled");
-            let (next_plan, from, timeout) =
-                (plan.clone(), through.clone(), self.connection.query_timeout);
-            tokio::spawn(async move {
-                let read = read(&next_plan, &mut connection, &from, timeout, true).await;
-                (connection, read)
-            })
-        });
-        let stored = async {
-            let recovering = position.in_flight.clone();
+        // The next batches are read while this one is stored, by a task of their own so that
+        // decoding and building them use another core: they start where this one ends, as
+        // soon as this one's end is known.
+        if full && ahead.is_none() {
+            ahead = Some(ReadAhead::start(
+                plan.clone(),
+                client.take().expect("open when polled"),
+                through.clone(),
+                self.connection.query_timeout,
+            ));
+        }
+        let recovering = position.in_flight.clone();
+        let revision = if recorded_in_flight {
+            revision
+        } else {
             if let Some(in_flight) = &recovering {
                 self.guard_retention(in_flight).await?;
             }
-            let revision = state::record(
+            state::record(
                 &self.store,
                 &plan.name,
                 &Position {
@@ -388,39 +323,52 @@ impl Runner {
                 revision,
             )
             .await
-            .map_err(PollError::Nats)?;
-            let written = self.write_batch(&rows, built, &origins, recovering).await?;
-            let moved = Position {
-                watermark: Some(through.clone()),
-                in_flight: None,
-                skipping: false,
-            };
-            let revision = state::record(&self.store, &plan.name, &moved, revision)
-                .await
-                .map_err(PollError::Nats)?;
-            Ok::<_, PollError>((written, (moved, revision)))
-        }
-        .await;
-        // The connection comes back whatever happened to this batch (the read is bounded by
-        // its own timeout).
-        let next = match reading {
-            Some(reading) => match reading.await {
-                Ok((connection, read)) => {
-                    *client = Some(connection);
-                    Some(read)
-                }
-                Err(_) => None,
-            },
+            .map_err(PollError::Nats)?
+        };
+        // On an error the batches read ahead go with their reader and its connection: the
+        // next poll starts again from the stored position, on a new connection.
+        let written = self.write_batch(&rows, built, &origins, recovering).await?;
+        // The watermark moves past this batch. The next one is taken first when it was read
+        // ahead, so that the same compare-and-set records it in flight: one write of the
+        // position a batch, not two.
+        let next = match ahead {
+            Some(ahead) => Some(ahead.take(plan.batch_size, client).await),
             None => None,
         };
-        let (written, position) = stored?;
+        let next_origins = match &next {
+            Some((Ok((next_rows, _)), _)) if !next_rows.is_empty() => {
+                ordered(next_rows, columns, &through).ok()
+            }
+            _ => None,
+        };
+        let moved = Position {
+            watermark: Some(through.clone()),
+            in_flight: next_origins.as_ref().map(|origins| InFlight {
+                through: origins.last().expect("not empty").watermark.clone(),
+                rows: origins.len() as u32,
+                started_at: Utc::now(),
+            }),
+            skipping: false,
+        };
+        let revision = state::record(&self.store, &plan.name, &moved, revision)
+            .await
+            .map_err(PollError::Nats)?;
+        let position = Position {
+            in_flight: None,
+            ..moved
+        };
         metrics::counter!("xibaar_source_emitted_total", "source" => name.clone())
             .increment(written.emitted);
         metrics::counter!("xibaar_source_rejected_total", "source" => name)
             .increment(written.rejected);
         status.emitted += written.emitted;
         status.rejected += written.rejected;
-        *prefetched_slot = next.map(|read| Prefetched { read, position });
+        *prefetched_slot = next.map(|(batch, ahead)| Prefetched {
+            batch,
+            in_flight: next_origins,
+            ahead,
+            position: (position, revision),
+        });
         status.watermark = Some(through);
         Ok(full)
     }
