@@ -115,30 +115,36 @@ fn content(out: &mut Vec<u8>, content: &Content) {
 }
 
 fn translations(out: &mut Vec<u8>, translations: &BTreeMap<Language, Text>) {
-    out.push(b'{');
-    for (i, (language, text)) in translations.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(out, language.as_str());
-        out.extend_from_slice(br#":{"title":"#);
+    object(out, translations.iter(), Language::as_str, |out, text| {
+        out.extend_from_slice(br#"{"title":"#);
         string(out, &text.title);
         out.extend_from_slice(br#","body":"#);
         string(out, &text.body);
         out.push(b'}');
-    }
-    out.push(b'}');
+    });
 }
 
 fn strings(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+    object(out, map.iter(), String::as_str, |out, value| {
+        string(out, value)
+    });
+}
+
+/// A JSON object of `entries`, in their order.
+fn object<'a, K: 'a, V: 'a>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'a K, &'a V)>,
+    name: impl Fn(&K) -> &str,
+    value: impl Fn(&mut Vec<u8>, &V),
+) {
     out.push(b'{');
-    for (i, (k, v)) in map.iter().enumerate() {
+    for (i, (k, v)) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        string(out, k);
+        string(out, name(k));
         out.push(b':');
-        string(out, v);
+        value(out, v);
     }
     out.push(b'}');
 }
