@@ -3,11 +3,11 @@
 //! A source encodes every row's notification, and through `serde_json` that was a fifth of its
 //! CPU: `serde_json` looks at every byte of every string, keys included, through a table, and
 //! the flattened delivery options go through its map machinery. Here the keys are constants,
-//! a string with nothing to escape (nearly all) is found so 32 bytes at a time and copied, and
-//! the rarer audiences are still written by `serde_json`, as are the strings that need
-//! escaping. The test below holds the two to the same
-//! bytes for every field; it builds its notifications field by field, so that a field added to
-//! these types does not compile there until it is written here too.
+//! and a string with nothing to escape (nearly all) is found so 32 bytes at a time and copied;
+//! the rarer audiences, and the strings that need escaping, are still written by `serde_json`.
+//! The test below holds the two to the same bytes for every field; it builds its notifications
+//! field by field, so that a field added to these types does not compile there until it is
+//! written here too.
 
 use std::collections::BTreeMap;
 

@@ -211,7 +211,6 @@ impl JsonSchema for FcmToken {
 #[serde(transparent)]
 pub struct NotificationId(pub Uuid);
 
-/// Namespace for ids derived from idempotency keys (UUIDv5).
 /// The UUIDv5 of `name` in `namespace`, as `Uuid::new_v5` derives it, through the `sha1` crate:
 /// it hashes with the processor's SHA instructions where there are some, where `uuid` hashes
 /// in portable code. Ids are derived for every source row and every outcome event, and that
@@ -227,6 +226,7 @@ pub fn derived_uuid(namespace: &Uuid, name: &[u8]) -> Uuid {
     uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
+/// Namespace for ids derived from idempotency keys (UUIDv5).
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6d1f_4a6e_8b57_4c1e_9a43_51c1_5e0a_b1a7);
 
 impl NotificationId {

@@ -54,10 +54,9 @@ impl Value {
     }
 
     fn from_column(data: ColumnData<'static>) -> Value {
-        let or_null = |v: Option<Value>| v.unwrap_or(Value::Null);
         match data {
             // Text decoded by tiberius is moved, not copied.
-            ColumnData::String(v) => or_null(v.map(|s| Value::Text(s.into_owned()))),
+            ColumnData::String(Some(s)) => Value::Text(s.into_owned()),
             data => Self::from_borrowed(&data),
         }
     }
