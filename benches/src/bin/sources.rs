@@ -163,7 +163,7 @@ fn build_pages(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let messages: Vec<_> = notifications
         .chunks(xibaar_sources::emit::page_rows(plan.max_rate))
-        .filter_map(|page| xibaar_sources::emit::page(page.to_vec()))
+        .filter_map(|page| xibaar_sources::emit::page(page.to_vec(), false))
         .collect();
     Ok((building.elapsed(), messages))
 }

@@ -13,6 +13,8 @@ use crate::{
     subject,
 };
 
+pub use crate::page::NotificationPage;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[expect(
@@ -25,15 +27,6 @@ pub enum Command {
     /// Several notifications of one priority in one stored message: what a source reading
     /// thousands of rows publishes, so that JetStream stores a page, not a message per row.
     SendNotifications(NotificationPage),
-}
-
-/// Notifications stored together and fanned out one by one, each under its own id: the
-/// dispatcher's per-notification claim, not the page's `Nats-Msg-Id`, is what keeps a
-/// notification that arrives again in another page from being sent twice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct NotificationPage {
-    /// At least one, all of the same priority.
-    pub notifications: Vec<SendNotification>,
 }
 
 /// "Tell this audience this content at this priority." Accepted by the api (HTTP 202) once

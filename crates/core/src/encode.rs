@@ -17,6 +17,7 @@ use crate::{
     Audience, SendNotification,
     language::{Language, Text},
     notification::{Content, DeliveryOptions},
+    page::PageShared,
 };
 
 impl SendNotification {
@@ -33,6 +34,30 @@ impl SendNotification {
         out.extend_from_slice(br#"{"type":"send_notification","#);
         self.write_fields(&mut out);
         out
+    }
+
+    /// The start of this notification in a page ([`crate::page::write_page`]): its own
+    /// fields, without those of [`PageShared`] and without the closing brace.
+    pub fn write_page_entry(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        key(out, true, "notification_id");
+        let mut id = uuid::Uuid::encode_buffer();
+        plain(
+            out,
+            self.notification_id.0.hyphenated().encode_lower(&mut id),
+        );
+        key(out, false, "audience");
+        audience(out, &self.audience);
+        key(out, false, "content");
+        content(out, &self.content);
+        if let Some(idempotency_key) = &self.idempotency_key {
+            key(out, false, "idempotency_key");
+            string(out, idempotency_key);
+        }
+        if let Some(collapse_key) = &self.delivery.collapse_key {
+            key(out, false, "collapse_key");
+            string(out, collapse_key);
+        }
     }
 
     /// The fields and the closing brace.
@@ -67,6 +92,44 @@ impl SendNotification {
         key(out, false, "accepted_at");
         crate::instant::with_text(&self.accepted_at, |text| plain(out, text));
         out.push(b'}');
+    }
+}
+
+/// The fields of `own` that `except` does not hold, in [`PageShared`]'s order; the first after
+/// a comma unless `first`.
+pub(crate) fn shared(out: &mut Vec<u8>, first: bool, own: &PageShared, except: &PageShared) {
+    let mut first = first;
+    let mut next = |out: &mut Vec<u8>, name: &str| {
+        key(out, first, name);
+        first = false;
+    };
+    if let (Some(priority), None) = (own.priority, except.priority) {
+        next(out, "priority");
+        plain(out, priority.as_str());
+    }
+    if let (Some(category), None) = (own.category, except.category) {
+        next(out, "category");
+        plain(out, category.as_str());
+    }
+    if let (Some(at), None) = (&own.expires_at, &except.expires_at) {
+        next(out, "expires_at");
+        crate::instant::with_text(at, |text| plain(out, text));
+    }
+    if let (Some(at), None) = (&own.send_at, &except.send_at) {
+        next(out, "send_at");
+        crate::instant::with_text(at, |text| plain(out, text));
+    }
+    if let (Some(actor), None) = (&own.requested_by, &except.requested_by) {
+        next(out, "requested_by");
+        out.extend_from_slice(br#"{"kind":"#);
+        plain(out, actor.kind.as_str());
+        out.extend_from_slice(br#","id":"#);
+        string(out, &actor.id);
+        out.push(b'}');
+    }
+    if let (Some(at), None) = (&own.accepted_at, &except.accepted_at) {
+        next(out, "accepted_at");
+        crate::instant::with_text(at, |text| plain(out, text));
     }
 }
 

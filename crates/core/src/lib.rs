@@ -12,6 +12,8 @@ mod instant;
 pub mod job;
 pub mod language;
 pub mod notification;
+pub mod page;
+pub mod presence;
 pub mod priority;
 pub mod request;
 pub mod schema;

@@ -4,10 +4,11 @@
 //! (`xibaar.dispatchers.present.<instance>`), counts the dispatchers heard within [`STALE`],
 //! and keeps to that share of the rate.
 //!
-//! The announcement also says what the dispatcher reads: `delivery_page`. Earlier versions
+//! The announcement also says what the dispatcher reads ([`xibaar_core::presence`]): delivery
+//! pages, and notification pages that state their common fields once. Earlier versions
 //! announce nothing and read only jobs of one device; while one of them is heard, fan-outs
 //! publish jobs of one device ([`Heard::older_senders`]), so a rolling upgrade parks nothing in
-//! the DLQ.
+//! the DLQ. Sources listen for themselves (`xibaar_sources::dispatchers`).
 //!
 //! The sum never exceeds the rate for long: a dispatcher starting listens for one interval
 //! before its first push, so it knows the others, and the others lower their share within an
@@ -16,26 +17,15 @@
 //! interval's share. When a dispatcher stops or dies the others raise their share once it has
 //! been silent for [`STALE`]: until then they send less than they may, never more.
 
-use std::{
-    collections::HashMap,
-    num::NonZeroU32,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Instant};
 
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use xibaar_fcm::FcmClient;
 
-/// How often a dispatcher announces itself.
-pub const INTERVAL: Duration = Duration::from_secs(2);
-/// A dispatcher not heard for this long is gone.
-pub const STALE: Duration = Duration::from_secs(7);
-const SUBJECTS: &str = "xibaar.dispatchers.present.*";
-
-/// What the announcement of a dispatcher that reads delivery pages carries.
-const READS_PAGES: &[u8] = xibaar_core::job::PAGE_JOB_TYPE.as_bytes();
+use xibaar_core::presence::{self, SUBJECTS};
+pub use xibaar_core::presence::{INTERVAL, STALE};
 
 /// What a dispatcher knows of the others.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,7 +46,8 @@ pub(crate) async fn keep_share(
     shutdown: CancellationToken,
 ) {
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let subject = format!("xibaar.dispatchers.present.{instance}");
+    let subject = presence::subject(&instance);
+    let announcement = bytes::Bytes::from(presence::announcement());
     // Each dispatcher heard: when, and whether it reads pages.
     let mut heard: HashMap<String, (Instant, bool)> = HashMap::new();
     heard.insert(instance.clone(), (Instant::now(), true));
@@ -83,7 +74,7 @@ pub(crate) async fn keep_share(
                 if let Some(message) = message
                     && let Some(other) = message.subject.as_str().rsplit('.').next()
                 {
-                    let reads_pages = message.payload.as_ref() == READS_PAGES;
+                    let reads_pages = presence::reads(&message.payload, presence::DELIVERY_PAGES);
                     heard.insert(other.to_owned(), (Instant::now(), reads_pages));
                 }
             }
@@ -91,7 +82,7 @@ pub(crate) async fn keep_share(
                 if last_announce.is_none_or(|at| at.elapsed() >= INTERVAL) {
                     // Fire and forget: a lost announcement only delays the others' count.
                     let _ = client
-                        .publish(subject.clone(), bytes::Bytes::from_static(READS_PAGES))
+                        .publish(subject.clone(), announcement.clone())
                         .await;
                     last_announce = Some(Instant::now());
                 }

@@ -117,7 +117,8 @@ impl Runner {
     ) -> Result<u64, PollError> {
         let through = std::mem::take(&mut page.through);
         let count = page.notifications.len() as u64;
-        let Some(message) = emit::page(std::mem::take(&mut page.notifications)) else {
+        let whole = self.dispatchers.want_whole_pages();
+        let Some(message) = emit::page(std::mem::take(&mut page.notifications), whole) else {
             return Ok(0);
         };
         if let Some(in_flight) = recovering {

@@ -12,6 +12,7 @@ use xibaar_core::{
     NotificationId, SendNotification, SendRequest, Text,
     event::CustomerAttributesChanged,
     notification::{Content, MAX_ATTRIBUTE_CHARS},
+    page::PageShared,
 };
 
 use crate::{
@@ -45,19 +46,22 @@ pub enum Emitted {
 pub struct Encoded {
     pub id: NotificationId,
     pub priority: xibaar_core::Priority,
-    /// The notification's JSON, as `serde_json` writes it.
-    pub json: Vec<u8>,
+    /// The start of its entry in a page: its own fields ([`SendNotification::write_page_entry`]).
+    pub start: Vec<u8>,
+    /// Its values of the fields a page may state once.
+    pub own: PageShared,
 }
 
 impl Encoded {
-    pub fn of(send: &SendNotification) -> Self {
+    pub fn of(send: SendNotification) -> Self {
         // Into a buffer of a typical notification's size, not one grown from empty.
-        let mut json = Vec::with_capacity(640);
-        send.write_json(&mut json);
+        let mut start = Vec::with_capacity(512);
+        send.write_page_entry(&mut start);
         Self {
             id: send.notification_id,
             priority: send.priority,
-            json,
+            start,
+            own: PageShared::from(send),
         }
     }
 }
@@ -73,30 +77,30 @@ pub fn page_rows(max_rate: Option<u32>) -> usize {
 }
 
 /// The stored message of a page of notifications of one priority (`None` if empty or mixed):
-/// the bytes `serde_json` writes for the page's `Command`, put together from the
-/// notifications' own (the test below holds the two to the same bytes).
-pub fn page(notifications: Vec<Encoded>) -> Option<Message> {
+/// the bytes `serde_json` writes for the page's `Command` (the test below holds the two to the
+/// same bytes), put together from the notifications' own. What they all share is stated once
+/// unless `whole` (a dispatcher that reads only whole notifications is running).
+pub fn page(notifications: Vec<Encoded>, whole: bool) -> Option<Message> {
     let (first, last) = (notifications.first()?, notifications.last()?);
     if notifications.iter().any(|n| n.priority != first.priority) {
         return None;
     }
+    let shared = if whole {
+        PageShared::default()
+    } else {
+        PageShared::common(notifications.iter().map(|n| &n.own))
+    };
     let mut payload = Vec::with_capacity(
-        64 + notifications
+        256 + notifications
             .iter()
-            .map(|n| n.json.len() + 1)
+            .map(|n| n.start.len() + 160)
             .sum::<usize>(),
     );
-    payload.extend_from_slice(br#"{"type":"#);
-    serde_json::to_writer(&mut payload, xibaar_core::command::PAGE_TYPE)
-        .expect("a string serializes");
-    payload.extend_from_slice(br#","notifications":["#);
-    for (i, n) in notifications.iter().enumerate() {
-        if i > 0 {
-            payload.push(b',');
-        }
-        payload.extend_from_slice(&n.json);
-    }
-    payload.extend_from_slice(b"]}");
+    xibaar_core::page::write_page(
+        &mut payload,
+        &shared,
+        notifications.iter().map(|n| (n.start.as_slice(), &n.own)),
+    );
     let msg_id = xibaar_core::command::page_msg_id(first.id, last.id, notifications.len());
     Some(Message {
         subject: xibaar_core::subject::command(first.priority, first.id),
@@ -189,7 +193,7 @@ pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, Strin
                 &SOURCE_NAMESPACE,
                 origin.name(&plan.name).as_bytes(),
             ));
-            Ok(Emitted::Notification(Encoded::of(&request.into_command(
+            Ok(Emitted::Notification(Encoded::of(request.into_command(
                 id,
                 None,
                 plan.actor.clone(),
@@ -436,9 +440,19 @@ mod tests {
     #[test]
     fn a_page_put_together_from_encoded_notifications_is_the_pages_command_byte_for_byte() {
         let sends: Vec<_> = (1..=3).map(|i| send(i, Priority::Normal)).collect();
-        let message = page(sends.iter().map(Encoded::of).collect()).unwrap();
-        assert!(serde_json::from_slice::<Command>(&message.payload).is_ok());
+        let encoded = || sends.iter().cloned().map(Encoded::of).collect::<Vec<_>>();
+        let message = page(encoded(), false).unwrap();
         let command = Command::page(sends.clone()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Command>(&message.payload).unwrap(),
+            command
+        );
+        let whole = page(encoded(), true).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Command>(&whole.payload).unwrap(),
+            command
+        );
+        assert!(message.payload.len() < whole.payload.len());
         assert_eq!(
             message.payload.as_ref(),
             serde_json::to_vec(&command).unwrap().as_slice()
@@ -455,8 +469,8 @@ mod tests {
                 sends.iter().map(|s| s.notification_id).collect()
             ))
         );
-        assert!(page(vec![]).is_none());
+        assert!(page(vec![], false).is_none());
         let mixed = [send(1, Priority::Normal), send(2, Priority::Low)];
-        assert!(page(mixed.iter().map(Encoded::of).collect()).is_none());
+        assert!(page(mixed.into_iter().map(Encoded::of).collect(), false).is_none());
     }
 }

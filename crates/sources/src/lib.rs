@@ -7,6 +7,7 @@
 //! unreachable starts anyway and retries; one failing source never stops the others.
 
 mod batch;
+pub mod dispatchers;
 pub mod emit;
 pub mod format;
 pub mod plan;
@@ -40,6 +41,11 @@ pub async fn prepare(
     stop: &CancellationToken,
 ) -> Result<Vec<source::Runner>, StartError> {
     let store = state::bucket(js).await.map_err(StartError::Nats)?;
+    let dispatchers = if config.sources.is_empty() {
+        dispatchers::Dispatchers::default()
+    } else {
+        dispatchers::Dispatchers::listen(&js.client(), stop.clone()).await
+    };
     let mut runners = Vec::new();
     for (name, source) in &config.sources {
         let mut plan = Plan::new(name, source).map_err(|e| StartError::Config(e.to_string()))?;
@@ -55,6 +61,7 @@ pub async fn prepare(
             js: js.clone(),
             store: store.clone(),
             stop: stop.clone(),
+            dispatchers: dispatchers.clone(),
         });
     }
     Ok(runners)

@@ -35,6 +35,8 @@ pub struct Runner {
     pub js: jetstream::Context,
     pub store: kv::Store,
     pub stop: CancellationToken,
+    /// Whether pages go out whole, for dispatchers of an earlier version.
+    pub dispatchers: crate::dispatchers::Dispatchers,
 }
 
 /// How often a source reading through a backlog looks for a pause and writes its status.

@@ -70,8 +70,10 @@ fn the_worked_examples_bind_and_render_in_every_language() {
         match emitted {
             emit::Emitted::Notification(encoded) => {
                 assert!(plan.notifications.is_some(), "{name}");
-                let send: xibaar_core::SendNotification =
-                    serde_json::from_slice(&encoded.json).unwrap();
+                // Read back as a page of one, as the dispatcher reads it.
+                let page = emit::page(vec![encoded.clone()], false).unwrap();
+                let command: xibaar_core::Command = serde_json::from_slice(&page.payload).unwrap();
+                let send = &command.notifications()[0];
                 assert_eq!(send.notification_id, encoded.id, "{name}");
                 let content = serde_json::to_value(&send.content).unwrap();
                 assert_eq!(content["language"], "fr", "{name}");

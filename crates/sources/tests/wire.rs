@@ -155,16 +155,18 @@ async fn commands(js: &jetstream::Context) -> BTreeMap<String, serde_json::Value
     }
     for seq in info.state.first_sequence..=info.state.last_sequence {
         let message = stream.direct_get(seq).await.unwrap();
-        let mut command: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-        assert_eq!(
-            command["type"], "send_notifications",
+        // Read as the dispatcher reads it: each notification whole, what its page shares
+        // included.
+        let command: xibaar_core::Command = serde_json::from_slice(&message.payload).unwrap();
+        assert!(
+            matches!(command, xibaar_core::Command::SendNotifications(_)),
             "a source stores pages"
         );
-        let page = command["notifications"].take();
-        for notification in page.as_array().unwrap() {
-            let id = notification["notification_id"].as_str().unwrap().to_owned();
+        for notification in command.notifications() {
+            let id = notification.notification_id.to_string();
+            let whole = serde_json::to_value(notification).unwrap();
             assert!(
-                out.insert(id.clone(), notification.clone()).is_none(),
+                out.insert(id.clone(), whole).is_none(),
                 "notification {id} stored twice"
             );
         }
@@ -611,5 +613,115 @@ async fn a_row_that_cannot_become_a_notification_is_dead_lettered_and_the_others
     );
     let row: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
     assert_eq!(row["key"], "2");
+    running.stop().await;
+}
+
+/// Which shapes of page were stored, in order: `true` for a page that states its common fields
+/// once, `false` for one whose notifications are whole.
+async fn page_shapes(js: &jetstream::Context) -> Vec<bool> {
+    let mut stream = js.get_stream("XIBAAR_CMD_NORMAL").await.unwrap();
+    let info = stream.info().await.unwrap();
+    let mut shapes = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let Ok(message) = stream.direct_get(seq).await else {
+            continue;
+        };
+        let page: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let shared = page.get("shared").is_some();
+        for notification in page["notifications"].as_array().unwrap() {
+            // Stated once or in every notification, never both, never neither.
+            for field in [
+                "priority",
+                "category",
+                "requested_by",
+                "accepted_at",
+                "expires_at",
+            ] {
+                assert_ne!(
+                    notification.get(field).is_some(),
+                    page["shared"].get(field).is_some(),
+                    "{field} in page {seq}"
+                );
+            }
+        }
+        shapes.push(shared);
+    }
+    shapes
+}
+
+/// A page states once what its notifications share (a quarter of their bytes); while a
+/// dispatcher of an earlier version, which reads only whole notifications, announces itself,
+/// pages go out whole, and once it has been silent for the presence's stale time they state
+/// their common fields again. Every page reads back as the same notifications.
+#[tokio::test]
+async fn pages_go_out_whole_while_a_dispatcher_of_an_earlier_version_runs() {
+    let nats = NatsServer::start().await.unwrap();
+    let js = jetstream_with_streams(&nats).await;
+    let server = SqlServer::start().await.unwrap();
+    let mut table = bills_table();
+    table.rows = (1..=5).map(bill).collect();
+    server.serve(table);
+    let toml = sql_toml(&server, "")
+        + &source_toml("bills", QUERY, 10).replace(
+            "category = \"billing\"\n",
+            "category = \"billing\"\nttl = \"1d\"\n",
+        );
+    let running = start(&js, &toml).await.unwrap();
+    wait_commands(&js, 5).await;
+    assert_eq!(page_shapes(&js).await, [true]);
+
+    // The previous version announces that it reads delivery pages, and nothing more.
+    let earlier = CancellationToken::new();
+    let announcing = tokio::spawn({
+        let (client, earlier) = (js.client(), earlier.clone());
+        async move {
+            while !earlier.is_cancelled() {
+                client
+                    .publish("xibaar.dispatchers.present.earlier", "delivery_page".into())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    // A row at a time until a page goes out with the shape wanted (`shared` or whole).
+    let mut next = 6;
+    let mut rows_until = async |shared: bool| {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            server.insert(STATEMENT, [bill(next)]);
+            wait_commands(&js, next as usize).await;
+            next += 1;
+            if page_shapes(&js).await.last() == Some(&shared) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no page with `shared` {shared}"
+            );
+        }
+    };
+    rows_until(false).await;
+    let whole_from = page_shapes(&js).await.len() - 1;
+    for _ in 0..3 {
+        rows_until(false).await;
+    }
+    assert!(
+        page_shapes(&js).await[whole_from..]
+            .iter()
+            .all(|shared| !shared)
+    );
+
+    // The earlier dispatcher gone: pages state their common fields once again.
+    earlier.cancel();
+    announcing.await.unwrap();
+    rows_until(true).await;
+    let stored = commands(&js).await;
+    assert_eq!(stored.len(), next as usize - 1);
+    for notification in stored.values() {
+        assert_eq!(notification["category"], "billing");
+        assert_eq!(notification["requested_by"]["id"], "source:bills");
+        assert!(notification["expires_at"].is_string());
+    }
     running.stop().await;
 }
