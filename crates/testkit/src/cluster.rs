@@ -351,6 +351,14 @@ impl Election {
     }
 }
 
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Election;
@@ -377,14 +385,6 @@ mod tests {
             "garbage",
         ] {
             assert!(Election::parse(other, 0).is_none(), "{other}");
-        }
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
         }
     }
 }
