@@ -9,8 +9,8 @@ use xibaar_core::{
     Actor, Audience, Content, CustomerId, DeliveryOptions, DeviceId, Event, EventEnvelope,
     FcmToken, NotificationId, Platform, Priority,
     event::{
-        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceRegistered,
-        NotificationAccepted, NotificationFannedOut,
+        DeliveriesSucceeded, DeliveryExpired, DeliveryFailed, DeliveryFailure, DeviceRegistered,
+        NotificationAccepted, NotificationFannedOut, SucceededDevice,
     },
 };
 
@@ -262,9 +262,21 @@ fn envelope(event: Event) -> EventEnvelope {
     EventEnvelope::new(event, correlation, None, Actor::system("benchmark"))
 }
 
-/// Stores about `n` events: `DEVICES` registrations, then broadcasts to every device
-/// (accepted, fanned out, one outcome per device: 95 % sent, 3 % invalid tokens, 2 % expired).
-pub async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow::Result<u64> {
+/// A log stored by [`store_log`].
+#[derive(Debug, Clone, Copy)]
+pub struct Log {
+    /// Its last sequence: the events stored.
+    pub head: u64,
+    /// The facts they record, each device's outcome counted once: a page of successes
+    /// (`delivery.page_succeeded`) records up to a hundred.
+    pub facts: u64,
+}
+
+/// Stores about `n` facts: `DEVICES` registrations, then broadcasts to every device (accepted,
+/// fanned out, one outcome per device: 95 % sent, 3 % invalid tokens, 2 % expired). As the
+/// dispatcher stores them: the successes of each page of a hundred devices in one event, the
+/// failures and expiries on their own.
+pub async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow::Result<Log> {
     let mut pipeline = xibaar_streams::Pipeline::new(js.clone(), 4_096);
     let mut publish = async |event: Event| -> anyhow::Result<()> {
         let envelope = envelope(event);
@@ -318,17 +330,19 @@ pub async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow:
             targeted: DEVICES as u64,
         }))
         .await?;
+        let mut succeeded = Vec::new();
         for d in 0..DEVICES {
             let (device_id, customer_id) = (device(d), customer(d));
             let event = match d % 100 {
-                0..95 => Event::DeliverySucceeded(DeliverySucceeded {
-                    notification_id,
-                    priority,
-                    device_id,
-                    customer_id,
-                    attempt: 1,
-                    fcm_message_id: format!("projects/p/messages/{b}-{d}"),
-                }),
+                0..95 => {
+                    succeeded.push(SucceededDevice {
+                        device_id,
+                        customer_id,
+                        attempt: 1,
+                        fcm_message_id: format!("projects/p/messages/{b}-{d}"),
+                    });
+                    continue;
+                }
                 95..98 => Event::DeliveryFailed(DeliveryFailed {
                     notification_id,
                     priority,
@@ -349,9 +363,21 @@ pub async fn store_log(js: &async_nats::jetstream::Context, n: usize) -> anyhow:
                 }),
             };
             publish(event).await?;
+            if d % 100 == 99 {
+                publish(Event::DeliveriesSucceeded(DeliveriesSucceeded {
+                    notification_id,
+                    priority,
+                    devices: std::mem::take(&mut succeeded),
+                }))
+                .await?;
+            }
         }
     }
-    Ok(pipeline.flush().await?.last_sequence)
+    let head = pipeline.flush().await?.last_sequence;
+    Ok(Log {
+        head,
+        facts: (DEVICES + broadcasts * (DEVICES + 2)) as u64,
+    })
 }
 
 /// Reads `XIBAAR_EVENTS` from the start to `head` with a bare ordered consumer (decoding each

@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     println!("archive: {n} events, segments of {SEGMENT_EVENTS}, {ROUNDS} rounds alternating");
     let nats = NatsServer::start().await?;
     let js = jetstream(&nats).await?;
-    let head = store_log(&js, n).await?;
+    let head = store_log(&js, n).await?.head;
     let sealed = head - head % SEGMENT_EVENTS;
     let pids = [nats.pid().unwrap_or(0), std::process::id()];
 

@@ -65,13 +65,12 @@ fn bench_job(i: usize, notification_id: NotificationId) -> xibaar_core::Delivery
 /// The JetStream floor: the work nats-server does for every push, with no FCM, no Postgres
 /// and no dispatcher, in the design's own shape. Pages of 100 delivery jobs are stored
 /// (pipelined, with their `Nats-Msg-Id`, as the fan-out publishes), pulled from the low lane's
-/// durable consumer; each device's `delivery.succeeded` event is stored, `CONCURRENCY` at a
-/// time, and each page is acked once its events are stored. Returns pushes/s and CPU µs per
+/// durable consumer; each page's `delivery.page_succeeded` event is stored (at 0 ms every
+/// device of a page is answered together), and the page is acked once it is stored. Returns pushes/s and CPU µs per
 /// push of nats-server and of this process (publisher and consumer).
 async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
     use futures::StreamExt;
     use xibaar_core::{Actor, EventEnvelope, job::PAGE_JOB_TYPE};
-    use xibaar_dispatcher::Job;
     let consumer: async_nats::jetstream::consumer::PullConsumer = rig
         .js
         .get_stream(xibaar_streams::names::DELIVERIES)
@@ -110,33 +109,31 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
         .messages()
         .await?;
     let mut in_flight = futures::stream::FuturesUnordered::new();
-    let events = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let handle = |message: async_nats::jetstream::Message| {
-        let (js, events) = (rig.js.clone(), events.clone());
+        let js = rig.js.clone();
         async move {
             let page: xibaar_core::DeliveryPage = serde_json::from_slice(&message.payload)?;
-            let stored = futures::stream::iter(0..page.devices.len())
-                .map(|i| {
-                    let (js, events) = (js.clone(), events.clone());
-                    let job = page.job(i).expect("in the page");
-                    async move {
-                        let _place = events.acquire().await?;
-                        let fcm_message_id =
-                            format!("projects/xibaar-local/messages/0:{}", job.device_id);
-                        let envelope = EventEnvelope::new(
-                            job.succeeded(1, fcm_message_id),
-                            job.correlation_id.as_str(),
-                            None,
-                            Actor::system("sender"),
-                        );
-                        xibaar_streams::publish_event(&js, &envelope).await?;
-                        anyhow::Ok(())
-                    }
+            let devices = page
+                .devices
+                .iter()
+                .map(|d| xibaar_core::event::SucceededDevice {
+                    device_id: d.device_id.clone(),
+                    customer_id: d.customer_id.clone(),
+                    attempt: 1,
+                    fcm_message_id: format!("projects/xibaar-local/messages/0:{}", d.device_id),
                 })
-                .buffer_unordered(per_page)
-                .collect::<Vec<_>>()
-                .await;
-            stored.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+                .collect();
+            let envelope = EventEnvelope::new(
+                xibaar_core::Event::DeliveriesSucceeded(xibaar_core::event::DeliveriesSucceeded {
+                    notification_id: page.notification_id,
+                    priority: page.priority,
+                    devices,
+                }),
+                page.correlation_id.as_str(),
+                None,
+                Actor::system("sender"),
+            );
+            xibaar_streams::publish_event(&js, &envelope).await?;
             message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             anyhow::Ok(page.devices.len())
         }

@@ -140,6 +140,43 @@ pub struct DeliverySucceeded {
     pub fcm_message_id: String,
 }
 
+/// The devices of one page of delivery jobs that FCM accepted, recorded together: one stored
+/// event for up to a hundred pushes instead of one each. Each device's record is what its own
+/// `delivery.succeeded` would hold ([`DeliveriesSucceeded::each`]). Failures and expiries stay
+/// events of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveriesSucceeded {
+    pub notification_id: NotificationId,
+    pub priority: Priority,
+    /// At least one, in the order FCM answered.
+    pub devices: Vec<SucceededDevice>,
+}
+
+/// One device of [`DeliveriesSucceeded`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SucceededDevice {
+    pub device_id: DeviceId,
+    pub customer_id: CustomerId,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// FCM's `name` for the message, `projects/<p>/messages/<id>`.
+    pub fcm_message_id: String,
+}
+
+impl DeliveriesSucceeded {
+    /// Each device's outcome as its own `delivery.succeeded` would state it.
+    pub fn each(&self) -> impl Iterator<Item = DeliverySucceeded> + '_ {
+        self.devices.iter().map(|d| DeliverySucceeded {
+            notification_id: self.notification_id,
+            priority: self.priority,
+            device_id: d.device_id.clone(),
+            customer_id: d.customer_id.clone(),
+            attempt: d.attempt,
+            fcm_message_id: d.fcm_message_id.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryFailure {
@@ -313,10 +350,11 @@ pub enum Event {
     DeviceRemoved(DeviceRemoved),
     InboxItemRead(InboxItemRead),
     InboxAllRead(InboxAllRead),
+    DeliveriesSucceeded(DeliveriesSucceeded),
 }
 
 /// `(type, current version)` of every event in the catalog.
-pub const CATALOG: [(&str, u32); 15] = [
+pub const CATALOG: [(&str, u32); 16] = [
     ("notification.accepted", 2),
     ("notification.fanned_out", 1),
     ("delivery.succeeded", 1),
@@ -332,6 +370,7 @@ pub const CATALOG: [(&str, u32); 15] = [
     ("inbox.item_read", 1),
     ("inbox.all_read", 1),
     ("customer.attributes_changed", 1),
+    ("delivery.page_succeeded", 1),
 ];
 
 /// Namespace of deterministic event ids (UUIDv5).
@@ -363,6 +402,7 @@ impl Event {
             Event::DeviceRemoved(_) => 11,
             Event::InboxItemRead(_) => 12,
             Event::InboxAllRead(_) => 13,
+            Event::DeliveriesSucceeded(_) => 15,
         }
     }
 
@@ -386,6 +426,7 @@ impl Event {
             Event::DeviceRemoved(e) => e.device_id.to_string(),
             Event::InboxItemRead(e) => e.customer_id.to_string(),
             Event::InboxAllRead(e) => e.customer_id.to_string(),
+            Event::DeliveriesSucceeded(e) => e.notification_id.to_string(),
         }
     }
 
@@ -419,6 +460,18 @@ impl Event {
             Event::NotificationCanceled(e) => Some(e.notification_id.to_string()),
             Event::InboxItemRead(e) => Some(format!("{}/{}", e.customer_id, e.notification_id)),
             Event::CustomerAttributesChanged(e) => Some(format!("attributes/{}", e.origin)),
+            // Its devices, in order: the same answers recorded again (a store retried after
+            // its acknowledgement was lost) are the same event.
+            Event::DeliveriesSucceeded(e) => Some(e.devices.iter().fold(
+                e.notification_id.to_string(),
+                |mut key, d| {
+                    key.push('/');
+                    key.push_str(d.customer_id.as_str());
+                    key.push('/');
+                    key.push_str(d.device_id.as_str());
+                    key
+                },
+            )),
             Event::DeviceRegistered(_)
             | Event::PreferencesChanged(_)
             | Event::DeviceRemoved(_)
@@ -443,6 +496,7 @@ impl Event {
             Event::DeviceRemoved(d) => serde_json::value::to_raw_value(d),
             Event::InboxItemRead(d) => serde_json::value::to_raw_value(d),
             Event::InboxAllRead(d) => serde_json::value::to_raw_value(d),
+            Event::DeliveriesSucceeded(d) => serde_json::value::to_raw_value(d),
         }
     }
 }
@@ -630,6 +684,9 @@ impl EventEnvelope {
                 Event::InboxItemRead(serde_json::from_str(data).map_err(parse_err)?)
             }
             "inbox.all_read" => Event::InboxAllRead(serde_json::from_str(data).map_err(parse_err)?),
+            "delivery.page_succeeded" => {
+                Event::DeliveriesSucceeded(serde_json::from_str(data).map_err(parse_err)?)
+            }
             _ => Event::NotificationCanceled(serde_json::from_str(data).map_err(parse_err)?),
         };
         Ok(Decoded::Known(Box::new(EventEnvelope {

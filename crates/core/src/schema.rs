@@ -8,10 +8,10 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, js
 use crate::{
     command::Command,
     event::{
-        CustomerAttributesChanged, DeliveryExpired, DeliveryFailed, DeliverySucceeded,
-        DeviceRegistered, DeviceRemoved, DeviceTokenInvalidated, InboxAllRead, InboxItemRead,
-        NotificationAccepted, NotificationCanceled, NotificationFannedOut, NotificationScheduled,
-        PreferencesChanged, TopicDelivery, WireEnvelope,
+        CustomerAttributesChanged, DeliveriesSucceeded, DeliveryExpired, DeliveryFailed,
+        DeliverySucceeded, DeviceRegistered, DeviceRemoved, DeviceTokenInvalidated, InboxAllRead,
+        InboxItemRead, NotificationAccepted, NotificationCanceled, NotificationFannedOut,
+        NotificationScheduled, PreferencesChanged, TopicDelivery, WireEnvelope,
     },
     job::{DeliveryJob, DeliveryPage, TopicJob},
 };
@@ -50,7 +50,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
             schema::<DeliveryPage>(),
         ),
     ];
-    let events: [(&str, Schema); 15] = [
+    let events: [(&str, Schema); 16] = [
         ("notification.accepted", schema::<NotificationAccepted>()),
         ("notification.fanned_out", schema::<NotificationFannedOut>()),
         ("delivery.succeeded", schema::<DeliverySucceeded>()),
@@ -72,6 +72,7 @@ pub fn catalog() -> Vec<(String, Schema)> {
             "customer.attributes_changed",
             schema::<CustomerAttributesChanged>(),
         ),
+        ("delivery.page_succeeded", schema::<DeliveriesSucceeded>()),
     ];
     for (event_type, schema) in events {
         let version = crate::event::CATALOG

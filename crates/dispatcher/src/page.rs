@@ -3,8 +3,10 @@
 //! keeps what a job of its own had.
 //!
 //! - Each device gets its own push, at an FCM place of the page's priority (urgent first), and
-//!   its own outcome event, stored as soon as FCM has answered (the same events, with the same
-//!   ids, as a job of its own).
+//!   its own outcome. The devices FCM accepted are recorded together, in one
+//!   `delivery.page_succeeded` event for those answered while others of the page were still
+//!   at FCM (stored once none is, or [`SUCCESSES_HELD_FOR`] after the first); a failure or an
+//!   expiry is an event of its own, stored as soon as it is known.
 //! - A device that fails for good gets its own dead letter: a job of its own, which `xibaar dlq
 //!   retry` sends alone.
 //! - Devices whose attempt failed, or whose project's circuit is open, are tried again by
@@ -36,7 +38,11 @@ use futures::{
     stream::FuturesUnordered,
 };
 use tokio_util::sync::CancellationToken;
-use xibaar_core::{DeliveryPage, Event, Priority, event::DeliveryFailure, job::DEVICE_JOB_TYPE};
+use xibaar_core::{
+    DeliveryPage, Event, Priority,
+    event::{DeliveriesSucceeded, DeliveryFailure, SucceededDevice},
+    job::DEVICE_JOB_TYPE,
+};
 use xibaar_fcm::Message;
 
 use crate::{
@@ -44,6 +50,10 @@ use crate::{
     sender::{self, Outcome, Sender, Verdict, ack},
     slots::Slots,
 };
+
+/// The longest a success waits for others of its page before it is stored: the customer's
+/// inbox and live stream show it after that.
+const SUCCESSES_HELD_FOR: Duration = Duration::from_millis(100);
 
 /// How long the page's record is retried: past a bucket leader's election.
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(15);
@@ -130,10 +140,9 @@ struct Round<'a> {
     stop: &'a CancellationToken,
 }
 
-/// What a device's outcome stores.
+/// What storing the outcome of some devices (by their place in the page) came to.
 struct Stored {
-    index: usize,
-    outcome: Outcome,
+    done: Vec<(usize, Outcome)>,
     result: anyhow::Result<()>,
 }
 
@@ -190,7 +199,14 @@ impl Round<'_> {
         let mut beat = crate::lane::beat(self.sender.progress_every);
         let mut recorded = self.read.clone();
         let mut recording = pin!(Fuse::terminated());
+        // Devices FCM accepted, not yet stored, and when they will be at the latest.
+        let mut succeeded: Vec<(usize, SucceededDevice)> = Vec::new();
+        let mut held = pin!(Fuse::terminated());
         loop {
+            if !succeeded.is_empty() && pushes.is_empty() {
+                stores.push(self.store_successes(std::mem::take(&mut succeeded)).boxed());
+                held.set(Fuse::terminated());
+            }
             if next.is_none() && pushes.is_empty() && stores.is_empty() {
                 break;
             }
@@ -231,6 +247,19 @@ impl Round<'_> {
                         true,
                     );
                     match verdict {
+                        Verdict::Sent { fcm_message_id } => {
+                            let device = &page.devices[index];
+                            tracing::debug!(attempt, %fcm_message_id, device = %device.device_id, "pushed");
+                            if succeeded.is_empty() {
+                                held.set(tokio::time::sleep(SUCCESSES_HELD_FOR).fuse());
+                            }
+                            succeeded.push((index, SucceededDevice {
+                                device_id: device.device_id.clone(),
+                                customer_id: device.customer_id.clone(),
+                                attempt,
+                                fcm_message_id,
+                            }));
+                        }
                         Verdict::Retry { delay, detail } => {
                             tracing::info!(error = %detail, attempt, ?delay, device = %page.devices[index].device_id, "FCM send failed; will retry");
                             record.failed.insert(index, attempt);
@@ -248,6 +277,9 @@ impl Round<'_> {
                 }
                 Some(stored) = stores.next(), if !stores.is_empty() => {
                     self.stored(stored, &mut record, &mut first_error);
+                }
+                () = &mut held => {
+                    stores.push(self.store_successes(std::mem::take(&mut succeeded)).boxed());
                 }
                 () = &mut recording => {}
                 _ = beat.tick() => {
@@ -273,16 +305,46 @@ impl Round<'_> {
     /// The events of a device's final `verdict` (and its dead letter), stored.
     async fn store(&self, index: usize, verdict: Verdict, attempt: u32) -> Stored {
         let outcome = verdict.outcome();
-        let result = tokio::select! {
-            stored = self.store_verdict(index, verdict, attempt) => stored,
+        let result = self
+            .stored_unless_stopped(self.store_verdict(index, verdict, attempt))
+            .await;
+        Stored {
+            done: vec![(index, outcome)],
+            result,
+        }
+    }
+
+    /// One `delivery.page_succeeded` for `devices`, stored.
+    async fn store_successes(&self, devices: Vec<(usize, SucceededDevice)>) -> Stored {
+        let (done, devices): (Vec<_>, Vec<_>) = devices
+            .into_iter()
+            .map(|(index, device)| ((index, Outcome::Sent), device))
+            .unzip();
+        let event = Event::DeliveriesSucceeded(DeliveriesSucceeded {
+            notification_id: self.page.notification_id,
+            priority: self.page.priority,
+            devices,
+        });
+        let result = self
+            .stored_unless_stopped(self.sender.store_event(
+                &self.page.correlation_id,
+                self.message,
+                event,
+            ))
+            .await;
+        Stored { done, result }
+    }
+
+    /// `storing`, given up [`STOP_GRACE`] after the sender was told to stop.
+    async fn stored_unless_stopped(
+        &self,
+        storing: impl std::future::Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            stored = storing => stored,
             _ = self.stopped_for(STOP_GRACE) => Err(anyhow::anyhow!(
                 "the sender stopped before the outcome was stored"
             )),
-        };
-        Stored {
-            index,
-            outcome,
-            result,
         }
     }
 
@@ -298,10 +360,6 @@ impl Round<'_> {
                 .store_event(&self.page.correlation_id, self.message, event)
         };
         match verdict {
-            Verdict::Sent { fcm_message_id } => {
-                tracing::debug!(attempt, %fcm_message_id, device = %recipient.device_id, "pushed");
-                event(recipient.succeeded(attempt, fcm_message_id)).await
-            }
             Verdict::Expired { attempt } => event(recipient.expired(attempt)).await,
             Verdict::Final {
                 reason,
@@ -322,6 +380,9 @@ impl Round<'_> {
             }
             Verdict::Retry { .. } | Verdict::Pause { .. } => {
                 unreachable!("a device tried again stores no outcome")
+            }
+            Verdict::Sent { .. } => {
+                unreachable!("successes are stored together (`store_successes`)")
             }
         }
     }
@@ -356,9 +417,11 @@ impl Round<'_> {
     ) {
         match stored.result {
             Ok(()) => {
-                record.done.insert(stored.index);
-                record.failed.remove(&stored.index);
-                sender::count(stored.outcome, self.priority);
+                for (index, outcome) in stored.done {
+                    record.done.insert(index);
+                    record.failed.remove(&index);
+                    sender::count(outcome, self.priority);
+                }
             }
             Err(e) => {
                 first_error.get_or_insert(e);

@@ -109,6 +109,7 @@ pub(crate) async fn apply(
         }
         // Folded in bulk with their neighbours (crate::outcomes).
         Event::DeliverySucceeded(_)
+        | Event::DeliveriesSucceeded(_)
         | Event::DeliveryFailed(_)
         | Event::DeliveryExpired(_)
         | Event::TopicDelivery(_) => {}

@@ -79,7 +79,8 @@ struct Item {
     sequence: i64,
     decoded: Result<Decoded, xibaar_core::event::DecodeError>,
     /// The delivery outcome it records, if it is one.
-    pending: Option<outcomes::PendingOutcome>,
+    /// The delivery outcomes it records (a page of successes records several).
+    pending: Vec<outcomes::PendingOutcome>,
 }
 
 /// Reads `messages` into batches bounded by size and time, decodes them, and hands them over
@@ -99,7 +100,7 @@ async fn read_batches<E: std::fmt::Display>(
         let decoded = EventEnvelope::decode(&message.payload);
         let pending = match &decoded {
             Ok(Decoded::Known(envelope)) => outcomes::pending(envelope, sequence),
-            _ => None,
+            _ => Vec::new(),
         };
         Some(Item {
             message,
@@ -580,7 +581,7 @@ impl Projector {
                 outcome.dead_lettered += 1;
                 continue;
             }
-            let (decoded, pending) = (&item.decoded, item.pending.as_ref());
+            let (decoded, pending) = (&item.decoded, &item.pending);
             let registration = match decoded {
                 Ok(Decoded::Known(envelope))
                     if !self.isolate && matches!(envelope.event, Event::DeviceRegistered(_)) =>
@@ -590,7 +591,7 @@ impl Projector {
                 _ => None,
             };
             // Anything else is applied after the outcomes or registrations before it.
-            if pending.is_none() || self.isolate {
+            if pending.is_empty() || self.isolate {
                 self.fold(&mut tx, &mut run, &mut woken).await?;
             }
             if registration.is_none() {
@@ -602,11 +603,11 @@ impl Projector {
                 outcome.applied += 1;
                 continue;
             }
-            if let Some(pending) = pending {
+            if !pending.is_empty() {
                 if let Ok(Decoded::Known(envelope)) = decoded {
                     debug_applied(message, envelope, sequence);
                 }
-                run.push(pending);
+                run.extend(pending);
                 outcome.applied += 1;
                 continue;
             }

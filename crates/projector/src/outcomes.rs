@@ -49,8 +49,32 @@ impl PendingOutcome {
     }
 }
 
-/// The outcome `envelope` records, if it is one.
-pub(crate) fn pending(envelope: &EventEnvelope, sequence: i64) -> Option<PendingOutcome> {
+/// The outcomes `envelope` records: one for an outcome event, each device's for a page of
+/// successes, none for any other event.
+pub(crate) fn pending(envelope: &EventEnvelope, sequence: i64) -> Vec<PendingOutcome> {
+    if let Event::DeliveriesSucceeded(page) = &envelope.event {
+        return page
+            .devices
+            .iter()
+            .map(|d| PendingOutcome {
+                sequence,
+                at: envelope.meta.occurred_at,
+                notification_id: page.notification_id.0,
+                priority: page.priority,
+                device_id: d.device_id.to_string(),
+                customer_id: Some(d.customer_id.to_string()),
+                outcome: "succeeded",
+                reason: None,
+                error_code: None,
+                attempts: i32::try_from(d.attempt).unwrap_or(i32::MAX),
+                fcm_message_id: Some(d.fcm_message_id.clone()),
+            })
+            .collect();
+    }
+    one(envelope, sequence).into_iter().collect()
+}
+
+fn one(envelope: &EventEnvelope, sequence: i64) -> Option<PendingOutcome> {
     let device = |device_id: &xibaar_core::DeviceId, customer_id: &xibaar_core::CustomerId| {
         (device_id.to_string(), Some(customer_id.to_string()))
     };

@@ -142,8 +142,15 @@ impl Filter {
         {
             return false;
         }
+        // A page of successes (`delivery.page_succeeded`) is about each of its devices.
+        let in_page = |field: &str, wanted: &str| {
+            data["devices"]
+                .as_array()
+                .is_some_and(|devices| devices.iter().any(|d| d[field].as_str() == Some(wanted)))
+        };
         if let Some(device) = &self.device
             && data["device_id"].as_str() != Some(device.as_str())
+            && !in_page("device_id", device)
         {
             return false;
         }
@@ -151,7 +158,10 @@ impl Filter {
             let named = data["audience"]["customer_ids"]
                 .as_array()
                 .is_some_and(|ids| ids.iter().any(|c| c.as_str() == Some(customer.as_str())));
-            if data["customer_id"].as_str() != Some(customer.as_str()) && !named {
+            if data["customer_id"].as_str() != Some(customer.as_str())
+                && !named
+                && !in_page("customer_id", customer)
+            {
                 return false;
             }
         }

@@ -98,6 +98,23 @@ fn table(events: &[Value]) -> comfy_table::Table {
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(["occurred at", "event", "device", "customer", "detail"]);
     for e in events {
+        // A page of successes: a row for each of its devices.
+        if let Some(devices) = e["data"]["devices"].as_array() {
+            for d in devices {
+                table.add_row([
+                    short(&e["occurred_at"]),
+                    short(&e["type"]),
+                    short(&d["device_id"]),
+                    short(&d["customer_id"]),
+                    format!(
+                        "attempt {}: FCM {}",
+                        d["attempt"],
+                        short(&d["fcm_message_id"])
+                    ),
+                ]);
+            }
+            continue;
+        }
         table.add_row([
             short(&e["occurred_at"]),
             short(&e["type"]),

@@ -206,7 +206,7 @@ async function backOffice(): Promise<void> {
   const id = sent.notification_id;
   const timeline = await eventually("the timeline has the outcome", async () => {
     const { data } = await office.GET("/v1/notifications/{id}/timeline", { params: { path: { id } } });
-    return data?.events.some((e) => e.type === "delivery.succeeded") ? data : undefined;
+    return data?.events.some((e) => e.type === "delivery.page_succeeded") ? data : undefined;
   });
   check(timeline.events[0]?.type === "notification.accepted", "timeline starts accepted");
 

@@ -57,22 +57,34 @@ async fn the_timeline_from_the_log_matches_what_fcm_received() {
         "{types:?}"
     );
     assert_eq!(types.len(), 5, "{types:?}");
+    // Each device's outcome: successes are recorded a page of devices at a time.
     let outcomes: BTreeMap<String, (String, u64)> = events[1..]
         .iter()
         .filter(|e| e["type"] != "notification.fanned_out")
-        .map(|e| {
-            (
-                e["data"]["device_id"].as_str().unwrap().to_owned(),
+        .flat_map(|e| {
+            let outcome = |d: &Value, kind: &str| {
                 (
-                    e["type"].as_str().unwrap().to_owned(),
-                    e["data"]["attempt"].as_u64().unwrap(),
-                ),
-            )
+                    d["device_id"].as_str().unwrap().to_owned(),
+                    (kind.to_owned(), d["attempt"].as_u64().unwrap()),
+                )
+            };
+            match e["data"]["devices"].as_array() {
+                Some(devices) => devices.iter().map(|d| outcome(d, "succeeded")).collect(),
+                None => vec![outcome(&e["data"], e["type"].as_str().unwrap())],
+            }
         })
         .collect();
-    assert_eq!(outcomes["phone-a"], ("delivery.succeeded".into(), 1));
-    assert_eq!(outcomes["phone-b"], ("delivery.succeeded".into(), 2));
+    assert_eq!(outcomes["phone-a"], ("succeeded".into(), 1));
+    assert_eq!(outcomes["phone-b"], ("succeeded".into(), 2));
     assert_eq!(outcomes["phone-c"], ("delivery.failed".into(), 1));
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "delivery.page_succeeded")
+            .count(),
+        2,
+        "phone-a's first round and phone-b's second: {types:?}"
+    );
 
     // What FCM received for this notification is exactly what the log says succeeded.
     let device_of = BTreeMap::from([("tok-a", "phone-a"), ("tok-b", "phone-b")]);
@@ -86,7 +98,7 @@ async fn the_timeline_from_the_log_matches_what_fcm_received() {
     received.sort();
     let succeeded: Vec<&str> = outcomes
         .iter()
-        .filter(|(_, (t, _))| t == "delivery.succeeded")
+        .filter(|(_, (t, _))| t == "succeeded")
         .map(|(d, _)| d.as_str())
         .collect();
     assert_eq!(received, succeeded);
@@ -103,11 +115,15 @@ async fn the_timeline_from_the_log_matches_what_fcm_received() {
     let theirs: Vec<String> = ndjson(&out)
         .iter()
         .map(|e| {
-            format!(
-                "{} {}",
-                e["type"].as_str().unwrap(),
-                e["data"]["device_id"].as_str().unwrap_or("-")
-            )
+            let devices = match e["data"]["devices"].as_array() {
+                Some(devices) => devices
+                    .iter()
+                    .map(|d| d["device_id"].as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                None => e["data"]["device_id"].as_str().unwrap_or("-").to_owned(),
+            };
+            format!("{} {devices}", e["type"].as_str().unwrap())
         })
         .collect();
     assert_eq!(
@@ -115,7 +131,7 @@ async fn the_timeline_from_the_log_matches_what_fcm_received() {
         [
             "device.registered phone-b",
             "notification.accepted -",
-            "delivery.succeeded phone-b"
+            "delivery.page_succeeded phone-b"
         ]
     );
     let (ok, out) = p.cli(&["replay", "--type", "delivery.failed", "--format", "table"]);

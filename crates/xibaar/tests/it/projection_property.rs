@@ -13,9 +13,10 @@ use xibaar_core::{
     Actor, Audience, Category, Content, CustomerId, DeliveryOptions, DeviceId, Event,
     EventEnvelope, FcmToken, NotificationId, Platform, Priority,
     event::{
-        DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded, DeviceRegistered,
-        DeviceRemoved, DeviceTokenInvalidated, InboxAllRead, InboxItemRead, NotificationAccepted,
-        NotificationCanceled, NotificationFannedOut, NotificationScheduled, PreferencesChanged,
+        DeliveriesSucceeded, DeliveryExpired, DeliveryFailed, DeliveryFailure, DeliverySucceeded,
+        DeviceRegistered, DeviceRemoved, DeviceTokenInvalidated, InboxAllRead, InboxItemRead,
+        NotificationAccepted, NotificationCanceled, NotificationFannedOut, NotificationScheduled,
+        PreferencesChanged, SucceededDevice,
     },
 };
 use xibaar_projector::{Projector, ProjectorSettings};
@@ -41,7 +42,7 @@ fn priority(rng: &mut StdRng) -> Priority {
 /// A random but plausible history: registrations (tokens moving between devices and
 /// customers), removals, invalidations, preference changes, notifications accepted, scheduled
 /// or canceled, fanned out, outcomes of every kind (a failure later replaced by a success, as a
-/// retry from the DLQ does), read marks.
+/// retry from the DLQ does; successes alone and in pages), read marks.
 fn history(rng: &mut StdRng, len: usize) -> Vec<Event> {
     let mut notifications: Vec<(NotificationId, Priority)> = Vec::new();
     let mut events = Vec::with_capacity(len);
@@ -158,7 +159,20 @@ fn history(rng: &mut StdRng, len: usize) -> Vec<Event> {
                 let customer_id = customer(rng.random_range(0..CUSTOMERS));
                 let attempt = rng.random_range(1..4);
                 match rng.random_range(0..10) {
-                    0..6 => Event::DeliverySucceeded(DeliverySucceeded {
+                    // Successes of a page's devices recorded together, as the sender does.
+                    0..3 => Event::DeliveriesSucceeded(DeliveriesSucceeded {
+                        notification_id,
+                        priority,
+                        devices: (0..rng.random_range(1..5))
+                            .map(|_| SucceededDevice {
+                                device_id: device(rng.random_range(0..DEVICES)),
+                                customer_id: customer(rng.random_range(0..CUSTOMERS)),
+                                attempt: rng.random_range(1..4),
+                                fcm_message_id: format!("m{}", rng.random::<u32>()),
+                            })
+                            .collect(),
+                    }),
+                    3..6 => Event::DeliverySucceeded(DeliverySucceeded {
                         notification_id,
                         priority,
                         device_id,

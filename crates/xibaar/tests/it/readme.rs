@@ -66,7 +66,7 @@ async fn the_readme_walk_through_runs_as_written() {
         "the send did not reach the phone:\n{stdout}"
     );
     assert!(
-        stdout.contains("delivery.succeeded"),
+        stdout.contains("delivery.page_succeeded"),
         "the audit shows no outcome:\n{stdout}"
     );
     assert!(

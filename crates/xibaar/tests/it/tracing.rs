@@ -166,7 +166,7 @@ async fn one_notification_is_one_trace_across_api_dispatcher_fcm_call_events_and
     for event in [
         "notification.accepted",
         "notification.fanned_out",
-        "delivery.succeeded",
+        "delivery.page_succeeded",
     ] {
         assert!(
             projected.iter().any(|e| e == event),
