@@ -281,7 +281,8 @@ impl Default for DispatcherConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectorConfig {
-    /// Most events applied in one transaction.
+    /// Most facts applied in one transaction: events, each device of a page of successes
+    /// counted (so a transaction stays the same size whatever shape the log has).
     pub batch_size: usize,
     /// Longest a partial batch waits for more events.
     #[serde(with = "humantime_serde")]

@@ -133,9 +133,18 @@ async fn read_batches<E: std::fmt::Display>(
         let reached = |batch: &[Item]| {
             until.is_some_and(|u| batch.last().is_some_and(|i| i.sequence as u64 >= u))
         };
-        while batch.len() < settings.batch_size && !reached(&batch) {
+        // A page of successes weighs its devices: a batch is as large a transaction whatever
+        // the log's shape.
+        let weight = |item: &Item| item.pending.len().max(1);
+        let mut size: usize = batch.iter().map(weight).sum();
+        while size < settings.batch_size && !reached(&batch) {
             match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.extend(item(m)),
+                Ok(Some(Ok(m))) => {
+                    if let Some(item) = item(m) {
+                        size += weight(&item);
+                        batch.push(item);
+                    }
+                }
                 Ok(Some(Err(e))) => {
                     if let Some(held_back) = warn.allow() {
                         tracing::warn!(error = %e, held_back, "pull from XIBAAR_EVENTS failed");
