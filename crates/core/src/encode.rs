@@ -41,11 +41,7 @@ impl SendNotification {
     pub fn write_page_entry(&self, out: &mut Vec<u8>) {
         out.push(b'{');
         key(out, true, "notification_id");
-        let mut id = uuid::Uuid::encode_buffer();
-        plain(
-            out,
-            self.notification_id.0.hyphenated().encode_lower(&mut id),
-        );
+        uuid(out, &self.notification_id.0);
         key(out, false, "audience");
         audience(out, &self.audience);
         key(out, false, "content");
@@ -63,11 +59,7 @@ impl SendNotification {
     /// The fields and the closing brace.
     fn write_fields(&self, out: &mut Vec<u8>) {
         key(out, true, "notification_id");
-        let mut id = uuid::Uuid::encode_buffer();
-        plain(
-            out,
-            self.notification_id.0.hyphenated().encode_lower(&mut id),
-        );
+        uuid(out, &self.notification_id.0);
         key(out, false, "priority");
         plain(out, self.priority.as_str());
         key(out, false, "audience");
@@ -226,6 +218,15 @@ fn delivery(out: &mut Vec<u8>, delivery: &DeliveryOptions) {
         key(out, false, "send_at");
         crate::instant::with_text(at, |text| plain(out, text));
     }
+}
+
+/// A UUID as its hyphenated lower-case text, quoted.
+fn uuid(out: &mut Vec<u8>, id: &uuid::Uuid) {
+    plain(
+        out,
+        id.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
 }
 
 /// `"name":`, after a comma unless `first`. Names are constants with nothing to escape.
