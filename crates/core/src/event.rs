@@ -142,8 +142,7 @@ pub struct DeliverySucceeded {
 
 /// The devices of one page of delivery jobs that FCM accepted, recorded together: one stored
 /// event for up to a hundred pushes instead of one each. Each device's record is what its own
-/// `delivery.succeeded` would hold ([`DeliveriesSucceeded::each`]). Failures and expiries stay
-/// events of their own.
+/// `delivery.succeeded` would hold. Failures and expiries stay events of their own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeliveriesSucceeded {
     pub notification_id: NotificationId,
@@ -161,20 +160,6 @@ pub struct SucceededDevice {
     pub attempt: u32,
     /// FCM's `name` for the message, `projects/<p>/messages/<id>`.
     pub fcm_message_id: String,
-}
-
-impl DeliveriesSucceeded {
-    /// Each device's outcome as its own `delivery.succeeded` would state it.
-    pub fn each(&self) -> impl Iterator<Item = DeliverySucceeded> + '_ {
-        self.devices.iter().map(|d| DeliverySucceeded {
-            notification_id: self.notification_id,
-            priority: self.priority,
-            device_id: d.device_id.clone(),
-            customer_id: d.customer_id.clone(),
-            attempt: d.attempt,
-            fcm_message_id: d.fcm_message_id.clone(),
-        })
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
