@@ -5,7 +5,10 @@
 //! [`DELIVERY_PAGES`] is heard, sources write pages without `shared` while one that does not
 //! read [`SHARED_PAGES`] is heard. Versions before the words were introduced announce nothing.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 /// How often a dispatcher announces itself.
 pub const INTERVAL: Duration = Duration::from_secs(2);
@@ -36,9 +39,63 @@ pub fn reads(announcement: &[u8], what: &str) -> bool {
         .any(|word| word == what.as_bytes())
 }
 
+/// The dispatchers heard within [`STALE`], and what each announced: what the dispatchers'
+/// own share of the rate and the writers that shape their output for them both keep.
+#[derive(Debug, Default)]
+pub struct Roster {
+    heard: HashMap<String, (Instant, Vec<u8>)>,
+}
+
+impl Roster {
+    /// An announcement heard on `subject` (`xibaar.dispatchers.present.<instance>`).
+    pub fn hear(&mut self, subject: &str, announcement: &[u8]) {
+        if let Some(instance) = subject.rsplit('.').next() {
+            self.heard
+                .insert(instance.to_owned(), (Instant::now(), announcement.to_vec()));
+        }
+    }
+
+    /// Forgets the dispatchers not heard for [`STALE`].
+    pub fn forget_stale(&mut self) {
+        self.heard.retain(|_, (at, _)| at.elapsed() < STALE);
+    }
+
+    /// How many dispatchers are heard.
+    pub fn len(&self) -> usize {
+        self.heard.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heard.is_empty()
+    }
+
+    /// Whether a dispatcher heard does not read `what`.
+    pub fn any_not_reading(&self, what: &str) -> bool {
+        self.heard
+            .values()
+            .any(|(_, announcement)| !reads(announcement, what))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_roster_knows_who_does_not_read_what() {
+        let mut roster = Roster::default();
+        roster.hear("xibaar.dispatchers.present.a", announcement().as_bytes());
+        assert!(!roster.any_not_reading(SHARED_PAGES));
+        roster.hear("xibaar.dispatchers.present.b", b"delivery_page");
+        assert!(roster.any_not_reading(SHARED_PAGES));
+        assert!(!roster.any_not_reading(DELIVERY_PAGES));
+        // Heard again with the current announcement: one entry, no earlier reader left.
+        roster.hear("xibaar.dispatchers.present.b", announcement().as_bytes());
+        assert_eq!(roster.len(), 2);
+        assert!(!roster.any_not_reading(SHARED_PAGES));
+        roster.forget_stale();
+        assert_eq!(roster.len(), 2);
+    }
 
     #[test]
     fn an_announcement_says_what_its_dispatcher_reads() {

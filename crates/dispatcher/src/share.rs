@@ -17,7 +17,7 @@
 //! interval's share. When a dispatcher stops or dies the others raise their share once it has
 //! been silent for [`STALE`]: until then they send less than they may, never more.
 
-use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Instant};
+use std::{num::NonZeroU32, sync::Arc, time::Instant};
 
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -48,9 +48,8 @@ pub(crate) async fn keep_share(
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let subject = presence::subject(&instance);
     let announcement = bytes::Bytes::from(presence::announcement());
-    // Each dispatcher heard: when, and whether it reads pages.
-    let mut heard: HashMap<String, (Instant, bool)> = HashMap::new();
-    heard.insert(instance.clone(), (Instant::now(), true));
+    let mut heard = presence::Roster::default();
+    heard.hear(&subject, &announcement);
     let mut presence = match client.subscribe(SUBJECTS).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -71,11 +70,8 @@ pub(crate) async fn keep_share(
                     None => std::future::pending().await,
                 }
             } => {
-                if let Some(message) = message
-                    && let Some(other) = message.subject.as_str().rsplit('.').next()
-                {
-                    let reads_pages = presence::reads(&message.payload, presence::DELIVERY_PAGES);
-                    heard.insert(other.to_owned(), (Instant::now(), reads_pages));
+                if let Some(message) = message {
+                    heard.hear(message.subject.as_str(), &message.payload);
                 }
             }
             _ = tick.tick() => {
@@ -88,8 +84,9 @@ pub(crate) async fn keep_share(
                 }
             }
         }
-        heard.retain(|id, (at, _)| id == &instance || at.elapsed() < STALE);
-        heard.insert(instance.clone(), (Instant::now(), true));
+        heard.forget_stale();
+        // Itself, whether or not its own announcement came back.
+        heard.hear(&subject, &announcement);
         let count = u32::try_from(heard.len()).unwrap_or(u32::MAX);
         if count != share {
             share = count;
@@ -101,7 +98,7 @@ pub(crate) async fn keep_share(
         }
         let now = Heard {
             ready: heard_tx.borrow().ready || started.elapsed() >= INTERVAL + INTERVAL / 4,
-            older_senders: heard.values().any(|(_, reads_pages)| !reads_pages),
+            older_senders: heard.any_not_reading(presence::DELIVERY_PAGES),
         };
         if now != *heard_tx.borrow() {
             if now.older_senders != heard_tx.borrow().older_senders {

@@ -1,7 +1,8 @@
 //! Which pages the running dispatchers read. A source states once what a page's notifications
 //! share (`shared`), which dispatchers of earlier versions cannot read: while one of them is
-//! heard (and for [`STALE`] after), pages go out whole. Listened to on the dispatchers' own
-//! presence announcements ([`xibaar_core::presence`]), as fan-outs do for delivery pages.
+//! heard (and for [`STALE`](presence::STALE) after), pages go out whole. Listened to on the
+//! dispatchers' own presence announcements ([`presence::Roster`]), as fan-outs do for delivery
+//! pages.
 //!
 //! Nothing is awaited at start: a dispatcher is heard within [`INTERVAL`](presence::INTERVAL),
 //! and a page written before that reaches an earlier dispatcher only when the sources were
@@ -9,18 +10,14 @@
 //! dispatcher parks the page in the DLQ, from where `xibaar dlq retry` sends it once a current
 //! one runs.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Instant,
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use xibaar_core::presence::{self, STALE};
+use xibaar_core::presence;
 
 /// Whether a dispatcher that reads only whole pages is running.
 #[derive(Debug, Clone, Default)]
@@ -47,23 +44,19 @@ impl Dispatchers {
         };
         let earlier = dispatchers.earlier.clone();
         tokio::spawn(async move {
-            // Each dispatcher heard: when, and whether it reads pages with `shared`.
-            let mut heard: HashMap<String, (Instant, bool)> = HashMap::new();
+            let mut heard = presence::Roster::default();
             let mut tick = tokio::time::interval(presence::INTERVAL / 4);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     message = announcements.next() => {
                         let Some(message) = message else { return };
-                        if let Some(instance) = message.subject.as_str().rsplit('.').next() {
-                            let shared = presence::reads(&message.payload, presence::SHARED_PAGES);
-                            heard.insert(instance.to_owned(), (Instant::now(), shared));
-                        }
+                        heard.hear(message.subject.as_str(), &message.payload);
                     }
                     _ = tick.tick() => {}
                 }
-                heard.retain(|_, (at, _)| at.elapsed() < STALE);
-                let now = heard.values().any(|(_, shared)| !shared);
+                heard.forget_stale();
+                let now = heard.any_not_reading(presence::SHARED_PAGES);
                 if earlier.swap(now, Ordering::Relaxed) != now {
                     if now {
                         tracing::info!(
