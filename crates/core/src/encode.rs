@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    Audience, SendNotification,
+    Actor, Audience, SendNotification,
     language::{Language, Text},
     notification::{Content, DeliveryOptions},
     page::PageShared,
@@ -76,13 +76,9 @@ impl SendNotification {
         }
         delivery(out, &self.delivery);
         key(out, false, "requested_by");
-        out.extend_from_slice(br#"{"kind":"#);
-        plain(out, self.requested_by.kind.as_str());
-        out.extend_from_slice(br#","id":"#);
-        string(out, &self.requested_by.id);
-        out.push(b'}');
+        actor(out, &self.requested_by);
         key(out, false, "accepted_at");
-        crate::instant::with_text(&self.accepted_at, |text| plain(out, text));
+        instant(out, &self.accepted_at);
         out.push(b'}');
     }
 }
@@ -105,23 +101,19 @@ pub(crate) fn shared(out: &mut Vec<u8>, first: bool, own: &PageShared, except: &
     }
     if let (Some(at), None) = (&own.expires_at, &except.expires_at) {
         next(out, "expires_at");
-        crate::instant::with_text(at, |text| plain(out, text));
+        instant(out, at);
     }
     if let (Some(at), None) = (&own.send_at, &except.send_at) {
         next(out, "send_at");
-        crate::instant::with_text(at, |text| plain(out, text));
+        instant(out, at);
     }
-    if let (Some(actor), None) = (&own.requested_by, &except.requested_by) {
+    if let (Some(by), None) = (&own.requested_by, &except.requested_by) {
         next(out, "requested_by");
-        out.extend_from_slice(br#"{"kind":"#);
-        plain(out, actor.kind.as_str());
-        out.extend_from_slice(br#","id":"#);
-        string(out, &actor.id);
-        out.push(b'}');
+        actor(out, by);
     }
     if let (Some(at), None) = (&own.accepted_at, &except.accepted_at) {
         next(out, "accepted_at");
-        crate::instant::with_text(at, |text| plain(out, text));
+        instant(out, at);
     }
 }
 
@@ -208,7 +200,7 @@ fn object<'a, K: 'a, V: 'a>(
 fn delivery(out: &mut Vec<u8>, delivery: &DeliveryOptions) {
     if let Some(at) = &delivery.expires_at {
         key(out, false, "expires_at");
-        crate::instant::with_text(at, |text| plain(out, text));
+        instant(out, at);
     }
     if let Some(collapse_key) = &delivery.collapse_key {
         key(out, false, "collapse_key");
@@ -216,8 +208,22 @@ fn delivery(out: &mut Vec<u8>, delivery: &DeliveryOptions) {
     }
     if let Some(at) = &delivery.send_at {
         key(out, false, "send_at");
-        crate::instant::with_text(at, |text| plain(out, text));
+        instant(out, at);
     }
+}
+
+/// An actor as `serde_json` writes it: its kind names nothing to escape.
+fn actor(out: &mut Vec<u8>, actor: &Actor) {
+    out.extend_from_slice(br#"{"kind":"#);
+    plain(out, actor.kind.as_str());
+    out.extend_from_slice(br#","id":"#);
+    string(out, &actor.id);
+    out.push(b'}');
+}
+
+/// An instant as chrono's serde writes it, quoted.
+fn instant(out: &mut Vec<u8>, at: &chrono::DateTime<chrono::Utc>) {
+    crate::instant::with_text(at, |text| plain(out, text));
 }
 
 /// A UUID as its hyphenated lower-case text, quoted.
