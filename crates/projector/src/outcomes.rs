@@ -52,94 +52,98 @@ impl PendingOutcome {
 /// The outcomes `envelope` records: one for an outcome event, each device's for a page of
 /// successes, none for any other event.
 pub(crate) fn pending(envelope: &EventEnvelope, sequence: i64) -> Vec<PendingOutcome> {
-    if let Event::DeliveriesSucceeded(page) = &envelope.event {
-        return page
-            .devices
-            .iter()
-            .map(|d| PendingOutcome {
-                sequence,
-                at: envelope.meta.occurred_at,
-                notification_id: page.notification_id.0,
-                priority: page.priority,
-                device_id: d.device_id.to_string(),
-                customer_id: Some(d.customer_id.to_string()),
-                outcome: "succeeded",
-                reason: None,
-                error_code: None,
-                attempts: i32::try_from(d.attempt).unwrap_or(i32::MAX),
-                fcm_message_id: Some(d.fcm_message_id.clone()),
-            })
-            .collect();
-    }
-    one(envelope, sequence).into_iter().collect()
-}
-
-fn one(envelope: &EventEnvelope, sequence: i64) -> Option<PendingOutcome> {
+    let outcome = |notification_id: xibaar_core::NotificationId,
+                   priority: Priority,
+                   (device_id, customer_id): (String, Option<String>),
+                   attempt: u32,
+                   (outcome, reason, error_code, fcm_message_id): Recorded| {
+        PendingOutcome {
+            sequence,
+            at: envelope.meta.occurred_at,
+            notification_id: notification_id.0,
+            priority,
+            device_id,
+            customer_id,
+            outcome,
+            reason,
+            error_code,
+            attempts: i32::try_from(attempt).unwrap_or(i32::MAX),
+            fcm_message_id,
+        }
+    };
     let device = |device_id: &xibaar_core::DeviceId, customer_id: &xibaar_core::CustomerId| {
         (device_id.to_string(), Some(customer_id.to_string()))
     };
-    // (notification, priority, (device, owner), attempt, (outcome, reason, error, message id))
-    let (notification_id, priority, (device_id, customer_id), attempt, result) =
-        match &envelope.event {
-            Event::DeliverySucceeded(e) => (
-                e.notification_id,
-                e.priority,
-                device(&e.device_id, &e.customer_id),
-                e.attempt,
-                ("succeeded", None, None, Some(e.fcm_message_id.clone())),
+    let succeeded =
+        |fcm_message_id: &str| ("succeeded", None, None, Some(fcm_message_id.to_owned()));
+    let one = match &envelope.event {
+        Event::DeliveriesSucceeded(page) => {
+            return page
+                .devices
+                .iter()
+                .map(|d| {
+                    outcome(
+                        page.notification_id,
+                        page.priority,
+                        device(&d.device_id, &d.customer_id),
+                        d.attempt,
+                        succeeded(&d.fcm_message_id),
+                    )
+                })
+                .collect();
+        }
+        Event::DeliverySucceeded(e) => outcome(
+            e.notification_id,
+            e.priority,
+            device(&e.device_id, &e.customer_id),
+            e.attempt,
+            succeeded(&e.fcm_message_id),
+        ),
+        Event::DeliveryFailed(e) => outcome(
+            e.notification_id,
+            e.priority,
+            device(&e.device_id, &e.customer_id),
+            e.attempt,
+            (
+                "failed",
+                Some(e.reason.as_str()),
+                e.error_code.clone(),
+                None,
             ),
-            Event::DeliveryFailed(e) => (
-                e.notification_id,
-                e.priority,
-                device(&e.device_id, &e.customer_id),
-                e.attempt,
-                (
-                    "failed",
-                    Some(e.reason.as_str()),
-                    e.error_code.clone(),
-                    None,
-                ),
-            ),
-            Event::DeliveryExpired(e) => (
-                e.notification_id,
-                e.priority,
-                device(&e.device_id, &e.customer_id),
-                e.attempt,
-                ("expired", None, None, None),
-            ),
-            // FCM knows a topic's recipients: one row, no owner.
-            Event::TopicDelivery(e) => (
-                e.notification_id,
-                e.priority,
-                (TOPIC_DEVICE.to_owned(), None),
-                e.attempt,
-                match &e.outcome {
-                    TopicOutcome::Succeeded { fcm_message_id } => {
-                        ("succeeded", None, None, Some(fcm_message_id.clone()))
-                    }
-                    TopicOutcome::Failed {
-                        reason, error_code, ..
-                    } => ("failed", Some(reason.as_str()), error_code.clone(), None),
-                    TopicOutcome::Expired { .. } => ("expired", None, None, None),
-                },
-            ),
-            _ => return None,
-        };
-    let (outcome, reason, error_code, fcm_message_id) = result;
-    Some(PendingOutcome {
-        sequence,
-        at: envelope.meta.occurred_at,
-        notification_id: notification_id.0,
-        priority,
-        device_id,
-        customer_id,
-        outcome,
-        reason,
-        error_code,
-        attempts: i32::try_from(attempt).unwrap_or(i32::MAX),
-        fcm_message_id,
-    })
+        ),
+        Event::DeliveryExpired(e) => outcome(
+            e.notification_id,
+            e.priority,
+            device(&e.device_id, &e.customer_id),
+            e.attempt,
+            ("expired", None, None, None),
+        ),
+        // FCM knows a topic's recipients: one row, no owner.
+        Event::TopicDelivery(e) => outcome(
+            e.notification_id,
+            e.priority,
+            (TOPIC_DEVICE.to_owned(), None),
+            e.attempt,
+            match &e.outcome {
+                TopicOutcome::Succeeded { fcm_message_id } => succeeded(fcm_message_id),
+                TopicOutcome::Failed {
+                    reason, error_code, ..
+                } => ("failed", Some(reason.as_str()), error_code.clone(), None),
+                TopicOutcome::Expired { .. } => ("expired", None, None, None),
+            },
+        ),
+        _ => return Vec::new(),
+    };
+    vec![one]
 }
+
+/// An outcome's result: outcome, reason, error code, FCM message id.
+type Recorded = (
+    &'static str,
+    Option<&'static str>,
+    Option<String>,
+    Option<String>,
+);
 
 /// What a kept outcome counts as: `succeeded`, `failed`, `invalid` or `expired`.
 fn class(outcome: &str, reason: Option<&str>) -> &'static str {
