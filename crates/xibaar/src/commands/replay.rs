@@ -68,11 +68,7 @@ fn detail(event: &Value) -> String {
             d["audience"]
         ),
         "notification.fanned_out" => format!("{} devices targeted", d["targeted"]),
-        "delivery.succeeded" => format!(
-            "attempt {}: FCM {}",
-            d["attempt"],
-            short(&d["fcm_message_id"])
-        ),
+        "delivery.succeeded" => succeeded(d),
         "delivery.failed" => format!(
             "attempt {}: {} {}",
             d["attempt"],
@@ -93,6 +89,15 @@ fn detail(event: &Value) -> String {
     }
 }
 
+/// A device's success: its own event's data, or its line of a page of successes.
+fn succeeded(device: &Value) -> String {
+    format!(
+        "attempt {}: FCM {}",
+        device["attempt"],
+        short(&device["fcm_message_id"])
+    )
+}
+
 fn table(events: &[Value]) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
@@ -106,11 +111,7 @@ fn table(events: &[Value]) -> comfy_table::Table {
                     short(&e["type"]),
                     short(&d["device_id"]),
                     short(&d["customer_id"]),
-                    format!(
-                        "attempt {}: FCM {}",
-                        d["attempt"],
-                        short(&d["fcm_message_id"])
-                    ),
+                    succeeded(d),
                 ]);
             }
             continue;
