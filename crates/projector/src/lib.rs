@@ -265,7 +265,7 @@ fn debug_applied(message: &jetstream::Message, envelope: &EventEnvelope, sequenc
 }
 
 /// Customer ids joined by newlines in payloads under Postgres's 8,000-byte notification limit.
-fn notify_payloads(customers: &[String]) -> Vec<String> {
+fn notify_payloads(customers: &[&str]) -> Vec<String> {
     const MAX: usize = 7_900;
     let mut payloads = Vec::new();
     let mut current = String::new();
@@ -416,11 +416,11 @@ impl Projector {
     }
 
     /// Folds the pending outcomes, in one go or, after a refusal, one at a time.
-    async fn fold(
+    async fn fold<'b>(
         &self,
         tx: &mut sqlx::PgConnection,
-        run: &mut Vec<&outcomes::PendingOutcome>,
-        woken: &mut Vec<String>,
+        run: &mut Vec<&'b outcomes::PendingOutcome>,
+        woken: &mut Vec<&'b str>,
     ) -> Result<(), BatchError> {
         let Some(first) = run.first().map(|o| o.sequence()) else {
             return Ok(());
@@ -572,8 +572,8 @@ impl Projector {
             }
         }
         let mut last = checkpoint;
-        // Customers whose inbox gained items in this batch.
-        let mut woken: Vec<String> = Vec::new();
+        // Customers whose inbox gained items in this batch (and some who had them already).
+        let mut woken: Vec<&str> = Vec::new();
         // Consecutive outcomes not yet folded, or consecutive device registrations not yet
         // applied (never both: each kind flushes the other first).
         let mut run: Vec<&outcomes::PendingOutcome> = Vec::new();
@@ -693,14 +693,12 @@ mod tests {
     #[test]
     fn customer_lists_are_split_under_the_notification_limit_and_none_is_lost() {
         let customers: Vec<String> = (0..3_000).map(|i| format!("customer-{i:06}")).collect();
+        let customers: Vec<&str> = customers.iter().map(String::as_str).collect();
         let payloads = notify_payloads(&customers);
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() < 8_000));
         let back: Vec<&str> = payloads.iter().flat_map(|p| p.split('\n')).collect();
-        assert_eq!(
-            back,
-            customers.iter().map(String::as_str).collect::<Vec<_>>()
-        );
+        assert_eq!(back, customers);
         assert!(notify_payloads(&[]).is_empty());
     }
 }
