@@ -204,24 +204,93 @@ impl Counters {
     }
 }
 
-/// New `deliveries` rows, as arrays in key order.
-const DELIVERIES_INSERT: &str = "\
-    INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, error_code, \
-                            attempts, fcm_message_id, occurred_at) \
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::int[], $8::text[], $9::timestamptz[])";
+/// A run's writes, in one statement (one round trip instead of five): the `deliveries` rows it
+/// gains ($1–$9) and those it replaces ($10–$18), in key order; the notifications' counters
+/// ($19–$25); the daily figures ($26–$29); the inbox items ($30–$33). The sub-statements see
+/// the same snapshot and none sees another's rows, which is what the fold asks of them: each
+/// writes rows no other writes (the gained and the replaced `deliveries` rows are different
+/// rows), and the inbox's existence probe reads only what earlier runs wrote.
+///
+/// The new rows go in without `ON CONFLICT`, about a quarter cheaper in Postgres: this
+/// transaction has just read that they are absent, so only another writer racing this one can
+/// make them conflict, and that unique violation fails the batch, which is retried
+/// (`refused_for_its_data` does not count it against the event). Inbox items the customer has
+/// already (through another of their devices) are left out by probing the key, not by `ON
+/// CONFLICT`: with the items side by side the probes are cheap, and a plain insert skips the
+/// speculative insertion `ON CONFLICT` makes per row (a sixth less time for the statement).
+/// Daily rows whose changes cancel out are written too (with 0), as one at a time would.
+const WRITES: &str = "\
+    WITH gained AS ( \
+        INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, \
+                                error_code, attempts, fcm_message_id, occurred_at) \
+        SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                             $6::text[], $7::int[], $8::text[], $9::timestamptz[])), \
+    replaced AS ( \
+        UPDATE deliveries d \
+        SET outcome = u.outcome, reason = u.reason, error_code = u.error_code, \
+            attempts = u.attempts, fcm_message_id = u.fcm_message_id, \
+            occurred_at = u.occurred_at \
+        FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::text[], $14::text[], \
+                    $15::text[], $16::int[], $17::text[], $18::timestamptz[]) \
+             u(notification_id, device_id, customer_id, outcome, reason, error_code, \
+               attempts, fcm_message_id, occurred_at) \
+        WHERE d.notification_id = u.notification_id AND d.device_id = u.device_id \
+          AND d.customer_id IS NOT DISTINCT FROM u.customer_id), \
+    counted AS ( \
+        UPDATE notifications n \
+        SET sent = n.sent + u.sent, failed = n.failed + u.failed, \
+            invalid = n.invalid + u.invalid, expired = n.expired + u.expired, \
+            status = CASE WHEN u.completed THEN 'completed' ELSE n.status END, \
+            completed_at = u.completed_at \
+        FROM UNNEST($19::uuid[], $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], \
+                    $24::bool[], $25::timestamptz[]) \
+             u(id, sent, failed, invalid, expired, completed, completed_at) \
+        WHERE n.notification_id = u.id), \
+    daily AS ( \
+        INSERT INTO daily_stats (day, priority, outcome, deliveries) \
+        SELECT * FROM UNNEST($26::date[], $27::text[], $28::text[], $29::bigint[]) \
+        ON CONFLICT (day, priority, outcome) DO UPDATE \
+        SET deliveries = daily_stats.deliveries + excluded.deliveries), \
+    items AS ( \
+        INSERT INTO inbox (customer_id, notification_id, position, received_at) \
+        SELECT * FROM UNNEST($30::text[], $31::uuid[], $32::bigint[], $33::timestamptz[]) \
+             u(customer_id, notification_id, position, received_at) \
+        WHERE NOT EXISTS (SELECT 1 FROM inbox i \
+                          WHERE i.notification_id = u.notification_id \
+                            AND i.customer_id = u.customer_id)) \
+    SELECT 1";
 
-/// Replaced `deliveries` rows, in the same arrays as [`DELIVERIES_INSERT`].
-const DELIVERIES_UPDATE: &str = "\
-    UPDATE deliveries d \
-    SET outcome = u.outcome, reason = u.reason, error_code = u.error_code, \
-        attempts = u.attempts, fcm_message_id = u.fcm_message_id, occurred_at = u.occurred_at \
-    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                $7::int[], $8::text[], $9::timestamptz[]) \
-         u(notification_id, device_id, customer_id, outcome, reason, error_code, attempts, \
-           fcm_message_id, occurred_at) \
-    WHERE d.notification_id = u.notification_id AND d.device_id = u.device_id \
-      AND d.customer_id IS NOT DISTINCT FROM u.customer_id";
+type Writes<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `rows` as the nine arrays of `deliveries` rows of [`WRITES`].
+fn bind_deliveries<'q>(query: Writes<'q>, rows: &[&'q PendingOutcome]) -> Writes<'q> {
+    query
+        .bind(rows.iter().map(|o| o.notification_id).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|o| o.device_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|o| o.customer_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|o| o.outcome).collect::<Vec<_>>())
+        .bind(rows.iter().map(|o| o.reason).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|o| o.error_code.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|o| o.attempts).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|o| o.fcm_message_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|o| o.at).collect::<Vec<_>>())
+}
 
 type NotificationRow = (Uuid, Option<i64>, i64, Option<DateTime<Utc>>);
 type HeldRow = (
@@ -373,57 +442,19 @@ pub(crate) async fn apply<'r>(
         );
     }
 
-    // The writes: one statement per table, and for `deliveries` one for the rows it gains and
-    // one for the rows it holds already (a retried job's success replacing its failure). The
-    // new rows go in without `ON CONFLICT`, about a quarter cheaper in Postgres: this
-    // transaction has just read that they are absent, so only another writer racing this one
-    // can make them conflict, and that unique violation fails the batch, which is retried
-    // (`refused_for_its_data` does not count it against the event).
-    let mut rows: Vec<(&Key, &Held)> = held.iter().filter(|(_, h)| h.written.is_some()).collect();
-    if !rows.is_empty() {
-        // In key order: the rows land next to each other in the index instead of all over it.
-        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let (mut fresh, mut stored) = (Vec::new(), Vec::new());
-        for (_, h) in rows {
-            let o = h.written.expect("only written outcomes are kept");
-            if h.stored {
-                stored.push(o);
-            } else {
-                fresh.push(o);
-            }
-        }
-        for (rows, statement) in [(fresh, DELIVERIES_INSERT), (stored, DELIVERIES_UPDATE)] {
-            if rows.is_empty() {
-                continue;
-            }
-            sqlx::query(statement)
-                .bind(rows.iter().map(|o| o.notification_id).collect::<Vec<_>>())
-                .bind(
-                    rows.iter()
-                        .map(|o| o.device_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    rows.iter()
-                        .map(|o| o.customer_id.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(rows.iter().map(|o| o.outcome).collect::<Vec<_>>())
-                .bind(rows.iter().map(|o| o.reason).collect::<Vec<_>>())
-                .bind(
-                    rows.iter()
-                        .map(|o| o.error_code.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(rows.iter().map(|o| o.attempts).collect::<Vec<_>>())
-                .bind(
-                    rows.iter()
-                        .map(|o| o.fcm_message_id.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(rows.iter().map(|o| o.at).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
+    // The writes, in one statement ([`WRITES`]). The `deliveries` rows in key order, and the
+    // inbox items in key order (notification, then customer): a broadcast's rows land next to
+    // each other in the indexes instead of all over them.
+    let mut written: Vec<(&Key, &Held)> =
+        held.iter().filter(|(_, h)| h.written.is_some()).collect();
+    written.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let (mut fresh, mut stored) = (Vec::new(), Vec::new());
+    for (_, h) in written {
+        let o = h.written.expect("only written outcomes are kept");
+        if h.stored {
+            stored.push(o);
+        } else {
+            fresh.push(o);
         }
     }
     let moved: Vec<(&Uuid, &Counters)> = counters
@@ -432,18 +463,10 @@ pub(crate) async fn apply<'r>(
             c.sent != 0 || c.failed != 0 || c.invalid != 0 || c.expired != 0 || c.completed
         })
         .collect();
-    if !moved.is_empty() {
-        sqlx::query(
-            "UPDATE notifications n \
-             SET sent = n.sent + u.sent, failed = n.failed + u.failed, \
-                 invalid = n.invalid + u.invalid, expired = n.expired + u.expired, \
-                 status = CASE WHEN u.completed THEN 'completed' ELSE n.status END, \
-                 completed_at = u.completed_at \
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                         $6::bool[], $7::timestamptz[]) \
-                  u(id, sent, failed, invalid, expired, completed, completed_at) \
-             WHERE n.notification_id = u.id",
-        )
+    let daily: Vec<_> = daily.into_iter().collect();
+    let mut items: Vec<_> = inbox.into_iter().collect();
+    items.sort_unstable_by_key(|((customer, notification), _)| (*notification, *customer));
+    bind_deliveries(bind_deliveries(sqlx::query(WRITES), &fresh), &stored)
         .bind(moved.iter().map(|(id, _)| **id).collect::<Vec<_>>())
         .bind(moved.iter().map(|(_, c)| c.sent).collect::<Vec<_>>())
         .bind(moved.iter().map(|(_, c)| c.failed).collect::<Vec<_>>())
@@ -456,55 +479,22 @@ pub(crate) async fn apply<'r>(
                 .map(|(_, c)| c.completed_at)
                 .collect::<Vec<_>>(),
         )
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !daily.is_empty() {
-        // Rows whose changes cancel out are written too (with 0), as one at a time would.
-        let rows: Vec<_> = daily.into_iter().collect();
-        sqlx::query(
-            "INSERT INTO daily_stats (day, priority, outcome, deliveries) \
-             SELECT * FROM UNNEST($1::date[], $2::text[], $3::text[], $4::bigint[]) \
-             ON CONFLICT (day, priority, outcome) DO UPDATE \
-             SET deliveries = daily_stats.deliveries + excluded.deliveries",
-        )
-        .bind(rows.iter().map(|((d, _, _), _)| *d).collect::<Vec<_>>())
+        .bind(daily.iter().map(|((d, _, _), _)| *d).collect::<Vec<_>>())
         .bind(
-            rows.iter()
+            daily
+                .iter()
                 .map(|((_, p, _), _)| p.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(rows.iter().map(|((_, _, c), _)| *c).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .bind(daily.iter().map(|((_, _, c), _)| *c).collect::<Vec<_>>())
+        .bind(daily.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .bind(items.iter().map(|((c, _), _)| *c).collect::<Vec<_>>())
+        .bind(items.iter().map(|((_, n), _)| *n).collect::<Vec<_>>())
+        .bind(items.iter().map(|(_, o)| o.sequence).collect::<Vec<_>>())
+        .bind(items.iter().map(|(_, o)| o.at).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-    }
-    if inbox.is_empty() {
-        return Ok(Vec::new());
-    }
-    // In key order (notification, then customer): a broadcast's items are side by side. Items
-    // the customer has already (through another of their devices) are left out by probing the
-    // key, not by `ON CONFLICT`: with the items side by side the probes are cheap, and a plain
-    // insert skips the speculative insertion `ON CONFLICT` makes per row (a sixth less time for
-    // the statement). As for `deliveries`, only a writer racing this one can make an item
-    // conflict, and that fails the batch, which is retried.
-    let mut rows: Vec<_> = inbox.into_iter().collect();
-    rows.sort_unstable_by_key(|((customer, notification), _)| (*notification, *customer));
-    sqlx::query(
-        "INSERT INTO inbox (customer_id, notification_id, position, received_at) \
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::timestamptz[]) \
-              u(customer_id, notification_id, position, received_at) \
-         WHERE NOT EXISTS (SELECT 1 FROM inbox i \
-                           WHERE i.notification_id = u.notification_id \
-                             AND i.customer_id = u.customer_id)",
-    )
-    .bind(rows.iter().map(|((c, _), _)| *c).collect::<Vec<_>>())
-    .bind(rows.iter().map(|((_, n), _)| *n).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, o)| o.sequence).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, o)| o.at).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    Ok(rows
+    Ok(items
         .into_iter()
         .map(|((customer, _), _)| customer)
         .collect())
