@@ -18,18 +18,24 @@
 //!   away, a lost connection) are retried for as long as they last.
 
 mod apply;
+mod deliveries;
 mod outcomes;
+mod read;
 pub mod rebuild;
+mod refusal;
+mod speculate;
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use xibaar_core::{Decoded, Event, EventEnvelope};
 use xibaar_streams::names;
+
+use read::{Item, read_batches};
+use refusal::{BatchError, refused_for_its_data, run_refused};
 
 /// The read models this runner maintains, as named in `projection_checkpoints`.
 pub const READ_MODELS: &str = "read_models";
@@ -71,156 +77,10 @@ pub struct Projector {
     /// second runner, a rebuild's swap) is read again; until then the compare-and-set refuses
     /// the batch.
     committed: Option<i64>,
-}
-
-/// An event of a batch, read and decoded ahead of its transaction.
-struct Item {
-    message: jetstream::Message,
-    sequence: i64,
-    decoded: Result<Decoded, xibaar_core::event::DecodeError>,
-    /// The delivery outcome it records, if it is one.
-    /// The delivery outcomes it records (a page of successes records several).
-    pending: Vec<outcomes::PendingOutcome>,
-}
-
-/// Reads `messages` into batches bounded by size and time, decodes them, and hands them over
-/// one at a time; catching up stops after the batch that reaches `until`.
-async fn read_batches<E: std::fmt::Display>(
-    mut messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
-    settings: ProjectorSettings,
-    until: Option<u64>,
-    batches: tokio::sync::mpsc::Sender<Vec<Item>>,
-) {
-    let item = |message: jetstream::Message| -> Option<Item> {
-        let Ok(info) = message.info() else {
-            tracing::error!(subject = %message.subject, "message without JetStream metadata; skipped");
-            return None;
-        };
-        let sequence = i64::try_from(info.stream_sequence).ok()?;
-        let decoded = EventEnvelope::decode(&message.payload);
-        let pending = match &decoded {
-            Ok(Decoded::Known(envelope)) => outcomes::pending(envelope, sequence),
-            _ => Vec::new(),
-        };
-        Some(Item {
-            message,
-            sequence,
-            decoded,
-            pending,
-        })
-    };
-    // While NATS refuses (a node lost, a leader being elected), read again after a growing,
-    // jittered wait, and say so once a second.
-    let mut backoff = xibaar_streams::retry::Backoff::for_nats();
-    let mut warn = xibaar_streams::retry::WarnEvery::second();
-    loop {
-        let mut batch = match messages.next().await {
-            None => return,
-            Some(Ok(m)) => {
-                backoff.reset();
-                item(m).into_iter().collect::<Vec<_>>()
-            }
-            Some(Err(e)) => {
-                let wait = backoff.next_delay();
-                if let Some(held_back) = warn.allow() {
-                    tracing::warn!(error = %e, retry_in = ?wait, held_back, "pull from XIBAAR_EVENTS failed; retrying");
-                }
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        let deadline = tokio::time::Instant::now() + settings.batch_wait;
-        let reached = |batch: &[Item]| {
-            until.is_some_and(|u| batch.last().is_some_and(|i| i.sequence as u64 >= u))
-        };
-        // A page of successes weighs its devices: a batch is as large a transaction whatever
-        // the log's shape.
-        let weight = |item: &Item| item.pending.len().max(1);
-        let mut size: usize = batch.iter().map(weight).sum();
-        while size < settings.batch_size && !reached(&batch) {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => {
-                    if let Some(item) = item(m) {
-                        size += weight(&item);
-                        batch.push(item);
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    if let Some(held_back) = warn.allow() {
-                        tracing::warn!(error = %e, held_back, "pull from XIBAAR_EVENTS failed");
-                    }
-                    break;
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let done = reached(&batch);
-        if !batch.is_empty() && batches.send(batch).await.is_err() {
-            return;
-        }
-        if done {
-            return;
-        }
-    }
-}
-
-/// What a failed bulk statement over a run of `len` events of `event_type` from `first` on
-/// means for the batch.
-fn run_refused(
-    source: sqlx::Error,
-    first: i64,
-    len: usize,
-    event_type: &'static str,
-) -> BatchError {
-    match source {
-        source if refused_for_its_data(&source) && len == 1 => BatchError::Refused {
-            sequence: first,
-            event_type,
-            source,
-        },
-        source if refused_for_its_data(&source) => BatchError::RefusedRun { first, source },
-        e => anyhow::Error::new(e)
-            .context(format!(
-                "applying {event_type} events from sequence {first}"
-            ))
-            .into(),
-    }
-}
-
-/// Why a batch did not commit.
-#[derive(Debug, thiserror::Error)]
-enum BatchError {
-    /// Postgres refused a bulk statement over the events from `first` on (outcomes or device
-    /// registrations); which one is not known.
-    #[error("applying a run of events from sequence {first}: {source}")]
-    RefusedRun { first: i64, source: sqlx::Error },
-    /// Postgres refused the event at `sequence`: retrying the same data cannot succeed forever.
-    #[error("applying {event_type} at sequence {sequence}: {source}")]
-    Refused {
-        sequence: i64,
-        event_type: &'static str,
-        source: sqlx::Error,
-    },
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-/// Whether Postgres refused the statement because of its data (SQLSTATE classes 22, data
-/// exception, and 23, integrity constraint violation), as opposed to being unavailable, busy
-/// or in conflict with another transaction.
-///
-/// A unique violation (23505) is such a conflict: every statement of the projector settles
-/// conflicts itself (`ON CONFLICT`) except the insert of new `deliveries` rows, whose absence
-/// its own transaction has just read, so only another runner writing the same rows meanwhile
-/// makes it fail. The batch is retried (and the compare-and-set on the checkpoint then sorts
-/// the two runners out); the event is not to blame.
-fn refused_for_its_data(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code != "23505" && (code.starts_with("22") || code.starts_with("23"))
-        }),
-        _ => false,
-    }
+    /// The connection batches are written through, kept while they commit: taking one from
+    /// the pool for every batch costs a round trip more (the pool checks it first). A batch
+    /// that fails gives it back to the pool.
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
 }
 
 /// What a batch did.
@@ -232,6 +92,8 @@ struct BatchOutcome {
     already_applied: u64,
     unknown: u64,
     dead_lettered: u64,
+    /// Whether every run of outcomes was written as folded ahead of the transaction.
+    as_folded: bool,
 }
 
 /// The sequence of the last event in `XIBAAR_EVENTS`: where a projection caught up is.
@@ -245,6 +107,27 @@ pub async fn events_head(js: &jetstream::Context) -> anyhow::Result<u64> {
         .context("reading XIBAAR_EVENTS")?
         .state
         .last_sequence)
+}
+
+/// `BEGIN` and the checkpoint's compare-and-set from `from` to `to` in one simple query, one
+/// round trip instead of two. A simple query takes no parameters: the values are integers and
+/// the projection's name a constant. When the checkpoint moved, the cast of a text that is no
+/// number fails the query, which rolls the transaction back (the text depends on the row count,
+/// so Postgres cannot evaluate it while planning).
+fn checkpoint_begin(from: i64, to: i64) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!(
+        "BEGIN; \
+         WITH advanced AS ( \
+             INSERT INTO projection_checkpoints AS c (projection, last_sequence, updated_at) \
+             VALUES ('{READ_MODELS}', {to}, now()) \
+             ON CONFLICT (projection) DO UPDATE \
+             SET last_sequence = EXCLUDED.last_sequence, updated_at = now() \
+             WHERE c.last_sequence = {from} \
+             RETURNING 1) \
+         SELECT CASE WHEN count(*) = 1 THEN 1 \
+                     ELSE ('the checkpoint moved: ' || count(*))::int END \
+         FROM advanced"
+    ))
 }
 
 /// A span per event, in the event's trace, only at debug level: a broadcast is millions of
@@ -264,26 +147,6 @@ fn debug_applied(message: &jetstream::Message, envelope: &EventEnvelope, sequenc
     });
 }
 
-/// Customer ids joined by newlines in payloads under Postgres's 8,000-byte notification limit.
-fn notify_payloads(customers: &[&str]) -> Vec<String> {
-    const MAX: usize = 7_900;
-    let mut payloads = Vec::new();
-    let mut current = String::new();
-    for customer in customers {
-        if !current.is_empty() && current.len() + customer.len() + 1 > MAX {
-            payloads.push(std::mem::take(&mut current));
-        }
-        if !current.is_empty() {
-            current.push('\n');
-        }
-        current.push_str(customer);
-    }
-    if !current.is_empty() {
-        payloads.push(current);
-    }
-    payloads
-}
-
 impl Projector {
     pub fn new(js: jetstream::Context, pool: PgPool, settings: ProjectorSettings) -> Self {
         Self {
@@ -295,6 +158,7 @@ impl Projector {
             isolate: false,
             announce: true,
             committed: None,
+            conn: None,
         }
     }
 
@@ -396,16 +260,64 @@ impl Projector {
             until,
             batches,
         )));
+        // A batch read already, and its outcomes folded while the batch before it was in
+        // Postgres (module `speculate`), if that fold holds.
+        let mut next: Option<(Arc<Vec<Item>>, Option<speculate::Speculation>)> = None;
         loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                batch = ready.recv() => batch,
+            let (batch, folded) = match next.take() {
+                Some(next) if !shutdown.is_cancelled() => next,
+                Some(_) => break,
+                None => {
+                    let batch = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        batch = ready.recv() => batch,
+                    };
+                    let Some(batch) = batch else { break };
+                    (Arc::new(batch), None)
+                }
             };
-            let Some(batch) = batch else { break };
-            reached = self.commit_batch(&batch).await;
+            // Folded now, after the batch before committed, if it was not then: nothing is in
+            // flight to lay over what is read.
+            let folded = match folded {
+                Some(folded) => Some(folded),
+                None if self.isolate => None,
+                None => self.fold_ahead(batch.clone(), None).await,
+            }
+            .map(Arc::new);
+            // The next batch, if it is read already, is folded while this one is in Postgres.
+            let ahead = match (&folded, ready.try_recv()) {
+                (Some(folded), Ok(following)) => {
+                    let following = Arc::new(following);
+                    let task = tokio::spawn(speculate::fold(
+                        self.pool.clone(),
+                        following.clone(),
+                        Some(folded.clone()),
+                    ));
+                    Some((following, Some(task)))
+                }
+                (None, Ok(following)) => Some((Arc::new(following), None)),
+                (_, Err(_)) => None,
+            };
+            let exact;
+            (reached, exact) = self.commit_batch(&batch, folded.as_deref()).await;
+            next = match ahead {
+                Some((following, Some(task))) if exact => {
+                    let folded = match task.await {
+                        Ok(Ok(folded)) => Some(folded),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "folding a batch ahead failed; it is folded in its transaction");
+                            None
+                        }
+                        Err(_) => None,
+                    };
+                    Some((following, folded))
+                }
+                Some((following, _)) => Some((following, None)),
+                None => None,
+            };
             // Freeing a batch (its messages and decoded events) took a quarter of this loop's
             // CPU time in a profile; another thread does it while the next batch is in Postgres.
-            tokio::task::spawn_blocking(move || drop(batch));
+            tokio::task::spawn_blocking(move || drop((batch, folded)));
             progress(reached);
             if until.is_some_and(|u| reached >= u) {
                 break;
@@ -415,20 +327,46 @@ impl Projector {
         Ok(reached)
     }
 
-    /// Folds the pending outcomes, in one go or, after a refusal, one at a time.
-    async fn fold<'b>(
+    /// Folds `batch`'s outcomes before its transaction, laying `before`'s writes over what is
+    /// read; `None` if that read fails (the transaction then reads and folds them itself).
+    async fn fold_ahead(
+        &self,
+        batch: Arc<Vec<Item>>,
+        before: Option<Arc<speculate::Speculation>>,
+    ) -> Option<speculate::Speculation> {
+        match speculate::fold(self.pool.clone(), batch, before).await {
+            Ok(folded) => Some(folded),
+            Err(e) => {
+                tracing::debug!(error = %e, "folding a batch ahead failed; it is folded in its transaction");
+                None
+            }
+        }
+    }
+
+    /// Writes the pending outcomes, in one go or, after a refusal, one at a time: as folded
+    /// ahead if `ahead`'s next run is this one, else read and folded now (and nothing after
+    /// is taken from `ahead`).
+    async fn fold(
         &self,
         tx: &mut sqlx::PgConnection,
-        run: &mut Vec<&'b outcomes::PendingOutcome>,
-        woken: &mut Vec<&'b str>,
+        run: &mut Vec<&outcomes::PendingOutcome>,
+        ahead: &mut Option<std::slice::Iter<'_, outcomes::Folded>>,
     ) -> Result<(), BatchError> {
-        let Some(first) = run.first().map(|o| o.sequence()) else {
+        let Some(span) = outcomes::span(run) else {
             return Ok(());
         };
-        let customers = outcomes::apply(tx, run)
-            .await
-            .map_err(|e| run_refused(e, first, run.len(), "a delivery outcome"))?;
-        woken.extend(customers);
+        let folded = ahead
+            .as_mut()
+            .and_then(Iterator::next)
+            .filter(|f| f.span == span);
+        if folded.is_none() {
+            *ahead = None;
+        }
+        match folded {
+            Some(folded) => deliveries::write(tx, run, folded, self.announce).await,
+            None => deliveries::apply(tx, run, self.announce).await,
+        }
+        .map_err(|e| run_refused(e, span.0, run.len(), "a delivery outcome"))?;
         run.clear();
         Ok(())
     }
@@ -460,13 +398,32 @@ impl Projector {
     }
 
     /// Applies the batch, retrying until it commits (Postgres may be away for a while); a
-    /// poison event is parked after [`POISON_ATTEMPTS`] refusals.
-    async fn commit_batch(&mut self, batch: &[Item]) -> u64 {
+    /// poison event is parked after [`POISON_ATTEMPTS`] refusals. Its first attempt writes the
+    /// runs `folded` ahead, the others read and fold in their transaction. Returns the
+    /// checkpoint, and whether the batch committed at its first attempt with every run as
+    /// folded ahead: what `deliveries` holds now is then what that fold says.
+    async fn commit_batch(
+        &mut self,
+        batch: &[Item],
+        mut folded: Option<&speculate::Speculation>,
+    ) -> (u64, bool) {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut parked_now = 0;
         let outcome = loop {
-            let result = self.apply_batch(batch).await;
+            let mut conn = self.conn.take();
+            let result = self.apply_batch(&mut conn, batch, folded.take()).await;
+            self.conn = match (&result, conn) {
+                (Ok(_), conn) => conn,
+                // A failed `BEGIN` with its compare-and-set leaves its transaction open and
+                // aborted, which sqlx does not end (it does end a transaction it began). A
+                // connection that cannot even roll back is dropped.
+                (Err(_), Some(mut conn)) => {
+                    let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                    rolled_back.is_ok().then_some(conn)
+                }
+                (Err(_), None) => None,
+            };
             if result.is_err() {
                 self.committed = None;
             }
@@ -536,27 +493,62 @@ impl Projector {
             .increment(outcome.dead_lettered);
         metrics::histogram!("xibaar_projector_batch_seconds")
             .record(started.elapsed().as_secs_f64());
-        u64::try_from(outcome.checkpoint).unwrap_or(0)
+        (
+            u64::try_from(outcome.checkpoint).unwrap_or(0),
+            outcome.as_folded,
+        )
     }
 
-    async fn apply_batch(&self, batch: &[Item]) -> Result<BatchOutcome, BatchError> {
+    async fn apply_batch(
+        &self,
+        conn: &mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+        batch: &[Item],
+        folded: Option<&speculate::Speculation>,
+    ) -> Result<BatchOutcome, BatchError> {
         let mut outcome = BatchOutcome::default();
-        let mut tx = self.pool.begin().await.context("starting a transaction")?;
-        let checkpoint: i64 = match self.committed {
-            Some(checkpoint) => checkpoint,
-            None => sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
-                .bind(READ_MODELS)
-                .fetch_optional(&mut *tx)
-                .await
-                .context("reading the checkpoint")?
-                .unwrap_or(0),
+        // The runs folded ahead, taken in order while each is the run met (module `speculate`).
+        let mut ahead = folded.filter(|_| !self.isolate).map(|f| f.runs().iter());
+        let conn = match conn {
+            Some(conn) => conn,
+            None => conn.insert(
+                self.pool
+                    .acquire()
+                    .await
+                    .context("connecting to Postgres")?,
+            ),
         };
         // Every event of the batch past the checkpoint is applied, skipped or parked: the batch
         // ends at its last sequence. The checkpoint is advanced first, so that the batch, like
         // a rebuild's swap, takes the checkpoint before the tables (the two cannot wait for
         // each other) and a second runner is refused before any work.
-        let end = batch.iter().map(|i| i.sequence).fold(checkpoint, i64::max);
-        if end != checkpoint {
+        let last_of = |checkpoint: i64| batch.iter().map(|i| i.sequence).fold(checkpoint, i64::max);
+        let (mut tx, checkpoint, end) = match self.committed {
+            // The checkpoint known, the transaction begins with its advance: one round trip.
+            Some(checkpoint) if last_of(checkpoint) != checkpoint => {
+                let end = last_of(checkpoint);
+                let tx =
+                    sqlx::Connection::begin_with(&mut **conn, checkpoint_begin(checkpoint, end))
+                        .await
+                        .context("advancing the checkpoint (another projector may be running)")?;
+                (tx, checkpoint, end)
+            }
+            known => {
+                let mut tx = sqlx::Connection::begin(&mut **conn)
+                    .await
+                    .context("starting a transaction")?;
+                let checkpoint = match known {
+                    Some(checkpoint) => checkpoint,
+                    None => sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
+                        .bind(READ_MODELS)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("reading the checkpoint")?
+                        .unwrap_or(0),
+                };
+                (tx, checkpoint, last_of(checkpoint))
+            }
+        };
+        if end != checkpoint && self.committed.is_none() {
             let advanced = sqlx::query(include_str!("../sql/checkpoint_advance.sql"))
                 .bind(READ_MODELS)
                 .bind(checkpoint)
@@ -572,8 +564,6 @@ impl Projector {
             }
         }
         let mut last = checkpoint;
-        // Customers whose inbox gained items in this batch (and some who had them already).
-        let mut woken: Vec<&str> = Vec::new();
         // Consecutive outcomes not yet folded, or consecutive device registrations not yet
         // applied (never both: each kind flushes the other first).
         let mut run: Vec<&outcomes::PendingOutcome> = Vec::new();
@@ -582,12 +572,14 @@ impl Projector {
             let (message, sequence) = (&item.message, item.sequence);
             if sequence <= last {
                 outcome.already_applied += 1;
+                ahead = None;
                 continue;
             }
             // Every path below applies, skips or parks the event, or fails the whole batch.
             last = sequence;
             if self.parked.contains(&sequence) {
                 outcome.dead_lettered += 1;
+                ahead = None;
                 continue;
             }
             let (decoded, pending) = (&item.decoded, &item.pending);
@@ -601,7 +593,7 @@ impl Projector {
             };
             // Anything else is applied after the outcomes or registrations before it.
             if pending.is_empty() || self.isolate {
-                self.fold(&mut tx, &mut run, &mut woken).await?;
+                self.fold(&mut tx, &mut run, &mut ahead).await?;
             }
             if registration.is_none() {
                 self.register(&mut tx, &mut registrations).await?;
@@ -659,46 +651,14 @@ impl Projector {
                 }
             }
         }
-        self.fold(&mut tx, &mut run, &mut woken).await?;
+        self.fold(&mut tx, &mut run, &mut ahead).await?;
         self.register(&mut tx, &mut registrations).await?;
-        // Delivered by Postgres at commit, never for a batch rolled back: the api's live streams
-        // wake and read the new items from the table.
-        woken.sort_unstable();
-        woken.dedup();
-        if !self.announce {
-            woken.clear();
-        }
-        let payloads = notify_payloads(&woken);
-        if !payloads.is_empty() {
-            sqlx::query("SELECT pg_notify($1, payload) FROM UNNEST($2::text[]) payload")
-                .bind(xibaar_store::INBOX_CHANNEL)
-                .bind(payloads)
-                .execute(&mut *tx)
-                .await
-                .context("announcing new inbox items")?;
-        }
         tx.commit().await.context("committing the batch")?;
+        outcome.as_folded = ahead.is_some_and(|mut a| a.next().is_none());
         if self.announce {
             metrics::gauge!("xibaar_projector_checkpoint_sequence").set(end as f64);
         }
         outcome.checkpoint = end;
         Ok(outcome)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::notify_payloads;
-
-    #[test]
-    fn customer_lists_are_split_under_the_notification_limit_and_none_is_lost() {
-        let customers: Vec<String> = (0..3_000).map(|i| format!("customer-{i:06}")).collect();
-        let customers: Vec<&str> = customers.iter().map(String::as_str).collect();
-        let payloads = notify_payloads(&customers);
-        assert!(payloads.len() > 1);
-        assert!(payloads.iter().all(|p| p.len() < 8_000));
-        let back: Vec<&str> = payloads.iter().flat_map(|p| p.split('\n')).collect();
-        assert_eq!(back, customers);
-        assert!(notify_payloads(&[]).is_empty());
     }
 }

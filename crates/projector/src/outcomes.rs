@@ -14,7 +14,6 @@
 //!   event's sequence.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgConnection;
 use uuid::Uuid;
 use xibaar_core::{
     Event, EventEnvelope, Priority,
@@ -32,24 +31,18 @@ const TOPIC_DEVICE: &str = "~topic";
 /// One outcome event, as the fold needs it.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingOutcome {
-    sequence: i64,
-    at: DateTime<Utc>,
-    notification_id: Uuid,
-    priority: Priority,
-    device_id: String,
+    pub(crate) sequence: i64,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) notification_id: Uuid,
+    pub(crate) priority: Priority,
+    pub(crate) device_id: String,
     /// The device's owner; topic outcomes have none (FCM knows the recipients).
-    customer_id: Option<String>,
-    outcome: &'static str,
-    reason: Option<&'static str>,
-    error_code: Option<String>,
-    attempts: i32,
-    fcm_message_id: Option<String>,
-}
-
-impl PendingOutcome {
-    pub(crate) fn sequence(&self) -> i64 {
-        self.sequence
-    }
+    pub(crate) customer_id: Option<String>,
+    pub(crate) outcome: &'static str,
+    pub(crate) reason: Option<&'static str>,
+    pub(crate) error_code: Option<String>,
+    pub(crate) attempts: i32,
+    pub(crate) fcm_message_id: Option<String>,
 }
 
 /// The outcomes `envelope` records: one for an outcome event, each device's for a page of
@@ -158,16 +151,36 @@ fn class(outcome: &str, reason: Option<&str>) -> &'static str {
     }
 }
 
-/// The final outcome held for one notification and device, and the outcome of the run that
-/// is to be written for it, if any.
+/// A `deliveries` row as read: notification, device, customer, outcome, reason, time.
+pub(crate) type HeldRow = (
+    Uuid,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+);
+
+/// A `deliveries` row's key: notification, device, customer (none for a topic's row). Device
+/// ids are unique within a customer only.
+type Key<'a> = (Uuid, &'a str, Option<&'a str>);
+
+fn key(o: &PendingOutcome) -> Key<'_> {
+    (
+        o.notification_id,
+        o.device_id.as_str(),
+        o.customer_id.as_deref(),
+    )
+}
+
+/// The final outcome held for one notification and device.
 #[derive(Debug, Clone, Copy)]
 struct Held<'a> {
     outcome: &'a str,
     reason: Option<&'a str>,
     at: DateTime<Utc>,
-    /// Whether `deliveries` holds a row for the key already (else this run inserts it).
+    /// Whether `deliveries` holds a row for the key (else the run that wrote it inserts it).
     stored: bool,
-    written: Option<&'a PendingOutcome>,
 }
 
 impl Held<'_> {
@@ -179,22 +192,69 @@ impl Held<'_> {
     }
 }
 
-/// A notification's counters as the run moves them.
+/// What the fold knows `deliveries` holds: the rows read, with the writes of the runs folded
+/// since laid over them. A key it does not hold has no row.
 #[derive(Debug, Default)]
-struct Counters {
-    targeted: Option<i64>,
-    total: i64,
-    sent: i64,
-    failed: i64,
-    invalid: i64,
-    expired: i64,
-    completed_at: Option<DateTime<Utc>>,
-    completed: bool,
+pub(crate) struct View<'a> {
+    held: Map<Key<'a>, Held<'a>>,
 }
 
-impl Counters {
+impl<'a> View<'a> {
+    /// The view of `rows`, as read from `deliveries`.
+    pub(crate) fn of_rows(rows: &'a [HeldRow]) -> Self {
+        let held = rows
+            .iter()
+            .map(|(n, d, c, outcome, reason, at)| {
+                (
+                    (*n, d.as_str(), c.as_deref()),
+                    Held {
+                        outcome,
+                        reason: reason.as_deref(),
+                        at: *at,
+                        stored: true,
+                    },
+                )
+            })
+            .collect();
+        Self { held }
+    }
+
+    /// Lays over the view the rows `folded` writes for `run`, as if read after its commit.
+    pub(crate) fn overlay(&mut self, run: &[&'a PendingOutcome], folded: &Folded) {
+        for &i in folded.fresh.iter().chain(&folded.replaced) {
+            let o = run[i as usize];
+            self.held.insert(
+                key(o),
+                Held {
+                    outcome: o.outcome,
+                    reason: o.reason,
+                    at: o.at,
+                    stored: true,
+                },
+            );
+        }
+    }
+}
+
+/// How a run moves one notification's counters: the change of each, and the times its
+/// notification may complete at. It completes at the counted outcome with which its counted
+/// outcomes first reach the targeted devices: the first one if its row counts them already,
+/// else the one that adds the last missing device (one replacing another adds none).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Counted {
+    pub(crate) notification_id: Uuid,
+    pub(crate) sent: i64,
+    pub(crate) failed: i64,
+    pub(crate) invalid: i64,
+    pub(crate) expired: i64,
+    /// The time of the run's first counted outcome of the notification.
+    pub(crate) first_at: DateTime<Utc>,
+    /// The times of those that add a device to its total, in order.
+    pub(crate) adds_at: Vec<DateTime<Utc>>,
+}
+
+impl Counted {
     fn add(&mut self, class: &str, by: i64) {
-        self.total += by;
         match class {
             "succeeded" => self.sent += by,
             "failed" => self.failed += by,
@@ -204,209 +264,45 @@ impl Counters {
     }
 }
 
-/// A run's writes, in one statement (one round trip instead of five): the `deliveries` rows it
-/// gains ($1–$9) and those it replaces ($10–$18), in key order; the notifications' counters
-/// ($19–$25); the daily figures ($26–$29); the inbox items ($30–$33). The sub-statements see
-/// the same snapshot and none sees another's rows, which is what the fold asks of them: each
-/// writes rows no other writes (the gained and the replaced `deliveries` rows are different
-/// rows), and the inbox's existence probe reads only what earlier runs wrote.
-///
-/// The new rows go in without `ON CONFLICT`, about a quarter cheaper in Postgres: this
-/// transaction has just read that they are absent, so only another writer racing this one can
-/// make them conflict, and that unique violation fails the batch, which is retried
-/// (`refused_for_its_data` does not count it against the event). Inbox items the customer has
-/// already (through another of their devices) are left out by probing the key, not by `ON
-/// CONFLICT`: with the items side by side the probes are cheap, and a plain insert skips the
-/// speculative insertion `ON CONFLICT` makes per row (a sixth less time for the statement).
-/// Daily rows whose changes cancel out are written too (with 0), as one at a time would.
-const WRITES: &str = "\
-    WITH gained AS ( \
-        INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, \
-                                error_code, attempts, fcm_message_id, occurred_at) \
-        SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                             $6::text[], $7::int[], $8::text[], $9::timestamptz[])), \
-    replaced AS ( \
-        UPDATE deliveries d \
-        SET outcome = u.outcome, reason = u.reason, error_code = u.error_code, \
-            attempts = u.attempts, fcm_message_id = u.fcm_message_id, \
-            occurred_at = u.occurred_at \
-        FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::text[], $14::text[], \
-                    $15::text[], $16::int[], $17::text[], $18::timestamptz[]) \
-             u(notification_id, device_id, customer_id, outcome, reason, error_code, \
-               attempts, fcm_message_id, occurred_at) \
-        WHERE d.notification_id = u.notification_id AND d.device_id = u.device_id \
-          AND d.customer_id IS NOT DISTINCT FROM u.customer_id), \
-    counted AS ( \
-        UPDATE notifications n \
-        SET sent = n.sent + u.sent, failed = n.failed + u.failed, \
-            invalid = n.invalid + u.invalid, expired = n.expired + u.expired, \
-            status = CASE WHEN u.completed THEN 'completed' ELSE n.status END, \
-            completed_at = u.completed_at \
-        FROM UNNEST($19::uuid[], $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], \
-                    $24::bool[], $25::timestamptz[]) \
-             u(id, sent, failed, invalid, expired, completed, completed_at) \
-        WHERE n.notification_id = u.id), \
-    daily AS ( \
-        INSERT INTO daily_stats (day, priority, outcome, deliveries) \
-        SELECT * FROM UNNEST($26::date[], $27::text[], $28::text[], $29::bigint[]) \
-        ON CONFLICT (day, priority, outcome) DO UPDATE \
-        SET deliveries = daily_stats.deliveries + excluded.deliveries), \
-    items AS ( \
-        INSERT INTO inbox (customer_id, notification_id, position, received_at) \
-        SELECT * FROM UNNEST($30::text[], $31::uuid[], $32::bigint[], $33::timestamptz[]) \
-             u(customer_id, notification_id, position, received_at) \
-        WHERE NOT EXISTS (SELECT 1 FROM inbox i \
-                          WHERE i.notification_id = u.notification_id \
-                            AND i.customer_id = u.customer_id)) \
-    SELECT 1";
-
-type Writes<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-/// Binds `rows` as the nine arrays of `deliveries` rows of [`WRITES`].
-fn bind_deliveries<'q>(query: Writes<'q>, rows: &[&'q PendingOutcome]) -> Writes<'q> {
-    query
-        .bind(rows.iter().map(|o| o.notification_id).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|o| o.device_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|o| o.customer_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|o| o.outcome).collect::<Vec<_>>())
-        .bind(rows.iter().map(|o| o.reason).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|o| o.error_code.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|o| o.attempts).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|o| o.fcm_message_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|o| o.at).collect::<Vec<_>>())
+/// A run of outcomes folded: what it writes, as positions in the run, so that it can be folded
+/// ahead of the transaction that writes it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Folded {
+    /// Which run it is: its first and last sequences and its number of outcomes.
+    pub(crate) span: (i64, i64, usize),
+    /// The `deliveries` rows it gains, in key order.
+    pub(crate) fresh: Vec<u32>,
+    /// The `deliveries` rows it replaces, in key order.
+    pub(crate) replaced: Vec<u32>,
+    /// The notifications' counters, by notification id.
+    pub(crate) counted: Vec<Counted>,
+    /// Per UTC day, priority and class, the change of `daily_stats`.
+    pub(crate) daily: Vec<((NaiveDate, Priority, &'static str), i64)>,
+    /// The inbox items (the first outcome of a notification for each customer), in
+    /// notification then customer order.
+    pub(crate) items: Vec<u32>,
 }
 
-type NotificationRow = (Uuid, Option<i64>, i64, Option<DateTime<Utc>>);
-type HeldRow = (
-    Uuid,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    DateTime<Utc>,
-);
-/// A `deliveries` row's key: notification, device, customer (none for a topic's row). Device
-/// ids are unique within a customer only.
-type Key<'a> = (Uuid, &'a str, Option<&'a str>);
+/// The span of `run`: its first and last sequences and its length.
+pub(crate) fn span(run: &[&PendingOutcome]) -> Option<(i64, i64, usize)> {
+    Some((run.first()?.sequence, run.last()?.sequence, run.len()))
+}
 
-/// Applies `run` (outcomes in stream order) through `tx`; returns the customers the run gave an
-/// inbox item, and those who had it already (a repeated outcome, or another of their devices'
-/// in an earlier batch): waking them too costs their live streams one read that finds nothing,
-/// where asking Postgres which items were new took a fifth of the fold's time.
-pub(crate) async fn apply<'r>(
-    tx: &mut PgConnection,
-    run: &[&'r PendingOutcome],
-) -> Result<Vec<&'r str>, sqlx::Error> {
-    if run.is_empty() {
-        return Ok(Vec::new());
-    }
-    // What the read models hold now for the run's notifications and devices.
-    let (keys_n, keys_d): (Vec<Uuid>, Vec<&str>) = run
-        .iter()
-        .map(|o| (o.notification_id, o.device_id.as_str()))
-        .unzip();
-    let mut notification_ids = keys_n.clone();
-    notification_ids.sort_unstable();
-    notification_ids.dedup();
-    // A run is nearly always the outcomes of one broadcast or a few: then the rows are found
-    // by one index scan over the notifications' devices in order (a scan with array keys,
-    // which Postgres walks in step with the index), five times cheaper than probing the
-    // index once per key. The scan may also return a notification's row for another one's
-    // device: such rows are never looked up, and there are at most as many as the keys times
-    // the notifications. Runs over many notifications probe per key.
-    let held_rows: Vec<HeldRow> = if notification_ids.len() <= 4 {
-        let mut devices = keys_d.clone();
-        devices.sort_unstable();
-        devices.dedup();
-        sqlx::query_as(
-            "SELECT notification_id, device_id, customer_id, outcome, reason, occurred_at \
-             FROM deliveries WHERE notification_id = ANY($1) AND device_id = ANY($2)",
-        )
-        .bind(&notification_ids)
-        .bind(&devices)
-        .fetch_all(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_as(
-            "SELECT d.notification_id, d.device_id, d.customer_id, d.outcome, d.reason, \
-                    d.occurred_at \
-         FROM deliveries d \
-         JOIN (SELECT DISTINCT * FROM UNNEST($1::uuid[], $2::text[])) k(n, dev) \
-           ON d.notification_id = k.n AND d.device_id = k.dev",
-        )
-        .bind(&keys_n)
-        .bind(&keys_d)
-        .fetch_all(&mut *tx)
-        .await?
-    };
-    let mut held: Map<Key, Held> = held_rows
-        .iter()
-        .map(|(n, d, c, outcome, reason, at)| {
-            (
-                (*n, d.as_str(), c.as_deref()),
-                Held {
-                    outcome,
-                    reason: reason.as_deref(),
-                    at: *at,
-                    stored: true,
-                    written: None,
-                },
-            )
-        })
-        .collect();
-    let rows: Vec<NotificationRow> = sqlx::query_as(
-        "SELECT notification_id, targeted, sent + failed + invalid + expired, completed_at \
-         FROM notifications WHERE notification_id = ANY($1)",
-    )
-    .bind(&notification_ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut counters: Map<Uuid, Counters> = rows
-        .into_iter()
-        .map(|(id, targeted, total, completed_at)| {
-            (
-                id,
-                Counters {
-                    targeted,
-                    total,
-                    completed_at,
-                    ..Counters::default()
-                },
-            )
-        })
-        .collect();
-
-    // The fold, one outcome at a time.
+/// Folds `run` (outcomes in stream order) over `view`, one outcome at a time, and leaves its
+/// writes in the view for the runs after it.
+pub(crate) fn fold<'a>(run: &[&'a PendingOutcome], view: &mut View<'a>) -> Folded {
+    let mut written: Map<Key<'a>, u32> = Map::default();
+    let mut counted: Map<Uuid, Counted> = Map::default();
     let mut daily: Map<(NaiveDate, Priority, &'static str), i64> = Map::default();
-    let mut inbox: Map<(&str, Uuid), &PendingOutcome> = Map::default();
-    for &o in run {
+    let mut inbox: Map<(&str, Uuid), u32> = Map::default();
+    for (i, &o) in (0u32..).zip(run) {
         if let Some(customer) = &o.customer_id {
             inbox
                 .entry((customer.as_str(), o.notification_id))
-                .or_insert(o);
+                .or_insert(i);
         }
-        let key = (
-            o.notification_id,
-            o.device_id.as_str(),
-            o.customer_id.as_deref(),
-        );
-        let previous = match held.get(&key) {
+        let key = key(o);
+        let previous = match view.held.get(&key) {
             None => None,
             Some(h) if h.replaced_by(o) => Some(*h),
             Some(_) => continue,
@@ -415,87 +311,192 @@ pub(crate) async fn apply<'r>(
         *daily
             .entry((o.at.date_naive(), o.priority, new_class))
             .or_default() += 1;
+        let c = counted.entry(o.notification_id).or_insert_with(|| Counted {
+            notification_id: o.notification_id,
+            sent: 0,
+            failed: 0,
+            invalid: 0,
+            expired: 0,
+            first_at: o.at,
+            adds_at: Vec::new(),
+        });
+        c.add(new_class, 1);
         if let Some(p) = &previous {
+            let old_class = class(p.outcome, p.reason);
             *daily
-                .entry((p.at.date_naive(), o.priority, class(p.outcome, p.reason)))
+                .entry((p.at.date_naive(), o.priority, old_class))
                 .or_default() -= 1;
+            c.add(old_class, -1);
         }
-        if let Some(c) = counters.get_mut(&o.notification_id) {
-            c.add(new_class, 1);
-            if let Some(p) = &previous {
-                c.add(class(p.outcome, p.reason), -1);
-            }
-            if c.targeted.is_some_and(|t| c.total >= t) {
-                c.completed = true;
-                c.completed_at = c.completed_at.or(Some(o.at));
-            }
+        if previous.is_none() {
+            c.adds_at.push(o.at);
         }
-        held.insert(
+        view.held.insert(
             key,
             Held {
                 outcome: o.outcome,
                 reason: o.reason,
                 at: o.at,
                 stored: previous.is_some_and(|p| p.stored),
-                written: Some(o),
             },
         );
+        written.insert(key, i);
     }
 
-    // The writes, in one statement ([`WRITES`]). The `deliveries` rows in key order, and the
-    // inbox items in key order (notification, then customer): a broadcast's rows land next to
-    // each other in the indexes instead of all over them.
-    let mut written: Vec<(&Key, &Held)> =
-        held.iter().filter(|(_, h)| h.written.is_some()).collect();
-    written.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let (mut fresh, mut stored) = (Vec::new(), Vec::new());
-    for (_, h) in written {
-        let o = h.written.expect("only written outcomes are kept");
-        if h.stored {
-            stored.push(o);
+    // The `deliveries` rows in key order, and the inbox items in key order (notification, then
+    // customer): a broadcast's rows land next to each other in the indexes instead of all over
+    // them.
+    let mut written: Vec<(Key, u32)> = written.into_iter().collect();
+    written.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let (mut fresh, mut replaced) = (Vec::new(), Vec::new());
+    for (key, i) in written {
+        let held = view
+            .held
+            .get_mut(&key)
+            .expect("every written key is in the view");
+        if held.stored {
+            replaced.push(i);
         } else {
-            fresh.push(o);
+            fresh.push(i);
+        }
+        // Written by this run: the runs after it find the row.
+        held.stored = true;
+    }
+    let mut counted: Vec<Counted> = counted.into_values().collect();
+    counted.sort_unstable_by_key(|c| c.notification_id);
+    let mut items: Vec<((&str, Uuid), u32)> = inbox.into_iter().collect();
+    items.sort_unstable_by_key(|((customer, notification), _)| (*notification, *customer));
+    let mut daily: Vec<_> = daily.into_iter().collect();
+    daily.sort_unstable_by_key(|(key, _)| *key);
+    Folded {
+        span: span(run).unwrap_or_default(),
+        fresh,
+        replaced,
+        counted,
+        daily,
+        items: items.into_iter().map(|(_, i)| i).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    use super::*;
+
+    type Table = BTreeMap<(Uuid, String, Option<String>), HeldRow>;
+
+    fn random_outcome(rng: &mut StdRng, sequence: i64, notifications: &[Uuid]) -> PendingOutcome {
+        let (outcome, reason) = match rng.random_range(0..4) {
+            0 => ("succeeded", None),
+            1 => ("failed", Some(DeliveryFailure::RetriesExhausted.as_str())),
+            2 => ("failed", Some(DeliveryFailure::InvalidToken.as_str())),
+            _ => ("expired", None),
+        };
+        let customer = rng.random_range(0..3);
+        PendingOutcome {
+            sequence,
+            at: DateTime::from_timestamp(1_700_000_000 + sequence * 3_600, 0).unwrap(),
+            notification_id: notifications[rng.random_range(0..notifications.len())],
+            priority: Priority::Normal,
+            device_id: format!("d{}", rng.random_range(0..4)),
+            customer_id: Some(format!("c{customer}")),
+            outcome,
+            reason,
+            error_code: None,
+            attempts: 1,
+            fcm_message_id: None,
         }
     }
-    let moved: Vec<(&Uuid, &Counters)> = counters
-        .iter()
-        .filter(|(_, c)| {
-            c.sent != 0 || c.failed != 0 || c.invalid != 0 || c.expired != 0 || c.completed
-        })
-        .collect();
-    let daily: Vec<_> = daily.into_iter().collect();
-    let mut items: Vec<_> = inbox.into_iter().collect();
-    items.sort_unstable_by_key(|((customer, notification), _)| (*notification, *customer));
-    bind_deliveries(bind_deliveries(sqlx::query(WRITES), &fresh), &stored)
-        .bind(moved.iter().map(|(id, _)| **id).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(_, c)| c.sent).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(_, c)| c.failed).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(_, c)| c.invalid).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(_, c)| c.expired).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(_, c)| c.completed).collect::<Vec<_>>())
-        .bind(
-            moved
-                .iter()
-                .map(|(_, c)| c.completed_at)
-                .collect::<Vec<_>>(),
-        )
-        .bind(daily.iter().map(|((d, _, _), _)| *d).collect::<Vec<_>>())
-        .bind(
-            daily
-                .iter()
-                .map(|((_, p, _), _)| p.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(daily.iter().map(|((_, _, c), _)| *c).collect::<Vec<_>>())
-        .bind(daily.iter().map(|(_, n)| *n).collect::<Vec<_>>())
-        .bind(items.iter().map(|((c, _), _)| *c).collect::<Vec<_>>())
-        .bind(items.iter().map(|((_, n), _)| *n).collect::<Vec<_>>())
-        .bind(items.iter().map(|(_, o)| o.sequence).collect::<Vec<_>>())
-        .bind(items.iter().map(|(_, o)| o.at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    Ok(items
-        .into_iter()
-        .map(|((customer, _), _)| customer)
-        .collect())
+
+    /// Runs of outcomes, a batch's worth.
+    fn random_runs(
+        rng: &mut StdRng,
+        next: &mut i64,
+        notifications: &[Uuid],
+    ) -> Vec<Vec<PendingOutcome>> {
+        (0..rng.random_range(1..4))
+            .map(|_| {
+                (0..rng.random_range(1..25))
+                    .map(|_| {
+                        *next += 1;
+                        random_outcome(rng, *next, notifications)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// What `deliveries` holds after `folded`'s writes of `run`; a gained row must be absent
+    /// and a replaced one present, or a write would fail or be lost.
+    fn commit(table: &mut Table, run: &[&PendingOutcome], folded: &Folded) {
+        for (&i, fresh) in folded
+            .fresh
+            .iter()
+            .map(|i| (i, true))
+            .chain(folded.replaced.iter().map(|i| (i, false)))
+        {
+            let o = run[i as usize];
+            let key = (
+                o.notification_id,
+                o.device_id.clone(),
+                o.customer_id.clone(),
+            );
+            let row = (
+                o.notification_id,
+                o.device_id.clone(),
+                o.customer_id.clone(),
+                o.outcome.to_owned(),
+                o.reason.map(str::to_owned),
+                o.at,
+            );
+            assert_eq!(table.insert(key, row).is_none(), fresh);
+        }
+    }
+
+    /// Each run read and folded in its transaction, after the runs before it are written.
+    fn fold_in_transactions(table: &mut Table, runs: &[Vec<PendingOutcome>]) -> Vec<Folded> {
+        runs.iter()
+            .map(|run| {
+                let run: Vec<&PendingOutcome> = run.iter().collect();
+                let rows: Vec<HeldRow> = table.values().cloned().collect();
+                let folded = fold(&run, &mut View::of_rows(&rows));
+                commit(table, &run, &folded);
+                folded
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_folded_while_the_one_before_is_in_flight_writes_what_its_transaction_would() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..500 {
+            let notifications = [Uuid::from_u128(1), Uuid::from_u128(2)];
+            let mut table = Table::new();
+            let mut sequence = 0;
+            let earlier = random_runs(&mut rng, &mut sequence, &notifications);
+            fold_in_transactions(&mut table, &earlier);
+            let before_in_flight = table.clone();
+            let in_flight = random_runs(&mut rng, &mut sequence, &notifications);
+            let in_flight_folded = fold_in_transactions(&mut table, &in_flight);
+            let after_in_flight = table.clone();
+            let batch = random_runs(&mut rng, &mut sequence, &notifications);
+            let expected = fold_in_transactions(&mut table, &batch);
+
+            // Read before or after the batch in flight committed, its writes laid over.
+            for read in [&before_in_flight, &after_in_flight] {
+                let rows: Vec<HeldRow> = read.values().cloned().collect();
+                let mut view = View::of_rows(&rows);
+                for (run, folded) in in_flight.iter().zip(&in_flight_folded) {
+                    view.overlay(&run.iter().collect::<Vec<_>>(), folded);
+                }
+                let runs: Vec<Vec<&PendingOutcome>> =
+                    batch.iter().map(|run| run.iter().collect()).collect();
+                let ahead: Vec<Folded> = runs.iter().map(|run| fold(run, &mut view)).collect();
+                assert_eq!(ahead, expected);
+            }
+        }
+    }
 }

@@ -281,6 +281,8 @@ pub async fn rebuild(
         .context("swapping the tables")?;
     tx.commit().await.context("committing the swap")?;
     let swap_held = held.elapsed();
+    // The projector keeps a connection of the pool: closing the pool waits for it.
+    drop(projector);
     shadow.close().await;
 
     let mut cleanup = format!("DROP SCHEMA {SHADOW_SCHEMA} CASCADE;");

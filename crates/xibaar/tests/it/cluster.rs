@@ -421,9 +421,14 @@ async fn a_rolling_restart_of_every_role_under_load_loses_nothing_and_answers_no
         for (i, role) in roles.iter_mut().enumerate() {
             let exit = tokio::task::block_in_place(|| {
                 xibaar_testkit::stop_gracefully(role, libc::SIGTERM, Duration::from_secs(20))
-            })
-            .unwrap();
+            });
             let log = std::fs::read_to_string(two.logs.path().join(format!("{i}.log")));
+            let exit = exit.unwrap_or_else(|| {
+                panic!(
+                    "process {i} did not exit within 20 s of SIGTERM:\n{}",
+                    log.as_deref().unwrap_or_default()
+                )
+            });
             assert!(
                 exit.success(),
                 "process {i} exited with {exit:?}:\n{}",
