@@ -281,7 +281,7 @@ impl Projector {
             let folded = match folded {
                 Some(folded) => Some(folded),
                 None if self.isolate => None,
-                None => self.fold_ahead(batch.clone(), None).await,
+                None => speculate::fold(self.pool.clone(), batch.clone(), None).await,
             }
             .map(Arc::new);
             // The next batch, if it is read already, is folded while this one is in Postgres.
@@ -302,15 +302,7 @@ impl Projector {
             (reached, exact) = self.commit_batch(&batch, folded.as_deref()).await;
             next = match ahead {
                 Some((following, Some(task))) if exact => {
-                    let folded = match task.await {
-                        Ok(Ok(folded)) => Some(folded),
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "folding a batch ahead failed; it is folded in its transaction");
-                            None
-                        }
-                        Err(_) => None,
-                    };
-                    Some((following, folded))
+                    Some((following, task.await.ok().flatten()))
                 }
                 Some((following, _)) => Some((following, None)),
                 None => None,
@@ -325,22 +317,6 @@ impl Projector {
         }
         drop(reader);
         Ok(reached)
-    }
-
-    /// Folds `batch`'s outcomes before its transaction, laying `before`'s writes over what is
-    /// read; `None` if that read fails (the transaction then reads and folds them itself).
-    async fn fold_ahead(
-        &self,
-        batch: Arc<Vec<Item>>,
-        before: Option<Arc<speculate::Speculation>>,
-    ) -> Option<speculate::Speculation> {
-        match speculate::fold(self.pool.clone(), batch, before).await {
-            Ok(folded) => Some(folded),
-            Err(e) => {
-                tracing::debug!(error = %e, "folding a batch ahead failed; it is folded in its transaction");
-                None
-            }
-        }
     }
 
     /// Writes the pending outcomes, in one go or, after a refusal, one at a time: as folded
@@ -521,48 +497,25 @@ impl Projector {
         // ends at its last sequence. The checkpoint is advanced first, so that the batch, like
         // a rebuild's swap, takes the checkpoint before the tables (the two cannot wait for
         // each other) and a second runner is refused before any work.
-        let last_of = |checkpoint: i64| batch.iter().map(|i| i.sequence).fold(checkpoint, i64::max);
-        let (mut tx, checkpoint, end) = match self.committed {
-            // The checkpoint known, the transaction begins with its advance: one round trip.
-            Some(checkpoint) if last_of(checkpoint) != checkpoint => {
-                let end = last_of(checkpoint);
-                let tx =
-                    sqlx::Connection::begin_with(&mut **conn, checkpoint_begin(checkpoint, end))
-                        .await
-                        .context("advancing the checkpoint (another projector may be running)")?;
-                (tx, checkpoint, end)
-            }
-            known => {
-                let mut tx = sqlx::Connection::begin(&mut **conn)
-                    .await
-                    .context("starting a transaction")?;
-                let checkpoint = match known {
-                    Some(checkpoint) => checkpoint,
-                    None => sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
-                        .bind(READ_MODELS)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .context("reading the checkpoint")?
-                        .unwrap_or(0),
-                };
-                (tx, checkpoint, last_of(checkpoint))
-            }
-        };
-        if end != checkpoint && self.committed.is_none() {
-            let advanced = sqlx::query(include_str!("../sql/checkpoint_advance.sql"))
+        let checkpoint: i64 = match self.committed {
+            Some(checkpoint) => checkpoint,
+            None => sqlx::query_scalar(include_str!("../sql/checkpoint_read.sql"))
                 .bind(READ_MODELS)
-                .bind(checkpoint)
-                .bind(end)
-                .execute(&mut *tx)
+                .fetch_optional(&mut **conn)
                 .await
-                .context("advancing the checkpoint")?;
-            if advanced.rows_affected() != 1 {
-                return Err(anyhow::anyhow!(
-                    "the checkpoint moved under us (another projector is running); batch rolled back"
-                )
-                .into());
-            }
-        }
+                .context("reading the checkpoint")?
+                .unwrap_or(0),
+        };
+        let end = batch.iter().map(|i| i.sequence).fold(checkpoint, i64::max);
+        let mut tx = if end == checkpoint {
+            sqlx::Connection::begin(&mut **conn)
+                .await
+                .context("starting a transaction")?
+        } else {
+            sqlx::Connection::begin_with(&mut **conn, checkpoint_begin(checkpoint, end))
+                .await
+                .context("advancing the checkpoint (another projector may be running)")?
+        };
         let mut last = checkpoint;
         // Consecutive outcomes not yet folded, or consecutive device registrations not yet
         // applied (never both: each kind flushes the other first).

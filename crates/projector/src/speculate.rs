@@ -62,34 +62,47 @@ fn runs(batch: &[Item]) -> Vec<Vec<&PendingOutcome>> {
 }
 
 /// Folds `batch`'s outcomes over what `deliveries` holds for them, read through `pool`, with
-/// the writes of `before` (the batch in flight, if any) laid over it.
+/// the writes of `before` (the batch in flight, if any) laid over it; `None` if that read
+/// fails (the batch's transaction then reads and folds them itself).
 pub(crate) async fn fold(
     pool: PgPool,
     batch: Arc<Vec<Item>>,
     before: Option<Arc<Speculation>>,
-) -> Result<Speculation, sqlx::Error> {
-    let runs = runs(&batch);
-    let all: Vec<&PendingOutcome> = runs.iter().flatten().copied().collect();
-    let rows = if all.is_empty() {
-        Vec::new()
-    } else {
-        let mut conn = pool.acquire().await?;
-        deliveries::read(&mut conn, &all).await?
-    };
-    let mut view = View::of_rows(&rows);
-    if let Some(before) = &before {
-        for (run, folded) in self::runs(&before.batch).iter().zip(&before.runs) {
-            view.overlay(run, folded);
+) -> Option<Speculation> {
+    let folded = {
+        let runs = runs(&batch);
+        let all: Vec<&PendingOutcome> = runs.iter().flatten().copied().collect();
+        let rows = if all.is_empty() {
+            Vec::new()
+        } else {
+            match read(&pool, &all).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::debug!(error = %e, "folding a batch ahead failed; it is folded in its transaction");
+                    return None;
+                }
+            }
+        };
+        let mut view = View::of_rows(&rows);
+        if let Some(before) = &before {
+            for (run, folded) in self::runs(&before.batch).iter().zip(&before.runs) {
+                view.overlay(run, folded);
+            }
         }
-    }
-    let folded = runs
-        .iter()
-        .map(|run| outcomes::fold(run, &mut view))
-        .collect();
-    drop(view);
-    drop(runs);
-    Ok(Speculation {
+        runs.iter()
+            .map(|run| outcomes::fold(run, &mut view))
+            .collect()
+    };
+    Some(Speculation {
         batch,
         runs: folded,
     })
+}
+
+async fn read(
+    pool: &PgPool,
+    outcomes: &[&PendingOutcome],
+) -> Result<Vec<outcomes::HeldRow>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    deliveries::read(&mut conn, outcomes).await
 }
