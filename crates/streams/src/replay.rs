@@ -142,30 +142,27 @@ impl Filter {
         {
             return false;
         }
-        // A page of successes (`delivery.page_succeeded`) is about each of its devices.
-        let in_page = |field: &str, wanted: &str| {
-            data["devices"]
-                .as_array()
-                .is_some_and(|devices| devices.iter().any(|d| d[field].as_str() == Some(wanted)))
+        let is = |value: &Value, wanted: &Option<String>| {
+            wanted
+                .as_deref()
+                .is_none_or(|wanted| value.as_str() == Some(wanted))
         };
-        if let Some(device) = &self.device
-            && data["device_id"].as_str() != Some(device.as_str())
-            && !in_page("device_id", device)
-        {
-            return false;
+        // A page of successes (`delivery.page_succeeded`) is about each of its devices: one of
+        // them must be the device and belong to the customer asked for, not one each.
+        if let Some(devices) = data["devices"].as_array() {
+            return devices.iter().any(|d| {
+                is(&d["device_id"], &self.device) && is(&d["customer_id"], &self.customer)
+            });
         }
-        if let Some(customer) = &self.customer {
-            let named = data["audience"]["customer_ids"]
+        let names_customer = |customer: &String| {
+            data["audience"]["customer_ids"]
                 .as_array()
-                .is_some_and(|ids| ids.iter().any(|c| c.as_str() == Some(customer.as_str())));
-            if data["customer_id"].as_str() != Some(customer.as_str())
-                && !named
-                && !in_page("customer_id", customer)
-            {
-                return false;
-            }
-        }
-        true
+                .is_some_and(|ids| ids.iter().any(|c| c.as_str() == Some(customer.as_str())))
+        };
+        is(&data["device_id"], &self.device)
+            && self.customer.as_ref().is_none_or(|customer| {
+                data["customer_id"].as_str() == Some(customer.as_str()) || names_customer(customer)
+            })
     }
 }
 
@@ -298,7 +295,41 @@ pub async fn replay(
 
 #[cfg(test)]
 mod tests {
-    use super::subject_matches;
+    use super::{Filter, subject_matches};
+
+    #[test]
+    fn a_page_matches_a_device_and_customer_only_through_one_of_its_devices() {
+        let page = serde_json::json!({
+            "type": "delivery.page_succeeded",
+            "data": {"devices": [
+                {"device_id": "d1", "customer_id": "c1"},
+                {"device_id": "d2", "customer_id": "c2"},
+            ]},
+        });
+        let filter = |device: Option<&str>, customer: Option<&str>| Filter {
+            device: device.map(str::to_owned),
+            customer: customer.map(str::to_owned),
+            ..Filter::default()
+        };
+        assert!(filter(Some("d1"), Some("c1")).matches(&page));
+        assert!(filter(Some("d2"), None).matches(&page));
+        assert!(filter(None, Some("c2")).matches(&page));
+        assert!(!filter(Some("d1"), Some("c2")).matches(&page));
+        assert!(!filter(Some("d3"), None).matches(&page));
+
+        let single = serde_json::json!({
+            "type": "delivery.succeeded",
+            "data": {"device_id": "d1", "customer_id": "c1"},
+        });
+        assert!(filter(Some("d1"), Some("c1")).matches(&single));
+        assert!(!filter(Some("d1"), Some("c2")).matches(&single));
+        let notification = serde_json::json!({
+            "type": "notification.accepted",
+            "data": {"audience": {"customer_ids": ["c1", "c2"]}},
+        });
+        assert!(filter(None, Some("c2")).matches(&notification));
+        assert!(!filter(None, Some("c3")).matches(&notification));
+    }
 
     #[test]
     fn subject_filters_match_as_nats_matches_them() {
