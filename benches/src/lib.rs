@@ -464,3 +464,22 @@ pub async fn run_replay(binary: &std::path::Path, toml: &str) -> anyhow::Result<
     anyhow::ensure!(status.success(), "xibaar replay failed");
     Ok(ReplayOutput { file })
 }
+
+/// The median of a run's rounds, the figure a run is judged by (the machine's speed swings
+/// between rounds): the middle one, or the mean of the two middle ones. Sorts `values`.
+pub fn median(values: &mut [f64]) -> f64 {
+    assert!(!values.is_empty(), "a median of no rounds");
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    (values[(n - 1) / 2] + values[n / 2]) / 2.0
+}
+
+#[cfg(test)]
+mod median_tests {
+    #[test]
+    fn the_median_is_the_middle_round_or_the_mean_of_the_two_middle_ones() {
+        assert_eq!(super::median(&mut [0.9, 0.7, 0.8]), 0.8);
+        assert_eq!(super::median(&mut [1.0, 0.6, 0.9, 0.7]), 0.8);
+        assert_eq!(super::median(&mut [0.5]), 0.5);
+    }
+}

@@ -215,8 +215,7 @@ async fn bare_http_rounds(
             api.p99_ms
         );
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = (ratios[(BARE_ROUNDS - 1) / 2] + ratios[BARE_ROUNDS / 2]) / 2.0;
+    let median = xibaar_benches::median(&mut ratios);
     println!(
         "  ratio to the bare axum handler over {BARE_ROUNDS} rounds: min {:.2}, median {median:.2} (target >= 0.8), max {:.2}",
         ratios[0],

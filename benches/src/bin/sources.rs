@@ -325,11 +325,10 @@ async fn main() -> anyhow::Result<()> {
             bare_cost.describe(n as u64, &["nats-server", "client + SQL server"])
         );
     }
-    ratios.sort_by(f64::total_cmp);
+    let median = xibaar_benches::median(&mut ratios);
     println!(
-        "  ratio over {ROUNDS} rounds: min {:.2}, median {:.2}, max {:.2}",
+        "  ratio over {ROUNDS} rounds: min {:.2}, median {median:.2}, max {:.2}",
         ratios[0],
-        ratios[ratios.len() / 2],
         ratios[ratios.len() - 1]
     );
     Ok(())

@@ -6,31 +6,14 @@ use uuid::Uuid;
 
 use crate::outcomes::{self, Folded, HeldRow, PendingOutcome, View};
 
-/// A run's writes, in one statement (one round trip instead of seven): the `deliveries` rows it
-/// gains ($1–$9) and those it replaces ($10–$18), in key order; the notifications' counters
-/// and completion ($19–$27); the daily figures ($28–$31); the inbox items ($32–$35); the wake-up
-/// of the customers' live streams ($36–$37, which Postgres delivers at commit). The
-/// sub-statements see the same snapshot and none sees another's rows, which is what the fold
-/// asks of them: each writes rows no other writes (the gained and the replaced `deliveries` rows
-/// are different rows), and the inbox's existence probe reads only what earlier runs wrote.
-///
-/// A notification completes at the run's counted outcome with which its counted outcomes
-/// first reach its targeted devices, from what its row counts when the statement runs (events
-/// earlier in the batch included): the run's first counted outcome ($24) if the row reaches
-/// them already, else the one adding the last missing device, found among the times of those
-/// that add one ($26, each notification's from $25 on, $27 of them).
-///
-/// The new rows go in without `ON CONFLICT`, about a quarter cheaper in Postgres: the fold
-/// found them absent (see `speculate` for a fold ahead of the transaction), so only another
-/// writer racing this one can
-/// make them conflict, and that unique violation fails the batch, which is retried
-/// (`refused_for_its_data` does not count it against the event). Inbox items the customer has
-/// already (through another of their devices) are left out by probing the key, not by `ON
-/// CONFLICT`: with the items side by side the probes are cheap, and a plain insert skips the
-/// speculative insertion `ON CONFLICT` makes per row (a sixth less time for the statement).
-/// Daily rows whose changes cancel out are written too (with 0), as one at a time would.
-const WRITES: &str = "\
-    WITH gained AS ( \
+/// The text of [`WRITES`] and [`WRITES_COMMITTING`]: `$advance` goes before the run's
+/// sub-statements, `$select` after them.
+macro_rules! writes {
+    ($advance:literal, $select:literal) => {
+        concat!(
+            "WITH ",
+            $advance,
+            "gained AS ( \
         INSERT INTO deliveries (notification_id, device_id, customer_id, outcome, reason, \
                                 error_code, attempts, fcm_message_id, occurred_at) \
         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
@@ -75,8 +58,60 @@ const WRITES: &str = "\
         WHERE NOT EXISTS (SELECT 1 FROM inbox i \
                           WHERE i.notification_id = u.notification_id \
                             AND i.customer_id = u.customer_id)), \
-    announced AS (SELECT pg_notify($36, payload) FROM UNNEST($37::text[]) payload) \
-    SELECT count(*) FROM announced";
+    announced AS (SELECT pg_notify($36, payload) FROM UNNEST($37::text[]) payload) ",
+            $select
+        )
+    };
+}
+
+/// A run's writes, in one statement (one round trip instead of seven): the `deliveries` rows it
+/// gains ($1–$9) and those it replaces ($10–$18), in key order; the notifications' counters
+/// and completion ($19–$27); the daily figures ($28–$31); the inbox items ($32–$35); the wake-up
+/// of the customers' live streams ($36–$37, which Postgres delivers at commit). The
+/// sub-statements see the same snapshot and none sees another's rows, which is what the fold
+/// asks of them: each writes rows no other writes (the gained and the replaced `deliveries` rows
+/// are different rows), and the inbox's existence probe reads only what earlier runs wrote.
+///
+/// A notification completes at the run's counted outcome with which its counted outcomes
+/// first reach its targeted devices, from what its row counts when the statement runs (events
+/// earlier in the batch included): the run's first counted outcome ($24) if the row reaches
+/// them already, else the one adding the last missing device, found among the times of those
+/// that add one ($26, each notification's from $25 on, $27 of them).
+///
+/// The new rows go in without `ON CONFLICT`, about a quarter cheaper in Postgres: the fold
+/// found them absent (see `speculate` for a fold ahead of the transaction), so only another
+/// writer racing this one can
+/// make them conflict, and that unique violation fails the batch, which is retried
+/// (`refused_for_its_data` does not count it against the event). Inbox items the customer has
+/// already (through another of their devices) are left out by probing the key, not by `ON
+/// CONFLICT`: with the items side by side the probes are cheap, and a plain insert skips the
+/// speculative insertion `ON CONFLICT` makes per row (a sixth less time for the statement).
+/// Daily rows whose changes cancel out are written too (with 0), as one at a time would.
+const WRITES: &str = writes!("", "SELECT count(*) FROM announced");
+
+/// [`WRITES`] with the checkpoint's compare-and-set from $39 to $40 (projection $38), for a
+/// batch that is one folded run, sent on its own outside a transaction: Postgres commits it
+/// when it ends, so that the batch takes one round trip instead of three (`BEGIN` with the
+/// compare-and-set, the writes, `COMMIT`). When the checkpoint moved, the cast of a text that
+/// is no number fails the statement and nothing of it stays. Its sub-statements run in no set
+/// order, so its rows may be written while another runner's batch holds the checkpoint: the
+/// loser's unique violation or failed compare-and-set undoes all of it either way.
+const WRITES_COMMITTING: &str = writes!(
+    "advanced AS ( \
+        INSERT INTO projection_checkpoints AS c (projection, last_sequence, updated_at) \
+        VALUES ($38, $40, now()) \
+        ON CONFLICT (projection) DO UPDATE \
+        SET last_sequence = EXCLUDED.last_sequence, updated_at = now() \
+        WHERE c.last_sequence = $39 \
+        RETURNING 1), ",
+    "SELECT (SELECT count(*) FROM announced), \
+            (SELECT CASE WHEN count(*) = 1 THEN 1 \
+                         ELSE ('the checkpoint moved: ' || count(*))::int END \
+             FROM advanced)"
+);
+
+/// The text of the error [`WRITES_COMMITTING`] fails with when the checkpoint moved.
+pub(crate) const CHECKPOINT_MOVED: &str = "the checkpoint moved";
 
 type Writes<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
@@ -184,6 +219,29 @@ pub(crate) async fn write(
     folded: &Folded,
     announce: bool,
 ) -> Result<(), sqlx::Error> {
+    write_with(tx, run, folded, announce, None).await
+}
+
+/// Writes what `folded` says of `run` and moves the checkpoint of `projection` from `from` to
+/// `to`, in one statement outside a transaction: committed when it returns
+/// ([`WRITES_COMMITTING`]).
+pub(crate) async fn write_committing(
+    conn: &mut PgConnection,
+    run: &[&PendingOutcome],
+    folded: &Folded,
+    announce: bool,
+    (projection, from, to): (&str, i64, i64),
+) -> Result<(), sqlx::Error> {
+    write_with(conn, run, folded, announce, Some((projection, from, to))).await
+}
+
+async fn write_with(
+    tx: &mut PgConnection,
+    run: &[&PendingOutcome],
+    folded: &Folded,
+    announce: bool,
+    advance: Option<(&str, i64, i64)>,
+) -> Result<(), sqlx::Error> {
     let at = |positions: &[u32]| -> Vec<&PendingOutcome> {
         positions.iter().map(|&i| run[i as usize]).collect()
     };
@@ -206,7 +264,12 @@ pub(crate) async fn write(
         Vec::new()
     };
     let daily = &folded.daily;
-    bind_deliveries(bind_deliveries(sqlx::query(WRITES), &fresh), &replaced)
+    let statement = if advance.is_some() {
+        WRITES_COMMITTING
+    } else {
+        WRITES
+    };
+    let query = bind_deliveries(bind_deliveries(sqlx::query(statement), &fresh), &replaced)
         .bind(
             counted
                 .iter()
@@ -245,9 +308,13 @@ pub(crate) async fn write(
         .bind(items.iter().map(|o| o.sequence).collect::<Vec<_>>())
         .bind(items.iter().map(|o| o.at).collect::<Vec<_>>())
         .bind(xibaar_store::INBOX_CHANNEL)
-        .bind(notify_payloads(&customers))
-        .execute(&mut *tx)
-        .await?;
+        .bind(notify_payloads(&customers));
+    match advance {
+        Some((projection, from, to)) => query.bind(projection).bind(from).bind(to),
+        None => query,
+    }
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
@@ -273,7 +340,69 @@ fn notify_payloads(customers: &[&str]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::notify_payloads;
+    use super::{CHECKPOINT_MOVED, notify_payloads, write_committing};
+    use crate::outcomes::{self, PendingOutcome, View};
+
+    /// A run written with the checkpoint's compare-and-set commits both or neither.
+    #[tokio::test]
+    async fn a_run_written_with_its_checkpoint_commits_both_or_neither() {
+        let pg = xibaar_testkit::Postgres::start().await.unwrap();
+        let pool = sqlx::PgPool::connect(&pg.create_database("writes").await.unwrap())
+            .await
+            .unwrap();
+        xibaar_store::migrate(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, last_sequence, updated_at) \
+             VALUES ($1, 5, now())",
+        )
+        .bind(crate::READ_MODELS)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let notification_id = uuid::Uuid::now_v7();
+        let run: Vec<PendingOutcome> = (6..8)
+            .map(|sequence| PendingOutcome {
+                sequence,
+                at: chrono::Utc::now(),
+                notification_id,
+                priority: xibaar_core::Priority::Normal,
+                device_id: format!("phone-{sequence}"),
+                customer_id: Some(format!("c{sequence}")),
+                outcome: "succeeded",
+                reason: None,
+                error_code: None,
+                attempts: 1,
+                fcm_message_id: Some(format!("projects/p/messages/{sequence}")),
+            })
+            .collect();
+        let run: Vec<&PendingOutcome> = run.iter().collect();
+        let folded = outcomes::fold(&run, &mut View::of_rows(&[]));
+        let state = |pool: sqlx::PgPool| async move {
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT (SELECT last_sequence FROM projection_checkpoints), \
+                        (SELECT count(*) FROM deliveries), (SELECT count(*) FROM inbox)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        };
+        let mut conn = pool.acquire().await.unwrap();
+
+        // Another runner moved the checkpoint past 4: nothing of the run stays, and the
+        // connection is not left in an aborted transaction.
+        let refused = write_committing(&mut conn, &run, &folded, true, ("read_models", 4, 7))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains(CHECKPOINT_MOVED), "{refused}");
+        assert_eq!(state(pool.clone()).await, (5, 0, 0));
+        sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+
+        // In step: committed when the statement returns (read on another connection).
+        write_committing(&mut conn, &run, &folded, true, ("read_models", 5, 7))
+            .await
+            .unwrap();
+        assert_eq!(state(pool.clone()).await, (7, 2, 2));
+    }
 
     #[test]
     fn customer_lists_are_split_under_the_notification_limit_and_none_is_lost() {

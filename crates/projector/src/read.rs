@@ -11,7 +11,6 @@ pub(crate) struct Item {
     pub(crate) message: jetstream::Message,
     pub(crate) sequence: i64,
     pub(crate) decoded: Result<Decoded, xibaar_core::event::DecodeError>,
-    /// The delivery outcome it records, if it is one.
     /// The delivery outcomes it records (a page of successes records several).
     pub(crate) pending: Vec<outcomes::PendingOutcome>,
 }

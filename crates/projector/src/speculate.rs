@@ -39,6 +39,30 @@ impl Speculation {
     pub(crate) fn runs(&self) -> &[Folded] {
         &self.runs
     }
+
+    /// `batch`'s outcomes as one run, and its fold, when the batch is nothing else: every
+    /// event past `checkpoint` and not parked records outcomes, and this fold is of exactly
+    /// that run. Such a batch is one statement, which also moves the checkpoint
+    /// (`deliveries::write_committing`).
+    pub(crate) fn sole_run<'a>(
+        &'a self,
+        batch: &'a [Item],
+        checkpoint: i64,
+        parked: &std::collections::HashSet<i64>,
+    ) -> Option<(Vec<&'a PendingOutcome>, &'a Folded)> {
+        let [folded] = self.runs.as_slice() else {
+            return None;
+        };
+        if batch.iter().any(|item| {
+            item.sequence <= checkpoint
+                || parked.contains(&item.sequence)
+                || item.pending.is_empty()
+        }) {
+            return None;
+        }
+        let run: Vec<&PendingOutcome> = batch.iter().flat_map(|item| &item.pending).collect();
+        (outcomes::span(&run) == Some(folded.span)).then_some((run, folded))
+    }
 }
 
 /// The batch's runs of consecutive outcomes, as its transaction meets them when no event is

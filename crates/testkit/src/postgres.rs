@@ -243,6 +243,19 @@ impl Postgres {
         Ok(self.url(name))
     }
 
+    /// Drops database `name` (made by [`Postgres::create_database`]), ending its sessions.
+    pub async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect(&self.url("postgres")).await?;
+        let statement = format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "")
+        );
+        // The name is stripped of quotes, as in `create_database`.
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement)))
+            .await?;
+        Ok(())
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             process::kill_now(&mut child);
