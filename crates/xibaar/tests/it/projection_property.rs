@@ -342,3 +342,85 @@ async fn read_models_equal_a_pure_fold_whatever_crashes_redeliveries_and_restart
         }
     }
 }
+
+/// Two runners at once over a log whose tail is outcomes alone, where a batch folded ahead is
+/// one statement that also moves the checkpoint: they refuse each other's batches, and the
+/// read models equal the pure fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_over_outcomes_alone_write_what_one_would() {
+    let p = Pipeline::start_roles(Roles {
+        api: false,
+        dispatcher: false,
+        projector: false,
+        archiver: false,
+        sources: false,
+    })
+    .await;
+    let js = p.jetstream().await;
+    let mut rng = StdRng::seed_from_u64(26);
+    // The history's other events first (the notifications the outcomes count against), then
+    // its outcomes.
+    let (outcomes, others): (Vec<Event>, Vec<Event>) =
+        history(&mut rng, 600).into_iter().partition(|e| {
+            matches!(
+                e,
+                Event::DeliveriesSucceeded(_)
+                    | Event::DeliverySucceeded(_)
+                    | Event::DeliveryFailed(_)
+                    | Event::DeliveryExpired(_)
+            )
+        });
+    assert!(outcomes.len() > 100, "{} outcomes", outcomes.len());
+    let base = Utc.with_ymd_and_hms(2026, 5, 1, 6, 0, 0).unwrap();
+    for (i, event) in others.into_iter().chain(outcomes).enumerate() {
+        store(
+            &js,
+            &mut rng,
+            event,
+            base + chrono::Duration::seconds(i as i64),
+        )
+        .await;
+    }
+    let head = p.events_head().await;
+    let (both, pure) = (
+        p.pg.create_database("both").await.unwrap(),
+        p.pg.create_database("pure").await.unwrap(),
+    );
+    for url in [&both, &pure] {
+        xibaar_store::migrate(&sqlx::PgPool::connect(url).await.unwrap())
+            .await
+            .unwrap();
+    }
+    let runners = [3, 5].map(|batch_size| {
+        let (js, url) = (js.clone(), both.clone());
+        tokio::spawn(async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let settings = ProjectorSettings {
+                batch_size,
+                batch_wait: Duration::from_millis(2),
+            };
+            Projector::new(js, pool, settings)
+                .catch_up(head, &mut |_| {})
+                .await
+                .unwrap()
+        })
+    });
+    for runner in runners {
+        assert_eq!(runner.await.unwrap(), head);
+    }
+    fold(&p, &pure).await;
+    let (got, want) = (
+        read_models(&sqlx::PgPool::connect(&both).await.unwrap()).await,
+        read_models(&sqlx::PgPool::connect(&pure).await.unwrap()).await,
+    );
+    for (table, rows) in &want {
+        assert_eq!(&got[table], rows, "{table} differs");
+    }
+    let refused = p.metrics().await;
+    assert!(
+        refused
+            .lines()
+            .any(|l| l.starts_with("xibaar_projector_batch_failures_total ") && !l.ends_with(" 0")),
+        "the two runners never refused each other's batches: {refused}"
+    );
+}
