@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use xibaar::Roles;
 use xibaar_core::{
     Actor, Audience, Category, Content, CustomerId, DeliveryOptions, DeviceId, Event,
     EventEnvelope, FcmToken, NotificationId, Platform, Priority,
@@ -303,14 +302,7 @@ async fn fold(p: &Pipeline, url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_models_equal_a_pure_fold_whatever_crashes_redeliveries_and_restarts_happen() {
     // No role runs: the test's own projectors are the only readers.
-    let p = Pipeline::start_roles(Roles {
-        api: false,
-        dispatcher: false,
-        projector: false,
-        archiver: false,
-        sources: false,
-    })
-    .await;
+    let p = Pipeline::without_roles().await;
     let seeds = [7_u64, 1_234, 99_001];
     for (case, seed) in seeds.into_iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -348,14 +340,7 @@ async fn read_models_equal_a_pure_fold_whatever_crashes_redeliveries_and_restart
 /// read models equal the pure fold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_over_outcomes_alone_write_what_one_would() {
-    let p = Pipeline::start_roles(Roles {
-        api: false,
-        dispatcher: false,
-        projector: false,
-        archiver: false,
-        sources: false,
-    })
-    .await;
+    let p = Pipeline::without_roles().await;
     let js = p.jetstream().await;
     let mut rng = StdRng::seed_from_u64(26);
     // The history's other events first (the notifications the outcomes count against), then

@@ -8,7 +8,6 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use xibaar::Roles;
 use xibaar_testkit::{KillOnDrop, eventually};
 
 use crate::support::{Pipeline, notification};
@@ -52,14 +51,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notification_is_one_trace_across_api_dispatcher_fcm_call_events_and_projector() {
-    let p = Pipeline::start_roles(Roles {
-        api: false,
-        dispatcher: false,
-        projector: false,
-        archiver: false,
-        sources: false,
-    })
-    .await;
+    let p = Pipeline::without_roles().await;
     let (otlp, exported) = otlp_receiver().await;
     let logs = tempfile::tempdir().unwrap();
     let env = [
