@@ -3,6 +3,7 @@
 
 pub mod cli;
 mod commands;
+pub mod memory;
 mod retention;
 pub mod startup;
 
