@@ -9,7 +9,7 @@ use crate::outcomes::{self, Folded, HeldRow, PendingOutcome, View};
 /// The text of [`WRITES`] and [`WRITES_COMMITTING`]: `$advance` goes before the run's
 /// sub-statements, `$select` after them.
 macro_rules! writes {
-    ($advance:literal, $select:literal) => {
+    ($advance:expr, $select:expr) => {
         concat!(
             "WITH ",
             $advance,
@@ -97,21 +97,13 @@ const WRITES: &str = writes!("", "SELECT count(*) FROM announced");
 /// order, so its rows may be written while another runner's batch holds the checkpoint: the
 /// loser's unique violation or failed compare-and-set undoes all of it either way.
 const WRITES_COMMITTING: &str = writes!(
-    "advanced AS ( \
-        INSERT INTO projection_checkpoints AS c (projection, last_sequence, updated_at) \
-        VALUES ($38, $40, now()) \
-        ON CONFLICT (projection) DO UPDATE \
-        SET last_sequence = EXCLUDED.last_sequence, updated_at = now() \
-        WHERE c.last_sequence = $39 \
-        RETURNING 1), ",
-    "SELECT (SELECT count(*) FROM announced), \
-            (SELECT CASE WHEN count(*) = 1 THEN 1 \
-                         ELSE ('the checkpoint moved: ' || count(*))::int END \
-             FROM advanced)"
+    concat!(checkpoint_advanced!("$38", "$39", "$40"), ", "),
+    concat!(
+        "SELECT (SELECT count(*) FROM announced), (",
+        checkpoint_moved_fails!(),
+        ")"
+    )
 );
-
-/// The text of the error [`WRITES_COMMITTING`] fails with when the checkpoint moved.
-pub(crate) const CHECKPOINT_MOVED: &str = "the checkpoint moved";
 
 type Writes<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
@@ -205,7 +197,7 @@ pub(crate) async fn apply(
     }
     let rows = read(&mut *tx, run).await?;
     let folded = outcomes::fold(run, &mut View::of_rows(&rows));
-    write(tx, run, &folded, announce).await
+    write(tx, run, &folded, announce, None).await
 }
 
 /// Writes what `folded` says of `run` through `tx`. With `announce`, the customers the run's
@@ -213,29 +205,9 @@ pub(crate) async fn apply(
 /// the item already included (a repeated outcome, or another of their devices' in an earlier
 /// batch): waking them too costs their streams one read that finds nothing, where asking
 /// Postgres which items were new took a fifth of the fold's time.
+/// With `advance` (projection, from, to), the checkpoint's compare-and-set goes in the same
+/// statement, sent outside a transaction: committed when it returns ([`WRITES_COMMITTING`]).
 pub(crate) async fn write(
-    tx: &mut PgConnection,
-    run: &[&PendingOutcome],
-    folded: &Folded,
-    announce: bool,
-) -> Result<(), sqlx::Error> {
-    write_with(tx, run, folded, announce, None).await
-}
-
-/// Writes what `folded` says of `run` and moves the checkpoint of `projection` from `from` to
-/// `to`, in one statement outside a transaction: committed when it returns
-/// ([`WRITES_COMMITTING`]).
-pub(crate) async fn write_committing(
-    conn: &mut PgConnection,
-    run: &[&PendingOutcome],
-    folded: &Folded,
-    announce: bool,
-    (projection, from, to): (&str, i64, i64),
-) -> Result<(), sqlx::Error> {
-    write_with(conn, run, folded, announce, Some((projection, from, to))).await
-}
-
-async fn write_with(
     tx: &mut PgConnection,
     run: &[&PendingOutcome],
     folded: &Folded,
@@ -340,8 +312,9 @@ fn notify_payloads(customers: &[&str]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{CHECKPOINT_MOVED, notify_payloads, write_committing};
+    use super::{notify_payloads, write};
     use crate::outcomes::{self, PendingOutcome, View};
+    use crate::refusal::CHECKPOINT_MOVED;
 
     /// A run written with the checkpoint's compare-and-set commits both or neither.
     #[tokio::test]
@@ -390,7 +363,7 @@ mod tests {
 
         // Another runner moved the checkpoint past 4: nothing of the run stays, and the
         // connection is not left in an aborted transaction.
-        let refused = write_committing(&mut conn, &run, &folded, true, ("read_models", 4, 7))
+        let refused = write(&mut conn, &run, &folded, true, Some(("read_models", 4, 7)))
             .await
             .unwrap_err();
         assert!(refused.to_string().contains(CHECKPOINT_MOVED), "{refused}");
@@ -398,7 +371,7 @@ mod tests {
         sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
 
         // In step: committed when the statement returns (read on another connection).
-        write_committing(&mut conn, &run, &folded, true, ("read_models", 5, 7))
+        write(&mut conn, &run, &folded, true, Some(("read_models", 5, 7)))
             .await
             .unwrap();
         assert_eq!(state(pool.clone()).await, (7, 2, 2));

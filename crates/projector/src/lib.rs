@@ -17,6 +17,50 @@
 //!   in `XIBAAR_DLQ` with the error and the batch goes on without it. Other failures (Postgres
 //!   away, a lost connection) are retried for as long as they last.
 
+/// The checkpoint's compare-and-set, from `$from` to `$to` for projection `$projection` (SQL
+/// text: literals or parameters), as the sub-statement `advanced` of a `WITH`. Shared by a
+/// batch's `BEGIN` ([`checkpoint_begin`]) and the one-statement batch
+/// (`deliveries::WRITES_COMMITTING`).
+macro_rules! checkpoint_advanced {
+    ($projection:literal, $from:literal, $to:literal) => {
+        concat!(
+            "advanced AS ( \
+                 INSERT INTO projection_checkpoints AS c (projection, last_sequence, updated_at) \
+                 VALUES (",
+            $projection,
+            ", ",
+            $to,
+            ", now()) \
+                 ON CONFLICT (projection) DO UPDATE \
+                 SET last_sequence = EXCLUDED.last_sequence, updated_at = now() \
+                 WHERE c.last_sequence = ",
+            $from,
+            " RETURNING 1)"
+        )
+    };
+}
+
+/// The text a statement fails with when the checkpoint moved under its compare-and-set
+/// ([`refusal::CHECKPOINT_MOVED`]).
+macro_rules! checkpoint_moved {
+    () => {
+        "the checkpoint moved"
+    };
+}
+
+/// What a statement with [`checkpoint_advanced!`] selects to fail when the checkpoint moved:
+/// the cast of a text that is no number (the text depends on the row count, so Postgres cannot
+/// evaluate it while planning).
+macro_rules! checkpoint_moved_fails {
+    () => {
+        concat!(
+            "SELECT CASE WHEN count(*) = 1 THEN 1 ELSE ('",
+            checkpoint_moved!(),
+            ": ' || count(*))::int END FROM advanced"
+        )
+    };
+}
+
 mod apply;
 mod deliveries;
 mod outcomes;
@@ -111,22 +155,19 @@ pub async fn events_head(js: &jetstream::Context) -> anyhow::Result<u64> {
 
 /// `BEGIN` and the checkpoint's compare-and-set from `from` to `to` in one simple query, one
 /// round trip instead of two. A simple query takes no parameters: the values are integers and
-/// the projection's name a constant. When the checkpoint moved, the cast of a text that is no
-/// number fails the query, which rolls the transaction back (the text depends on the row count,
-/// so Postgres cannot evaluate it while planning).
+/// the projection's name a constant. When the checkpoint moved, the query fails, which rolls
+/// the transaction back.
 fn checkpoint_begin(from: i64, to: i64) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!(
-        "BEGIN; \
-         WITH advanced AS ( \
-             INSERT INTO projection_checkpoints AS c (projection, last_sequence, updated_at) \
-             VALUES ('{READ_MODELS}', {to}, now()) \
-             ON CONFLICT (projection) DO UPDATE \
-             SET last_sequence = EXCLUDED.last_sequence, updated_at = now() \
-             WHERE c.last_sequence = {from} \
-             RETURNING 1) \
-         SELECT CASE WHEN count(*) = 1 THEN 1 \
-                     ELSE ('the checkpoint moved: ' || count(*))::int END \
-         FROM advanced"
+        concat!(
+            "BEGIN; WITH ",
+            checkpoint_advanced!("'{projection}'", "{from}", "{to}"),
+            " ",
+            checkpoint_moved_fails!()
+        ),
+        projection = READ_MODELS,
+        from = from,
+        to = to
     ))
 }
 
@@ -339,7 +380,7 @@ impl Projector {
             *ahead = None;
         }
         match folded {
-            Some(folded) => deliveries::write(tx, run, folded, self.announce).await,
+            Some(folded) => deliveries::write(tx, run, folded, self.announce, None).await,
             None => deliveries::apply(tx, run, self.announce).await,
         }
         .map_err(|e| run_refused(e, span.0, run.len(), "a delivery outcome"))?;
@@ -516,24 +557,15 @@ impl Projector {
             _ => None,
         };
         if let Some((run, folded)) = sole {
-            deliveries::write_committing(
+            deliveries::write(
                 conn,
                 &run,
                 folded,
                 self.announce,
-                (READ_MODELS, checkpoint, end),
+                Some((READ_MODELS, checkpoint, end)),
             )
             .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db)
-                    if db.message().contains(deliveries::CHECKPOINT_MOVED) =>
-                {
-                    anyhow::Error::new(e)
-                        .context("advancing the checkpoint (another projector may be running)")
-                        .into()
-                }
-                _ => run_refused(e, folded.span.0, run.len(), "a delivery outcome"),
-            })?;
+            .map_err(|e| run_refused(e, folded.span.0, run.len(), "a delivery outcome"))?;
             for item in batch {
                 if let Ok(Decoded::Known(envelope)) = &item.decoded {
                     debug_applied(&item.message, envelope, item.sequence);

@@ -50,11 +50,21 @@ pub(crate) enum BatchError {
 /// its own transaction has just read, so only another runner writing the same rows meanwhile
 /// makes it fail. The batch is retried (and the compare-and-set on the checkpoint then sorts
 /// the two runners out); the event is not to blame.
+///
+/// A failed compare-and-set on the checkpoint ([`CHECKPOINT_MOVED`], a cast error of class 22
+/// by construction) is such a conflict too: another runner or a rebuild's swap moved it.
 pub(crate) fn refused_for_its_data(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code != "23505" && (code.starts_with("22") || code.starts_with("23"))
-        }),
+        sqlx::Error::Database(db) => {
+            !db.message().contains(CHECKPOINT_MOVED)
+                && db.code().is_some_and(|code| {
+                    code != "23505" && (code.starts_with("22") || code.starts_with("23"))
+                })
+        }
         _ => false,
     }
 }
+
+/// The text of the error a statement with the checkpoint's compare-and-set fails with when the
+/// checkpoint moved (`checkpoint_moved_fails!`).
+pub(crate) const CHECKPOINT_MOVED: &str = checkpoint_moved!();

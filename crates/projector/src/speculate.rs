@@ -43,7 +43,7 @@ impl Speculation {
     /// `batch`'s outcomes as one run, and its fold, when the batch is nothing else: every
     /// event past `checkpoint` and not parked records outcomes, and this fold is of exactly
     /// that run. Such a batch is one statement, which also moves the checkpoint
-    /// (`deliveries::write_committing`).
+    /// (`deliveries::write` with the checkpoint's advance).
     pub(crate) fn sole_run<'a>(
         &'a self,
         batch: &'a [Item],

@@ -235,8 +235,7 @@ impl Postgres {
                 .fetch_optional(&mut conn)
                 .await?;
         if exists.is_none() {
-            let statement = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
-            // The name is stripped of quotes above, so it cannot break out of the identifier.
+            let statement = format!("CREATE DATABASE {}", identifier(name));
             conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement)))
                 .await?;
         }
@@ -246,11 +245,7 @@ impl Postgres {
     /// Drops database `name` (made by [`Postgres::create_database`]), ending its sessions.
     pub async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(&self.url("postgres")).await?;
-        let statement = format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            name.replace('"', "")
-        );
-        // The name is stripped of quotes, as in `create_database`.
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", identifier(name));
         conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement)))
             .await?;
         Ok(())
@@ -323,4 +318,9 @@ impl Drop for Postgres {
             self.kill();
         }
     }
+}
+
+/// `name` as a quoted SQL identifier, stripped of quotes so that it cannot break out of it.
+fn identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', ""))
 }
