@@ -73,7 +73,7 @@ fn bench_job(i: usize, notification_id: NotificationId) -> xibaar_core::Delivery
 /// device of a page is answered together), and the page is acked once it is stored. Returns pushes/s and CPU µs per
 /// push of nats-server and of this process (publisher and consumer).
 async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
-    use futures::StreamExt;
+    use futures::{StreamExt, TryStreamExt};
     use xibaar_core::{Actor, EventEnvelope, job::PAGE_JOB_TYPE};
     let consumer: async_nats::jetstream::consumer::PullConsumer = rig
         .js
@@ -107,11 +107,25 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
             anyhow::Ok(())
         })
     };
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(CONCURRENCY.div_ceil(per_page).max(2))
-        .messages()
-        .await?;
+    // Pulled as the dispatcher's lanes pull: explicit batches whose requests expire within a
+    // second. The client's continuous pull (`stream()`) stalled here now and then for its
+    // request's whole expiry (about 36 s, one floor in three or four), which says nothing about
+    // the JetStream work a push costs.
+    let per_batch = CONCURRENCY.div_ceil(per_page).max(2);
+    let mut messages = std::pin::pin!(
+        futures::stream::unfold(consumer, move |consumer| async move {
+            let batch = consumer
+                .batch()
+                .max_messages(per_batch)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .map(|batch| batch.map_err(|e| anyhow::anyhow!("{e}")))
+                .map_err(|e| anyhow::anyhow!("{e}"));
+            Some((batch, consumer))
+        })
+        .try_flatten()
+    );
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let handle = |message: async_nats::jetstream::Message| {
         let js = rig.js.clone();
@@ -149,7 +163,7 @@ async fn jetstream_floor(rig: &Rig, n: usize) -> anyhow::Result<(f64, Vec<f64>)>
             message = messages.next(), if pulled < pages && in_flight.len() < pages_in_flight => match message {
                 Some(message) => {
                     pulled += 1;
-                    in_flight.push(handle(message.map_err(|e| anyhow::anyhow!("{e}"))?));
+                    in_flight.push(handle(message?));
                 }
                 None => anyhow::bail!("the consumer ended after {pulled} of {pages} pages"),
             },
