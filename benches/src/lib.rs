@@ -474,6 +474,11 @@ pub fn median(values: &mut [f64]) -> f64 {
     (values[(n - 1) / 2] + values[n / 2]) / 2.0
 }
 
+/// How a benchmark prints whether a target holds.
+pub fn met(holds: bool) -> &'static str {
+    if holds { "met" } else { "not met" }
+}
+
 #[cfg(test)]
 mod median_tests {
     #[test]

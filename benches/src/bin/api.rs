@@ -391,11 +391,7 @@ filter = "warn"
     println!(
         "  ratio {:.2} of the bare publisher; target >= 20,000 sends/s with p99 <= 20 ms: {}",
         accepted.per_second / baseline.per_second,
-        if accepted.per_second >= 20_000.0 && accepted.p99_ms <= 20.0 {
-            "met"
-        } else {
-            "not met"
-        }
+        xibaar_benches::met(accepted.per_second >= 20_000.0 && accepted.p99_ms <= 20.0)
     );
 
     // Inbox: 1,000 customers with 40 items each, as the projector leaves them.
@@ -473,7 +469,7 @@ filter = "warn"
     println!(
         "  api peak RSS (VmHWM) over the whole benchmark: {:.1} MiB (target <= 64 MiB: {})",
         peak as f64 / 1024.0,
-        if peak <= 64 * 1024 { "met" } else { "not met" }
+        xibaar_benches::met(peak <= 64 * 1024)
     );
     Ok(())
 }

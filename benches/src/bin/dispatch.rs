@@ -378,7 +378,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
                 .join(" · "),
-            if median >= 0.85 { "met" } else { "not met" }
+            xibaar_benches::met(median >= 0.85)
         );
         drop(rig);
 

@@ -241,7 +241,7 @@ async fn replay_rounds(
         println!(
             "  replay ratios, {}: {each}, median {median:.2} (target >= 0.9: {})",
             binary.display(),
-            if median >= 0.9 { "met" } else { "not met" }
+            xibaar_benches::met(median >= 0.9)
         );
     }
     Ok(())
@@ -433,7 +433,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  projector over {ROUNDS} rounds, of the Postgres floor: min {:.2}, median {median:.2} (target >= 0.75: {}), max {:.2}",
         shares[0],
-        if median >= 0.75 { "met" } else { "not met" },
+        xibaar_benches::met(median >= 0.75),
         shares[shares.len() - 1]
     );
     let (projector_cost, floor) = (

@@ -56,9 +56,8 @@ pub struct SentMessage {
 const USER_AGENT: &str = concat!("xibaar/", env!("CARGO_PKG_VERSION"));
 
 struct App {
-    project_id: String,
-    /// `project_id` as a metric label, shared rather than copied at every answer.
-    project_label: metrics::SharedString,
+    /// Shared, not copied, by the answer counter's label at every push.
+    project_id: metrics::SharedString,
     /// `<endpoint>/v1/projects/<project>/messages:send`, parsed once.
     send_uri: http::Uri,
     tokens: TokenSource,
@@ -226,8 +225,7 @@ impl FcmClient {
             apps.insert(
                 app.app_id.clone(),
                 Arc::new(App {
-                    project_id: app.project_id.clone(),
-                    project_label: metrics::SharedString::from_shared(Arc::from(
+                    project_id: metrics::SharedString::from_shared(Arc::from(
                         app.project_id.as_str(),
                     )),
                     send_uri,
@@ -305,7 +303,7 @@ impl FcmClient {
                 .breaker
                 .admit()
                 .map_err(|retry_in| FcmClientError::CircuitOpen {
-                    project: app.project_id.clone(),
+                    project: app.project_id.to_string(),
                     retry_in,
                 })?;
         let result = self.send_admitted(app, message).await;
@@ -358,7 +356,7 @@ impl FcmClient {
                 .body(http_body_util::Full::new(body.clone()))
                 .map_err(|e| FcmClientError::Setup(e.to_string()))?;
             let answer = stream.client().send(request).await.map_err(|e| {
-                answered(&app.project_label, "TRANSPORT");
+                answered(&app.project_id, "TRANSPORT");
                 FcmClientError::Transport(e)
             })?;
             let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
@@ -366,13 +364,13 @@ impl FcmClient {
             metrics::histogram!("xibaar_fcm_request_seconds")
                 .record(started.elapsed().as_secs_f64());
             if status.is_success() {
-                answered(&app.project_label, "OK");
+                answered(&app.project_id, "OK");
                 let sent: SentMessage =
                     serde_json::from_slice(&bytes).map_err(FcmClientError::Answer)?;
                 return Ok(sent);
             }
             let error = FcmError::from_response(status.as_u16(), retry_after, &bytes);
-            answered(&app.project_label, error.code.as_str());
+            answered(&app.project_id, error.code.as_str());
             if status == StatusCode::UNAUTHORIZED
                 && error.code == FcmErrorCode::Unauthenticated
                 && !refreshed

@@ -302,7 +302,7 @@ async fn fold(p: &Pipeline, url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_models_equal_a_pure_fold_whatever_crashes_redeliveries_and_restarts_happen() {
     // No role runs: the test's own projectors are the only readers.
-    let p = Pipeline::without_roles().await;
+    let p = Pipeline::start_roles(xibaar::Roles::NONE).await;
     let seeds = [7_u64, 1_234, 99_001];
     for (case, seed) in seeds.into_iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -340,7 +340,7 @@ async fn read_models_equal_a_pure_fold_whatever_crashes_redeliveries_and_restart
 /// read models equal the pure fold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_over_outcomes_alone_write_what_one_would() {
-    let p = Pipeline::without_roles().await;
+    let p = Pipeline::start_roles(xibaar::Roles::NONE).await;
     let js = p.jetstream().await;
     let mut rng = StdRng::seed_from_u64(26);
     // The history's other events first (the notifications the outcomes count against), then

@@ -104,18 +104,6 @@ impl Pipeline {
         .await
     }
 
-    /// The servers and no role: the test runs what it needs itself.
-    pub async fn without_roles() -> Self {
-        Self::start_roles(Roles {
-            api: false,
-            dispatcher: false,
-            projector: false,
-            archiver: false,
-            sources: false,
-        })
-        .await
-    }
-
     pub async fn start_roles(roles: Roles) -> Self {
         let nats = NatsServer::start().await.unwrap();
         Self::start_on(Nats::Server(nats), roles).await

@@ -51,7 +51,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notification_is_one_trace_across_api_dispatcher_fcm_call_events_and_projector() {
-    let p = Pipeline::without_roles().await;
+    let p = Pipeline::start_roles(xibaar::Roles::NONE).await;
     let (otlp, exported) = otlp_receiver().await;
     let logs = tempfile::tempdir().unwrap();
     let env = [
