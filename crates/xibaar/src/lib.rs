@@ -4,6 +4,7 @@
 pub mod cli;
 mod commands;
 pub mod memory;
+mod report;
 mod retention;
 pub mod startup;
 
