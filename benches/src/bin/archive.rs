@@ -112,11 +112,18 @@ async fn replay(nats: &NatsServer, s3: &S3Server, head: u64) -> anyhow::Result<(
 async fn main() -> anyhow::Result<()> {
     // As the `xibaar` binary runs: what runs in this process pays for memory what a role does.
     xibaar::without_huge_pages();
-    let n = scale(300_000);
-    println!("archive: {n} events, segments of {SEGMENT_EVENTS}, {ROUNDS} rounds alternating");
     let nats = NatsServer::start().await?;
     let js = jetstream(&nats).await?;
-    let head = store_log(&js, n).await?.head;
+    // The projector benchmark's log, sized by its facts (device outcomes) so that it holds
+    // about 250,000 events, a dozen segments. A page of successes is one event of a hundred
+    // devices: 300,000 facts would be about 27,000 events, a segment and a half, and the
+    // figures would be a segment's fixed costs, not the archive's rate.
+    let log = store_log(&js, scale(4_000_000)).await?;
+    let head = log.head;
+    println!(
+        "archive: {head} events ({} device outcomes), segments of {SEGMENT_EVENTS}, {ROUNDS} rounds alternating",
+        log.facts
+    );
     let sealed = head - head % SEGMENT_EVENTS;
     let pids = [nats.pid().unwrap_or(0), std::process::id()];
 
