@@ -394,7 +394,7 @@ impl ArchiveStore {
             key: key.clone(),
             source: segment::SegmentError::Continuity("the segment is missing".into()),
         })?;
-        segment::decode(&body, Some(manifest)).map_err(|source| StoreError::Damaged { key, source })
+        decode_off_the_runtime(key, body, Some(manifest.clone())).await
     }
 
     /// The messages of the segment `entry` names, verified against its manifest; a missing
@@ -420,8 +420,7 @@ impl ArchiveStore {
         let Some(body) = self.get(&key).await? else {
             return Ok(None);
         };
-        let records =
-            segment::decode(&body, None).map_err(|source| StoreError::Damaged { key, source })?;
+        let records = decode_off_the_runtime(key, body.clone(), None).await?;
         Ok(Some((body, records)))
     }
 
@@ -439,6 +438,30 @@ impl ArchiveStore {
             return Ok(None);
         };
         self.manifest(&entry).await
+    }
+}
+
+/// [`segment::decode`] of the object at `key`, on the blocking pool. Checking, inflating and
+/// parsing a segment of 20,000 events takes a tenth of a second or more of CPU; on a runtime
+/// worker it would hold up every task beside it for as long: the api's requests when a
+/// notification's timeline reaches into the archive, the live projector's batches during a
+/// rebuild. (The archive benchmark's replay, alone in its process, runs as fast either way.)
+async fn decode_off_the_runtime(
+    key: String,
+    body: Bytes,
+    manifest: Option<Manifest>,
+) -> Result<Vec<Record>, StoreError> {
+    match tokio::task::spawn_blocking(move || segment::decode(&body, manifest.as_ref())).await {
+        Ok(decoded) => decoded.map_err(|source| StoreError::Damaged { key, source }),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only when the runtime is shutting down.
+            Err(e) => Err(StoreError::Unavailable {
+                operation: "decoding",
+                key,
+                message: e.to_string(),
+            }),
+        },
     }
 }
 
