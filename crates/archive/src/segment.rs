@@ -259,16 +259,26 @@ pub fn decode(body: &[u8], manifest: Option<&Manifest>) -> Result<Vec<Record>, S
             });
         }
     }
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(body), &mut text)
+    // Inflated once; each JSON payload is then a slice of these bytes, not a copy. The parser
+    // checks the text of every line (UTF-8 included) as it reads it.
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut inflated)
         .map_err(|e| SegmentError::Compression(e.to_string()))?;
+    let inflated = Bytes::from(inflated);
     let mut records: Vec<Record> = Vec::new();
-    for (n, raw) in text.lines().enumerate() {
+    // Lines as `str::lines` reads them: ended by `\n` or `\r\n`, the last one's end optional.
+    let text = inflated.strip_suffix(b"\n").unwrap_or(&inflated);
+    let lines = (!text.is_empty())
+        .then(|| text.split(|b| *b == b'\n'))
+        .into_iter()
+        .flatten()
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    for (n, raw) in lines.enumerate() {
         let n = n + 1;
         let line: Line =
-            serde_json::from_str(raw).map_err(|e| SegmentError::Line(n, e.to_string()))?;
+            serde_json::from_slice(raw).map_err(|e| SegmentError::Line(n, e.to_string()))?;
         let payload = match (line.json, line.text, line.base64) {
-            (Some(json), None, None) => Bytes::copy_from_slice(json.get().as_bytes()),
+            (Some(json), None, None) => inflated.slice_ref(json.get().as_bytes()),
             (None, Some(text), None) => Bytes::from(text),
             (None, None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
@@ -386,6 +396,57 @@ mod tests {
             Err(SegmentError::Continuity(_))
         ));
         assert_eq!(decode(&body, None).unwrap().len(), 2);
+    }
+
+    fn gzip(text: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn lines_are_read_as_text_lines_are_and_text_that_is_not_utf8_is_refused() {
+        let line = |seq: u64| {
+            format!(
+                r#"{{"seq":{seq},"subject":"s","time":"2026-12-04T00:00:00Z","json":{{"n":"é"}}}}"#
+            )
+        };
+        let (one, two) = (line(1), line(2));
+        for text in [
+            format!("{one}\n{two}\n"),
+            format!("{one}\n{two}"),
+            format!("{one}\r\n{two}\r\n"),
+        ] {
+            let records = decode(&gzip(text.as_bytes()), None).unwrap();
+            let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_ref()).collect();
+            assert_eq!(payloads, [r#"{"n":"é"}"#.as_bytes(); 2], "{text:?}");
+        }
+        assert_eq!(decode(&gzip(b""), None).unwrap(), []);
+        // A blank line inside is an error, as a line that is not JSON.
+        assert!(matches!(
+            decode(&gzip(format!("{one}\n\n{two}\n").as_bytes()), None),
+            Err(SegmentError::Line(2, _))
+        ));
+        // A byte that is not UTF-8, in the payload or around it.
+        let mut bad = one.clone().into_bytes();
+        let e = bad.iter().position(|b| *b == 0xc3).unwrap();
+        bad[e + 1] = 0xff;
+        assert!(matches!(
+            decode(&gzip(&bad), None),
+            Err(SegmentError::Line(1, _))
+        ));
+        let mut bad = one.into_bytes();
+        // The subject's value, `s`.
+        let s = bad
+            .windows(12)
+            .position(|w| w == br#""subject":"s"#)
+            .unwrap()
+            + 11;
+        bad[s] = 0xff;
+        assert!(matches!(
+            decode(&gzip(&bad), None),
+            Err(SegmentError::Line(1, _))
+        ));
     }
 
     #[test]
