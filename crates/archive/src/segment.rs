@@ -226,6 +226,17 @@ impl Writer {
     }
 }
 
+/// The lines of `text` as `str::lines` splits a string: each ended by `\n` or `\r\n`, the
+/// last one's end optional, none in an empty text.
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    let lines = (!text.is_empty()).then(|| text.split(|b| *b == b'\n'));
+    lines
+        .into_iter()
+        .flatten()
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
@@ -266,14 +277,7 @@ pub fn decode(body: &[u8], manifest: Option<&Manifest>) -> Result<Vec<Record>, S
         .map_err(|e| SegmentError::Compression(e.to_string()))?;
     let inflated = Bytes::from(inflated);
     let mut records: Vec<Record> = Vec::new();
-    // Lines as `str::lines` reads them: ended by `\n` or `\r\n`, the last one's end optional.
-    let text = inflated.strip_suffix(b"\n").unwrap_or(&inflated);
-    let lines = (!text.is_empty())
-        .then(|| text.split(|b| *b == b'\n'))
-        .into_iter()
-        .flatten()
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
-    for (n, raw) in lines.enumerate() {
+    for (n, raw) in lines(&inflated).enumerate() {
         let n = n + 1;
         let line: Line =
             serde_json::from_slice(raw).map_err(|e| SegmentError::Line(n, e.to_string()))?;
@@ -398,10 +402,11 @@ mod tests {
         assert_eq!(decode(&body, None).unwrap().len(), 2);
     }
 
+    /// `text` compressed as a writer compresses its lines.
     fn gzip(text: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(text).unwrap();
-        gz.finish().unwrap()
+        let mut writer = Writer::default();
+        writer.gz.write_all(text).unwrap();
+        writer.gz.finish().unwrap()
     }
 
     #[test]

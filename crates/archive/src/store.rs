@@ -453,15 +453,13 @@ async fn decode_off_the_runtime(
 ) -> Result<Vec<Record>, StoreError> {
     match tokio::task::spawn_blocking(move || segment::decode(&body, manifest.as_ref())).await {
         Ok(decoded) => decoded.map_err(|source| StoreError::Damaged { key, source }),
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Only when the runtime is shutting down.
-            Err(e) => Err(StoreError::Unavailable {
-                operation: "decoding",
-                key,
-                message: e.to_string(),
-            }),
-        },
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime is shutting down.
+        Err(e) => Err(StoreError::Unavailable {
+            operation: "decoding",
+            key,
+            message: e.to_string(),
+        }),
     }
 }
 
