@@ -219,3 +219,130 @@ async fn a_connection_that_fails_is_dialled_again_by_the_next_request() {
     assert_eq!(answered, Some(http::StatusCode::UNAUTHORIZED));
     assert_eq!(relays.lock().unwrap().len(), 2, "dialled again");
 }
+
+/// A socket that counts the writes reaching it.
+struct Counted {
+    tcp: TcpStream,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counted {
+    fn count<T>(
+        &self,
+        written: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if let std::task::Poll::Ready(Ok(_)) = &written {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        written
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.count(written)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.count(written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// The writes `requests` requests sent at once take on one HTTP/2 connection to the stand-in,
+/// its socket `gathered` as the transport's are, or not.
+async fn writes_for(requests: usize, gathered: bool) -> usize {
+    let standin = StandIn::start(StandInConfig::default()).await.unwrap();
+    let address = standin.url().trim_start_matches("http://").to_owned();
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let socket: Box<dyn Io> = Box::new(Counted {
+        tcp: TcpStream::connect(address).await.unwrap(),
+        writes: writes.clone(),
+    });
+    let builder = http2::Builder::new(TokioExecutor::new());
+    let sender = if gathered {
+        let (sender, connection) = builder
+            .handshake(TokioIo::new(Gathered::new(socket)))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender
+    } else {
+        let (sender, connection) = builder.handshake(TokioIo::new(socket)).await.unwrap();
+        tokio::spawn(connection);
+        sender
+    };
+    // An FCM request's body, about 0.5 KB.
+    let body = Bytes::from(format!(
+        "{{\"message\":{{\"token\":\"{}\",\"notification\":{{\"title\":\"Facture\",\"body\":\"{}\"}}}}}}",
+        "t".repeat(160),
+        "b".repeat(300)
+    ));
+    let before = writes.load(std::sync::atomic::Ordering::Relaxed);
+    let answers = futures::future::join_all((0..requests).map(|_| {
+        let mut sender = sender.clone();
+        let request = http::Request::post(format!("{}/v1/projects/p/messages:send", standin.url()))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        async move { sender.send_request(request).await }
+    }))
+    .await;
+    for answer in answers {
+        assert_eq!(answer.unwrap().status(), http::StatusCode::UNAUTHORIZED);
+    }
+    writes.load(std::sync::atomic::Ordering::Relaxed) - before
+}
+
+#[tokio::test]
+async fn requests_sent_at_once_share_their_writes_where_each_took_its_own() {
+    let requests = 100;
+    // The socket as h2 would use it: each request's body chained behind its headers, a write
+    // each.
+    let plain = writes_for(requests, false).await;
+    assert!(plain >= requests, "{plain} writes for {requests} requests");
+    // Gathered: a hundred requests of half a kilobyte fill h2's 16 KB buffer about four times.
+    let gathered = writes_for(requests, true).await;
+    assert!(
+        gathered <= requests / 10,
+        "{gathered} writes for {requests} requests"
+    );
+}
