@@ -145,6 +145,17 @@ async fn run(
     let mut backoff = xibaar_streams::retry::Backoff::for_nats();
     let mut warn = xibaar_streams::retry::WarnEvery::second();
     while !shutdown.is_cancelled() {
+        // Pull once the channel has room for half a batch, not as soon as one message has left
+        // it: a sender taking pages one at a time out of a full channel had each of them
+        // pulled by a request of its own (docs/benchmarks.md).
+        tokio::select! {
+            permits = tx.reserve_many(batch.div_ceil(2)) => match permits {
+                // Only waiting for the room: the messages are sent one by one below.
+                Ok(permits) => drop(permits),
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        }
         // Pull no more than the channel can take, so pulled messages do not wait long unseen.
         let room = tx.capacity().max(1).min(batch);
         let requested = tokio::time::Instant::now();
