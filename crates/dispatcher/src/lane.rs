@@ -147,7 +147,8 @@ async fn run(
     while !shutdown.is_cancelled() {
         // Pull once the channel has room for half a batch, not as soon as one message has left
         // it: a sender taking pages one at a time out of a full channel had each of them
-        // pulled by a request of its own (docs/benchmarks.md).
+        // pulled by a request of its own (docs/decisions.md, "Pull lanes use short batch
+        // requests").
         tokio::select! {
             permits = tx.reserve_many(batch.div_ceil(2)) => match permits {
                 // Only waiting for the room: the messages are sent one by one below.
