@@ -2,6 +2,7 @@
 
 pub mod oldstack;
 pub mod rig;
+pub mod steady;
 
 use std::path::PathBuf;
 

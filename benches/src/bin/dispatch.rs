@@ -37,21 +37,12 @@ use chrono::Utc;
 use xibaar_benches::{
     cpu_per_operation, cpu_shares, cpu_times, percentile,
     rig::{APP_ID, AT_ZERO_MS, CONCURRENCY, Rig, Shape, broadcast, broadcast_with, stop},
-    scale, xibaar_binary,
+    scale,
+    steady::Rounds,
+    xibaar_binary,
 };
 use xibaar_core::{Audience, Content, CustomerId, DeliveryOptions, NotificationId, Priority};
 use xibaar_fcm_standin::StandIn;
-
-/// Steady broadcasts at 0 ms a run judges by, each between two measurements of its bound.
-const ROUNDS: usize = 3;
-
-/// Broadcasts at 0 ms a run makes at most, looking for [`ROUNDS`] steady ones.
-const MAX_ROUNDS: usize = 6;
-
-/// How far the two measurements of a bound may lie apart for the broadcast between them to be
-/// steady. Within a calm hour they agree within a twentieth; the machine's swings between its
-/// speeds move them by a third and more (docs/benchmarks.md, stop 47).
-const STEADY_WITHIN: f64 = 0.10;
 
 /// The delivery job of device `i`, as the fan-out writes it.
 fn bench_job(i: usize, notification_id: NotificationId) -> xibaar_core::DeliveryJob {
@@ -269,11 +260,6 @@ struct Bound {
 }
 
 impl Bound {
-    /// How far apart two measurements of the bound lie, as a share of the larger.
-    fn drift(&self, other: &Bound) -> f64 {
-        (self.cpu - other.cpu).abs() / self.cpu.max(other.cpu)
-    }
-
     /// The mean of the bounds measured before and after a broadcast: the machine's speed
     /// swings by tens of per cent within minutes, and a broadcast between two measurements is
     /// set against the speed around it, not only before it.
@@ -348,12 +334,10 @@ async fn main() -> anyhow::Result<()> {
         let earlier = std::env::var_os("XIBAAR_BENCH_BASELINE").map(PathBuf::from);
         // Three steady rounds: one broadcast is set against the machine of the ten seconds
         // around it, which swings by tens of per cent within a minute; a run's figure is the
-        // median. A round whose bound moved under it (by more than `STEADY_WITHIN`) compared
-        // two speeds of the machine, and another round is run in its place.
-        let (mut of_bound, mut unsteady) = (Vec::new(), Vec::new());
-        let mut round = 0;
-        while of_bound.len() < ROUNDS && round < MAX_ROUNDS {
-            round += 1;
+        // median. A round whose bound moved under it compared two speeds of the machine, and
+        // another round is run in its place (`xibaar_benches::steady`).
+        let mut rounds = Rounds::default();
+        while let Some(round) = rounds.next_round() {
             let mut totals = Vec::new();
             for (name, binary) in earlier
                 .iter()
@@ -366,7 +350,7 @@ async fn main() -> anyhow::Result<()> {
                 // Every broadcast lies between two measurements of its bound.
                 let after = cpu_bound(&rig, sustained_n).await?;
                 let bound = before.around(&after);
-                let drift = before.drift(&after);
+                let (bound_before, bound_after) = (before.cpu, after.cpu);
                 before = after;
                 println!(
                     "  round {round}, {name}: dispatcher, {sustained_n}-device broadcast, 0 ms FCM:  {:>9.0} pushes/s steady ({:.1} s total) = {:.2} of the bare client, {:.2} of the CPU bound (target >= 0.85; {:.2} of it without the floor's client work), each the mean of the measures before and after it; peak RSS {:.1} MiB",
@@ -379,17 +363,12 @@ async fn main() -> anyhow::Result<()> {
                 );
                 println!("{}", run.cpu_line());
                 if name == "this build" {
-                    let ratio = run.steady_rate / bound.cpu;
-                    if drift <= STEADY_WITHIN {
-                        of_bound.push(ratio);
-                    } else {
-                        println!(
-                            "  round {round} is unsteady: its two bounds lie {:.0} % apart (steady within {:.0} %); it does not count while {ROUNDS} steady rounds can be had in {MAX_ROUNDS}",
-                            drift * 100.0,
-                            STEADY_WITHIN * 100.0
-                        );
-                        unsteady.push(ratio);
-                    }
+                    rounds.record(
+                        run.steady_rate / bound.cpu,
+                        "bounds",
+                        bound_before,
+                        bound_after,
+                    );
                 }
                 totals.push((run.cpu_per_push.iter().sum::<f64>(), run.cpu_per_push[1]));
                 peak_rss = peak_rss.max(run.peak_rss_mib);
@@ -401,37 +380,9 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        let list = |ratios: &[f64]| {
-            ratios
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(" · ")
-        };
-        // Should the machine not hold still for three steady rounds, every round is judged,
-        // and the line says so.
-        let steady = of_bound.len();
-        let all_judged = steady < ROUNDS;
-        if all_judged {
-            of_bound.extend(&unsteady);
-        }
-        let shown = list(&of_bound);
-        let median = xibaar_benches::median(&mut of_bound);
-        let judged = if all_judged {
-            format!(
-                "over all its {} rounds, only {steady} of them steady",
-                of_bound.len()
-            )
-        } else {
-            format!("over its {steady} steady rounds")
-        };
-        let aside = if all_judged || unsteady.is_empty() {
-            String::new()
-        } else {
-            format!("; unsteady, not counted: {}", list(&unsteady))
-        };
+        let (median, judged) = rounds.verdict();
         println!(
-            "  this build {judged}, of the CPU bound: {shown} (median {median:.2}, target >= 0.85: {}){aside}",
+            "  this build, of the CPU bound, {judged} (target >= 0.85: {})",
             xibaar_benches::met(median >= 0.85)
         );
         drop(rig);

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
 use tokio::net::TcpStream;
 use tokio_util::{compat::TokioAsyncWriteCompatExt, sync::CancellationToken};
-use xibaar_benches::{Phase, scale};
+use xibaar_benches::{
+    Phase, scale,
+    steady::{MAX_ROUNDS, ROUNDS, Rounds},
+};
 use xibaar_streams::Definitions;
 use xibaar_testkit::{
     NatsServer, SqlServer, SqlTable,
@@ -20,15 +23,6 @@ use xibaar_testkit::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Steady rounds a run judges by, each source run between two bare reads.
-const ROUNDS: usize = 3;
-
-/// Rounds a run makes at most, looking for [`ROUNDS`] steady ones.
-const MAX_ROUNDS: usize = 6;
-
-/// How far the two bare reads around a source run may lie apart for the round to be steady
-/// (as in the dispatcher's benchmark).
-const STEADY_WITHIN: f64 = 0.10;
 const BATCH: i64 = 2000;
 const QUERY: &str = "SELECT TOP (@BATCH) BILL_ID, CUSTOMER_ID, AMOUNT, DUE FROM DBO.BILLS \
                      WHERE BILL_ID > @WATERMARK ORDER BY BILL_ID";
@@ -298,8 +292,8 @@ async fn main() -> anyhow::Result<()> {
     }
     // Each source run lies between two bare reads and is set against their mean: the
     // machine's speed swings by tens of per cent within minutes. A round whose two reads lie
-    // more than `STEADY_WITHIN` apart compared two speeds of the machine; another round is
-    // run in its place (up to `MAX_ROUNDS`).
+    // apart compared two speeds of the machine; another round is run in its place
+    // (`xibaar_benches::steady`).
     let measure_read = || async {
         let phase = Phase::start(&pids)?;
         let started = Instant::now();
@@ -310,10 +304,8 @@ async fn main() -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((n as f64 / bare.as_secs_f64(), bare, cost))
     };
     let mut before = measure_read().await?;
-    let (mut ratios, mut unsteady) = (Vec::new(), Vec::new());
-    let mut round = 0;
-    while ratios.len() < ROUNDS && round < MAX_ROUNDS {
-        round += 1;
+    let mut rounds = Rounds::default();
+    while let Some(round) = rounds.next_round() {
         let phase = Phase::start(&pids)?;
         let wall = run_source(&js, sql_port, &format!("bills_{round}"), n).await?;
         let cost = phase.finish()?;
@@ -324,7 +316,6 @@ async fn main() -> anyhow::Result<()> {
         let ((before_rate, before_wall, before_cost), (after_rate, ..)) = (&before, &after);
         let rate = n as f64 / wall.as_secs_f64();
         let bare_rate = (before_rate + after_rate) / 2.0;
-        let drift = (before_rate - after_rate).abs() / before_rate.max(*after_rate);
         let ratio = rate / bare_rate;
         let floor = *before_wall + publish;
         println!(
@@ -345,47 +336,12 @@ async fn main() -> anyhow::Result<()> {
             "    bare read (before): {}",
             before_cost.describe(n as u64, &["nats-server", "client + SQL server"])
         );
-        if drift <= STEADY_WITHIN {
-            ratios.push(ratio);
-        } else {
-            println!(
-                "  round {round} is unsteady: its two bare reads lie {:.0} % apart (steady within {:.0} %); it does not count while {ROUNDS} steady rounds can be had in {MAX_ROUNDS}",
-                drift * 100.0,
-                STEADY_WITHIN * 100.0
-            );
-            unsteady.push(ratio);
-        }
+        rounds.record(ratio, "bare reads", *before_rate, *after_rate);
         before = after;
     }
-    // Should the machine not hold still for three steady rounds, every round is judged, and
-    // the line says so.
-    let steady = ratios.len();
-    let all_judged = steady < ROUNDS;
-    if all_judged {
-        ratios.extend(&unsteady);
-    }
-    let median = xibaar_benches::median(&mut ratios);
-    let judged = if all_judged {
-        format!("all {} rounds, only {steady} of them steady", ratios.len())
-    } else {
-        format!("{steady} steady rounds")
-    };
-    let aside = if all_judged || unsteady.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; unsteady, not counted: {}",
-            unsteady
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(" · ")
-        )
-    };
+    let (median, judged) = rounds.verdict();
     println!(
-        "  ratio over {judged}: min {:.2}, median {median:.2}, max {:.2} (target >= 0.5: {}){aside}",
-        ratios[0],
-        ratios[ratios.len() - 1],
+        "  ratio {judged} (target >= 0.5: {})",
         xibaar_benches::met(median >= 0.5)
     );
     Ok(())
