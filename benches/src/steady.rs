@@ -20,7 +20,7 @@ pub const MAX_ROUNDS: usize = 6;
 pub const STEADY_WITHIN: f64 = 0.10;
 
 /// How far apart two measures of a baseline lie, as a share of the larger.
-pub fn drift(before: f64, after: f64) -> f64 {
+fn drift(before: f64, after: f64) -> f64 {
     (before - after).abs() / before.max(after)
 }
 

@@ -350,8 +350,6 @@ async fn main() -> anyhow::Result<()> {
                 // Every broadcast lies between two measurements of its bound.
                 let after = cpu_bound(&rig, sustained_n).await?;
                 let bound = before.around(&after);
-                let (bound_before, bound_after) = (before.cpu, after.cpu);
-                before = after;
                 println!(
                     "  round {round}, {name}: dispatcher, {sustained_n}-device broadcast, 0 ms FCM:  {:>9.0} pushes/s steady ({:.1} s total) = {:.2} of the bare client, {:.2} of the CPU bound (target >= 0.85; {:.2} of it without the floor's client work), each the mean of the measures before and after it; peak RSS {:.1} MiB",
                     run.steady_rate,
@@ -363,13 +361,9 @@ async fn main() -> anyhow::Result<()> {
                 );
                 println!("{}", run.cpu_line());
                 if name == "this build" {
-                    rounds.record(
-                        run.steady_rate / bound.cpu,
-                        "bounds",
-                        bound_before,
-                        bound_after,
-                    );
+                    rounds.record(run.steady_rate / bound.cpu, "bounds", before.cpu, after.cpu);
                 }
+                before = after;
                 totals.push((run.cpu_per_push.iter().sum::<f64>(), run.cpu_per_push[1]));
                 peak_rss = peak_rss.max(run.peak_rss_mib);
             }

@@ -288,19 +288,16 @@ async fn writes_for(requests: usize, gathered: bool) -> usize {
         tcp: TcpStream::connect(address).await.unwrap(),
         writes: writes.clone(),
     });
-    let builder = http2::Builder::new(TokioExecutor::new());
-    let sender = if gathered {
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(Gathered::new(socket)))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        sender
+    let socket = if gathered {
+        Box::new(Gathered::new(socket))
     } else {
-        let (sender, connection) = builder.handshake(TokioIo::new(socket)).await.unwrap();
-        tokio::spawn(connection);
-        sender
+        socket
     };
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(socket))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
     // An FCM request's body, about 0.5 KB.
     let body = Bytes::from(format!(
         "{{\"message\":{{\"token\":\"{}\",\"notification\":{{\"title\":\"Facture\",\"body\":\"{}\"}}}}}}",
