@@ -11,7 +11,7 @@
 //! for themselves instead.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -102,8 +102,11 @@ impl InboxHub {
     async fn deliver(&self, pool: &PgPool, announced: &str) {
         let (customers, after): (Vec<&str>, Vec<i64>) = {
             let watchers = self.lock();
+            // Each customer once: a name read twice would join their items twice.
+            let mut named = HashSet::new();
             announced
                 .lines()
+                .filter(|c| named.insert(*c))
                 .filter_map(|c| Some((c, watchers.get(c)?.borrow().after)))
                 .unzip()
         };
@@ -245,6 +248,19 @@ pub(crate) struct Live {
     reads_done: Option<u64>,
 }
 
+/// The handed items above `last`, each once and in order. The hub hands them oldest first;
+/// keeping only an item above the one kept before makes a repeated item harmless.
+fn newer_than(items: &[InboxItem], mut last: i64) -> impl Iterator<Item = InboxItem> + '_ {
+    items
+        .iter()
+        .filter(move |item| {
+            let newer = item.position > last;
+            last = last.max(item.position);
+            newer
+        })
+        .cloned()
+}
+
 /// The position a `Last-Event-ID` header resumes after; `None` without one.
 pub(crate) fn resume_after(header: Option<&HeaderValue>) -> Result<Option<i64>, ApiError> {
     header
@@ -325,9 +341,7 @@ impl Live {
                 }
                 continue;
             }
-            let last = self.last;
-            self.ready
-                .extend(wake.items.iter().filter(|i| i.position > last).cloned());
+            self.ready.extend(newer_than(&wake.items, self.last));
             if !self.ready.is_empty() {
                 continue;
             }
@@ -335,5 +349,78 @@ impl Live {
                 return None; // the api is stopping
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use xibaar_store::InboxItem;
+
+    use super::{InboxHub, newer_than};
+
+    fn item(position: i64) -> InboxItem {
+        InboxItem {
+            notification_id: uuid::Uuid::now_v7(),
+            position,
+            title: format!("item {position}"),
+            body: String::new(),
+            language: None,
+            data: serde_json::json!({}),
+            category: None,
+            priority: "normal".into(),
+            received_at: chrono::Utc::now(),
+            read_at: None,
+        }
+    }
+
+    #[test]
+    fn a_stream_takes_each_handed_item_above_its_position_once() {
+        let handed: Vec<InboxItem> = [3, 4, 4, 5, 5, 5, 7].into_iter().map(item).collect();
+        let taken: Vec<i64> = newer_than(&handed, 4).map(|i| i.position).collect();
+        assert_eq!(taken, [5, 7]);
+        assert_eq!(newer_than(&handed, 7).count(), 0);
+    }
+
+    /// A customer named several times in one announcement (one name per item the projector
+    /// added) has each of their new items handed once.
+    #[tokio::test]
+    async fn a_customer_announced_several_times_is_handed_each_item_once() {
+        let pg = xibaar_testkit::Postgres::start().await.unwrap();
+        let pool = sqlx::PgPool::connect(&pg.create_database("hub").await.unwrap())
+            .await
+            .unwrap();
+        xibaar_store::migrate(&pool).await.unwrap();
+        for position in [11_i64, 12, 13] {
+            let id = uuid::Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO notifications (notification_id, priority, title, audience, \
+                 requested_by, status, accepted_at) \
+                 VALUES ($1, 'normal', $2, '{}', 'test', 'accepted', now())",
+            )
+            .bind(id)
+            .bind(format!("item {position}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO inbox (customer_id, notification_id, position, received_at) \
+                 VALUES ('ivy', $1, $2, now())",
+            )
+            .bind(id)
+            .bind(position)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let hub = Arc::new(InboxHub::default());
+        *hub.head.lock().unwrap() = 10;
+        let ivy = hub.subscribe("ivy");
+        hub.deliver(&pool, "ivy\nivy\nivy").await;
+        let wake = ivy.changes.borrow().clone();
+        let handed: Vec<i64> = wake.items.iter().map(|i| i.position).collect();
+        assert_eq!(handed, [11, 12, 13]);
+        assert_eq!(wake.reads, 0, "the hub read them all: no stream need read");
     }
 }

@@ -228,10 +228,14 @@ pub(crate) async fn write(
         adds_at.extend_from_slice(&c.adds_at);
     }
     let customers: Vec<&str> = if announce {
-        items
+        // Each customer once, however many of their items the run adds.
+        let mut customers: Vec<&str> = items
             .iter()
             .filter_map(|o| o.customer_id.as_deref())
-            .collect()
+            .collect();
+        customers.sort_unstable();
+        customers.dedup();
+        customers
     } else {
         Vec::new()
     };
