@@ -388,9 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_customer_announced_several_times_is_handed_each_item_once() {
         let pg = xibaar_testkit::Postgres::start().await.unwrap();
-        let pool = sqlx::PgPool::connect(&pg.create_database("hub").await.unwrap())
-            .await
-            .unwrap();
+        let pool = pg.pool("hub").await.unwrap();
         xibaar_store::migrate(&pool).await.unwrap();
         for position in [11_i64, 12, 13] {
             let id = uuid::Uuid::now_v7();

@@ -324,9 +324,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_written_with_its_checkpoint_commits_both_or_neither() {
         let pg = xibaar_testkit::Postgres::start().await.unwrap();
-        let pool = sqlx::PgPool::connect(&pg.create_database("writes").await.unwrap())
-            .await
-            .unwrap();
+        let pool = pg.pool("writes").await.unwrap();
         xibaar_store::migrate(&pool).await.unwrap();
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection, last_sequence, updated_at) \

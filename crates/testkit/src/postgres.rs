@@ -242,6 +242,11 @@ impl Postgres {
         Ok(self.url(name))
     }
 
+    /// Creates `name` (if absent) and a pool of connections to it.
+    pub async fn pool(&self, name: &str) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.create_database(name).await?).await?)
+    }
+
     /// Drops database `name` (made by [`Postgres::create_database`]), ending its sessions.
     pub async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(&self.url("postgres")).await?;
