@@ -29,29 +29,31 @@ fn drift(before: f64, after: f64) -> f64 {
 pub struct Rounds {
     steady: Vec<f64>,
     unsteady: Vec<f64>,
-    made: usize,
 }
 
 impl Rounds {
+    /// Rounds recorded so far.
+    fn made(&self) -> usize {
+        self.steady.len() + self.unsteady.len()
+    }
+
     /// Whether another round is wanted: fewer than [`ROUNDS`] steady ones so far, and fewer
-    /// than [`MAX_ROUNDS`] made. Returns the next round's number.
-    pub fn next_round(&mut self) -> Option<usize> {
-        (self.steady.len() < ROUNDS && self.made < MAX_ROUNDS).then(|| {
-            self.made += 1;
-            self.made
-        })
+    /// than [`MAX_ROUNDS`] made. Returns the next round's number; each round is recorded
+    /// before the next is asked for.
+    pub fn next_round(&self) -> Option<usize> {
+        (self.steady.len() < ROUNDS && self.made() < MAX_ROUNDS).then(|| self.made() + 1)
     }
 
     /// Records the current round's `ratio`, its baselines (`what`) measured `before` and
     /// `after` it; an unsteady round is said so.
     pub fn record(&mut self, ratio: f64, what: &str, before: f64, after: f64) {
+        let round = self.made() + 1;
         let drift = drift(before, after);
         if drift <= STEADY_WITHIN {
             self.steady.push(ratio);
         } else {
             println!(
-                "  round {} is unsteady: its two {what} lie {:.0} % apart (steady within {:.0} %); it does not count while {ROUNDS} steady rounds can be had in {MAX_ROUNDS}",
-                self.made,
+                "  round {round} is unsteady: its two {what} lie {:.0} % apart (steady within {:.0} %); it does not count while {ROUNDS} steady rounds can be had in {MAX_ROUNDS}",
                 drift * 100.0,
                 STEADY_WITHIN * 100.0
             );

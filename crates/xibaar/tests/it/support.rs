@@ -541,8 +541,7 @@ filter = "warn"
         name: &str,
         batch_size: usize,
     ) -> (sqlx::PgPool, tokio::task::JoinHandle<anyhow::Result<()>>) {
-        let url = self.pg.create_database(name).await.unwrap();
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let pool = self.pg.pool(name).await.unwrap();
         xibaar_store::migrate(&pool).await.unwrap();
         let projector = xibaar_projector::Projector::new(
             self.jetstream().await,
