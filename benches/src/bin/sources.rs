@@ -145,6 +145,7 @@ fn build_pages(
     use xibaar_sources::row::{Row, Value};
     let now = chrono::Utc::now();
     let building = Instant::now();
+    let mut builder = xibaar_sources::emit::Builder::new(plan, now);
     let notifications = table
         .rows
         .iter()
@@ -157,7 +158,7 @@ fn build_pages(
                     other => unreachable!("the table holds no {other:?}"),
                 })
                 .collect());
-            match xibaar_sources::emit::emit(plan, &row, now).map_err(anyhow::Error::msg)? {
+            match builder.build(&row).map_err(anyhow::Error::msg)? {
                 xibaar_sources::emit::Emitted::Notification(n) => Ok(n),
                 xibaar_sources::emit::Emitted::Event(_) => anyhow::bail!("a notifications source"),
             }

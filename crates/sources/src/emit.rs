@@ -1,23 +1,18 @@
-//! What a row becomes: a notification (notifications sources), stored with the rows next to it
-//! as one `SendNotifications` page, or a `customer.attributes_changed` event (customers
-//! sources), with ids derived from the source, the row's key and its watermark, so that reading
-//! the row again yields the same notification.
+//! What is stored of the rows: the notifications of neighbouring rows as one
+//! `SendNotifications` page, events on their own, rejected rows as dead letters. A row's name
+//! ([`Origin`]) is its source, key and watermark; the ids of what it becomes derive from it, so
+//! that reading the row again yields the same notification. Rows are built in `build`.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use xibaar_core::{
-    Audience, Contract, CustomerAttributes, CustomerId, Event, EventEnvelope, Language,
-    NotificationId, SendNotification, SendRequest, Text,
-    event::CustomerAttributesChanged,
-    notification::{Content, MAX_ATTRIBUTE_CHARS},
-    page::PageShared,
-};
+use xibaar_core::{NotificationId, SendNotification, page::PageShared};
 
+pub use crate::build::{Builder, Emitted, emit};
 use crate::{
-    plan::{Columns, NotificationPlan, Plan},
-    row::{Row, Value},
+    plan::{Columns, Plan},
+    row::Row,
 };
 
 /// A message ready to publish.
@@ -31,15 +26,6 @@ pub struct Message {
     pub page: Option<(xibaar_core::Priority, Vec<NotificationId>)>,
 }
 
-/// What a row becomes.
-#[derive(Debug, Clone)]
-pub enum Emitted {
-    /// A notification, to be stored in a page with its neighbours ([`page`]).
-    Notification(Encoded),
-    /// An event, stored on its own.
-    Event(Message),
-}
-
 /// A notification and its JSON, encoded where it was built (on any core), so that a page is
 /// put together by copying bytes.
 #[derive(Debug, Clone)]
@@ -48,8 +34,9 @@ pub struct Encoded {
     pub priority: xibaar_core::Priority,
     /// The start of its entry in a page: its own fields ([`SendNotification::write_page_entry`]).
     pub start: Vec<u8>,
-    /// Its values of the fields a page may state once.
-    pub own: PageShared,
+    /// Its values of the fields a page may state once; the notifications built together share
+    /// them ([`Builder`]).
+    pub own: Arc<PageShared>,
 }
 
 impl Encoded {
@@ -61,7 +48,7 @@ impl Encoded {
             id: send.notification_id,
             priority: send.priority,
             start,
-            own: PageShared::from(send),
+            own: Arc::new(PageShared::from(send)),
         }
     }
 }
@@ -88,7 +75,7 @@ pub fn page(notifications: Vec<Encoded>, whole: bool) -> Option<Message> {
     let shared = if whole {
         PageShared::default()
     } else {
-        PageShared::common(notifications.iter().map(|n| &n.own))
+        PageShared::common(notifications.iter().map(|n| n.own.as_ref()))
     };
     let mut payload = Vec::with_capacity(
         256 + notifications
@@ -99,7 +86,9 @@ pub fn page(notifications: Vec<Encoded>, whole: bool) -> Option<Message> {
     xibaar_core::page::write_page(
         &mut payload,
         &shared,
-        notifications.iter().map(|n| (n.start.as_slice(), &n.own)),
+        notifications
+            .iter()
+            .map(|n| (n.start.as_slice(), n.own.as_ref())),
     );
     let msg_id = xibaar_core::command::page_msg_id(first.id, last.id, notifications.len());
     Some(Message {
@@ -157,202 +146,6 @@ impl Origin {
     }
 }
 
-/// Namespace of notification ids derived from source rows (UUIDv5).
-const SOURCE_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x5c3a_61e2_0f4d_4b8e_9a71_d2c8_40b6_1f93);
-
-/// What `row` becomes, or why it cannot become anything.
-pub fn emit(plan: &Plan, row: &Row, now: DateTime<Utc>) -> Result<Emitted, String> {
-    let columns = plan.columns.as_ref().expect("a bound plan");
-    let origin = Origin::of(row, columns)?;
-    if origin.key.is_empty() {
-        return Err(format!(
-            "key column `{}` is NULL or empty",
-            columns.names[columns.key]
-        ));
-    }
-    let customer = |row: &Row| -> Result<CustomerId, String> {
-        let index = columns.customer.expect("checked at start");
-        let value = &row.0[index];
-        CustomerId::parse(value.text().into_owned())
-            .map_err(|e| format!("customer column `{}`: {e}", columns.names[index]))
-    };
-    match &plan.notifications {
-        Some(n) => {
-            let audience = match columns.customer {
-                Some(_) => Audience::Customers {
-                    customer_ids: vec![customer(row)?],
-                },
-                None => segment(n, row)?,
-            };
-            let request = request(n, audience, row)?;
-            request
-                .validate(now)
-                .map_err(|e| describe_request_error(&e))?;
-            let id = NotificationId(xibaar_core::ids::derived_uuid(
-                &SOURCE_NAMESPACE,
-                origin.name(&plan.name).as_bytes(),
-            ));
-            Ok(Emitted::Notification(Encoded::of(request.into_command(
-                id,
-                None,
-                plan.actor.clone(),
-                now,
-            ))))
-        }
-        None => {
-            let customer_id = customer(row)?;
-            let attributes = attributes(columns, row)?;
-            let envelope = EventEnvelope::new(
-                Event::CustomerAttributesChanged(CustomerAttributesChanged {
-                    customer_id,
-                    attributes,
-                    origin: origin.name(&plan.name),
-                }),
-                origin.name(&plan.name),
-                None,
-                plan.actor.clone(),
-            );
-            Ok(Emitted::Event(Message {
-                subject: envelope.subject(),
-                headers: xibaar_streams::event_headers(&envelope),
-                payload: Bytes::from(envelope.to_json().map_err(|e| e.to_string())?),
-                page: None,
-            }))
-        }
-    }
-}
-
-fn request(n: &NotificationPlan, audience: Audience, row: &Row) -> Result<SendRequest, String> {
-    // The key named in an error is written only when there is one: this runs for every row.
-    let render = |what: &dyn Fn() -> String, t: &crate::template::Template, language: &Language| {
-        t.render(row, language.as_str())
-            .map_err(|e| format!("{}: {e}", what()))
-    };
-    let mut translations = BTreeMap::new();
-    let mut default = None;
-    for (language, (title, body)) in &n.content {
-        let text = Text {
-            title: render(&|| format!("content.{language}.title"), title, language)?,
-            body: render(&|| format!("content.{language}.body"), body, language)?,
-        };
-        if *language == n.default_language {
-            default = Some(text);
-        } else {
-            translations.insert(language.clone(), text);
-        }
-    }
-    let default = default.expect("the default language has content (checked at start)");
-    let data = n
-        .data
-        .iter()
-        .map(|(k, t)| {
-            Ok((
-                k.clone(),
-                render(&|| format!("data.{k}"), t, &n.default_language)?,
-            ))
-        })
-        .collect::<Result<BTreeMap<_, _>, String>>()?;
-    Ok(SendRequest {
-        priority: n.priority,
-        audience,
-        content: Content {
-            title: default.title,
-            body: default.body,
-            data,
-            image_url: None,
-            language: Some(n.default_language.clone()),
-            translations,
-        },
-        category: n.category,
-        ttl_seconds: n.ttl_seconds,
-        collapse_key: n
-            .collapse_key
-            .as_ref()
-            .map(|t| render(&|| "collapse_key".into(), t, &n.default_language))
-            .transpose()?,
-        send_at: None,
-    })
-}
-
-fn segment(n: &NotificationPlan, row: &Row) -> Result<Audience, String> {
-    let value = |attribute: &str| -> Result<Option<String>, String> {
-        n.segment
-            .get(attribute)
-            .map(|t| {
-                t.render(row, "fr")
-                    .map_err(|e| format!("segment.{attribute}: {e}"))
-            })
-            .transpose()
-    };
-    let contract = value("contract")?
-        .map(|c| {
-            Contract::parse(&c)
-                .ok_or_else(|| format!("segment.contract: `{c}` is neither prepaid nor postpaid"))
-        })
-        .transpose()?;
-    let language = value("language")?
-        .map(|l| Language::parse(&l).map_err(|e| format!("segment.language: {e}")))
-        .transpose()?;
-    Ok(Audience::Segment {
-        commune: value("commune")?,
-        zone: value("zone")?,
-        contract,
-        language,
-    })
-}
-
-fn attributes(columns: &Columns, row: &Row) -> Result<CustomerAttributes, String> {
-    let text = |attribute: &str| -> Result<Option<String>, String> {
-        let Some(index) = columns.attributes.get(attribute) else {
-            return Ok(None);
-        };
-        match &row.0[*index] {
-            Value::Null => Ok(None),
-            value => {
-                let text = value.to_string().trim().to_owned();
-                if text.is_empty() {
-                    Ok(None)
-                } else if text.chars().count() > MAX_ATTRIBUTE_CHARS || text.contains('\0') {
-                    Err(format!(
-                        "attribute {attribute}: must be at most {MAX_ATTRIBUTE_CHARS} characters, without NUL"
-                    ))
-                } else {
-                    Ok(Some(text))
-                }
-            }
-        }
-    };
-    Ok(CustomerAttributes {
-        commune: text("commune")?,
-        zone: text("zone")?,
-        contract: text("contract")?
-            .map(|c| {
-                Contract::parse(&c).ok_or_else(|| {
-                    format!("attribute contract: `{c}` is neither prepaid nor postpaid")
-                })
-            })
-            .transpose()?,
-        language: text("language")?
-            .map(|l| {
-                Language::of_locale(&l)
-                    .ok_or_else(|| format!("attribute language: `{l}` is not a language"))
-            })
-            .transpose()?,
-    })
-}
-
-fn describe_request_error(e: &xibaar_core::RequestError) -> String {
-    match e {
-        xibaar_core::RequestError::Invalid(violations) => violations
-            .iter()
-            .map(|v| format!("{} {}", v.field, v.message))
-            .collect::<Vec<_>>()
-            .join("; "),
-        xibaar_core::RequestError::TooLarge(m) => m.clone(),
-    }
-}
-
 /// The time of a row (for the lag), when the source names a time column.
 pub fn row_time(columns: &Columns, row: &Row) -> Option<DateTime<Utc>> {
     let index = columns.time?;
@@ -398,7 +191,10 @@ pub fn dead_letter(
 
 #[cfg(test)]
 mod tests {
-    use xibaar_core::{Actor, Command, Priority, notification::DeliveryOptions};
+    use xibaar_core::{
+        Actor, Audience, Command, CustomerId, Priority,
+        notification::{Content, DeliveryOptions},
+    };
 
     use super::*;
 

@@ -124,6 +124,19 @@ pub fn format_into(
                 write!(out, "{other}").expect("writing to a String");
             }
         },
+        // An integer column (what amounts mostly are) is written from its digits, exactly
+        // beyond 2^53 too, without going through a float.
+        Format::Fcfa | Format::Number if let Value::Int(n) = value => {
+            group_digits(
+                *n < 0,
+                itoa::Buffer::new().format(n.unsigned_abs()),
+                c.group,
+                out,
+            );
+            if format == Format::Fcfa {
+                out.push_str(" FCFA");
+            }
+        }
         Format::Fcfa => {
             let francs = value.as_number()?.round();
             group(francs, c.group, out);
@@ -176,14 +189,30 @@ fn group(n: f64, separator: &str, out: &mut String) {
         float = std::format!("{magnitude:.0}");
         float.as_str()
     };
-    if n < 0.0 && digits.bytes().any(|d| d != b'0') {
+    group_digits(
+        n < 0.0 && digits.bytes().any(|d| d != b'0'),
+        digits,
+        separator,
+        out,
+    );
+}
+
+/// `digits` (ASCII) grouped by three from the right with `separator`, after a minus sign when
+/// `negative`.
+fn group_digits(negative: bool, digits: &str, separator: &str, out: &mut String) {
+    if negative {
         out.push('-');
     }
-    for (i, d) in digits.char_indices() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push_str(separator);
-        }
-        out.push(d);
+    let first = match digits.len() % 3 {
+        0 => digits.len().min(3),
+        head => head,
+    };
+    out.push_str(&digits[..first]);
+    let mut at = first;
+    while at < digits.len() {
+        out.push_str(separator);
+        out.push_str(&digits[at..at + 3]);
+        at += 3;
     }
 }
 
@@ -301,6 +330,44 @@ mod tests {
 
     fn text(s: &str) -> Value {
         Value::Text(s.into())
+    }
+
+    #[test]
+    fn an_integer_is_grouped_as_the_same_number_read_as_a_decimal_and_exactly_beyond() {
+        for n in [
+            0i64,
+            1,
+            12,
+            123,
+            1_234,
+            12_345,
+            123_456,
+            1_234_567,
+            -1,
+            -999,
+            -1_000,
+            999_999,
+            1 << 53,
+            -(1 << 53),
+        ] {
+            for f in [Format::Fcfa, Format::Number] {
+                for language in ["fr", "wo", "en"] {
+                    assert_eq!(
+                        format(&Value::Int(n), f, language).unwrap(),
+                        format(&Value::Float(n as f64), f, language).unwrap(),
+                        "{n} {f:?} {language}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            format(&Value::Int(i64::MAX), Format::Number, "en").unwrap(),
+            "9,223,372,036,854,775,807"
+        );
+        assert_eq!(
+            format(&Value::Int(i64::MIN), Format::Fcfa, "en").unwrap(),
+            "-9,223,372,036,854,775,808 FCFA"
+        );
     }
 
     #[test]

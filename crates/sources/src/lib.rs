@@ -7,6 +7,7 @@
 //! unreachable starts anyway and retries; one failing source never stops the others.
 
 mod batch;
+pub mod build;
 pub mod dispatchers;
 pub mod emit;
 pub mod format;

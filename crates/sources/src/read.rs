@@ -47,8 +47,9 @@ pub(crate) async fn read(
         let plan = plan.clone();
         building.push(tokio::spawn(async move {
             let mut built = Vec::with_capacity(chunk.len());
+            let mut builder = emit::Builder::new(&plan, now);
             for rows in chunk.chunks(BUILD_TURN) {
-                built.extend(rows.iter().map(|row| emit::emit(&plan, row, now)));
+                built.extend(rows.iter().map(|row| builder.build(row)));
                 tokio::task::yield_now().await;
             }
             (chunk, built)
