@@ -52,6 +52,8 @@ pub struct Builder<'a> {
     request: SendRequest,
     /// The shared fields of the last notification, with and without its requester.
     own: Option<(PageShared, Arc<PageShared>)>,
+    /// The row's name ([`Origin::name`]).
+    name: String,
 }
 
 impl<'a> Builder<'a> {
@@ -65,6 +67,7 @@ impl<'a> Builder<'a> {
             now,
             request: empty_request(priority),
             own: None,
+            name: String::new(),
         }
     }
 
@@ -72,8 +75,8 @@ impl<'a> Builder<'a> {
     pub fn build(&mut self, row: &Row) -> Result<Emitted, String> {
         let plan = self.plan;
         let columns = plan.columns.as_ref().expect("a bound plan");
-        let origin = Origin::of(row, columns)?;
-        if origin.key.is_empty() {
+        self.name.clear();
+        if Origin::write_name(row, columns, &plan.name, &mut self.name)? {
             return Err(format!(
                 "key column `{}` is NULL or empty",
                 columns.names[columns.key]
@@ -105,7 +108,7 @@ impl<'a> Builder<'a> {
                     .map_err(|e| describe_request_error(&e))?;
                 let id = NotificationId(xibaar_core::ids::derived_uuid(
                     &SOURCE_NAMESPACE,
-                    origin.name(&plan.name).as_bytes(),
+                    self.name.as_bytes(),
                 ));
                 Ok(Emitted::Notification(self.encode(n, id)))
             }
@@ -116,9 +119,9 @@ impl<'a> Builder<'a> {
                     Event::CustomerAttributesChanged(CustomerAttributesChanged {
                         customer_id,
                         attributes,
-                        origin: origin.name(&plan.name),
+                        origin: self.name.clone(),
                     }),
-                    origin.name(&plan.name),
+                    self.name.clone(),
                     None,
                     plan.actor.clone(),
                 );

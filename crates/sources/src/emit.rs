@@ -108,20 +108,7 @@ pub struct Origin {
 
 impl Origin {
     pub fn of(row: &Row, columns: &Columns) -> Result<Self, String> {
-        let watermark = columns
-            .watermark
-            .iter()
-            .map(|i| {
-                let value = &row.0[*i];
-                value.as_i64().ok_or_else(|| {
-                    format!(
-                        "watermark column `{}` holds {}, not an integer",
-                        columns.names[*i],
-                        value.kind()
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let watermark = watermark(row, columns).collect::<Result<Vec<_>, _>>()?;
         // A NULL key reads as empty: the row is rejected by `message`, not the batch.
         Ok(Self {
             key: row.0[columns.key].text().into_owned(),
@@ -132,18 +119,64 @@ impl Origin {
     /// `<source>/<key>/<watermark>`: the name of this version of the row.
     pub fn name(&self, source: &str) -> String {
         let mut name = String::with_capacity(source.len() + self.key.len() + 24);
-        name.push_str(source);
-        name.push('/');
-        name.push_str(&self.key);
-        name.push('/');
-        for (i, w) in self.watermark.iter().enumerate() {
-            if i > 0 {
-                name.push('.');
-            }
-            name.push_str(itoa::Buffer::new().format(*w));
-        }
+        push_name(
+            &mut name,
+            source,
+            &self.key,
+            self.watermark.iter().map(|w| Ok(*w)),
+        )
+        .expect("a watermark of integers");
         name
     }
+
+    /// The [`Origin::name`] of `row`, at the end of `out`, without making its origin: whether
+    /// its key is empty, or [`Origin::of`]'s error.
+    pub fn write_name(
+        row: &Row,
+        columns: &Columns,
+        source: &str,
+        out: &mut String,
+    ) -> Result<bool, String> {
+        let key = row.0[columns.key].text();
+        push_name(out, source, &key, watermark(row, columns))?;
+        Ok(key.is_empty())
+    }
+}
+
+/// The values of `row`'s watermark columns, each an integer or the error naming its column.
+fn watermark<'r>(
+    row: &'r Row,
+    columns: &'r Columns,
+) -> impl Iterator<Item = Result<i64, String>> + 'r {
+    columns.watermark.iter().map(|i| {
+        let value = &row.0[*i];
+        value.as_i64().ok_or_else(|| {
+            format!(
+                "watermark column `{}` holds {}, not an integer",
+                columns.names[*i],
+                value.kind()
+            )
+        })
+    })
+}
+
+fn push_name(
+    out: &mut String,
+    source: &str,
+    key: &str,
+    watermark: impl Iterator<Item = Result<i64, String>>,
+) -> Result<(), String> {
+    out.push_str(source);
+    out.push('/');
+    out.push_str(key);
+    out.push('/');
+    for (i, w) in watermark.enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(itoa::Buffer::new().format(w?));
+    }
+    Ok(())
 }
 
 /// The time of a row (for the lag), when the source names a time column.
@@ -231,6 +264,56 @@ mod tests {
             watermark: vec![i64::MIN],
         };
         assert_eq!(one.name("s"), "s/9/-9223372036854775808");
+    }
+
+    #[test]
+    fn a_rows_name_is_written_as_its_origin_names_it() {
+        use crate::row::Value;
+        let columns = Columns {
+            names: ["KEY", "VERSION", "AT"].map(String::from).to_vec(),
+            watermark: vec![2, 1],
+            key: 0,
+            time: None,
+            customer: None,
+            attributes: Default::default(),
+        };
+        let rows = [
+            Row(vec![
+                Value::Text("B-42".into()),
+                Value::Int(-1),
+                Value::Int(7),
+            ]),
+            Row(vec![Value::Int(9), Value::Int(0), Value::Int(i64::MIN)]),
+            Row(vec![Value::Null, Value::Int(1), Value::Int(2)]),
+            Row(vec![
+                Value::Text("B-1".into()),
+                Value::Text("x".into()),
+                Value::Int(2),
+            ]),
+        ];
+        for row in &rows {
+            let mut written = String::from("left by the row before");
+            written.clear();
+            let name = Origin::write_name(row, &columns, "bills", &mut written);
+            match Origin::of(row, &columns) {
+                Ok(origin) => {
+                    assert_eq!(name, Ok(origin.key.is_empty()));
+                    assert_eq!(written, origin.name("bills"));
+                }
+                Err(e) => assert_eq!(name, Err(e)),
+            }
+        }
+        let mut written = String::new();
+        assert_eq!(
+            Origin::write_name(&rows[0], &columns, "bills", &mut written),
+            Ok(false)
+        );
+        assert_eq!(written, "bills/B-42/7.-1");
+        assert!(
+            Origin::write_name(&rows[3], &columns, "s", &mut written)
+                .unwrap_err()
+                .contains("`VERSION` holds a text")
+        );
     }
 
     #[test]
