@@ -63,11 +63,10 @@ impl Runner {
             match built {
                 Ok(emit::Emitted::Notification(send)) => {
                     page.notifications.push(send);
-                    page.through = origin.watermark.clone();
                     page.last_row = i;
                     if page.notifications.len() >= page_rows {
                         emitted += self
-                            .store_page(&mut pipeline, &mut page, &mut recovering, due(i))
+                            .store_page(&mut pipeline, &mut page, origins, &mut recovering, due(i))
                             .await?;
                     }
                 }
@@ -97,7 +96,13 @@ impl Runner {
         }
         let last = page.last_row;
         emitted += self
-            .store_page(&mut pipeline, &mut page, &mut recovering, due(last))
+            .store_page(
+                &mut pipeline,
+                &mut page,
+                origins,
+                &mut recovering,
+                due(last),
+            )
             .await?;
         pipeline
             .flush()
@@ -107,22 +112,24 @@ impl Runner {
     }
 
     /// Publishes the page's notifications as one command (none if the page is empty, or if a
-    /// recovery finds the very same page stored): how many it published.
+    /// recovery finds the very same page stored): how many it published. `origins`: the
+    /// batch's rows' places.
     async fn store_page(
         &self,
         pipeline: &mut Pipeline,
         page: &mut Page,
+        origins: &[Origin],
         recovering: &mut Option<InFlight>,
         due: Option<tokio::time::Instant>,
     ) -> Result<u64, PollError> {
-        let through = std::mem::take(&mut page.through);
         let count = page.notifications.len() as u64;
         let whole = self.dispatchers.want_whole_pages();
         let Some(message) = emit::page(std::mem::take(&mut page.notifications), whole) else {
             return Ok(0);
         };
         if let Some(in_flight) = recovering {
-            if through > in_flight.through {
+            // The watermark of the page's last row.
+            if origins[page.last_row].watermark > in_flight.through {
                 *recovering = None;
             } else if self.already_stored(&message).await? {
                 return Ok(0);
@@ -173,7 +180,6 @@ impl Runner {
 #[derive(Default)]
 struct Page {
     notifications: Vec<emit::Encoded>,
-    /// The watermark of its last row, and that row's place in the batch.
-    through: Vec<i64>,
+    /// Its last row's place in the batch.
     last_row: usize,
 }
