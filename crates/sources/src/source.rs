@@ -433,3 +433,41 @@ fn through(origins: &[Origin], after: &[i64]) -> Vec<i64> {
         .last()
         .map_or_else(|| after.to_vec(), |o| o.watermark.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{plan::Columns, row::Value};
+
+    #[test]
+    fn rows_are_placed_only_above_where_the_batch_starts_in_watermark_order() {
+        let columns = Columns {
+            names: ["ID"].map(String::from).to_vec(),
+            watermark: vec![0],
+            key: 0,
+            time: None,
+            customer: None,
+            attributes: Default::default(),
+        };
+        let rows =
+            |ids: &[i64]| -> Vec<Row> { ids.iter().map(|i| Row(vec![Value::Int(*i)])).collect() };
+        let placed = ordered(&rows(&[3, 5, 9]), &columns, &[2]).unwrap();
+        assert_eq!(
+            placed.iter().map(|o| o.watermark[0]).collect::<Vec<_>>(),
+            [3, 5, 9]
+        );
+        assert_eq!(through(&placed, &[2]), [9]);
+        assert_eq!(through(&[], &[2]), [2]);
+        for (ids, after) in [(&[3, 5, 5][..], 2), (&[3, 4][..], 3), (&[6, 4][..], 0)] {
+            match ordered(&rows(ids), &columns, &[after]) {
+                Err(PollError::Pause(e)) => {
+                    assert!(
+                        e.contains("not above") && e.contains("ORDER BY"),
+                        "{ids:?}: {e}"
+                    )
+                }
+                other => panic!("{ids:?} after {after}: {:?}", other.map(|o| o.len())),
+            }
+        }
+    }
+}
