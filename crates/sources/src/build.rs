@@ -58,14 +58,22 @@ pub struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     pub fn new(plan: &'a Plan, now: DateTime<Utc>) -> Self {
-        let priority = plan
-            .notifications
-            .as_ref()
-            .map_or(Priority::Normal, |n| n.priority);
+        let request = match &plan.notifications {
+            Some(n) => plan_request(
+                n,
+                Audience::Everyone,
+                Content {
+                    language: Some(n.default_language.clone()),
+                    ..Content::default()
+                },
+                None,
+            ),
+            None => empty_request(Priority::Normal),
+        };
         Self {
             plan,
             now,
-            request: empty_request(priority),
+            request,
             own: None,
             name: String::new(),
         }
@@ -152,15 +160,7 @@ impl<'a> Builder<'a> {
             delivery,
             ..
         } = send;
-        self.request = SendRequest {
-            priority: n.priority,
-            audience,
-            content,
-            category: n.category,
-            ttl_seconds: n.ttl_seconds,
-            collapse_key: delivery.collapse_key,
-            send_at: None,
-        };
+        self.request = plan_request(n, audience, content, delivery.collapse_key);
         Encoded {
             id,
             priority,
@@ -204,9 +204,29 @@ fn empty_request(priority: Priority) -> SendRequest {
     }
 }
 
-/// Renders the plan's templates for `row` into `request`: its texts in each language, its
-/// data and its collapse key, into the strings already there. The first error is returned; the
-/// request is then only partly written, and the next row writes every field again.
+/// The request of plan `n` with these parts: its options are the plan's. The content's language
+/// is the plan's default from the first row on ([`Builder::new`]), and a command gives it back.
+fn plan_request(
+    n: &NotificationPlan,
+    audience: Audience,
+    content: Content,
+    collapse_key: Option<String>,
+) -> SendRequest {
+    SendRequest {
+        priority: n.priority,
+        audience,
+        content,
+        category: n.category,
+        ttl_seconds: n.ttl_seconds,
+        collapse_key,
+        send_at: None,
+    }
+}
+
+/// Renders the plan's templates for `row` into `request` (one of [`plan_request`]'s): its texts
+/// in each language, its data and its collapse key, into the strings already there. The first
+/// error is returned; the request is then only partly written, and the next row writes every
+/// text again.
 fn render_request(
     n: &NotificationPlan,
     request: &mut SendRequest,
@@ -220,8 +240,6 @@ fn render_request(
                 .map_err(|e| format!("{}: {e}", what()))
         };
     let content = &mut request.content;
-    content.image_url = None;
-    content.language = Some(n.default_language.clone());
     for (language, (title, body)) in &n.content {
         let text = if *language == n.default_language {
             (&mut content.title, &mut content.body)
@@ -246,10 +264,6 @@ fn render_request(
         let value = entry(&mut content.data, k);
         render(&|| format!("data.{k}"), t, &n.default_language, value)?;
     }
-    request.priority = n.priority;
-    request.category = n.category;
-    request.ttl_seconds = n.ttl_seconds;
-    request.send_at = None;
     match &n.collapse_key {
         Some(t) => {
             let key = request.collapse_key.get_or_insert_with(String::new);

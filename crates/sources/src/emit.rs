@@ -292,8 +292,7 @@ mod tests {
             ]),
         ];
         for row in &rows {
-            let mut written = String::from("left by the row before");
-            written.clear();
+            let mut written = String::new();
             let name = Origin::write_name(row, &columns, "bills", &mut written);
             match Origin::of(row, &columns) {
                 Ok(origin) => {
